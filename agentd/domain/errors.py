@@ -1,0 +1,104 @@
+"""Typed domain errors. Each has a stable `code`; the HTTP layer maps codes to status codes in one place.
+
+The docstring of each class is its default message. These deliberately do NOT subclass ValueError so that
+pydantic validators let them propagate unchanged instead of wrapping them in a ValidationError.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AgentdError(Exception):
+    """Something went wrong in agentd."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        self.message = message or (self.__doc__ or self.code).strip()
+        self.details = details
+        super().__init__(self.message)
+
+
+class InvalidRequest(AgentdError):
+    """The request is not valid."""
+
+    code = "invalid_request"
+
+
+class PromptRequired(InvalidRequest):
+    """`prompt` is required and must not be empty or only whitespace."""
+
+    code = "prompt_required"
+
+
+class InvalidTimeout(InvalidRequest):
+    """`timeout_s` is out of range."""
+
+    code = "invalid_timeout"
+
+
+class InvalidProjectId(InvalidRequest):
+    """The project id must match [a-z0-9][a-z0-9._-]{0,62} (it becomes a directory name)."""
+
+    code = "invalid_project_id"
+
+
+class InvalidMaxTurns(InvalidRequest):
+    """`max_turns` is out of range."""
+
+    code = "invalid_max_turns"
+
+
+class InvalidSessionId(InvalidRequest):
+    """`session_id` may only contain letters, digits, '_', '-' and '.' (at most 128 characters)."""
+
+    code = "invalid_session_id"
+
+
+class UnknownProvider(AgentdError):
+    """No provider is registered under that name."""
+
+    code = "unknown_provider"
+
+
+class ProviderUnavailable(AgentdError):
+    """The provider cannot run jobs right now."""
+
+    code = "provider_unavailable"
+
+
+class JobNotFound(AgentdError):
+    """No such job in this project."""
+
+    code = "job_not_found"
+
+
+class StreamNotFound(AgentdError):
+    """No such event stream (it never existed or its retention period is over)."""
+
+    code = "stream_not_found"
+
+
+class JobAlreadyFinished(AgentdError):
+    """The job has already finished."""
+
+    code = "job_finished"
+
+
+class Unauthorized(AgentdError):
+    """A valid X-API-Key header is required."""
+
+    code = "unauthorized"
+
+
+class QueueUnavailable(AgentdError):
+    """The work queue's storage cannot be reached right now; try again shortly."""
+
+    code = "queue_unavailable"
+
+
+class SubscriberTooSlow(AgentdError):
+    """The subscriber fell too far behind the stream and was disconnected; reconnect with Last-Event-ID."""
+
+    code = "subscriber_too_slow"

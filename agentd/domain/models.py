@@ -1,0 +1,324 @@
+"""Provider-neutral domain models: what a job asks for, what happens while it runs, how it ends.
+
+Nothing here knows about Claude Code, OpenCode, HTTP or a database.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+from agentd.domain import errors
+
+PROJECT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+MIN_TIMEOUT_S = 1
+MAX_TIMEOUT_S = 24 * 3600
+DEFAULT_TIMEOUT_S = 1800
+MAX_TURNS_LIMIT = 1000
+
+
+def validate_project_id(project_id: str) -> str:
+    # ".." and "." match the pattern's character class; they must never become directory names.
+    if not isinstance(project_id, str) or not PROJECT_ID_RE.match(project_id) or project_id in {".", ".."}:
+        raise errors.InvalidProjectId(
+            f"invalid project id {project_id!r}: use 1-63 characters from a-z, 0-9, '.', '_', '-', "
+            "starting with a letter or digit"
+        )
+    if ".." in project_id:
+        raise errors.InvalidProjectId(f"invalid project id {project_id!r}: '..' is not allowed")
+    return project_id
+
+
+class AgentRequest(BaseModel):
+    """One prompt for one project, to be run by one provider."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    project_id: str
+    prompt: str
+    provider: str | None = None
+    model: str | None = None
+    session_id: str | None = None
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    max_turns: int | None = None
+    agent: str | None = None
+
+    @field_validator("project_id")
+    @classmethod
+    def _project_id(cls, v: str) -> str:
+        return validate_project_id(v)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str) -> str:
+        if not v or not v.strip():
+            raise errors.PromptRequired()
+        return v
+
+    @field_validator("timeout_s")
+    @classmethod
+    def _timeout(cls, v: float) -> float:
+        if not (MIN_TIMEOUT_S <= v <= MAX_TIMEOUT_S):
+            raise errors.InvalidTimeout(
+                f"timeout_s must be between {MIN_TIMEOUT_S} and {MAX_TIMEOUT_S} seconds, got {v}"
+            )
+        return v
+
+    @field_validator("max_turns")
+    @classmethod
+    def _max_turns(cls, v: int | None) -> int | None:
+        if v is not None and not (1 <= v <= MAX_TURNS_LIMIT):
+            raise errors.InvalidMaxTurns(f"max_turns must be between 1 and {MAX_TURNS_LIMIT}, got {v}")
+        return v
+
+    @field_validator("session_id")
+    @classmethod
+    def _session_id(cls, v: str | None) -> str | None:
+        if v is not None and not SESSION_ID_RE.match(v):
+            raise errors.InvalidSessionId(f"invalid session_id {v!r}: {errors.InvalidSessionId.__doc__}")
+        return v
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    timed_out = "timed_out"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (JobStatus.queued, JobStatus.running)
+
+
+ResultStatus = Literal["succeeded", "failed", "cancelled", "timed_out"]
+
+
+class AgentResult(BaseModel):
+    """How a run ended. Providers build it; the queue stores it; the `done` event carries it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: ResultStatus
+    exit_code: int | None = None
+    duration_ms: int = 0
+    session_id: str | None = None
+    result: str | None = None
+    usage: dict[str, Any] = Field(default_factory=dict)
+    cost_usd: float | None = None
+    error: str | None = None
+    retryable: bool = False
+
+
+# --- events -------------------------------------------------------------------------------------------
+# The `event` field is the SSE event name; the other fields are the JSON `data` of that SSE event.
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    def data(self) -> dict[str, Any]:
+        """The JSON payload clients see (everything but the discriminator)."""
+        return self.model_dump(mode="json", exclude={"event"})
+
+
+class StatusEvent(_Event):
+    event: Literal["status"] = "status"
+    status: str
+    detail: str | None = None
+    attempt: int | None = None
+    max_retries: int | None = None
+    retry_delay_ms: int | None = None
+
+
+class SessionEvent(_Event):
+    event: Literal["session"] = "session"
+    session_id: str
+    model: str | None = None
+    tools: list[str] = Field(default_factory=list)
+    cwd: str | None = None
+
+
+class TextEvent(_Event):
+    """A chunk of assistant text. Concatenating the chunks of one `message_id` gives that message's text.
+
+    The last event of a message has `is_complete: true`. If the provider abandons a message it streamed
+    partially (a fallback after a stream error), its last event has `abandoned: true` and an empty chunk:
+    clients drop that message; the replacement text arrives under a new `message_id`.
+    """
+
+    event: Literal["text"] = "text"
+    message_id: str
+    index: int = 0
+    chunk: str
+    is_complete: bool = False
+    agent: str | None = None
+    abandoned: bool = False
+
+
+class ReasoningEvent(_Event):
+    event: Literal["reasoning"] = "reasoning"
+    message_id: str
+    index: int = 0
+    chunk: str
+    is_complete: bool = False
+    abandoned: bool = False
+
+
+class ToolUseEvent(_Event):
+    event: Literal["tool_use"] = "tool_use"
+    tool_use_id: str
+    name: str
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolResultEvent(_Event):
+    event: Literal["tool_result"] = "tool_result"
+    tool_use_id: str
+    output: str
+    is_error: bool = False
+
+
+class OutputEvent(_Event):
+    """Raw process output (stderr of the agent process, or stdout it could not parse)."""
+
+    event: Literal["output"] = "output"
+    type: Literal["stdout", "stderr"]
+    content: str
+
+
+class ErrorEvent(_Event):
+    event: Literal["error"] = "error"
+    code: str
+    message: str
+    retryable: bool = False
+
+
+class DoneEvent(_Event):
+    event: Literal["done"] = "done"
+    status: ResultStatus
+    exit_code: int | None = None
+    duration_ms: int = 0
+    session_id: str | None = None
+    result: str | None = None
+    usage: dict[str, Any] = Field(default_factory=dict)
+    cost_usd: float | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_result(cls, r: AgentResult) -> DoneEvent:
+        return cls(**r.model_dump(exclude={"retryable"}))
+
+    def to_result(self) -> AgentResult:
+        return AgentResult(**self.model_dump(exclude={"event"}))
+
+
+AgentEvent = Annotated[
+    StatusEvent
+    | SessionEvent
+    | TextEvent
+    | ReasoningEvent
+    | ToolUseEvent
+    | ToolResultEvent
+    | OutputEvent
+    | ErrorEvent
+    | DoneEvent,
+    Field(discriminator="event"),
+]
+EVENT_ADAPTER: TypeAdapter[AgentEvent] = TypeAdapter(AgentEvent)
+EVENT_TYPES = (
+    "status",
+    "session",
+    "text",
+    "reasoning",
+    "tool_use",
+    "tool_result",
+    "output",
+    "error",
+    "done",
+)
+
+
+def event_from_data(event_type: str, data: dict[str, Any]) -> AgentEvent:
+    """Rebuild an event from its SSE name and JSON data (the inverse of `event.event` + `event.data()`)."""
+    return EVENT_ADAPTER.validate_python({**data, "event": event_type})
+
+
+class StoredEvent(BaseModel):
+    """An event as a stream holds it: with its sequence number (1, 2, 3… without gaps)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    seq: int
+    event: AgentEvent
+
+
+class Job(BaseModel):
+    """A request waiting for, or given to, a worker."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    project_id: str
+    provider: str
+    stream_id: str
+    request: AgentRequest
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    cancel_requested: bool = False
+    worker_id: str | None = None
+    result: AgentResult | None = None
+
+    def public(self) -> dict[str, Any]:
+        """The JSON shape the API returns for a job."""
+        req = self.request
+        return {
+            "job_id": self.id,
+            "project_id": self.project_id,
+            "provider": self.provider,
+            "stream_id": self.stream_id,
+            "status": self.status.value,
+            "created_at": self.created_at.isoformat(),
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "attempts": self.attempts,
+            "cancel_requested": self.cancel_requested,
+            "request": {
+                "prompt": req.prompt,
+                "model": req.model,
+                "session_id": req.session_id,
+                "timeout_s": req.timeout_s,
+                "max_turns": req.max_turns,
+            },
+            "result": self.result.model_dump(mode="json", exclude={"retryable"}) if self.result else None,
+        }
+
+
+class Capabilities(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    streaming: bool = True
+    partial_text: bool = False
+    reasoning: bool = False
+    tools: bool = True
+    resume: bool = True
+    cancel: bool = True
+    max_turns: bool = False
+    models: list[str] = Field(default_factory=list)
+
+
+class Availability(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    available: bool
+    detail: str = ""
+    version: str | None = None

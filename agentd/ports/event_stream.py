@@ -1,0 +1,51 @@
+"""The EventStream port: ordered, replayable per-job event streams with live fan-out."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+from agentd.domain.models import AgentEvent, StoredEvent
+
+
+class EventStream(Protocol):
+    """Every adapter passes tests/contract/test_event_stream.py.
+
+    - `publish` numbers events 1, 2, 3… per stream without gaps, in publish order.
+    - `subscribe(after=N)` yields every event with seq > N (replay), then live events, and ends after the
+      stream is closed and drained. A subscriber that falls too far behind gets SubscriberTooSlow
+      (it can resume with after=<last seq it saw>); it never slows the publisher or other subscribers.
+    - An unknown (or pruned) stream raises StreamNotFound.
+    """
+
+    @abstractmethod
+    async def create(self, stream_id: str) -> None:
+        """Make the stream exist (empty, open). Idempotent."""
+        ...
+
+    @abstractmethod
+    async def publish(self, stream_id: str, events: Sequence[AgentEvent]) -> list[int]:
+        """Append events; returns their sequence numbers."""
+        ...
+
+    @abstractmethod
+    async def close_stream(self, stream_id: str) -> None:
+        """No more events will come; retention starts now."""
+        ...
+
+    @abstractmethod
+    def subscribe(self, stream_id: str, *, after: int = 0) -> AsyncIterator[StoredEvent]: ...
+
+    @abstractmethod
+    async def last_seq(self, stream_id: str) -> int:
+        """The highest sequence number so far (0 when empty); StreamNotFound when unknown."""
+        ...
+
+    @abstractmethod
+    async def prune(self) -> int:
+        """Forget closed streams whose retention has passed; returns how many."""
+        ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
