@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     claude_pod: str | None = None
     claude_namespace: str = "default"
     claude_permission_mode: str = "bypassPermissions"
+    claude_setting_sources: str = "user"
     claude_idle_timeout_s: float = 300.0
     claude_extra_args: str = ""
 

@@ -40,3 +40,4 @@ class CodeAgent(Protocol):
 
     async def close(self) -> None:
         """Release long-lived resources (servers, sessions). Default: nothing."""
+        return None

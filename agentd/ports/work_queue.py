@@ -19,7 +19,9 @@ class WorkQueue(Protocol):
     """
 
     @abstractmethod
-    async def enqueue(self, request: AgentRequest, *, provider: str) -> Job: ...
+    async def enqueue(
+        self, request: AgentRequest, *, provider: str, job_id: str, stream_id: str
+    ) -> Job: ...
 
     @abstractmethod
     async def claim(self, worker_id: str) -> Job | None:
@@ -42,8 +44,11 @@ class WorkQueue(Protocol):
         ...
 
     @abstractmethod
-    async def request_cancel(self, project_id: str, job_id: str) -> Job:
-        """Cancel a job: a queued job ends cancelled at once; a running one gets `cancel_requested`."""
+    async def request_cancel(self, project_id: str, job_id: str) -> tuple[Job, bool]:
+        """Cancel a job: a queued job ends cancelled at once; a running one gets `cancel_requested`.
+
+        Returns the job and whether THIS call ended it (a queued job), so exactly one caller announces it.
+        """
         ...
 
     @abstractmethod
@@ -52,7 +57,7 @@ class WorkQueue(Protocol):
         ...
 
     @abstractmethod
-    async def list(
+    async def list_jobs(
         self,
         project_id: str,
         *,

@@ -1,0 +1,49 @@
+"""The one map from errors to HTTP responses: `{"error": <code>, "message": <what to fix>}`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from agentd.domain import errors
+
+STATUS: dict[type[errors.AgentdError], int] = {
+    errors.InvalidRequest: 400,
+    errors.UnknownProvider: 400,
+    errors.Unauthorized: 401,
+    errors.JobNotFound: 404,
+    errors.StreamNotFound: 404,
+    errors.JobAlreadyFinished: 409,
+    errors.ProviderUnavailable: 503,
+    errors.QueueUnavailable: 503,
+}
+
+
+def status_for(exc: errors.AgentdError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    headers = {"WWW-Authenticate": 'ApiKey header="X-API-Key"'} if status == 401 else None
+    return web.json_response({"error": code, "message": message, **extra}, status=status, headers=headers)
+
+
+def from_domain(exc: errors.AgentdError) -> web.Response:
+    return error_response(status_for(exc), exc.code, exc.message)
+
+
+def from_validation(exc: ValidationError) -> web.Response:
+    """Pydantic errors → one readable message naming each bad field."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ())) or "body"
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        parts.append(f"{loc}: {msg}")
+    return error_response(400, "invalid_request", "; ".join(parts))

@@ -1,0 +1,115 @@
+"""The composition root: settings in, a wired application out. Tests override any part by keyword."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+
+from agentd.adapters.claude_code.agent import ClaudeCodeAgent, ClaudeCodeConfig, reap_stale
+from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
+from agentd.adapters.http.app import ApiConfig, create_app
+from agentd.adapters.memory.memory_event_stream import MemoryEventStream
+from agentd.config import Settings
+from agentd.ports.code_agent import CodeAgent
+from agentd.ports.event_stream import EventStream
+from agentd.ports.work_queue import WorkQueue
+from agentd.services.jobs import JobService
+from agentd.services.registry import ProviderRegistry
+from agentd.services.runner import Runner
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Container:
+    settings: Settings
+    queue: WorkQueue
+    streams: EventStream
+    registry: ProviderRegistry
+    runner: Runner | None
+    service: JobService
+
+    def app(self) -> web.Application:
+        api_key = self.settings.api_key.get_secret_value() if self.settings.api_key else None
+        app = create_app(
+            self.service,
+            ApiConfig(api_key=api_key, subscriber_buffer=self.settings.subscriber_buffer),
+        )
+        app.cleanup_ctx.append(self._lifecycle)
+        return app
+
+    async def _lifecycle(self, app: web.Application):  # type: ignore[no-untyped-def]
+        await self.start()
+        yield
+        await self.stop()
+
+    async def start(self) -> None:
+        reaped = reap_stale()
+        if reaped:
+            log.warning("agentd.reaped_orphans", count=reaped)
+        if self.runner is not None:
+            await self.runner.start()
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        if self.runner is not None:
+            await self.runner.stop(grace_s)
+        for _, agent in self.registry.items():
+            await agent.close()
+        await self.streams.close()
+        await self.queue.close()
+
+
+def claude_config(settings: Settings) -> ClaudeCodeConfig:
+    return ClaudeCodeConfig(
+        data_dir=settings.data_dir,
+        binary=settings.claude_bin,
+        transport=settings.claude_transport,
+        kubectl=settings.claude_kubectl_bin,
+        pod=settings.claude_pod,
+        namespace=settings.claude_namespace,
+        permission_mode=settings.claude_permission_mode,
+        setting_sources=settings.claude_setting_sources,
+        idle_timeout_s=settings.claude_idle_timeout_s,
+        extra_args=tuple(settings.claude_extra_args.split()),
+    )
+
+
+def build_agents(settings: Settings) -> list[CodeAgent]:
+    agents: list[CodeAgent] = []
+    for name in settings.provider_names():
+        if name == "claude-code":
+            agents.append(ClaudeCodeAgent(claude_config(settings)))
+        elif name == "opencode":
+            from agentd.adapters.opencode import build_opencode_agent
+
+            agents.append(build_opencode_agent(settings))
+        else:
+            raise ValueError(f"AGENTD_PROVIDERS names unknown provider {name!r}; known: claude-code, opencode")
+    return agents
+
+
+def build(
+    settings: Settings,
+    *,
+    agents: list[CodeAgent] | None = None,
+    queue: WorkQueue | None = None,
+    streams: EventStream | None = None,
+    with_workers: bool = True,
+) -> Container:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    registry = ProviderRegistry()
+    for agent in agents if agents is not None else build_agents(settings):
+        registry.register(agent)
+    queue = queue or SqliteWorkQueue(settings.data_dir / "queue.sqlite3")
+    streams = streams or MemoryEventStream(
+        retention_s=settings.stream_retention_s, buffer=settings.subscriber_buffer
+    )
+    runner = (
+        Runner(queue, streams, registry, workers=settings.workers, heartbeat_s=settings.heartbeat_s)
+        if with_workers
+        else None
+    )
+    service = JobService(queue, streams, registry, runner)
+    return Container(settings, queue, streams, registry, runner, service)

@@ -1,0 +1,180 @@
+"""Command line: `agentd serve` runs the service; `agentd submit` sends a prompt and follows it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from agentd import __version__
+from agentd.config import Settings
+
+log = structlog.get_logger("agentd.cli")
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agentd", description="Run code agents on demand.")
+    parser.add_argument("--version", action="version", version=f"agentd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the API and in-process workers")
+    serve.add_argument("--host", help="bind address (AGENTD_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (AGENTD_PORT, default 8080)")
+
+    submit = sub.add_parser("submit", help="submit a prompt; with --follow print its stream")
+    submit.add_argument("--project", required=True, help="project id, e.g. my-repo")
+    submit.add_argument("--provider", help="claude-code | opencode (default: the server's default)")
+    submit.add_argument("--model")
+    submit.add_argument("--session-id", help="continue this agent session")
+    submit.add_argument("--timeout", type=float, dest="timeout_s", help="seconds before the job times out")
+    submit.add_argument("--max-turns", type=int)
+    submit.add_argument("--follow", action="store_true", help="print the events until the job ends")
+    submit.add_argument("--json", action="store_true", help="with --follow: print raw events as JSON lines")
+    submit.add_argument(
+        "--server", default=os.environ.get("AGENTD_URL"), help="agentd URL (AGENTD_URL, default from settings)"
+    )
+    submit.add_argument("prompt", help="the prompt; '-' reads it from stdin")
+
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    from agentd.logging import configure
+
+    configure(settings.log_level, settings.log_format)
+    if args.command == "serve":
+        return _serve(settings, args.host, args.port)
+    return asyncio.run(_submit(settings, args))
+
+
+def _serve(settings: Settings, host: str | None, port: int | None) -> int:
+    from agentd.bootstrap import build
+
+    host = host or settings.host
+    port = port if port is not None else settings.port
+    if settings.api_key is None:
+        if host not in LOOPBACK:
+            log.error(
+                "agentd.refusing_open_bind",
+                host=host,
+                hint="AGENTD_API_KEY is not set: set it, or bind to 127.0.0.1",
+            )
+            print(
+                f"agentd: refusing to listen on {host} without AGENTD_API_KEY; set AGENTD_API_KEY or use "
+                "--host 127.0.0.1",
+                file=sys.stderr,
+            )
+            return 2
+        log.warning(
+            "agentd.no_api_key",
+            message="AGENTD_API_KEY is not set: anyone on this machine can run agents; listening on "
+            f"{host} only",
+        )
+    container = build(settings)
+    log.info(
+        "agentd.starting",
+        host=host,
+        port=port,
+        data_dir=str(settings.data_dir),
+        providers=container.registry.names(),
+        queue=type(container.queue).__name__,
+        streams=type(container.streams).__name__,
+    )
+    web.run_app(
+        container.app(), host=host, port=port, print=None, shutdown_timeout=15,
+        handle_signals=True,
+    )
+    return 0
+
+
+async def _submit(settings: Settings, args: argparse.Namespace) -> int:
+    from agentd.client import AgentdClient, ApiError
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    server = args.server or f"http://{settings.host}:{settings.port}"
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    async with AgentdClient(server, api_key=key) as client:
+        try:
+            job = await client.submit(
+                args.project, prompt, provider=args.provider, model=args.model,
+                session_id=args.session_id, timeout_s=args.timeout_s, max_turns=args.max_turns,
+            )
+        except ApiError as e:
+            print(f"agentd: {e.message} ({e.code}, HTTP {e.status})", file=sys.stderr)
+            return 2
+        if not args.follow:
+            print(json.dumps(job, indent=2))
+            return 0
+        print(f"job {job['job_id']} ({job['provider']}) → {job['stream_url']}", file=sys.stderr)
+        loop = asyncio.get_running_loop()
+        cancel_sent = False
+
+        def on_sigint() -> None:
+            nonlocal cancel_sent
+            if not cancel_sent:
+                cancel_sent = True
+                print("\nagentd: cancelling the job (Ctrl-C again to quit)…", file=sys.stderr)
+                loop.create_task(client.cancel(args.project, job["job_id"]))
+            else:
+                raise KeyboardInterrupt
+
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        status = "failed"
+        try:
+            async for item in client.follow(job["stream_url"]):
+                if args.json:
+                    print(json.dumps({"id": item.seq, "event": item.event, "data": item.data}), flush=True)
+                else:
+                    _print_event(item.event, item.data)
+                if item.event == "done":
+                    status = item.data.get("status", "failed")
+        except ApiError as e:
+            print(f"agentd: {e.message}", file=sys.stderr)
+            return 3
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+        return 0 if status == "succeeded" else 1
+
+
+def _print_event(event: str, d: dict[str, Any]) -> None:
+    err = sys.stderr
+    if event in ("text",):
+        if d.get("abandoned"):
+            print("\n[previous message abandoned by the agent]", file=err)
+        sys.stdout.write(d.get("chunk", ""))
+        if d.get("is_complete"):
+            sys.stdout.write("\n")
+        sys.stdout.flush()
+    elif event == "reasoning":
+        err.write(d.get("chunk", ""))
+    elif event == "tool_use":
+        print(f"→ {d.get('name')} {json.dumps(d.get('input'), ensure_ascii=False)[:500]}", file=err)
+    elif event == "tool_result":
+        mark = "✗" if d.get("is_error") else "←"
+        print(f"{mark} {str(d.get('output', ''))[:500]}", file=err)
+    elif event == "status":
+        print(f"[{d.get('status')}] {d.get('detail') or ''}".rstrip(), file=err)
+    elif event == "session":
+        print(f"[session {d.get('session_id')} model {d.get('model')}]", file=err)
+    elif event == "error":
+        print(f"[error {d.get('code')}] {d.get('message')}", file=err)
+    elif event == "output":
+        print(f"[{d.get('type')}] {d.get('content')}", file=err)
+    elif event == "done":
+        cost = d.get("cost_usd")
+        extra = f", ${cost:.4f}" if isinstance(cost, int | float) else ""
+        print(
+            f"[done {d.get('status')} in {d.get('duration_ms')} ms, session {d.get('session_id')}{extra}]"
+            + (f" {d['error']}" if d.get("error") else ""),
+            file=err,
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""A small Python client for the agentd API, used by `agentd submit` and the tests.
+
+`follow()` reconnects with Last-Event-ID when the connection drops, so a caller sees every event exactly
+once and in order, ending with `done`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from agentd.sse import aiter_sse
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"HTTP {status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True)
+class StreamItem:
+    seq: int | None
+    event: str
+    data: dict[str, Any]
+
+
+class AgentdClient:
+    def __init__(self, base_url: str, *, api_key: str | None = None, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self._session = aiohttp.ClientSession(
+            headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout_s)
+        )
+        self._timeout = timeout_s
+
+    async def __aenter__(self) -> AgentdClient:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def _json(self, method: str, path: str, **kw: Any) -> Any:
+        url = path if path.startswith("http") else f"{self.base_url}{path}"
+        async with self._session.request(
+            method, url, timeout=aiohttp.ClientTimeout(total=self._timeout), **kw
+        ) as r:
+            body = await r.read()
+            try:
+                data = json.loads(body) if body else None
+            except json.JSONDecodeError:
+                data = None
+            if r.status >= 400:
+                d = data if isinstance(data, dict) else {}
+                raise ApiError(r.status, d.get("error", "http_error"), d.get("message", body[:300].decode()))
+            return data
+
+    async def submit(self, project_id: str, prompt: str, **fields: Any) -> dict[str, Any]:
+        body = {"prompt": prompt, **{k: v for k, v in fields.items() if v is not None}}
+        out: dict[str, Any] = await self._json("POST", f"/projects/{project_id}/jobs", json=body)
+        return out
+
+    async def job(self, project_id: str, job_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = await self._json("GET", f"/projects/{project_id}/jobs/{job_id}")
+        return out
+
+    async def cancel(self, project_id: str, job_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = await self._json("POST", f"/projects/{project_id}/jobs/{job_id}/cancel")
+        return out
+
+    async def follow(
+        self, stream_url: str, *, last_event_id: int = 0, max_reconnects: int = 20
+    ) -> AsyncIterator[StreamItem]:
+        """Yield the stream's events until `done`; reconnect (Last-Event-ID) when the connection drops."""
+        url = stream_url if stream_url.startswith("http") else f"{self.base_url}{stream_url}"
+        last = last_event_id
+        failures = 0
+        retry_s = 1.0
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if last:
+                headers["Last-Event-ID"] = str(last)
+            try:
+                async with self._session.get(url, headers=headers) as r:
+                    if r.status >= 400:
+                        body = await r.read()
+                        try:
+                            d = json.loads(body)
+                        except json.JSONDecodeError:
+                            d = {}
+                        raise ApiError(r.status, d.get("error", "http_error"), d.get("message", ""))
+                    async for ev in aiter_sse(r.content.iter_any()):
+                        failures = 0
+                        data = json.loads(ev.data) if ev.data else {}
+                        seq = int(ev.id) if ev.id.isdigit() else None
+                        if seq is not None:
+                            if seq <= last:
+                                continue  # never hand out an event twice
+                            last = seq
+                        item = StreamItem(seq=seq, event=ev.event, data=data)
+                        if item.event == "error" and seq is None:
+                            break  # a transport-level notice (e.g. too slow): reconnect and resume
+                        yield item
+                        if item.event == "done":
+                            return
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass
+            failures += 1
+            if failures > max_reconnects:
+                raise ApiError(0, "stream_lost", f"lost the event stream {url} after {max_reconnects} retries")
+            await asyncio.sleep(min(retry_s * failures, 5.0))

@@ -1,0 +1,24 @@
+"""Identifiers. Job and stream ids share one random token so a stream URL names exactly one job."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from agentd.domain.errors import StreamNotFound
+
+JOB_PREFIX = "job_"
+STREAM_PREFIX = "stm_"
+
+
+def new_job_ids() -> tuple[str, str]:
+    """A (job id, stream id) pair: time-ordered for humans, 96 random bits so nobody can guess one."""
+    token = f"{int(time.time() * 1000):012x}{secrets.token_hex(12)}"
+    return JOB_PREFIX + token, STREAM_PREFIX + token
+
+
+def job_id_for_stream(stream_id: str) -> str:
+    token = stream_id.removeprefix(STREAM_PREFIX)
+    if token == stream_id or not token.isalnum() or len(token) > 64:
+        raise StreamNotFound(f"no event stream {stream_id!r}")
+    return JOB_PREFIX + token

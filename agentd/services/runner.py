@@ -1,0 +1,204 @@
+"""Workers: claim a job, run it through its provider, publish every event, record the result.
+
+Guarantees: exactly one `done` event per job, published after the result is stored (a client that saw
+`done` always finds the final status); cancel requests reach the run within `poll_s`; a run that ignores
+its own deadline is cancelled by the runner's safety net.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+
+import structlog
+
+from agentd.domain.errors import AgentdError
+from agentd.domain.models import AgentEvent, AgentResult, DoneEvent, Job, StatusEvent
+from agentd.ports.code_agent import CodeAgent
+from agentd.ports.event_stream import EventStream
+from agentd.ports.work_queue import WorkQueue
+from agentd.services.registry import ProviderRegistry
+
+log = structlog.get_logger(__name__)
+
+SAFETY_GRACE_S = 30.0
+
+
+class Runner:
+    def __init__(
+        self,
+        queue: WorkQueue,
+        streams: EventStream,
+        registry: ProviderRegistry,
+        *,
+        workers: int = 2,
+        poll_s: float = 1.0,
+        heartbeat_s: float = 15.0,
+        prune_s: float = 60.0,
+    ) -> None:
+        self.queue = queue
+        self.streams = streams
+        self.registry = registry
+        self.workers = workers
+        self.poll_s = poll_s
+        self.heartbeat_s = heartbeat_s
+        self.prune_s = prune_s
+        self.worker_prefix = f"{socket.gethostname()}:{os.getpid()}"
+        self._tasks: list[asyncio.Task[None]] = []
+        self._active: dict[str, tuple[Job, CodeAgent]] = {}
+        self._stopping = asyncio.Event()
+
+    @property
+    def active_jobs(self) -> list[str]:
+        return list(self._active)
+
+    async def start(self) -> None:
+        recovered = await self.queue.recover()
+        for job in recovered:
+            log.warning("job.recovered", job_id=job.id, status=job.status.value, attempts=job.attempts)
+        for i in range(self.workers):
+            self._tasks.append(asyncio.create_task(self._work(f"{self.worker_prefix}:{i}")))
+        self._tasks.append(asyncio.create_task(self._prune()))
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop claiming; let running jobs finish within `grace_s`, then cancel them."""
+        self._stopping.set()
+        deadline = time.monotonic() + grace_s
+        while self._active and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for job_id in list(self._active):
+            log.warning("job.cancel_on_shutdown", job_id=job_id)
+            await self.cancel_local(job_id, reason="agentd is shutting down")
+        done, pending = await asyncio.wait(self._tasks, timeout=SAFETY_GRACE_S) if self._tasks else ((), ())
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def cancel_local(self, job_id: str, reason: str | None = None) -> bool:
+        entry = self._active.get(job_id)
+        if entry is None:
+            return False
+        return await entry[1].cancel(job_id)
+
+    async def _work(self, worker_id: str) -> None:
+        while not self._stopping.is_set():
+            try:
+                job = await self.queue.claim(worker_id)
+            except AgentdError as e:  # storage down: wait and retry, never die
+                log.error("worker.claim_failed", worker_id=worker_id, error=str(e))
+                await asyncio.sleep(self.poll_s)
+                continue
+            if job is None:
+                waiter = asyncio.create_task(self.queue.wait_for_work(self.poll_s))
+                stop = asyncio.create_task(self._stopping.wait())
+                await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+                for t in (waiter, stop):
+                    t.cancel()
+                await asyncio.gather(waiter, stop, return_exceptions=True)
+                continue
+            try:
+                await self.run_job(job, worker_id)
+            except Exception:  # a bug in one job must not kill the worker
+                log.exception("job.crashed", job_id=job.id)
+
+    async def run_job(self, job: Job, worker_id: str) -> AgentResult:
+        structlog.contextvars.bind_contextvars(job_id=job.id, project_id=job.project_id)
+        started = time.monotonic()
+        try:
+            await self.streams.create(job.stream_id)
+            try:
+                agent = self.registry.get(job.provider)
+            except AgentdError as e:
+                result = AgentResult(status="failed", error=e.message)
+            else:
+                self._active[job.id] = (job, agent)
+                try:
+                    result = await self._drive(job, agent, worker_id)
+                finally:
+                    self._active.pop(job.id, None)
+            stored = await self.queue.finish(job.id, result)
+            final = stored.result or result
+            await self.streams.publish(job.stream_id, [DoneEvent.from_result(final)])
+            await self.streams.close_stream(job.stream_id)
+            log.info(
+                "job.finished", status=final.status, provider=job.provider, worker_id=worker_id,
+                duration_ms=int((time.monotonic() - started) * 1000), error=final.error,
+            )
+            return final
+        finally:
+            structlog.contextvars.unbind_contextvars("job_id", "project_id")
+
+    async def _drive(self, job: Job, agent: CodeAgent, worker_id: str) -> AgentResult:
+        await self.streams.publish(
+            job.stream_id,
+            [StatusEvent(status="running", detail=f"worker {worker_id}, attempt {job.attempts}")],
+        )
+        watcher = asyncio.create_task(self._watch(job, agent, worker_id))
+        done: DoneEvent | None = None
+        try:
+            async with asyncio.timeout(job.request.timeout_s + SAFETY_GRACE_S * 2):
+                events = agent.execute(job.request, run_id=job.id)
+                try:
+                    async for ev in events:
+                        if isinstance(ev, DoneEvent):
+                            done = ev
+                            break
+                        await self._publish(job, ev)
+                finally:
+                    # Closing the iterator makes the adapter clean up (processes, sessions) right away.
+                    aclose = getattr(events, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+        except TimeoutError:
+            return AgentResult(
+                status="timed_out", error=f"the provider did not stop within {job.request.timeout_s:g} s"
+            )
+        except Exception as e:
+            log.exception("job.provider_error", provider=job.provider)
+            return AgentResult(status="failed", error=f"provider {job.provider} failed: {e}")
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        if done is None:
+            return AgentResult(status="failed", error=f"provider {job.provider} ended without a result")
+        return done.to_result()
+
+    async def _publish(self, job: Job, ev: AgentEvent) -> None:
+        await self.streams.publish(job.stream_id, [ev])
+
+    async def _watch(self, job: Job, agent: CodeAgent, worker_id: str) -> None:
+        """Poll for cancel requests, renew the lease, and enforce the deadline as a safety net."""
+        last_beat = time.monotonic()
+        deadline = time.monotonic() + job.request.timeout_s + SAFETY_GRACE_S
+        cancelled = False
+        while True:
+            await asyncio.sleep(self.poll_s)
+            now = time.monotonic()
+            with contextlib.suppress(AgentdError):
+                if not cancelled:
+                    current = await self.queue.get(job.project_id, job.id)
+                    if current.cancel_requested:
+                        cancelled = True
+                        log.info("job.cancelling", reason="requested")
+                        await agent.cancel(job.id)
+                if now - last_beat >= self.heartbeat_s:
+                    last_beat = now
+                    if not await self.queue.heartbeat(job.id, worker_id):
+                        log.warning("job.lease_lost")
+            if now > deadline and not cancelled:
+                cancelled = True
+                log.warning("job.safety_timeout")
+                await agent.cancel(job.id)
+
+    async def _prune(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.prune_s)
+            with contextlib.suppress(AgentdError):
+                n = await self.streams.prune()
+                if n:
+                    log.info("streams.pruned", count=n)
