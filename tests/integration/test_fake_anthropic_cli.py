@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -255,6 +256,21 @@ async def test_server_json_answers_and_logging(fake: FakeAnthropic) -> None:
     assert len(fake.message_requests()) == 3
 
 
+async def test_server_stop_ends_a_slow_stream_promptly() -> None:
+    fake = FakeAnthropic()
+    await fake.start()
+    body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "SCENARIO:slow"}]}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{fake.base_url}/v1/messages", json=body) as resp:
+            first = await resp.content.readuntil(b"\n\n")
+            assert first.startswith(b"event: message_start\n")
+            started = time.monotonic()
+            await fake.stop()
+            assert time.monotonic() - started < 1.5
+            with contextlib.suppress(aiohttp.ClientPayloadError):
+                await resp.read()
+
+
 # ------------------------------------------------------------------------------------------------------
 # Real CLI
 
@@ -387,7 +403,7 @@ async def test_cli_sleep_tool_sigint_kills_tool(cli: Cli) -> None:
 
     async def find_sleeper() -> None:
         for _ in range(100):
-            sleepers[:] = [p for p in _processes_with_env(marker) if p[1] == "sleep 300"]
+            sleepers[:] = [p for p in _processes_with_env(marker) if p[1] == fa.SLEEP_TOOL_INPUT["command"]]
             if sleepers:
                 return
             await asyncio.sleep(0.05)
@@ -401,7 +417,7 @@ async def test_cli_sleep_tool_sigint_kills_tool(cli: Cli) -> None:
         ),
         before_sigint=find_sleeper,
     )
-    assert sleepers, "the Bash tool's `sleep 300` never started"
+    assert sleepers, "the Bash tool's sleep process never started"
     assert run.returncode == 0
     assert run.result["is_error"] is True
     assert run.result["terminal_reason"] == "aborted_tools"

@@ -2,28 +2,66 @@
 
 Usage::
 
-    async with FakeAnthropic() as fake:
+    async with FakeAnthropic() as fake:           # 127.0.0.1, random free port
         env["ANTHROPIC_BASE_URL"] = fake.base_url
-        ...  # run `claude -p "SCENARIO:tool_bash" ...`
-        assert fake.requests[-1]["stream"] is True
+        ...                                       # run `claude -p "SCENARIO:tool_bash" ...`
+        assert fake.message_requests()[0]["stream"] is True
 
-Standalone (manual runs, benchmarks)::
+Standalone (manual runs, benchmarks): ``python -m tests.support.fake_anthropic --port 8765 [--verbose]``
 
-    python -m tests.support.fake_anthropic --port 8765
+The reply is chosen by a ``SCENARIO:<name> [word] [key=value ...]`` keyword searched in the text blocks
+of the LAST user message that carries one. tool_result turns and "[Request interrupted by user]" carry
+none, so a tool turn keeps the scenario of the prompt that started the conversation, while a resumed
+run (--resume) uses its new prompt. No keyword -> ``text``. Replies (constants below):
 
-The reply is chosen by a ``SCENARIO:<name> [key=value ...]`` keyword found in the text blocks of the
-LAST user message that carries one (tool_result turns and "[Request interrupted by user]" carry none,
-so a tool turn keeps the scenario of the prompt that started it; a resumed turn uses its new prompt).
-No keyword -> ``text``. See ``SCENARIOS`` / ``FakeAnthropic`` for the exact replies.
+  (none) / SCENARIO:text        "Hello from the fake model." in 5 word deltas, end_turn
+  SCENARIO:tool_bash            turn 1: text "I'll create the file." + Bash tool_use
+                                {"command": "echo hello > out.txt", "description": "Write hello"}
+                                (tool_use); after the tool_result: "Done: created out.txt."
+  SCENARIO:slow [delay_ms=100] [chunks=200]   deltas "tick 0 ", "tick 1 ", ... delay_ms apart
+                                (result text = slow_text(chunks), trailing space included)
+  SCENARIO:sleep_tool           turn 1: Bash tool_use {"command": "/bin/sleep 300", ...}; then "slept"
+  SCENARIO:error400|error500|error529   HTTP 400 invalid_request_error "Bad request (fake)" |
+                                500 api_error "Internal server error (fake)" | 529 overloaded_error
+                                "Overloaded (fake)" (JSON error body, no stream)
+  SCENARIO:thinking             thinking block "Let me think about this." (thinking_delta +
+                                signature_delta) then text "After thinking: 42."
+  SCENARIO:remember WORD        "I will remember WORD."
+  SCENARIO:recall               "You said WORD." (WORD from an EARLIER user message's
+                                "SCENARIO:remember WORD" in the same request), else
+                                "I don't remember anything."
+  SCENARIO:midstream_error [mode=drop]   first streamed attempt of a given conversation: message_start,
+                                text block, 3 text deltas ("This answer will"), then an SSE `error`
+                                event (overloaded_error) and end of stream (mode=drop: the TCP
+                                connection is aborted instead). Any later attempt with the same
+                                messages (or any non-streaming request): "Recovered after a mid-stream
+                                error."
+  SCENARIO:big [size=300000]    one text block of exactly big_text(size) characters, 8 KiB deltas
+Non-streaming requests (stream false/absent) get the same reply as one JSON message;
+POST /v1/messages/count_tokens gets {"input_tokens": N}; anything else: 404 JSON (logged).
 
-Observed with the real CLI 2.1.330 (not in the research notes):
-- Only POST /v1/messages?beta=true with stream:true per model turn, plus HEAD / at start; no
-  count_tokens / non-streaming / title requests in `-p` mode with NONESSENTIAL_TRAFFIC disabled.
-- The prompt is NOT the only text block of the first user message: the CLI prepends
-  <system-reminder> blocks to it, so the keyword is searched in every text block, not at the start.
-- --permission-mode=bypassPermissions works as root with IS_SANDBOX=1 (same as
-  --dangerously-skip-permissions).
-- midstream_error (an SSE ``error`` event after a started text block): see MIDSTREAM_NOTES below.
+Observed with the real CLI 2.1.330 + this server (beyond the research notes):
+- Per model turn exactly one POST /v1/messages?beta=true, stream:true, max_tokens 128000, model
+  "claude-opus-5-5"; NO HEAD requests, no count_tokens and no title/side requests were seen.
+- The first user message is [<system-reminder> text block, prompt text block]: the prompt is not the
+  first block, so the keyword is searched in every text block.
+- --permission-mode=bypassPermissions works as root when IS_SANDBOX=1 (exit 1 without it).
+- SSE `error` event mid-stream (midstream_error): the CLI emits a synthetic content_block_stop and a
+  message_stop stream_event carrying abandoned_blocks {api_message_id, from_block_index: 0}, NO
+  api_retry line, then silently re-sends the request NON-streaming (stream:false, max_tokens 64000);
+  that answer becomes the `assistant` line (no stream_events for it; its stop_reason is filled) and
+  the `result` (is_error false, exit 0). So the streamed deltas must be discarded on abandoned_blocks.
+  With CLAUDE_CODE_DISABLE_NONSTREAMING_FALLBACK=1: no second request, synthetic assistant
+  "API Error: Overloaded (fake)" then result is_error true, terminal_reason api_error, exit 1.
+- Dropped connection mid-stream (mode=drop): system/api_retry {error_status: null, error: "unknown"},
+  the request is retried STREAMING (in our runs the dropped attempt's deltas never reached stdout).
+- A 400 is re-sent 5 more times within ~0.5 s with altered bodies (thinking.display dropped, deferred
+  tools expanded) before the synthetic "API Error: 400 Bad request (fake)" (exit 1).
+- A Bash tool_use of a standalone `sleep 300` is refused by the CLI ("Blocked: standalone sleep 300",
+  regex ^sleep\\s+N$) and the turn continues; `/bin/sleep 300` runs. Tool processes carry the CLI's
+  environment (e.g. CLAUDE_CODE_TMPDIR), which lets a test find leftovers via /proc/*/environ.
+- The result text is not stripped ("tick 0 ... tick 5 " keeps its trailing space); a 300 KB text
+  gives ~307 KB stdout lines.
 """
 
 from __future__ import annotations
@@ -41,10 +79,6 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.log import access_logger
-
-MIDSTREAM_NOTES = """
-filled in below after observing the CLI
-"""
 
 DEFAULT_MODEL = "claude-fake-1"
 TEXT_REPLY = "Hello from the fake model."
@@ -89,6 +123,7 @@ def _api_id(prefix: str) -> str:
 
 
 def slow_text(chunks: int = SLOW_DEFAULT_CHUNKS) -> str:
+    """The full text of ``SCENARIO:slow chunks=N``: one delta "tick <i> " per chunk."""
     return "".join(f"tick {i} " for i in range(chunks))
 
 
@@ -189,6 +224,7 @@ class Block:
     tool_id: str = ""
     signature: str = ""
     chunk: int = 0  # split size for deltas (0 = default split)
+    pieces: list[str] | None = None  # explicit deltas (overrides chunk)
 
 
 @dataclass
@@ -223,6 +259,8 @@ def _split_fixed(text: str, size: int) -> list[str]:
 
 
 def _deltas(block: Block) -> list[str]:
+    if block.pieces is not None:
+        return block.pieces
     if block.type == "tool_use":
         raw = json.dumps(block.tool_input)
         return ["", *_split_fixed(raw, block.chunk or 16)]
@@ -260,6 +298,7 @@ class FakeAnthropic:
         self._access_log = access_log
         self._runner: web.AppRunner | None = None
         self._attempts: dict[str, int] = {}
+        self._closing = asyncio.Event()
         self._req_counter = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -280,7 +319,10 @@ class FakeAnthropic:
     async def start(self) -> None:
         if self._runner is not None:
             return
-        runner = web.AppRunner(self.make_app(), access_log=access_logger if self._access_log else None)
+        self._closing = asyncio.Event()
+        runner = web.AppRunner(
+            self.make_app(), access_log=access_logger if self._access_log else None, shutdown_timeout=2.0
+        )
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
         await site.start()
@@ -293,6 +335,7 @@ class FakeAnthropic:
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
+        self._closing.set()  # ends slow streams promptly
         if runner is not None:
             await runner.cleanup()
 
@@ -401,7 +444,8 @@ class FakeAnthropic:
         if name == "slow":
             delay = sc.int_param("delay_ms", SLOW_DEFAULT_DELAY_MS) / 1000.0
             chunks = sc.int_param("chunks", SLOW_DEFAULT_CHUNKS)
-            return Reply([Block("text", slow_text(chunks), chunk=0)], delay_s=delay)
+            pieces = [f"tick {i} " for i in range(chunks)]
+            return Reply([Block("text", "".join(pieces), pieces=pieces)], delay_s=delay)
         if name == "error400":
             return ErrorReply(400, "invalid_request_error", "Bad request (fake)")
         if name == "error500":
@@ -417,8 +461,9 @@ class FakeAnthropic:
         if name == "recall":
             return Reply([Block("text", _recall(body, sc.message_index))])
         if name == "midstream_error":
-            # The same conversation retried (same messages) fails only on its first streamed attempt.
-            key = json.dumps(body.get("messages"), sort_keys=True)
+            # The same request retried (same session metadata + messages) fails only on its first
+            # streamed attempt; another CLI run (new session id) fails again.
+            key = json.dumps([body.get("metadata"), body.get("messages")], sort_keys=True)
             attempt = self._attempts.get(key, 0) + 1
             self._attempts[key] = attempt
             if stream and attempt == 1:
@@ -446,8 +491,11 @@ class FakeAnthropic:
         await resp.prepare(request)
         try:
             for event_type, data in _events(reply, model, input_tokens):
+                if self._closing.is_set():
+                    break
                 if event_type == "__sleep__":
-                    await asyncio.sleep(data["seconds"])
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._closing.wait(), data["seconds"])
                     continue
                 if event_type == "error" and reply.midstream_drop:
                     if request.transport is not None:
@@ -456,11 +504,12 @@ class FakeAnthropic:
                 await resp.write(_sse(event_type, data))
                 if event_type == "error":
                     break
-            with contextlib.suppress(ConnectionResetError, RuntimeError):
-                await resp.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
-            # client went away (cancel tests): nothing more to do
-            pass
+            if self._closing.is_set() and request.transport is not None:
+                request.transport.abort()  # server stopping mid-stream: cut the connection
+                return resp
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away (a cancel test): nothing more to do
         return resp
 
 

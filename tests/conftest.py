@@ -1,0 +1,94 @@
+"""Shared fixtures: paths to the real agent CLIs, and a running agentd on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from agentd.adapters.claude_code.agent import ClaudeCodeAgent
+from agentd.bootstrap import Container, build, claude_config
+from agentd.client import AgentdClient
+from agentd.config import Settings
+from agentd.ports.code_agent import CodeAgent
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLS_BIN = ROOT / ".tools" / "node" / "node_modules" / ".bin"
+
+
+def tool_path(env_var: str, name: str) -> str | None:
+    explicit = os.environ.get(env_var)
+    if explicit:
+        return explicit
+    local = TOOLS_BIN / name
+    if local.exists():
+        return str(local)
+    return shutil.which(name)
+
+
+@pytest.fixture(scope="session")
+def claude_bin() -> str:
+    path = tool_path("AGENTD_CLAUDE_BIN", "claude")
+    if path is None:
+        pytest.skip("the claude CLI is not installed: run scripts/setup (npm @anthropic-ai/claude-code@2.1.330)")
+    return path
+
+
+@dataclass
+class RunningAgentd:
+    container: Container
+    base_url: str
+    client: AgentdClient
+
+    @property
+    def settings(self) -> Settings:
+        return self.container.settings
+
+
+@pytest.fixture
+async def agentd_factory(
+    tmp_path: Path,
+) -> AsyncIterator[Callable[..., Any]]:
+    """Start agentd (API + workers, embedded queue) on a random loopback port with the given agents."""
+    started: list[tuple[web.AppRunner, AgentdClient]] = []
+
+    async def start(
+        agents: list[CodeAgent] | None = None, *, data_dir: Path | None = None, **settings: Any
+    ) -> RunningAgentd:
+        s = Settings(data_dir=data_dir or tmp_path / "data", **settings)
+        container = build(s, agents=agents)
+        runner = web.AppRunner(container.app(), shutdown_timeout=5)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        base = f"http://127.0.0.1:{port}"
+        key = s.api_key.get_secret_value() if s.api_key else None
+        client = AgentdClient(base, api_key=key)
+        started.append((runner, client))
+        return RunningAgentd(container, base, client)
+
+    yield start
+    for runner, client in reversed(started):
+        await client.close()
+        await runner.cleanup()
+
+
+def claude_agent(settings: Settings, claude_bin: str, model_url: str, **env: str) -> ClaudeCodeAgent:
+    """A real Claude Code adapter pointed at a scripted model server."""
+    base_env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "LANG": "C.UTF-8",
+        "ANTHROPIC_BASE_URL": model_url,
+        "ANTHROPIC_API_KEY": "sk-fake",
+        "CLAUDE_CODE_MAX_RETRIES": "1",
+        **env,
+    }
+    cfg = replace(claude_config(settings), binary=claude_bin, environ=base_env)
+    return ClaudeCodeAgent(cfg)
