@@ -51,7 +51,7 @@ class InvalidMaxTurns(InvalidRequest):
 
 
 class InvalidSessionId(InvalidRequest):
-    """`session_id` may only contain letters, digits, '_', '-' and '.' (at most 128 characters)."""
+    """`session_id` must start with a letter or digit and contain only letters, digits, '_', '-', '.' (max 128)."""
 
     code = "invalid_session_id"
 

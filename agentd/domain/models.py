@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from agentd.domain import errors
 
 PROJECT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 MIN_TIMEOUT_S = 1
 MAX_TIMEOUT_S = 24 * 3600
 DEFAULT_TIMEOUT_S = 1800
