@@ -154,12 +154,12 @@ class SSEDecoder:
         self._skip_lf = chunk[-1] == 0x0D
         block: bytes | bytearray
         if self._partial:
-            self._partial += chunk[:end]
+            self._partial += memoryview(chunk)[:end]  # a view: no extra copy of the chunk
             block, self._partial = self._partial, bytearray()
         else:
             block = chunk[:end] if end < len(chunk) else chunk
         if end < len(chunk):
-            self._partial += chunk[end:]
+            self._partial += memoryview(chunk)[end:]
 
         # CR and LF never occur inside a UTF-8 multi-byte sequence, so splitting the bytes on them and
         # decoding whole lines gives the same text (U+FFFD included) as decoding the stream first.
@@ -197,20 +197,16 @@ class SSEDecoder:
                     data.clear()
                 event_type = ""
                 continue
+            # A comment (":...") gets the name "" and a line without a colon the value "": both fall out
+            # of partition() without special cases.
+            name, _, value = line.partition(":")
+            if value[:1] == " ":
+                value = value[1:]
             # Joining the data lines with "\n" equals the spec's "append value + LF, drop the final LF",
             # and an empty list is exactly the spec's empty data buffer.
-            if line.startswith("data:"):  # fast path for the most common line
-                data.append(line[6:] if line.startswith(" ", 5) else line[5:])
-                continue
-            colon = line.find(":")
-            if colon == 0:
-                continue  # comment
-            if colon < 0:
-                name, value = line, ""
-            else:
-                name = line[:colon]
-                value = line[colon + 2 :] if line.startswith(" ", colon + 1) else line[colon + 1 :]
-            if name == "event":
+            if name == "data":
+                data.append(value)
+            elif name == "event":
                 event_type = value
             elif name == "id":
                 if "\0" not in value:
@@ -219,8 +215,6 @@ class SSEDecoder:
                 # isascii() first: str.isdigit() also accepts non-ASCII digits such as "١٢".
                 if value.isascii() and value.isdigit():
                     self.retry = int(value)
-            elif name == "data":
-                data.append(value)  # "data" without a colon
             # Any other field is ignored.
         self._event_type = event_type
         self._id_buffer = id_buffer

@@ -197,6 +197,27 @@ def _assert_ok(run: CliRun, text: str) -> None:
     assert run.assistant_blocks("text")[-1]["text"] == text
 
 
+def _assert_interrupted(run: CliRun, terminal_reason: str) -> None:
+    """After SIGINT: exit 0 and normally an is_error result with ``terminal_reason``.
+
+    Observed with 2.1.330 under CPU load (4 test runs in parallel on 2 cores, ~1 in 6 SIGINTs): the CLI
+    exits 0 WITHOUT writing the result line; the "[Request interrupted by user...]" user line is there.
+    """
+    assert run.returncode == 0, run.stderr
+    interrupted = [
+        block
+        for line in run.of_type("user")
+        for block in line["message"]["content"]
+        if block.get("type") == "text" and block["text"].startswith("[Request interrupted by user")
+    ]
+    results = run.of_type("result")
+    if results:
+        assert results[-1]["is_error"] is True
+        assert results[-1]["terminal_reason"] == terminal_reason
+    else:
+        assert interrupted, "neither a result line nor an interrupted user line after SIGINT"
+
+
 # ------------------------------------------------------------------------------------------------------
 # Server alone (no CLI)
 
@@ -392,9 +413,7 @@ async def test_cli_slow_sigint_mid_stream(cli: Cli) -> None:
         ),
     )
     assert time.monotonic() - started < 10  # 200 x 100 ms would take 20 s
-    assert run.returncode == 0
-    assert run.result["is_error"] is True
-    assert run.result["terminal_reason"] == "aborted_streaming"
+    _assert_interrupted(run, "aborted_streaming")
 
 
 async def test_cli_sleep_tool_sigint_kills_tool(cli: Cli) -> None:
@@ -418,10 +437,8 @@ async def test_cli_sleep_tool_sigint_kills_tool(cli: Cli) -> None:
         before_sigint=find_sleeper,
     )
     assert sleepers, "the Bash tool's sleep process never started"
-    assert run.returncode == 0
-    assert run.result["is_error"] is True
-    assert run.result["terminal_reason"] == "aborted_tools"
-    for _ in range(40):
+    _assert_interrupted(run, "aborted_tools")
+    for _ in range(100):
         if not _processes_with_env(marker):
             break
         await asyncio.sleep(0.05)

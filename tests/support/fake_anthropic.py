@@ -60,6 +60,8 @@ Observed with the real CLI 2.1.330 + this server (beyond the research notes):
 - A Bash tool_use of a standalone `sleep 300` is refused by the CLI ("Blocked: standalone sleep 300",
   regex ^sleep\\s+N$) and the turn continues; `/bin/sleep 300` runs. Tool processes carry the CLI's
   environment (e.g. CLAUDE_CODE_TMPDIR), which lets a test find leftovers via /proc/*/environ.
+- SIGINT under CPU load (4 suites in parallel on 2 cores, ~1 in 6): exit 0 but NO result line; the
+  "[Request interrupted by user...]" user line is still written. Treat exit as the end.
 - The result text is not stripped ("tick 0 ... tick 5 " keeps its trailing space); a 300 KB text
   gives ~307 KB stdout lines.
 """
@@ -70,8 +72,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import secrets
+import signal
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -299,7 +303,6 @@ class FakeAnthropic:
         self._runner: web.AppRunner | None = None
         self._attempts: dict[str, int] = {}
         self._closing = asyncio.Event()
-        self._req_counter = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -328,10 +331,7 @@ class FakeAnthropic:
         await site.start()
         self._runner = runner
         if self.port == 0:
-            server = site._server
-            assert server is not None
-            sockets = getattr(server, "sockets", None) or []
-            self.port = sockets[0].getsockname()[1]
+            self.port = int(runner.addresses[0][1])
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
@@ -408,7 +408,6 @@ class FakeAnthropic:
             scenario=scenario.name,
             stream=stream,
         )
-        self._req_counter += 1
         request_id = _api_id("req")
         if isinstance(reply, ErrorReply):
             return _error_response(reply, request_id)
@@ -657,21 +656,27 @@ def _recall(body: dict[str, Any], before: int) -> str:
 async def _serve_forever(host: str, port: int, verbose: bool) -> None:
     fake = FakeAnthropic(host, port, access_log=verbose)
     await fake.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     print(f"FakeAnthropic listening on {fake.base_url}", flush=True)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await fake.stop()
+        print(f"FakeAnthropic stopped after {len(fake.http_log)} requests", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Scripted Anthropic Messages API (fake) server")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--verbose", action="store_true", help="log every HTTP request")
+    parser.add_argument("--verbose", action="store_true", help="log every HTTP request to stderr")
     args = parser.parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_forever(args.host, args.port, args.verbose))
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    asyncio.run(_serve_forever(args.host, args.port, args.verbose))
 
 
 if __name__ == "__main__":

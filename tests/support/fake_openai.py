@@ -10,6 +10,7 @@ The scenario is picked by a keyword in the most recent user message (``SCENARIO:
 - ``error400``       HTTP 400 with `ERROR400_MESSAGE`
 - ``error500_once``  HTTP 500 on the first call of a session, then `TEXT_ANSWER`
 - ``midstream_fail`` some text, then an error in the middle of the stream (every attempt)
+- ``stall``          one chunk of text, then nothing until the client hangs up (or `STALL_S`)
 - ``remember WORD``  acknowledges the word; ``recall`` answers with the word found in the history
 
 Title-generation requests (OpenCode's small model) get a fixed title. Anything else gets `TEXT_ANSWER`.
@@ -34,6 +35,7 @@ ERROR400_MESSAGE = "fake bad request: context too long"
 ERROR500_MESSAGE = "fake internal error"
 SLOW_INTERVAL_S = 0.2
 SLOW_TICKS = 150
+STALL_S = 60.0
 LONG_CHUNKS = 40
 LONG_INTERVAL_S = 0.04
 LONG_ANSWER = "".join(f"w{i:02d} " for i in range(LONG_CHUNKS))
@@ -82,7 +84,11 @@ def opencode_config(base_url: str, *, model_id: str = MODEL_ID) -> dict[str, Any
                 "name": "Fake",
                 "options": {"baseURL": base_url, "apiKey": "sk-fake"},
                 "models": {
-                    model_id: {"name": "Fake", "tool_call": True, "limit": {"context": 128000, "output": 4096}}
+                    model_id: {
+                        "name": "Fake",
+                        "tool_call": True,
+                        "limit": {"context": 128000, "output": 4096},
+                    }
                 },
             }
         },
@@ -116,12 +122,9 @@ class FakeOpenAI:
         app.router.add_post("/v1/chat/completions", self._completions)
         self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, shutdown_timeout=1.0)
+        site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1])
+        self.port = int(self._runner.addresses[0][1])
         return self
 
     async def stop(self) -> None:
@@ -140,8 +143,10 @@ class FakeOpenAI:
 
     def _scenario(self, messages: list[dict[str, Any]]) -> tuple[str, str | None, int]:
         """(name, argument, index of the user message that carries it)."""
-        if messages and messages[0].get("role") == "system" and "title generator" in _text_of(
-            messages[0].get("content")
+        if (
+            messages
+            and messages[0].get("role") == "system"
+            and "title generator" in _text_of(messages[0].get("content"))
         ):
             return "title", None, -1
         for i in range(len(messages) - 1, -1, -1):
@@ -179,7 +184,9 @@ class FakeOpenAI:
         await stream.open()
         try:
             await self._script(stream, name, arg, messages, after_tool)
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:  # the client hung up (an abort): nothing more to send
+            rec.disconnected = True
+        except asyncio.CancelledError:
             rec.disconnected = True
             raise
         return stream.response
@@ -199,9 +206,12 @@ class FakeOpenAI:
         elif name == "long":
             await s.text_chunks([f"w{i:02d} " for i in range(LONG_CHUNKS)], delay=LONG_INTERVAL_S)
         elif name == "reasoning":
-            await s.reasoning_then_text(["Let me ", "think ", "about it."], ["Answer ", "after ", "thinking."])
+            thinking, answer = ["Let me ", "think ", "about it."], ["Answer ", "after ", "thinking."]
+            await s.reasoning_then_text(thinking, answer)
         elif name == "midstream_fail":
             await s.fail_midstream(["partial "])
+        elif name == "stall":
+            await s.text_chunks(["waiting", ""], delay=STALL_S)
         elif name == "remember":
             await s.text_chunks(["OK, I will ", f"remember {arg}."])
         elif name == "recall":

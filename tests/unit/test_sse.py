@@ -505,6 +505,8 @@ def test_encode_retry() -> None:
     assert dec.retry == 3000
     with pytest.raises(ValueError):
         encode_retry(-1)
+    with pytest.raises(TypeError):
+        encode_retry(True)
 
 
 # ------------------------------------------------------------------------------------------ SSEEvent, async

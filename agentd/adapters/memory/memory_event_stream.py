@@ -66,10 +66,10 @@ class MemoryEventStream(EventStream):
     async def subscribe(self, stream_id: str, *, after: int = 0) -> AsyncIterator[StoredEvent]:
         log = self._log(stream_id)
         pos = max(0, after)
-        live = False
+        replay_until = len(log.events)  # past this point the subscriber follows live events
         while True:
             head = len(log.events)
-            if live and head - pos > self._buffer:
+            if pos >= replay_until and head - pos > self._buffer:
                 raise SubscriberTooSlow(
                     f"subscriber fell {head - pos} events behind on {stream_id!r}; "
                     f"reconnect with Last-Event-ID: {pos}"
@@ -82,7 +82,6 @@ class MemoryEventStream(EventStream):
                 continue
             if log.closed_at is not None:
                 return
-            live = True
             waiter = log.changed
             await waiter.wait()
 

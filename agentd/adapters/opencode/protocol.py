@@ -15,15 +15,14 @@ Facts this relies on (opencode 1.18.33; raw captures in tests/fixtures/opencode/
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from agentd.adapters.opencode.text import Message, TextParts
 from agentd.domain.models import (
     AgentEvent,
     AgentResult,
     ErrorEvent,
-    ReasoningEvent,
     StatusEvent,
-    TextEvent,
     ToolResultEvent,
     ToolUseEvent,
 )
@@ -42,40 +41,12 @@ def _int(v: Any) -> int | None:
 
 
 @dataclass
-class _Part:
-    part_id: str
-    message_id: str
-    kind: str  # "text" | "reasoning"
-    index: int
-    emitted: str = ""  # what we sent for this part under the message's current revision
-    aligned: str | None = None  # server text as of the last event on the current connection (None: unknown)
-    complete: bool = False
-    truth: str | None = None  # the final snapshot
-
-
-@dataclass
-class _Message:
-    message_id: str
-    agent: str | None = None
-    revision: int = 0  # bumped when streamed text is abandoned; events then use "<id>~r<n>"
-    completed: bool = False
-    finish: str | None = None
-    error: dict[str, Any] | None = None
-    part_ids: list[str] = field(default_factory=list)
-
-    @property
-    def event_id(self) -> str:
-        return self.message_id if not self.revision else f"{self.message_id}~r{self.revision}"
-
-
-@dataclass
 class RunState:
     """What one run's translation remembers. `user_message_id=None` accepts every assistant message."""
 
     session_id: str
     user_message_id: str | None = None
-    messages: dict[str, _Message] = field(default_factory=dict)
-    parts: dict[str, _Part] = field(default_factory=dict)
+    text: TextParts = field(default_factory=TextParts)
     tools: dict[str, set[str]] = field(default_factory=dict)  # part id -> {"use", "result"} emitted
     foreign: set[str] = field(default_factory=set)
     pending: dict[str, list[tuple[str, dict[str, Any]]]] = field(default_factory=dict)
@@ -87,6 +58,7 @@ class RunState:
     prompt_seen: bool = False
     aborted: bool = False
     error: dict[str, Any] | None = None
+    early_error: dict[str, Any] | None = None  # a session.error before our prompt showed up
     reported: set[tuple[str, str]] = field(default_factory=set)
     final_id: str | None = None
     model: str | None = None
@@ -100,23 +72,26 @@ class RunState:
         return self.idle and self.final_id is not None
 
     @property
+    def started(self) -> bool:
+        """Our prompt is being processed: session-wide events are ours (before, they may be a previous
+        run's: late idles, a late error, the retries of a prompt queued before ours)."""
+        return self.user_message_id is None or self.prompt_seen or bool(self.text.messages)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None or (self.early_error is not None and not self.started)
+
+    @property
     def open_messages(self) -> list[str]:
-        return [m.message_id for m in self.messages.values() if not m.completed]
+        return [m.message_id for m in self.text.messages.values() if not m.completed]
 
     @property
     def open_parts(self) -> bool:
-        return any(p.emitted and not p.complete for p in self.parts.values())
+        return self.text.has_open()
 
     def result_text(self) -> str | None:
-        mid = self.final_id or next(reversed(self.messages), None)
-        if mid is None:
-            return None
-        texts = []
-        for pid in self.messages[mid].part_ids:
-            p = self.parts[pid]
-            if p.kind == "text":
-                texts.append(p.truth if p.truth is not None else p.emitted)
-        return "".join(texts) if texts else None
+        mid = self.final_id or next(reversed(self.text.messages), None)
+        return None if mid is None else self.text.text_of(mid)
 
     def usage(self) -> dict[str, Any]:
         if not self.steps:
@@ -132,7 +107,7 @@ class RunState:
         sid = props.get("sessionID") or _d(props.get("part")).get("sessionID") or _d(props.get("info")).get(
             "sessionID"
         )
-        if sid != self.session_id:
+        if sid != self.session_id or self.finished:
             return []
         self.relevant += 1
         if etype == "message.updated":
@@ -149,6 +124,10 @@ class RunState:
             self.idle = True
             return []
         if etype == "session.error":
+            if not self.started:
+                if _d(props.get("error")).get("name") != ABORTED:
+                    self.early_error = _d(props.get("error"))
+                return []
             return self._error(_d(props.get("error")))
         if etype in ("permission.asked", "question.asked") and isinstance(props.get("id"), str):
             self.requests.append({"kind": etype.split(".")[0], **props})
@@ -162,7 +141,7 @@ class RunState:
             if info.get("sessionID", self.session_id) != self.session_id:
                 continue
             out += self._message(info)
-            if info.get("id") in self.messages:
+            if info.get("id") in self.text.messages:
                 for part in _d(entry).get("parts") or []:
                     out += self._part(_d(part), live=False)
         return out
@@ -174,16 +153,14 @@ class RunState:
 
     def stream_reset(self) -> None:
         """The event stream dropped: deltas on the next connection cannot be placed until a snapshot."""
-        for p in self.parts.values():
-            p.aligned = None
+        self.text.stream_reset()
 
     def close_open(self) -> list[AgentEvent]:
-        """End every part that streamed text but never got its final snapshot."""
-        out: list[AgentEvent] = []
-        for p in self.parts.values():
-            if p.emitted and not p.complete:
-                p.complete = True
-                out.append(self._ev(p, "", complete=True))
+        """At the end: end every part that streamed text but never got its final snapshot, and report
+        an error that came before the prompt showed up (the prompt failed before it started)."""
+        out = self.text.close_open()
+        if self.early_error is not None and not self.started and self.error is None:
+            out += self._error(self.early_error)
         return out
 
     # --- messages ---------------------------------------------------------------------------------------
@@ -198,13 +175,13 @@ class RunState:
         if info.get("role") != "assistant" or mid in self.foreign:
             return []
         out: list[AgentEvent] = []
-        m = self.messages.get(mid)
+        m = self.text.messages.get(mid)
         if m is None:
             if self.user_message_id is not None and info.get("parentID") != self.user_message_id:
                 self.foreign.add(mid)
                 self.pending.pop(mid, None)
                 return []
-            m = self.messages[mid] = _Message(mid)
+            m = self.text.messages[mid] = Message(mid)
             for kind, obj in self.pending.pop(mid, []):
                 out += self._route(kind, obj)
         m.agent = info.get("agent") or m.agent
@@ -224,9 +201,9 @@ class RunState:
         mid = obj.get("messageID")
         if not isinstance(mid, str) or mid in self.foreign or mid == self.user_message_id:
             return []
-        if mid not in self.messages:
+        if mid not in self.text.messages:
             if self.user_message_id is None:
-                self.messages[mid] = _Message(mid)
+                self.text.messages[mid] = Message(mid)
             else:  # parts can only be placed once we know whose message it is
                 queue = self.pending.setdefault(mid, [])
                 if sum(len(q) for q in self.pending.values()) < MAX_PENDING:
@@ -235,8 +212,8 @@ class RunState:
         if kind == "part":
             return self._part(obj, live=True)
         if kind == "delta":
-            return self._delta(obj)
-        return self._removed(obj)
+            return self.text.delta(obj)
+        return self.text.removed(obj)
 
     def _error(self, err: dict[str, Any]) -> list[AgentEvent]:
         name = str(err.get("name") or "UnknownError")
@@ -257,7 +234,7 @@ class RunState:
             self.idle = True
         elif kind == "busy":
             self.idle = False
-        elif kind == "retry":
+        elif kind == "retry" and self.started:
             self.idle = False
             self.retrying = True
             nxt = _int(status.get("next"))
@@ -268,7 +245,7 @@ class RunState:
                 attempt=_int(status.get("attempt")),
                 retry_delay_ms=delay,
             )
-            return [ev, *self._abandon_open()]
+            return [ev, *self.text.abandon_open()]
         return []
 
     # --- parts ------------------------------------------------------------------------------------------
@@ -276,13 +253,7 @@ class RunState:
     def _part(self, part: dict[str, Any], *, live: bool) -> list[AgentEvent]:
         ptype = part.get("type")
         if ptype in ("text", "reasoning") and isinstance(part.get("id"), str):
-            if part.get("ignored"):
-                return []
-            p = self._part_state(part)
-            text = str(part.get("text") or "")
-            if live:
-                p.aligned = text
-            return self._offer(p, text, final=_d(part.get("time")).get("end") is not None, snapshot=True)
+            return [] if part.get("ignored") else self.text.snapshot(part, live=live)
         if ptype == "tool":
             return self._tool(part)
         if ptype == "step-finish" and isinstance(part.get("id"), str) and part["id"] not in self.steps:
@@ -301,108 +272,6 @@ class RunState:
             if isinstance(c, int | float) and not isinstance(c, bool):
                 self.cost += float(c)
         return []
-
-    def _part_state(self, part: dict[str, Any]) -> _Part:
-        pid = part["id"]
-        p = self.parts.get(pid)
-        if p is None:
-            m = self.messages[part["messageID"]]
-            p = self.parts[pid] = _Part(pid, m.message_id, str(part["type"]), len(m.part_ids))
-            m.part_ids.append(pid)
-        return p
-
-    def _delta(self, props: dict[str, Any]) -> list[AgentEvent]:
-        p = self.parts.get(str(props.get("partID")))
-        if p is None or p.aligned is None or props.get("field", "text") != "text":
-            return []
-        p.aligned += str(props.get("delta") or "")
-        return self._offer(p, p.aligned, final=False, snapshot=False)
-
-    def _removed(self, props: dict[str, Any]) -> list[AgentEvent]:
-        p = self.parts.pop(str(props.get("partID")), None)
-        if p is None:
-            return []
-        m = self.messages[p.message_id]
-        out = self._abandon(m) if (p.emitted or p.complete) else []
-        m.part_ids.remove(p.part_id)
-        return out + (self._replay(m) if out else [])
-
-    def _offer(self, p: _Part, text: str, *, final: bool, snapshot: bool) -> list[AgentEvent]:
-        """A view of the part's server text: emit what extends what we sent; repair a disagreement."""
-        if final:
-            p.truth = text
-        if p.complete:
-            if final and snapshot and text != p.emitted:
-                return self._rewrite(p)
-            return []
-        if text.startswith(p.emitted):
-            suffix, p.emitted = text[len(p.emitted) :], text
-            if final:
-                p.complete = True
-                return [self._ev(p, suffix, complete=True)]
-            return [self._ev(p, suffix)] if suffix else []
-        if not final and p.emitted.startswith(text):
-            return []  # an older view (e.g. the stored "" of a part in progress)
-        if not snapshot:
-            p.aligned = None  # deltas disagree with what we sent: wait for a snapshot
-            return []
-        return self._rewrite(p)
-
-    def _rewrite(self, p: _Part) -> list[AgentEvent]:
-        m = self.messages[p.message_id]
-        return self._abandon(m) + self._replay(m)
-
-    def _abandon(self, m: _Message) -> list[AgentEvent]:
-        out: list[AgentEvent] = []
-        for pid in m.part_ids:
-            p = self.parts[pid]
-            if p.emitted or p.complete:
-                out.append(self._ev(p, "", complete=True, abandoned=True))
-            p.emitted, p.complete = "", False
-        m.revision += 1
-        return out
-
-    def _replay(self, m: _Message) -> list[AgentEvent]:
-        """Send a message's parts again under its new revision: final text, else what is known so far."""
-        out: list[AgentEvent] = []
-        for pid in m.part_ids:
-            p = self.parts[pid]
-            text = p.truth if p.truth is not None else (p.aligned or "")
-            p.emitted, p.complete = text, p.truth is not None
-            if text or p.complete:
-                out.append(self._ev(p, text, complete=p.complete))
-        return out
-
-    def _abandon_open(self) -> list[AgentEvent]:
-        """A retry re-runs the step in new parts: text streamed by unfinished parts is void."""
-        out: list[AgentEvent] = []
-        for m in self.messages.values():
-            if m.completed:
-                continue
-            dropped = [self.parts[pid] for pid in m.part_ids if not self.parts[pid].complete]
-            for p in dropped:
-                p.aligned = None
-            if any(p.emitted for p in dropped):
-                out += self._abandon(m)
-                for p in dropped:
-                    p.truth = None
-                out += self._replay(m)
-        return out
-
-    def _ev(self, p: _Part, chunk: str, *, complete: bool = False, abandoned: bool = False) -> AgentEvent:
-        m = self.messages[p.message_id]
-        if p.kind == "reasoning":
-            return ReasoningEvent(
-                message_id=m.event_id, index=p.index, chunk=chunk, is_complete=complete, abandoned=abandoned
-            )
-        return TextEvent(
-            message_id=m.event_id,
-            index=p.index,
-            chunk=chunk,
-            is_complete=complete,
-            agent=m.agent,
-            abandoned=abandoned,
-        )
 
     def _tool(self, part: dict[str, Any]) -> list[AgentEvent]:
         pid = str(part.get("id") or part.get("callID"))
@@ -448,14 +317,17 @@ class RunState:
             cost_usd=self.cost if self.steps else None,
         )
         if forced in ("cancelled", "timed_out"):
-            return AgentResult(status=forced, error=forced_reason or forced, **common)  # type: ignore[arg-type]
-        if self.error is not None:
-            data = _d(self.error.get("data"))
-            message = str(data.get("message") or self.error.get("name") or "error")
-            return AgentResult(status="failed", error=message, retryable=bool(data.get("isRetryable")), **common)
+            status: Literal["cancelled", "timed_out"] = "cancelled" if forced == "cancelled" else "timed_out"
+            return AgentResult(status=status, error=forced_reason or forced, **common)
+        err = self.error if self.error is not None else self.early_error if not self.started else None
+        if err is not None:
+            data = _d(err.get("data"))
+            message = str(data.get("message") or err.get("name") or "error")
+            retryable = bool(data.get("isRetryable"))
+            return AgentResult(status="failed", error=message, retryable=retryable, **common)
         if self.aborted:
             return AgentResult(status="cancelled", error="the run was aborted in OpenCode", **common)
-        final = self.messages.get(self.final_id or "")
+        final = self.text.messages.get(self.final_id or "")
         if final is None:
             return AgentResult(
                 status="failed", error="OpenCode went idle without a final assistant message", **common
