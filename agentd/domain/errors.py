@@ -102,3 +102,21 @@ class SubscriberTooSlow(AgentdError):
     """The subscriber fell too far behind the stream and was disconnected; reconnect with Last-Event-ID."""
 
     code = "subscriber_too_slow"
+
+
+class ProjectBusy(AgentdError):
+    """The project already has a queued or running job and the request asked busy=reject."""
+
+    code = "project_busy"
+
+
+class IdempotencyConflict(AgentdError):
+    """This Idempotency-Key was already used with a different request body."""
+
+    code = "idempotency_conflict"
+
+
+class SchemaMismatch(AgentdError):
+    """The database schema is missing or newer than this agentd; run `agentd migrate` (or upgrade agentd)."""
+
+    code = "schema_mismatch"

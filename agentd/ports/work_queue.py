@@ -3,29 +3,69 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Protocol
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol
 
 from agentd.domain.models import AgentRequest, AgentResult, Job, JobStatus
+
+BusyPolicy = Literal["enqueue", "reject"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Fleet-wide concurrency limits, enforced by the queue at claim time (not per worker)."""
+
+    global_max: int | None = None
+    per_provider: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    status: JobStatus | None = None
+    provider: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    limit: int = 50
+    before: str | None = None  # a job id: return jobs older than it (paging)
 
 
 class WorkQueue(Protocol):
     """Jobs in, jobs out. Every adapter passes tests/contract/test_work_queue.py.
 
     Rules every adapter keeps:
-    - a job is handed to at most one worker at a time (`claim`);
-    - at most one job per project runs at a time (a busy project's jobs wait);
-    - `finish` is accepted once; a finished job never changes again;
-    - nothing is lost when the process restarts (`recover` puts orphaned running jobs back).
+    - a job is handed to at most one worker at a time (`claim`), under a lease the worker renews
+      (`heartbeat`); `recover` returns jobs whose lease expired to the queue (or fails them after
+      `max_attempts`), so no job stays "running" with nobody running it;
+    - at most one job per project runs at a time, fleet-wide (a busy project's jobs wait); `Limits`
+      cap running jobs globally and per provider;
+    - `finish` records a final result once; a result marked `retryable` is instead re-queued with
+      backoff while attempts remain;
+    - `enqueue` with an idempotency key returns the existing job for the same key and request, and
+      raises IdempotencyConflict for the same key with a different request;
+    - nothing is lost when a process restarts.
     """
 
     @abstractmethod
     async def enqueue(
-        self, request: AgentRequest, *, provider: str, job_id: str, stream_id: str
-    ) -> Job: ...
+        self,
+        request: AgentRequest,
+        *,
+        provider: str,
+        job_id: str,
+        stream_id: str,
+        idempotency_key: str | None = None,
+        busy: BusyPolicy = "enqueue",
+    ) -> tuple[Job, bool]:
+        """Store a new queued job. Returns (job, created); created is False for an idempotent repeat.
+
+        With busy="reject", raises ProjectBusy when the project has a queued or running job.
+        """
+        ...
 
     @abstractmethod
-    async def claim(self, worker_id: str) -> Job | None:
-        """Hand the oldest runnable queued job to `worker_id` (status → running), or None."""
+    async def claim(self, worker_id: str, *, limits: Limits | None = None) -> Job | None:
+        """Hand the oldest runnable queued job to `worker_id` (status → running, lease starts)."""
         ...
 
     @abstractmethod
@@ -35,12 +75,17 @@ class WorkQueue(Protocol):
 
     @abstractmethod
     async def heartbeat(self, job_id: str, worker_id: str) -> bool:
-        """Renew the worker's hold on a running job. False when the job is no longer this worker's."""
+        """Renew the worker's lease on a running job. False when the job is no longer this worker's."""
         ...
 
     @abstractmethod
-    async def finish(self, job_id: str, result: AgentResult) -> Job:
-        """Record the final result (status from `result.status`). Idempotent for an already final job."""
+    async def finish(self, job_id: str, result: AgentResult, *, worker_id: str | None = None) -> Job:
+        """Record how a run ended.
+
+        A final result sets the job's final status (idempotent: a final job never changes again). A
+        `retryable` failed result with attempts left re-queues the job (status queued, run after a
+        backoff) and returns it queued. With `worker_id`, only that worker's running job is changed.
+        """
         ...
 
     @abstractmethod
@@ -57,20 +102,14 @@ class WorkQueue(Protocol):
         ...
 
     @abstractmethod
-    async def list_jobs(
-        self,
-        project_id: str,
-        *,
-        status: JobStatus | None = None,
-        limit: int = 50,
-        before: str | None = None,
-    ) -> list[Job]:
-        """Newest first; `before` is a job id to page from."""
+    async def list_jobs(self, project_id: str, flt: JobFilter | None = None) -> list[Job]:
+        """Newest first."""
         ...
 
     @abstractmethod
-    async def recover(self) -> list[Job]:
-        """Return jobs whose worker is gone to the queue; returns what was recovered."""
+    async def recover(self, *, all_running: bool = False) -> list[Job]:
+        """Return running jobs whose lease expired (or every running job, when the caller knows their
+        workers are gone) to the queue, or fail them after the attempt limit. Returns what changed."""
         ...
 
     @abstractmethod

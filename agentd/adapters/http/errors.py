@@ -16,6 +16,8 @@ STATUS: dict[type[errors.AgentdError], int] = {
     errors.JobNotFound: 404,
     errors.StreamNotFound: 404,
     errors.JobAlreadyFinished: 409,
+    errors.ProjectBusy: 409,
+    errors.IdempotencyConflict: 409,
     errors.ProviderUnavailable: 503,
     errors.QueueUnavailable: 503,
 }
