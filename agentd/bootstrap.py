@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import structlog
@@ -11,10 +12,11 @@ from agentd.adapters.claude_code.agent import ClaudeCodeAgent, ClaudeCodeConfig,
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
 from agentd.adapters.http.app import ApiConfig, create_app
 from agentd.adapters.memory.memory_event_stream import MemoryEventStream
+from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
 from agentd.config import Settings
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
-from agentd.ports.work_queue import WorkQueue
+from agentd.ports.work_queue import Limits, WorkQueue
 from agentd.services.jobs import JobService
 from agentd.services.registry import ProviderRegistry
 from agentd.services.runner import Runner
@@ -35,26 +37,30 @@ class Container:
         api_key = self.settings.api_key.get_secret_value() if self.settings.api_key else None
         app = create_app(
             self.service,
-            ApiConfig(api_key=api_key, subscriber_buffer=self.settings.subscriber_buffer),
+            ApiConfig(
+                api_key=api_key,
+                subscriber_buffer=self.settings.subscriber_buffer,
+                heartbeat_s=self.settings.sse_heartbeat_s,
+            ),
         )
         app.cleanup_ctx.append(self._lifecycle)
         return app
 
-    async def _lifecycle(self, app: web.Application):  # type: ignore[no-untyped-def]
+    async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         await self.start()
         yield
         await self.stop()
 
     async def start(self) -> None:
-        reaped = reap_stale()
-        if reaped:
-            log.warning("agentd.reaped_orphans", count=reaped)
         if self.runner is not None:
+            reaped = reap_stale()
+            if reaped:
+                log.warning("agentd.reaped_orphans", count=reaped)
             await self.runner.start()
 
-    async def stop(self, grace_s: float = 10.0) -> None:
+    async def stop(self) -> None:
         if self.runner is not None:
-            await self.runner.stop(grace_s)
+            await self.runner.stop(self.settings.shutdown_grace_s)
         for _, agent in self.registry.items():
             await agent.close()
         await self.streams.close()
@@ -85,12 +91,36 @@ def build_agents(settings: Settings) -> list[CodeAgent]:
             from agentd.adapters.opencode import build_opencode_agent
 
             agents.append(build_opencode_agent(settings))
+        elif name == "scripted":
+            agents.append(ScriptedCodeAgent())
         else:
-            raise ValueError(f"AGENTD_PROVIDERS names unknown provider {name!r}; known: claude-code, opencode")
+            raise ValueError(
+                f"AGENTD_PROVIDERS names unknown provider {name!r}; known: claude-code, opencode, scripted"
+            )
     return agents
 
 
-def build(
+async def open_storage(settings: Settings) -> tuple[WorkQueue, EventStream]:
+    """PostgreSQL when AGENTD_DATABASE_URL is set, else the embedded SQLite queue + in-memory streams."""
+    if settings.database_url:
+        from agentd.adapters.postgres import open_postgres
+
+        return await open_postgres(
+            settings.database_url,
+            lease_s=settings.lease_s,
+            max_attempts=settings.max_attempts,
+            retention_s=settings.stream_retention_s,
+            subscriber_buffer=settings.subscriber_buffer,
+            pool_size=settings.db_pool_size,
+        )
+    queue = SqliteWorkQueue(
+        settings.data_dir / "queue.sqlite3", lease_s=settings.lease_s, max_attempts=settings.max_attempts
+    )
+    streams = MemoryEventStream(retention_s=settings.stream_retention_s, buffer=settings.subscriber_buffer)
+    return queue, streams
+
+
+async def build(
     settings: Settings,
     *,
     agents: list[CodeAgent] | None = None,
@@ -102,14 +132,20 @@ def build(
     registry = ProviderRegistry()
     for agent in agents if agents is not None else build_agents(settings):
         registry.register(agent)
-    queue = queue or SqliteWorkQueue(settings.data_dir / "queue.sqlite3")
-    streams = streams or MemoryEventStream(
-        retention_s=settings.stream_retention_s, buffer=settings.subscriber_buffer
-    )
-    runner = (
-        Runner(queue, streams, registry, workers=settings.workers, heartbeat_s=settings.heartbeat_s)
-        if with_workers
-        else None
-    )
+    if queue is None or streams is None:
+        q, s = await open_storage(settings)
+        queue, streams = queue or q, streams or s
+    runner = None
+    if with_workers:
+        runner = Runner(
+            queue,
+            streams,
+            registry,
+            workers=settings.workers,
+            heartbeat_s=settings.heartbeat_s,
+            sweep_s=max(1.0, settings.lease_s / 3),
+            limits=Limits(global_max=settings.max_running, per_provider=settings.limits_per_provider()),
+            recover_all_at_start=not settings.database_url,
+        )
     service = JobService(queue, streams, registry, runner)
     return Container(settings, queue, streams, registry, runner, service)

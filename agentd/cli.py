@@ -25,9 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"agentd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the API and in-process workers")
-    serve.add_argument("--host", help="bind address (AGENTD_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (AGENTD_PORT, default 8080)")
+    for role, text in (
+        ("serve", "run the API and in-process workers (one process)"),
+        ("api", "run only the API (needs AGENTD_DATABASE_URL; workers run elsewhere)"),
+    ):
+        p = sub.add_parser(role, help=text)
+        p.add_argument("--host", help="bind address (AGENTD_HOST, default 127.0.0.1)")
+        p.add_argument("--port", type=int, help="port (AGENTD_PORT, default 8080)")
+    sub.add_parser("worker", help="run only workers (needs AGENTD_DATABASE_URL)")
+    sub.add_parser("migrate", help="apply database migrations (AGENTD_DATABASE_URL)")
 
     submit = sub.add_parser("submit", help="submit a prompt; with --follow print its stream")
     submit.add_argument("--project", required=True, help="project id, e.g. my-repo")
@@ -48,13 +54,71 @@ def main(argv: list[str] | None = None) -> int:
     from agentd.logging import configure
 
     configure(settings.log_level, settings.log_format)
-    if args.command == "serve":
-        return _serve(settings, args.host, args.port)
+    if args.command in ("serve", "api"):
+        return _serve(settings, args.host, args.port, workers=args.command == "serve")
+    if args.command == "worker":
+        return _worker(settings)
+    if args.command == "migrate":
+        return _migrate(settings)
     return asyncio.run(_submit(settings, args))
 
 
-def _serve(settings: Settings, host: str | None, port: int | None) -> int:
+def _need_database(settings: Settings, role: str) -> bool:
+    if not settings.database_url:
+        print(
+            f"agentd {role}: AGENTD_DATABASE_URL is not set. Separate API and worker processes share jobs "
+            "through PostgreSQL; for one process on the embedded queue use `agentd serve`.",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def _migrate(settings: Settings) -> int:
+    if not _need_database(settings, "migrate"):
+        return 2
+    from agentd.adapters.postgres.migrate import migrate
+
+    applied = asyncio.run(migrate(settings.database_url or ""))
+    print(f"agentd migrate: applied {applied}" if applied else "agentd migrate: schema is up to date")
+    return 0
+
+
+def _worker(settings: Settings) -> int:
+    if not _need_database(settings, "worker"):
+        return 2
+    return asyncio.run(_run_worker(settings))
+
+
+async def _run_worker(settings: Settings) -> int:
+    from agentd.adapters.claude_code.agent import reap_stale
     from agentd.bootstrap import build
+    from agentd.domain.errors import AgentdError
+
+    try:
+        container = await build(settings)
+    except AgentdError as e:
+        print(f"agentd worker: {e.message}", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    reap_stale()
+    await container.start()
+    log.info("agentd.worker_started", workers=settings.workers, providers=container.registry.names())
+    await stop.wait()
+    log.info("agentd.worker_stopping", grace_s=settings.shutdown_grace_s)
+    await container.stop()
+    return 0
+
+
+def _serve(settings: Settings, host: str | None, port: int | None, *, workers: bool) -> int:
+    from agentd.bootstrap import build
+    from agentd.domain.errors import AgentdError
+
+    if not workers and not _need_database(settings, "api"):
+        return 2
 
     host = host or settings.host
     port = port if port is not None else settings.port
@@ -76,20 +140,29 @@ def _serve(settings: Settings, host: str | None, port: int | None) -> int:
             message="AGENTD_API_KEY is not set: anyone on this machine can run agents; listening on "
             f"{host} only",
         )
-    container = build(settings)
-    log.info(
-        "agentd.starting",
-        host=host,
-        port=port,
-        data_dir=str(settings.data_dir),
-        providers=container.registry.names(),
-        queue=type(container.queue).__name__,
-        streams=type(container.streams).__name__,
-    )
-    web.run_app(
-        container.app(), host=host, port=port, print=None, shutdown_timeout=15,
-        handle_signals=True,
-    )
+
+    async def make_app() -> web.Application:
+        container = await build(settings, with_workers=workers)
+        log.info(
+            "agentd.starting",
+            role="serve" if workers else "api",
+            host=host,
+            port=port,
+            data_dir=str(settings.data_dir),
+            providers=container.registry.names(),
+            queue=type(container.queue).__name__,
+            streams=type(container.streams).__name__,
+        )
+        return container.app()
+
+    try:
+        web.run_app(
+            make_app(), host=host, port=port, print=None, shutdown_timeout=settings.shutdown_grace_s + 5,
+            handle_signals=True,
+        )
+    except AgentdError as e:
+        print(f"agentd: {e.message}", file=sys.stderr)
+        return 2
     return 0
 
 

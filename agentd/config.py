@@ -27,7 +27,14 @@ class Settings(BaseSettings):
     workers: int = 2
     stream_retention_s: float = 3600.0
     subscriber_buffer: int = 1000
-    heartbeat_s: float = 15.0
+    sse_heartbeat_s: float = 15.0
+    heartbeat_s: float = 10.0
+    lease_s: float = 30.0
+    max_attempts: int = 3
+    max_running: int | None = None
+    provider_limits: str = ""
+    shutdown_grace_s: float = 30.0
+    db_pool_size: int = 10
 
     # Providers, in registration order (the first is the default).
     providers: str = "claude-code,opencode"
@@ -60,6 +67,18 @@ class Settings(BaseSettings):
 
     def workspace(self, project_id: str) -> Path:
         return self.workspaces_dir / project_id
+
+    def limits_per_provider(self) -> dict[str, int]:
+        """AGENTD_PROVIDER_LIMITS="claude-code=4,opencode=2" → {"claude-code": 4, "opencode": 2}."""
+        out: dict[str, int] = {}
+        for part in self.provider_limits.split(","):
+            if not part.strip():
+                continue
+            name, sep, n = part.partition("=")
+            if not sep or not n.strip().isdigit():
+                raise ValueError(f"AGENTD_PROVIDER_LIMITS: expected name=number, got {part.strip()!r}")
+            out[name.strip()] = int(n)
+        return out
 
     def provider_names(self) -> list[str]:
         return [p.strip() for p in self.providers.split(",") if p.strip()]

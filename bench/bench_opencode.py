@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import structlog
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -53,6 +56,7 @@ async def main() -> None:
         default=os.environ.get("AGENTD_OPENCODE_BIN") or str(ROOT / ".tools/node/node_modules/.bin/opencode"),
     )
     args = ap.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     with tempfile.TemporaryDirectory(prefix="bench-opencode-") as tmp:
         async with FakeOpenAI() as fake:
             config = OpenCodeConfig(

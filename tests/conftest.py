@@ -62,7 +62,7 @@ async def agentd_factory(
         agents: list[CodeAgent] | None = None, *, data_dir: Path | None = None, **settings: Any
     ) -> RunningAgentd:
         s = Settings(data_dir=data_dir or tmp_path / "data", **settings)
-        container = build(s, agents=agents)
+        container = await build(s, agents=agents)
         runner = web.AppRunner(container.app(), shutdown_timeout=5)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

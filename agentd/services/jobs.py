@@ -7,7 +7,7 @@ import structlog
 from agentd.domain.ids import new_job_ids
 from agentd.domain.models import AgentRequest, DoneEvent, Job, JobStatus, StatusEvent
 from agentd.ports.event_stream import EventStream
-from agentd.ports.work_queue import WorkQueue
+from agentd.ports.work_queue import BusyPolicy, JobFilter, WorkQueue
 from agentd.services.registry import ProviderRegistry
 from agentd.services.runner import Runner
 
@@ -27,15 +27,29 @@ class JobService:
         self.registry = registry
         self.runner = runner
 
-    async def submit(self, request: AgentRequest) -> Job:
+    async def submit(
+        self, request: AgentRequest, *, idempotency_key: str | None = None, busy: BusyPolicy = "enqueue"
+    ) -> tuple[Job, bool]:
+        """Queue a job. Returns (job, created): an idempotent repeat returns the first job, created=False."""
         provider = self.registry.resolve(request.provider)
         job_id, stream_id = new_job_ids()
         # The stream exists before the job can be claimed, so "queued" is always its first event.
         await self.streams.create(stream_id)
         await self.streams.publish(stream_id, [StatusEvent(status="queued", detail=f"provider {provider}")])
-        job = await self.queue.enqueue(request, provider=provider, job_id=job_id, stream_id=stream_id)
+        try:
+            job, created = await self.queue.enqueue(
+                request, provider=provider, job_id=job_id, stream_id=stream_id,
+                idempotency_key=idempotency_key, busy=busy,
+            )
+        except BaseException:
+            await self.streams.close_stream(stream_id)  # nobody will ever publish to it: let it be pruned
+            raise
+        if not created:
+            await self.streams.close_stream(stream_id)
+            log.info("job.idempotent_repeat", job_id=job.id, idempotency_key=idempotency_key)
+            return job, False
         log.info("job.submitted", job_id=job.id, project_id=job.project_id, provider=provider)
-        return job
+        return job, True
 
     async def cancel(self, project_id: str, job_id: str) -> Job:
         job, ended = await self.queue.request_cancel(project_id, job_id)
@@ -52,7 +66,5 @@ class JobService:
     async def get(self, project_id: str, job_id: str) -> Job:
         return await self.queue.get(project_id, job_id)
 
-    async def list_jobs(
-        self, project_id: str, *, status: JobStatus | None, limit: int, before: str | None
-    ) -> list[Job]:
-        return await self.queue.list_jobs(project_id, status=status, limit=limit, before=before)
+    async def list_jobs(self, project_id: str, flt: JobFilter) -> list[Job]:
+        return await self.queue.list_jobs(project_id, flt)

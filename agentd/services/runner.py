@@ -16,10 +16,10 @@ import time
 import structlog
 
 from agentd.domain.errors import AgentdError
-from agentd.domain.models import AgentEvent, AgentResult, DoneEvent, Job, StatusEvent
+from agentd.domain.models import AgentEvent, AgentResult, DoneEvent, Job, JobStatus, StatusEvent
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
-from agentd.ports.work_queue import WorkQueue
+from agentd.ports.work_queue import Limits, WorkQueue
 from agentd.services.registry import ProviderRegistry
 
 log = structlog.get_logger(__name__)
@@ -38,6 +38,9 @@ class Runner:
         poll_s: float = 1.0,
         heartbeat_s: float = 15.0,
         prune_s: float = 60.0,
+        sweep_s: float = 10.0,
+        limits: Limits | None = None,
+        recover_all_at_start: bool = False,
     ) -> None:
         self.queue = queue
         self.streams = streams
@@ -46,6 +49,9 @@ class Runner:
         self.poll_s = poll_s
         self.heartbeat_s = heartbeat_s
         self.prune_s = prune_s
+        self.sweep_s = sweep_s
+        self.limits = limits
+        self.recover_all_at_start = recover_all_at_start
         self.worker_prefix = f"{socket.gethostname()}:{os.getpid()}"
         self._tasks: list[asyncio.Task[None]] = []
         self._active: dict[str, tuple[Job, CodeAgent]] = {}
@@ -56,12 +62,23 @@ class Runner:
         return list(self._active)
 
     async def start(self) -> None:
-        recovered = await self.queue.recover()
-        for job in recovered:
-            log.warning("job.recovered", job_id=job.id, status=job.status.value, attempts=job.attempts)
+        if self.recover_all_at_start:
+            # Single-process queue: every job still "running" lost its worker with the last process.
+            recovered = await self.queue.recover(all_running=True)
+            self._log_recovered(recovered)
+            for job in recovered:
+                await self._announce_recovered(job)
         for i in range(self.workers):
             self._tasks.append(asyncio.create_task(self._work(f"{self.worker_prefix}:{i}")))
-        self._tasks.append(asyncio.create_task(self._prune()))
+        self._tasks.append(asyncio.create_task(self._housekeeping()))
+
+    @staticmethod
+    def _log_recovered(jobs: list[Job]) -> None:
+        for job in jobs:
+            log.warning(
+                "job.recovered", job_id=job.id, status=job.status.value, attempts=job.attempts,
+                error=job.result.error if job.result else None,
+            )
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop claiming; let running jobs finish within `grace_s`, then cancel them."""
@@ -87,7 +104,7 @@ class Runner:
     async def _work(self, worker_id: str) -> None:
         while not self._stopping.is_set():
             try:
-                job = await self.queue.claim(worker_id)
+                job = await self.queue.claim(worker_id, limits=self.limits)
             except AgentdError as e:  # storage down: wait and retry, never die
                 log.error("worker.claim_failed", worker_id=worker_id, error=str(e))
                 await asyncio.sleep(self.poll_s)
@@ -120,8 +137,21 @@ class Runner:
                     result = await self._drive(job, agent, worker_id)
                 finally:
                     self._active.pop(job.id, None)
-            stored = await self.queue.finish(job.id, result)
-            final = stored.result or result
+            stored = await self.queue.finish(job.id, result, worker_id=worker_id)
+            if stored.status == JobStatus.queued:
+                # A retryable failure (rate limit, overload): the queue runs it again after a backoff.
+                await self.streams.publish(
+                    job.stream_id,
+                    [StatusEvent(status="retrying", detail=f"attempt {job.attempts} failed: {result.error}",
+                                 attempt=job.attempts)],
+                )
+                log.warning("job.retry_scheduled", attempts=job.attempts, error=result.error)
+                return result
+            if stored.status == JobStatus.running or stored.result is None:
+                # Our lease expired and another worker owns the job now: its result will count.
+                log.warning("job.result_discarded", reason="lease lost", owner=stored.worker_id)
+                return result
+            final = stored.result
             await self.streams.publish(job.stream_id, [DoneEvent.from_result(final)])
             await self.streams.close_stream(job.stream_id)
             log.info(
@@ -194,11 +224,33 @@ class Runner:
                 log.warning("job.safety_timeout")
                 await agent.cancel(job.id)
 
-    async def _prune(self) -> None:
+    async def _housekeeping(self) -> None:
+        """Sweep expired leases (jobs whose worker died anywhere in the fleet) and prune old streams."""
+        last_prune = time.monotonic()
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.prune_s)
-            with contextlib.suppress(AgentdError):
-                n = await self.streams.prune()
-                if n:
-                    log.info("streams.pruned", count=n)
+                await asyncio.wait_for(self._stopping.wait(), self.sweep_s)
+            if self._stopping.is_set():
+                return
+            try:
+                recovered = await self.queue.recover()
+                self._log_recovered(recovered)
+                for job in recovered:
+                    await self._announce_recovered(job)
+                if time.monotonic() - last_prune >= self.prune_s:
+                    last_prune = time.monotonic()
+                    n = await self.streams.prune()
+                    if n:
+                        log.info("streams.pruned", count=n)
+            except AgentdError as e:
+                log.error("housekeeping.failed", error=str(e))
+
+    async def _announce_recovered(self, job: Job) -> None:
+        with contextlib.suppress(AgentdError):
+            if job.status == JobStatus.queued:
+                await self.streams.publish(
+                    job.stream_id, [StatusEvent(status="requeued", detail="its worker was lost; will retry")]
+                )
+            elif job.result is not None:
+                await self.streams.publish(job.stream_id, [DoneEvent.from_result(job.result)])
+                await self.streams.close_stream(job.stream_id)

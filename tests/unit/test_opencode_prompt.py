@@ -78,9 +78,11 @@ def test_managed_server_environment_is_private(tmp_path: Path) -> None:
             "OPENCODE_DISABLE_AUTOUPDATE": "0",
             "OPENCODE_DISABLE_EMBEDDED_WEB_UI": "1",
             "OPENCODE_SERVER_PASSWORD": "theirs",
+            "OPENAI_API_KEY": "sk-pass",
             "XDG_CONFIG_HOME": "/root/.config",
         },
         extra_env={"EXTRA": "1"},
+        passthrough=("OPENAI_API_KEY",),
     )
     env = cfg.env()
     assert env["HOME"] == str(tmp_path / "home") and env["XDG_DATA_HOME"] == str(tmp_path / "data")
@@ -88,7 +90,11 @@ def test_managed_server_environment_is_private(tmp_path: Path) -> None:
     assert env["PATH"] == "/bin" and env["OPENCODE_CONFIG_CONTENT"] == "{}" and env["EXTRA"] == "1"
     assert env["OPENCODE_DISABLE_MODELS_FETCH"] == "1" and env["npm_config_registry"] == "http://127.0.0.1:9/"
     assert env["OPENCODE_DISABLE_AUTOUPDATE"] == "0"  # OPENCODE_* from agentd's environment win
-    assert "ANTHROPIC_API_KEY" not in env and "OPENCODE_DISABLE_EMBEDDED_WEB_UI" not in env
+    assert (
+        env["OPENAI_API_KEY"] == "sk-pass"
+        and "ANTHROPIC_API_KEY" not in env
+        and "OPENCODE_DISABLE_EMBEDDED_WEB_UI" not in env
+    )
     assert env["OPENCODE_SERVER_PASSWORD"] == cfg.password != "theirs" and len(cfg.password) >= 24
 
 

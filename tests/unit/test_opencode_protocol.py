@@ -291,7 +291,7 @@ def test_parts_before_their_message_are_kept_until_it_is_known() -> None:
     state = RunState("ses_1", user_message_id="msg_u")
     out = feed(state, [_part("p1", ""), _delta("p1", "hi"), ASSISTANT, _part("p1", "hi", True)])
     assert list(texts(out).values()) == ["hi"]
-    other = _ev("message.updated", info={"id": "msg_b", "role": "assistant", "parentID": "msg_x"})
+    other = _ev("message.updated", info={"id": "msg_b", "role": "assistant", "parentID": "msg_0"})
     assert feed(state, [_part("p9", "", mid="msg_b"), other, _part("p9", "x", True, mid="msg_b")]) == []
 
 
@@ -338,3 +338,26 @@ def test_an_error_before_the_prompt_shows_up() -> None:
     user = _ev("message.updated", info={"id": "msg_u", "role": "user", "sessionID": "ses_1"})
     feed(state, [err, user, ASSISTANT, _part("p1", "ok", True)])
     assert not state.failed and state.close_open() == []
+
+
+def test_prompts_queued_while_busy_are_answered_together() -> None:
+    """Seen with the real server: prompts sent while the session is busy get ONE answer, whose parentID
+    is the latest of them. The earlier queued prompt takes that answer; a finished run takes nothing."""
+
+    def answer(mid: str, parent: str, text: str) -> list[dict[str, Any]]:
+        info = {"id": mid, "role": "assistant", "parentID": parent, "sessionID": "ses_1", "finish": "stop"}
+        done = {**info, "time": {"created": 1, "completed": 2}}
+        return [
+            _ev("message.updated", info=info),
+            _part(f"p_{mid}", text, True, mid=mid),
+            _ev("message.updated", info=done),
+        ]
+
+    events = answer("msg_b", "msg_1", "first") + answer("msg_d", "msg_3", "merged") + [_ev("session.idle")]
+    runs = {u: RunState("ses_1", user_message_id=u) for u in ("msg_1", "msg_2", "msg_3")}
+    results = {u: (list(texts(feed(s, events)).values()), s.finished) for u, s in runs.items()}
+    assert results == {
+        "msg_1": (["first"], True),
+        "msg_2": (["merged"], True),
+        "msg_3": (["merged"], True),
+    }

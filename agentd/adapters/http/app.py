@@ -8,6 +8,7 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -19,6 +20,7 @@ from agentd.adapters.http import errors as http_errors
 from agentd.domain import errors
 from agentd.domain.ids import job_id_for_stream
 from agentd.domain.models import AgentRequest, JobStatus, StoredEvent, validate_project_id
+from agentd.ports.work_queue import BusyPolicy, JobFilter
 from agentd.services.jobs import JobService
 
 log = structlog.get_logger(__name__)
@@ -30,7 +32,8 @@ SSE_HEADERS = {
     "Connection": "keep-alive",
     "X-Accel-Buffering": "no",
 }
-REQUEST_FIELDS = {"prompt", "provider", "model", "session_id", "timeout_s", "max_turns", "agent"}
+REQUEST_FIELDS = {"prompt", "provider", "model", "session_id", "timeout_s", "max_turns", "agent", "busy"}
+MAX_IDEMPOTENCY_KEY = 200
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -165,8 +168,15 @@ async def _submit(request: web.Request, provider: str | None) -> web.Response:
         body["provider"] = provider
     if body.get("provider") is not None and not isinstance(body["provider"], str):
         raise errors.InvalidRequest("provider must be a string")
+    busy_raw = body.pop("busy", None) or "enqueue"
+    if busy_raw not in ("enqueue", "reject"):
+        raise errors.InvalidRequest(f"busy must be 'enqueue' (default) or 'reject', got {busy_raw!r}")
+    busy: BusyPolicy = "reject" if busy_raw == "reject" else "enqueue"
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isprintable()):
+        raise errors.InvalidRequest(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters")
     agent_request = AgentRequest(project_id=project_id, **body)
-    job = await request.app[SERVICE].submit(agent_request)
+    job, created = await request.app[SERVICE].submit(agent_request, idempotency_key=key, busy=busy)
     base = f"/projects/{project_id}"
     origin = str(request.url.origin())
     status_url = f"{origin}{base}/jobs/{job.id}"
@@ -180,8 +190,8 @@ async def _submit(request: web.Request, provider: str | None) -> web.Response:
             "project_id": project_id,
             "provider": job.provider,
         },
-        status=202,
-        headers={"Location": status_url},
+        status=202 if created else 200,
+        headers={"Location": status_url, **({"Idempotent-Replayed": "true"} if not created else {})},
     )
 
 
@@ -211,9 +221,18 @@ async def list_jobs(request: web.Request) -> web.Response:
                 f"unknown status {q['status']!r}; use one of {', '.join(s.value for s in JobStatus)}"
             ) from None
     limit = _int_param(q.get("limit"), "limit", default=50, lo=1, hi=500)
-    jobs = await request.app[SERVICE].list_jobs(
-        project_id, status=status, limit=limit, before=q.get("before") or None
+    provider = q.get("provider") or None
+    if provider is not None:
+        request.app[SERVICE].registry.get(provider)  # unknown → 400 listing the known ones
+    flt = JobFilter(
+        status=status,
+        provider=provider,
+        created_after=_time_param(q.get("created_after"), "created_after"),
+        created_before=_time_param(q.get("created_before"), "created_before"),
+        limit=limit,
+        before=q.get("before") or None,
     )
+    jobs = await request.app[SERVICE].list_jobs(project_id, flt)
     nxt = jobs[-1].id if len(jobs) == limit else None
     return web.json_response({"jobs": [j.public() for j in jobs], "next_before": nxt})
 
@@ -222,6 +241,16 @@ async def cancel_job(request: web.Request) -> web.Response:
     project_id = validate_project_id(request.match_info["project_id"])
     job = await request.app[SERVICE].cancel(project_id, request.match_info["job_id"])
     return web.json_response(job.public(), status=202 if job.status == JobStatus.running else 200)
+
+
+def _time_param(raw: str | None, name: str) -> datetime | None:
+    if not raw:
+        return None
+    try:
+        t = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise errors.InvalidRequest(f"{name} must be an ISO 8601 time, e.g. 2026-11-22T10:00:00Z") from None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def _int_param(raw: str | None, name: str, *, default: int, lo: int, hi: int) -> int:

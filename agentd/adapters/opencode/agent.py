@@ -48,6 +48,7 @@ class OpenCodeConfig:
     idle_timeout_s: float = 300.0
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))  # OPENCODE_* pass through
     extra_env: Mapping[str, str] = field(default_factory=dict)  # more variables for the managed server/CLI
+    passthrough: tuple[str, ...] = ()  # names copied from `environ` too (e.g. ANTHROPIC_API_KEY)
     startup_timeout_s: float = 30.0
     health_timeout_s: float = 5.0
     server_retry_s: float = 60.0  # auto mode: after a failed start, use the CLI this long before retrying
@@ -64,7 +65,7 @@ class OpenCodeConfig:
     def server_config(self) -> ServerConfig:
         return ServerConfig(
             binary=self.binary, base_dir=self.base_dir, environ=self.environ, extra_env=self.extra_env,
-            username=self.username, startup_timeout_s=self.startup_timeout_s,
+            passthrough=self.passthrough, username=self.username, startup_timeout_s=self.startup_timeout_s,
         )
 
 

@@ -65,8 +65,11 @@ class OpenCodeClient:
         self.connect_timeout_s = connect_timeout_s
         self.event_read_timeout_s = event_read_timeout_s  # heartbeats come every 10 s
         self._session: aiohttp.ClientSession | None = None
+        self.closed = False
 
     def _http(self) -> aiohttp.ClientSession:
+        if self.closed:
+            raise OpenCodeUnavailable("the OpenCode client is closed (agentd is shutting down)")
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession()
         return self._session
@@ -85,6 +88,7 @@ class OpenCodeClient:
         return URL(self.base_url + path).with_query(query)
 
     async def close(self) -> None:
+        self.closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -133,8 +137,9 @@ class OpenCodeClient:
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.connect_timeout_s, sock_read=self.event_read_timeout_s
         )
+        http = self._http()
         try:
-            resp = await self._http().get(url, headers=self._headers(), timeout=timeout)
+            resp = await http.get(url, headers=self._headers(), timeout=timeout)
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             raise OpenCodeUnavailable(f"GET {url} failed: {type(e).__name__}: {e}") from e
         gen = _decode(resp)

@@ -177,7 +177,7 @@ class RunState:
         out: list[AgentEvent] = []
         m = self.text.messages.get(mid)
         if m is None:
-            if self.user_message_id is not None and info.get("parentID") != self.user_message_id:
+            if not self._ours(info.get("parentID")):
                 self.foreign.add(mid)
                 self.pending.pop(mid, None)
                 return []
@@ -196,6 +196,14 @@ class RunState:
             if m.error is not None or m.finish not in FINISH_CONTINUES:
                 self.final_id = mid
         return out
+
+    def _ours(self, parent: Any) -> bool:
+        """Answers to our prompt; and, until our final answer, answers to a LATER prompt: OpenCode merges
+        prompts queued while the session is busy into one answer whose parentID is the latest of them."""
+        mine = self.user_message_id
+        if mine is None or parent == mine:
+            return True
+        return isinstance(parent, str) and parent > mine and self.final_id is None
 
     def _route(self, kind: str, obj: dict[str, Any]) -> list[AgentEvent]:
         mid = obj.get("messageID")

@@ -51,6 +51,7 @@ class ServerConfig:
     base_dir: Path  # <data dir>/opencode: home, xdg dirs, the server's working directory
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    passthrough: tuple[str, ...] = ()  # more variable names to copy from `environ` (e.g. provider API keys)
     username: str = "opencode"
     password: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     startup_timeout_s: float = 30.0
@@ -61,7 +62,7 @@ class ServerConfig:
     def env(self) -> dict[str, str]:
         d = self.base_dir
         env = {"PATH": os.defpath, "LANG": "C.UTF-8"}
-        env.update({k: v for k, v in self.environ.items() if k in PASS_NAMES})
+        env.update({k: v for k, v in self.environ.items() if k in PASS_NAMES or k in self.passthrough})
         env.update(
             HOME=str(d / "home"),
             XDG_CONFIG_HOME=str(d / "config"),

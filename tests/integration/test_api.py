@@ -1,0 +1,258 @@
+"""The HTTP API with the in-process scripted agent: contract names, validation, auth, cancel, streams."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+
+from agentd.adapters.http.app import _produce
+from agentd.adapters.memory.memory_event_stream import MemoryEventStream
+from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
+from agentd.domain.errors import SubscriberTooSlow
+from agentd.domain.models import TextEvent
+from agentd.sse import aiter_sse
+from tests.conftest import RunningAgentd
+
+
+@pytest.fixture
+async def srv(agentd_factory: Any) -> RunningAgentd:
+    server: RunningAgentd = await agentd_factory(
+        [ScriptedCodeAgent("scripted"), ScriptedCodeAgent("claude-code")], workers=2
+    )
+    return server
+
+
+async def call(srv: RunningAgentd, method: str, path: str, **kw: Any) -> tuple[int, Any, Any]:
+    async with aiohttp.ClientSession() as s, s.request(method, srv.base_url + path, **kw) as r:
+        body = await r.read()
+        try:
+            data = json.loads(body)
+        except json.JSONDecodeError:
+            data = body.decode()
+        return r.status, data, r.headers
+
+
+async def events_of(srv: RunningAgentd, stream_url: str, **kw: Any) -> list[tuple[int, str, dict[str, Any]]]:
+    out = []
+    async with aiohttp.ClientSession() as s, s.get(stream_url, **kw) as r:
+        assert r.status == 200
+        async for ev in aiter_sse(r.content.iter_any()):
+            out.append((int(ev.id), ev.event, json.loads(ev.data)))
+    return out
+
+
+async def test_submit_returns_the_contract_fields_and_the_stream_ends_with_done(srv: RunningAgentd) -> None:
+    status, body, headers = await call(srv, "POST", "/projects/web-app/jobs", json={"prompt": "hello there"})
+    assert status == 202
+    assert set(body) >= {"job_id", "stream_id", "stream_url", "status_url", "status"}
+    assert body["status"] == "queued" and body["provider"] == "scripted"
+    assert body["stream_url"] == f"{srv.base_url}/projects/web-app/events/{body['stream_id']}"
+    assert body["status_url"] == f"{srv.base_url}/projects/web-app/jobs/{body['job_id']}"
+    assert headers["Location"] == body["status_url"]
+    evs = await events_of(srv, body["stream_url"])
+    assert [e[0] for e in evs] == list(range(1, len(evs) + 1))
+    assert [e[1] for e in evs] == ["status", "status", "session", "text", "text", "done"]
+    assert "".join(e[2]["chunk"] for e in evs if e[1] == "text") == "hello there"
+    text = next(e[2] for e in evs if e[1] == "text")
+    assert set(text) >= {"message_id", "index", "chunk", "is_complete", "agent"}
+    done = evs[-1][2]
+    assert set(done) >= {"status", "exit_code", "duration_ms", "session_id", "result", "usage", "cost_usd", "error"}
+    assert done["status"] == "succeeded" and done["result"] == "hello there"
+    status, job, _ = await call(srv, "GET", f"/projects/web-app/jobs/{body['job_id']}")
+    assert status == 200 and job["status"] == "succeeded" and job["result"]["result"] == "hello there"
+
+
+async def test_claude_route_forces_the_provider(srv: RunningAgentd) -> None:
+    status, body, _ = await call(srv, "POST", "/projects/p/claude", json={"prompt": "x", "provider": "scripted"})
+    assert status == 202 and body["provider"] == "claude-code"
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "fragment"),
+    [
+        (None, "invalid_request", "JSON object"),
+        ("not json", "invalid_request", "not valid JSON"),
+        ([1, 2], "invalid_request", "JSON object"),
+        ({}, "prompt_required", "prompt"),
+        ({"prompt": "   "}, "prompt_required", "prompt"),
+        ({"prompt": "x", "timeout_s": 0}, "invalid_timeout", "between 1 and 86400"),
+        ({"prompt": "x", "timeout_s": "soon"}, "invalid_request", "timeout_s"),
+        ({"prompt": "x", "max_turns": 0}, "invalid_max_turns", "max_turns"),
+        ({"prompt": "x", "session_id": "--evil"}, "invalid_session_id", "session_id"),
+        ({"prompt": "x", "provider": "nope"}, "unknown_provider", "scripted, claude-code"),
+        ({"prompt": "x", "provider": 7}, "invalid_request", "provider"),
+        ({"prompt": "x", "colour": "red"}, "invalid_request", "unknown field(s) colour"),
+        ({"prompt": "x", "busy": "sometimes"}, "invalid_request", "busy"),
+        ({"prompt": 5}, "invalid_request", "prompt"),
+    ],
+)
+async def test_bad_input_is_a_400_that_says_what_to_fix(
+    srv: RunningAgentd, body: Any, code: str, fragment: str
+) -> None:
+    kw: dict[str, Any] = {}
+    if isinstance(body, str):
+        kw["data"] = body
+    elif body is not None:
+        kw["json"] = body
+    status, data, _ = await call(srv, "POST", "/projects/p/jobs", **kw)
+    assert status == 400, data
+    assert data["error"] == code and fragment in data["message"], data
+
+
+@pytest.mark.parametrize("pid", ["Upper", "-dash", "a..b", "x" * 64, "sp%20ace"])
+async def test_bad_project_id(srv: RunningAgentd, pid: str) -> None:
+    status, data, _ = await call(srv, "POST", f"/projects/{pid}/jobs", json={"prompt": "x"})
+    assert status == 400 and data["error"] == "invalid_project_id"
+    status, data, _ = await call(srv, "GET", f"/projects/{pid}/jobs")
+    assert status == 400 and data["error"] == "invalid_project_id"
+
+
+async def test_not_found_and_wrong_method_are_json(srv: RunningAgentd) -> None:
+    _, job, _ = await call(srv, "POST", "/projects/a/jobs", json={"prompt": "x"})
+    for path in (
+        "/projects/a/jobs/job_0000",
+        f"/projects/b/jobs/{job['job_id']}",  # another project's job is not visible
+        f"/projects/b/events/{job['stream_id']}",
+        "/projects/a/events/stm_nothere",
+        "/projects/a/events/garbage",
+        "/nope",
+    ):
+        status, data, _ = await call(srv, "GET", path)
+        assert status == 404 and data["error"] in ("job_not_found", "stream_not_found", "not_found"), path
+        assert data["message"]
+    status, data, _ = await call(srv, "DELETE", "/projects/a/jobs")
+    assert status == 405 and data["error"] == "method_not_allowed"
+
+
+async def test_body_too_large(srv: RunningAgentd) -> None:
+    status, data, _ = await call(srv, "POST", "/projects/a/jobs", data=b"x" * (9 * 1024 * 1024))
+    assert status == 413 and data["error"] == "body_too_large"
+
+
+async def test_api_key(agentd_factory: Any) -> None:
+    srv = await agentd_factory([ScriptedCodeAgent()], api_key="s3cret")
+    status, data, headers = await call(srv, "POST", "/projects/p/jobs", json={"prompt": "x"})
+    assert status == 401 and data["error"] == "unauthorized" and "X-API-Key" in data["message"]
+    status, data, _ = await call(srv, "GET", "/providers", headers={"X-API-Key": "wrong"})
+    assert status == 401
+    status, _, _ = await call(srv, "GET", "/healthz")
+    assert status == 200
+    status, body, _ = await call(
+        srv, "POST", "/projects/p/jobs", json={"prompt": "x"}, headers={"X-API-Key": "s3cret"}
+    )
+    assert status == 202
+    status, _, _ = await call(srv, "GET", body["stream_url"].replace(srv.base_url, ""))
+    assert status == 401  # streams are protected too
+    items = [it async for it in srv.client.follow(body["stream_url"])]  # the client sends the key
+    assert items[-1].event == "done"
+
+
+async def test_providers_and_healthz(srv: RunningAgentd) -> None:
+    status, data, _ = await call(srv, "GET", "/providers")
+    assert status == 200 and data["default"] == "scripted"
+    names = [p["name"] for p in data["providers"]]
+    assert names == ["scripted", "claude-code"]
+    first = data["providers"][0]
+    assert first["default"] is True and first["availability"]["available"] is True
+    assert "streaming" in first["capabilities"]
+    status, data, _ = await call(srv, "GET", "/healthz")
+    assert status == 200 and data["status"] == "ok"
+
+
+async def test_cancel_queued_and_running_jobs(srv: RunningAgentd) -> None:
+    _, running, _ = await call(srv, "POST", "/projects/p/jobs", json={"prompt": "sleep:30"})
+    _, queued, _ = await call(srv, "POST", "/projects/p/jobs", json={"prompt": "after"})
+    await asyncio.sleep(0.3)
+    status, job, _ = await call(srv, "GET", f"/projects/p/jobs/{queued['job_id']}")
+    assert job["status"] == "queued"  # one running job per project: this one waits
+    status, job, _ = await call(srv, "POST", f"/projects/p/jobs/{queued['job_id']}/cancel")
+    assert status == 200 and job["status"] == "cancelled"
+    evs = await events_of(srv, queued["stream_url"])
+    assert [e[1] for e in evs] == ["status", "done"] and evs[-1][2]["status"] == "cancelled"
+    status, job, _ = await call(srv, "POST", f"/projects/p/jobs/{running['job_id']}/cancel")
+    assert status == 202 and job["cancel_requested"] is True
+    evs = await asyncio.wait_for(events_of(srv, running["stream_url"]), 10)
+    assert evs[-1][1] == "done" and evs[-1][2]["status"] == "cancelled"
+    status, _, _ = await call(srv, "POST", "/projects/p/jobs/job_404/cancel")
+    assert status == 404
+
+
+async def test_busy_reject_and_idempotency(srv: RunningAgentd) -> None:
+    _, first, _ = await call(srv, "POST", "/projects/p/jobs", json={"prompt": "sleep:30"})
+    status, data, _ = await call(srv, "POST", "/projects/p/jobs", json={"prompt": "x", "busy": "reject"})
+    assert status == 409 and data["error"] == "project_busy"
+    key = {"Idempotency-Key": "ci-run-42"}
+    s1, a, _ = await call(srv, "POST", "/projects/q/jobs", json={"prompt": "sleep:30"}, headers=key)
+    s2, b, h2 = await call(srv, "POST", "/projects/q/jobs", json={"prompt": "sleep:30"}, headers=key)
+    assert (s1, s2) == (202, 200) and a["job_id"] == b["job_id"] and h2["Idempotent-Replayed"] == "true"
+    s3, c, _ = await call(srv, "POST", "/projects/q/jobs", json={"prompt": "other"}, headers=key)
+    assert s3 == 409 and c["error"] == "idempotency_conflict"
+    status, data, _ = await call(srv, "POST", "/projects/q/jobs", json={"prompt": "x"}, headers={"Idempotency-Key": "k" * 300})
+    assert status == 400
+    for job in (first, a):
+        await call(srv, "POST", f"/projects/{'p' if job is first else 'q'}/jobs/{job['job_id']}/cancel")
+
+
+async def test_list_jobs_with_filters_and_paging(srv: RunningAgentd) -> None:
+    ids = []
+    for i in range(5):
+        _, j, _ = await call(srv, "POST", "/projects/l/jobs", json={"prompt": f"job {i}"})
+        ids.append(j["job_id"])
+    for j in ids:
+        await srv.client.follow(f"/projects/l/events/{j.replace('job_', 'stm_')}").__anext__()
+    await asyncio.sleep(0.3)
+    status, data, _ = await call(srv, "GET", "/projects/l/jobs", params={"limit": "2"})
+    assert status == 200 and [j["job_id"] for j in data["jobs"]] == ids[::-1][:2]
+    status, data2, _ = await call(srv, "GET", "/projects/l/jobs", params={"limit": "2", "before": data["next_before"]})
+    assert [j["job_id"] for j in data2["jobs"]] == ids[::-1][2:4]
+    status, data, _ = await call(srv, "GET", "/projects/l/jobs", params={"status": "succeeded", "provider": "scripted"})
+    assert status == 200 and all(j["status"] == "succeeded" for j in data["jobs"])
+    for bad in ({"status": "done-ish"}, {"limit": "0"}, {"limit": "x"}, {"created_after": "yesterday"}, {"provider": "zz"}):
+        status, data, _ = await call(srv, "GET", "/projects/l/jobs", params=bad)
+        assert status == 400, bad
+
+
+async def test_sse_headers_retry_and_bad_resume_ids(srv: RunningAgentd) -> None:
+    _, job, _ = await call(srv, "POST", "/projects/p/jobs", json={"prompt": "x"})
+    async with aiohttp.ClientSession() as s, s.get(job["stream_url"]) as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        assert r.headers["X-Accel-Buffering"] == "no"
+        assert "no-cache" in r.headers["Cache-Control"]
+        raw = await r.read()
+    assert raw.startswith(b"retry: ")
+    assert b"event: done\n" in raw
+    for headers, params in (({"Last-Event-ID": "abc"}, {}), ({}, {"after": "-1"}), ({}, {"after": "x"})):
+        status, data, _ = await call(srv, "GET", job["stream_url"].replace(srv.base_url, ""), headers=headers, params=params)
+        assert status == 400 and data["error"] == "invalid_request"
+
+
+async def test_heartbeat_comments_while_idle(agentd_factory: Any) -> None:
+    srv = await agentd_factory([ScriptedCodeAgent()], sse_heartbeat_s=0.2)
+    _, job, _ = await call(srv, "POST", "/projects/p/jobs", json={"prompt": "sleep:1"})
+    async with aiohttp.ClientSession() as s, s.get(job["stream_url"]) as r:
+        raw = await r.read()
+    assert raw.count(b": heartbeat\n\n") >= 2
+    assert raw.rstrip().endswith(b"}")  # ...and still ends with the done event's data
+
+
+async def test_a_subscriber_that_cannot_keep_up_is_cut_off() -> None:
+    streams = MemoryEventStream(buffer=10_000)
+    await streams.create("s")
+    await streams.publish("s", [TextEvent(message_id="m", chunk=str(i)) for i in range(50)])
+    await streams.close_stream("s")
+
+    class _Svc:
+        pass
+
+    svc: Any = _Svc()
+    svc.streams = streams
+    buf: asyncio.Queue[Any] = asyncio.Queue(maxsize=5)
+    await _produce(svc, "s", 0, buf)  # nobody drains the buffer
+    items = []
+    while not buf.empty():
+        items.append(buf.get_nowait())
+    assert len(items) == 1 and isinstance(items[0], SubscriberTooSlow)
