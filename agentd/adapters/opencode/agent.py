@@ -174,14 +174,9 @@ class OpenCodeAgent(CodeAgent):
             return Availability(available=False, detail=self._missing_binary())
         if self._version is None:
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    binary, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-                    env=self._env,
-                )
-                out, _ = await asyncio.wait_for(proc.communicate(), 20)
-                self._version = out.decode(errors="replace").strip() or None
+                self._version = await _version(binary, self._env)
             except (OSError, TimeoutError) as e:
-                return Availability(available=False, detail=f"{binary} --version failed: {e}")
+                return Availability(available=False, detail=f"{binary} --version failed: {e!r}")
         how = "`opencode run` per job" if self.config.mode == "cli" else "managed `opencode serve`"
         return Availability(available=True, detail=f"{binary} ({how})", version=self._version)
 
@@ -257,6 +252,19 @@ class OpenCodeAgent(CodeAgent):
 
     def server_rss_bytes(self) -> int:
         return self.server.rss_bytes() if self.server is not None else 0
+
+
+async def _version(binary: str, env: dict[str, str]) -> str | None:
+    proc = await asyncio.create_subprocess_exec(
+        binary, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return out.decode(errors="replace").strip() or None
 
 
 def _with_reply(opts: RunOptions, idle_timeout_s: float, reply: str) -> RunOptions:

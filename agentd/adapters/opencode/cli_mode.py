@@ -9,7 +9,6 @@ event it stands for. The exit code is 0 on success, 1 on a model error.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import time
@@ -35,9 +34,16 @@ async def supports_json(binary: str, env: dict[str, str]) -> bool:
         proc = await asyncio.create_subprocess_exec(
             binary, "run", "--help", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env
         )
-        out, _ = await asyncio.wait_for(proc.communicate(), 20)
-    except (OSError, TimeoutError):
+    except OSError:
         return False
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    except TimeoutError:
+        return False
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     text = out.decode(errors="replace")
     return "--format" in text and "json" in text
 
@@ -140,7 +146,7 @@ class CliRun:
                     yield SessionEvent(session_id=state.session_id, model=model, cwd=str(self.dir))
                 for ev in state.handle(_as_event(obj)):
                     yield ev
-            code = await proc.wait()
+            code = await procs.wait_exit(proc)
             if state is not None:
                 for ev in state.close_open():
                     yield ev
@@ -204,11 +210,10 @@ class CliRun:
             if proc.returncode is not None:
                 return
             procs.signal_all(proc.pid, set(), sig)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(proc.wait()), self.stop_grace_s)
+            await procs.wait_exit(proc, self.stop_grace_s)
         if proc.returncode is None:
             procs.kill_tree(proc.pid)
-            await proc.wait()
+            await procs.wait_exit(proc)
 
     def _done(self, state: RunState | None, code: int | None, error: str | None) -> DoneEvent:
         ms = int((time.monotonic() - self.started) * 1000)

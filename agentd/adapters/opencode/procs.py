@@ -77,6 +77,22 @@ def alive(pid: int) -> bool:
     return stat[stat.rfind(")") + 2 :][:1] not in ("Z", "X", "")
 
 
+async def wait_exit(proc: asyncio.subprocess.Process, timeout_s: float | None = None) -> int | None:
+    """The exit code once the process has exited; None after `timeout_s`.
+
+    Not `proc.wait()`: on Python 3.11 that also waits until every pipe of the process is closed, which a
+    grandchild that inherited stdout/stderr (a tool the server started) can delay forever.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    delay = 0.01
+    while proc.returncode is None:
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+        await asyncio.sleep(delay)
+        delay = min(0.25, delay * 2)
+    return proc.returncode
+
+
 async def wait_gone(pids: set[int], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while any(alive(p) for p in pids):

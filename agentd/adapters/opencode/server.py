@@ -139,7 +139,13 @@ class ManagedServer:
                     f"the managed OpenCode server died {len(self._deaths)} times right after starting; "
                     f"last error: {self.last_error or 'unknown'}"
                 )
-            return await self._start()
+            try:
+                return await self._start()
+            except OpenCodeUnavailable as e:
+                if not isinstance(e.__cause__, OpenCodeUnavailable) or "before listening" not in str(e):
+                    raise
+                log.warning("opencode.server.retry_start", error=str(e))  # e.g. the port was taken
+                return await self._start()
 
     async def _start(self) -> str:
         cfg = self.config
@@ -188,7 +194,7 @@ class ManagedServer:
         while url is None:
             line = await proc.stdout.readline()
             if not line:
-                code = await proc.wait()
+                code = await procs.wait_exit(proc, 5.0)
                 raise OpenCodeUnavailable(f"`opencode serve` exited with code {code} before listening")
             m = _LISTENING.search(line.decode(errors="replace"))
             url = m.group(1).rstrip("/") if m else None
@@ -215,7 +221,7 @@ class ManagedServer:
                 log.debug("opencode.server.output", stream=name, line=text[:500])
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
-        code = await proc.wait()
+        code = await procs.wait_exit(proc)
         if self._closing:
             return
         self.deaths += 1  # runs compare this to know that their server (and their run) is gone
@@ -245,13 +251,10 @@ class ManagedServer:
         """SIGTERM to the whole tree, then SIGKILL after the grace period; waits until it is gone."""
         pids = procs.tree(proc.pid)
         procs.signal_all(proc.pid, pids, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), self.config.stop_grace_s)
-        except TimeoutError:
+        if await procs.wait_exit(proc, self.config.stop_grace_s) is None:
             log.warning("opencode.server.kill", pid=proc.pid)
         procs.signal_all(proc.pid, pids | procs.tree(proc.pid), signal.SIGKILL)
-        if proc.returncode is None:
-            await proc.wait()
+        await procs.wait_exit(proc)
         await procs.wait_gone(pids, 2.0)
 
     async def stop(self) -> None:

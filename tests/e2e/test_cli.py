@@ -1,0 +1,181 @@
+"""The newcomer's flow, as real processes: `agentd serve` in one process, `agentd submit --follow` in another."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support import fake_anthropic as fa
+from tests.support.fake_anthropic import FakeAnthropic
+
+pytestmark = pytest.mark.e2e
+AGENTD = [sys.executable, "-m", "agentd.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Server:
+    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
+        self.env, self.port, self.log = env, port, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [*AGENTD, "serve", "--port", str(self.port)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("ab"),
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                assert self.proc.poll() is None, self.log.read_text()
+                time.sleep(0.1)
+        raise AssertionError("agentd serve did not start: " + self.log.read_text())
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def base_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "LANG": "C.UTF-8",
+        "AGENTD_DATA_DIR": str(tmp_path / "data"),
+        "AGENTD_LOG_FORMAT": "json",
+        "AGENTD_SHUTDOWN_GRACE_S": "2",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+
+
+@pytest.fixture
+def serve(base_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    servers: list[Server] = []
+
+    def start(**env: str) -> Server:
+        port = int(env.pop("port", 0)) or free_port()
+        s = Server({**base_env, **env}, port, tmp_path / "serve.log")
+        s.start()
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        if s.proc and s.proc.poll() is None:
+            s.stop(signal.SIGKILL)
+
+
+def submit(server: Server, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**server.env, "AGENTD_URL": server.url}
+    return subprocess.run(
+        [*AGENTD, "submit", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_serve_and_submit_follow_with_the_scripted_agent(serve: Any) -> None:
+    srv = serve(AGENTD_PROVIDERS="scripted")
+    ok = submit(srv, "--project", "demo", "--follow", "hello from the cli")
+    assert ok.returncode == 0, ok.stderr
+    assert "hello from the cli" in ok.stdout
+    assert "[done succeeded" in ok.stderr
+    failed = submit(srv, "--project", "demo", "--follow", "fail:it broke")
+    assert failed.returncode == 1 and "it broke" in failed.stderr
+    bad = submit(srv, "--project", "Bad/Id", "--follow", "x")
+    assert bad.returncode == 2 and "project" in bad.stderr
+    no_follow = submit(srv, "--project", "demo", "x")
+    assert no_follow.returncode == 0 and '"stream_url"' in no_follow.stdout
+    # Graceful stop.
+    assert srv.stop() == 0
+
+
+def test_submit_follow_runs_the_real_claude_cli(serve: Any, claude_bin: str) -> None:
+    async def with_model() -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+        async with FakeAnthropic() as model:
+            srv = serve(
+                AGENTD_PROVIDERS="claude-code",
+                AGENTD_CLAUDE_BIN=claude_bin,
+                ANTHROPIC_BASE_URL=model.base_url,
+                ANTHROPIC_API_KEY="sk-fake",
+                CLAUDE_CODE_MAX_RETRIES="1",
+            )
+            loop = asyncio.get_running_loop()
+            res = await loop.run_in_executor(
+                None, lambda: submit(srv, "--project", "demo", "--follow", "SCENARIO:tool_bash")
+            )
+            srv.stop()
+            return res, model.message_requests()
+
+    res, requests = asyncio.run(with_model())
+    assert res.returncode == 0, res.stderr
+    assert fa.TOOL_BASH_INTRO in res.stdout and fa.TOOL_BASH_DONE in res.stdout
+    assert "→ Bash" in res.stderr
+    assert len(requests) == 2  # two model turns: tool call, then the answer
+
+
+def test_open_bind_without_api_key_is_refused(base_env: dict[str, str]) -> None:
+    res = subprocess.run(
+        [*AGENTD, "serve", "--host", "0.0.0.0", "--port", str(free_port())],
+        env={**base_env, "AGENTD_PROVIDERS": "scripted"}, capture_output=True, text=True, timeout=30,
+    )
+    assert res.returncode == 2 and "AGENTD_API_KEY" in res.stderr
+
+
+def test_api_and_worker_roles_need_a_database(base_env: dict[str, str]) -> None:
+    for role in ("api", "worker", "migrate"):
+        res = subprocess.run([*AGENTD, role], env=base_env, capture_output=True, text=True, timeout=30)
+        assert res.returncode == 2 and "AGENTD_DATABASE_URL" in res.stderr, (role, res.stderr)
+
+
+def test_no_job_is_lost_when_the_process_is_killed(serve: Any) -> None:
+    srv = serve(AGENTD_PROVIDERS="scripted")
+
+    async def scenario() -> dict[str, Any]:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{srv.url}/projects/p/jobs", json={"prompt": "sleep:2"}) as r:
+                job = await r.json()
+            async with http.post(f"{srv.url}/projects/p/jobs", json={"prompt": "queued behind"}) as r:
+                second = await r.json()
+            await asyncio.sleep(0.5)
+            srv.stop(signal.SIGKILL)  # no goodbye: the running and the queued job are in the file
+            srv.start()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                async with http.get(f"{srv.url}/projects/p/jobs/{second['job_id']}") as r:
+                    state = await r.json()
+                if state["status"] == "succeeded":
+                    break
+                await asyncio.sleep(0.2)
+            async with http.get(f"{srv.url}/projects/p/jobs/{job['job_id']}") as r:
+                first = await r.json()
+            return {"first": first, "second": state}
+
+    out = asyncio.run(scenario())
+    assert out["second"]["status"] == "succeeded"
+    assert out["first"]["status"] == "succeeded" and out["first"]["attempts"] == 2
+    assert srv.stop() == 0
