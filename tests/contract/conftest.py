@@ -1,38 +1,94 @@
-"""Adapters under contract: every adapter of a port runs the same tests (add new ones to the params)."""
+"""Adapters under contract: every adapter of a port runs the same tests (add new ones to the params).
+
+`make_queue(**options)` / `make_streams(**options)` open another instance on the SAME storage (another
+process, as far as the adapter can tell); the plain `queue` / `streams` fixtures are the first instance.
+PostgreSQL instances each get their own pool and listener on a fresh database per test.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
 from agentd.adapters.memory.memory_event_stream import MemoryEventStream
+from agentd.adapters.postgres import PgDatabase, PostgresEventStream, PostgresWorkQueue
 from agentd.ports.event_stream import EventStream
 from agentd.ports.work_queue import WorkQueue
+from tests.support.postgres import pg_dsn, pg_template  # noqa: F401 - fixtures
 
-QUEUE_ADAPTERS = ["sqlite"]
-STREAM_ADAPTERS = ["memory"]
+QUEUE_ADAPTERS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+STREAM_ADAPTERS = ["memory", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+QUEUE_DEFAULTS: dict[str, Any] = {"lease_s": 30.0, "max_attempts": 3, "retry_base_s": 0.2}
+STREAM_DEFAULTS: dict[str, Any] = {"retention_s": 0.2, "buffer": 50}
+
+QueueFactory = Callable[..., Awaitable[WorkQueue]]
+StreamsFactory = Callable[..., Awaitable[EventStream]]
 
 
 @pytest.fixture(params=QUEUE_ADAPTERS)
-async def queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[WorkQueue]:
-    q: WorkQueue
-    if request.param == "sqlite":
-        q = SqliteWorkQueue(tmp_path / "queue.sqlite3")
-    else:  # pragma: no cover - new adapters register above
-        raise AssertionError(request.param)
-    yield q
-    await q.close()
+async def make_queue(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[QueueFactory]:
+    opened: list[WorkQueue] = []
+    dsn = request.getfixturevalue("pg_dsn") if request.param == "postgres" else ""
+
+    async def make(**options: Any) -> WorkQueue:
+        opts = {**QUEUE_DEFAULTS, **options}
+        q: WorkQueue
+        if request.param == "sqlite":
+            q = SqliteWorkQueue(tmp_path / "queue.sqlite3", **opts)
+        elif request.param == "postgres":
+            pq = PostgresWorkQueue(PgDatabase(dsn, pool_size=4), **opts)
+            await pq.open()
+            q = pq
+        else:  # pragma: no cover - new adapters register above
+            raise AssertionError(request.param)
+        opened.append(q)
+        return q
+
+    yield make
+    for q in reversed(opened):
+        await q.close()
+
+
+@pytest.fixture
+async def queue(make_queue: QueueFactory) -> WorkQueue:
+    return await make_queue()
 
 
 @pytest.fixture(params=STREAM_ADAPTERS)
-async def streams(request: pytest.FixtureRequest) -> AsyncIterator[EventStream]:
-    s: EventStream
-    if request.param == "memory":
-        s = MemoryEventStream(retention_s=0.2, buffer=50)
-    else:  # pragma: no cover
-        raise AssertionError(request.param)
-    yield s
-    await s.close()
+async def make_streams(request: pytest.FixtureRequest) -> AsyncIterator[StreamsFactory]:
+    opened: list[EventStream] = []
+    dsn = request.getfixturevalue("pg_dsn") if request.param == "postgres" else ""
+    shared_memory: MemoryEventStream | None = None
+
+    async def make(**options: Any) -> EventStream:
+        nonlocal shared_memory
+        opts = {**STREAM_DEFAULTS, **options}
+        s: EventStream
+        if request.param == "memory":
+            # One process holds the memory log: "another instance" is the same one.
+            if shared_memory is None:
+                shared_memory = MemoryEventStream(**opts)
+                opened.append(shared_memory)
+            return shared_memory
+        if request.param == "postgres":
+            ps = PostgresEventStream(PgDatabase(dsn, pool_size=4), **opts)
+            await ps.open()
+            s = ps
+        else:  # pragma: no cover
+            raise AssertionError(request.param)
+        opened.append(s)
+        return s
+
+    yield make
+    for s in reversed(opened):
+        await s.close()
+
+
+@pytest.fixture
+async def streams(make_streams: StreamsFactory) -> EventStream:
+    return await make_streams()

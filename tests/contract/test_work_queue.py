@@ -1,8 +1,13 @@
-"""The WorkQueue contract (ports/work_queue.py), run against every adapter."""
+"""The WorkQueue contract (ports/work_queue.py), run against every adapter.
+
+Behaviours that need time to pass (leases, backoff) use short leases and delays, never a fake clock: the
+PostgreSQL queue keeps time with the database's clock.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -10,13 +15,22 @@ from agentd.domain.errors import JobNotFound
 from agentd.domain.ids import new_job_ids
 from agentd.domain.models import AgentRequest, AgentResult, Job, JobStatus
 from agentd.ports.work_queue import WorkQueue
+from tests.contract.conftest import QueueFactory
 
 
 async def put(q: WorkQueue, project: str = "p", prompt: str = "x", provider: str = "scripted") -> Job:
     job_id, stream_id = new_job_ids()
-    return await q.enqueue(
+    job, created = await q.enqueue(
         AgentRequest(project_id=project, prompt=prompt), provider=provider, job_id=job_id, stream_id=stream_id
     )
+    assert created
+    return job
+
+
+async def claim(q: WorkQueue, worker: str = "w") -> Job:
+    job = await q.claim(worker)
+    assert job is not None
+    return job
 
 
 async def test_enqueue_then_get(queue: WorkQueue) -> None:
@@ -40,7 +54,7 @@ async def test_claim_is_fifo_and_marks_running(queue: WorkQueue) -> None:
     job = await queue.claim("w1")
     assert job is not None and job.id == first.id
     assert job.status == JobStatus.running and job.worker_id == "w1" and job.attempts == 1
-    assert job.started_at is not None
+    assert job.started_at is not None and job.started_at >= job.created_at
 
 
 async def test_claim_on_empty_queue(queue: WorkQueue) -> None:
@@ -61,6 +75,13 @@ async def test_one_running_job_per_project(queue: WorkQueue) -> None:
     assert got3 is not None and got3.id == a2.id
 
 
+async def test_one_running_job_per_project_across_instances(make_queue: QueueFactory) -> None:
+    q1, q2 = await make_queue(), await make_queue()
+    jobs = [await put(q1, project="same") for _ in range(4)]
+    got = await asyncio.gather(*(q.claim(f"w{i}") for i, q in enumerate([q1, q2, q1, q2])))
+    assert [j.id for j in got if j is not None] == [jobs[0].id]
+
+
 async def test_concurrent_claims_never_hand_out_a_job_twice(queue: WorkQueue) -> None:
     jobs = [await put(queue, project=f"p{i}") for i in range(30)]
     claimed: list[str] = []
@@ -75,19 +96,30 @@ async def test_concurrent_claims_never_hand_out_a_job_twice(queue: WorkQueue) ->
 
 async def test_finish_is_final(queue: WorkQueue) -> None:
     job = await put(queue)
-    await queue.claim("w1")
+    await claim(queue, "w1")
     done = await queue.finish(job.id, AgentResult(status="failed", error="boom", exit_code=1))
     assert done.status == JobStatus.failed and done.result is not None and done.result.error == "boom"
     assert done.finished_at is not None
     again = await queue.finish(job.id, AgentResult(status="succeeded"))
     assert again.status == JobStatus.failed and again.result == done.result
+    with pytest.raises(JobNotFound):
+        await queue.finish("job_missing", AgentResult(status="succeeded"))
+
+
+async def test_finish_with_worker_id_only_touches_that_workers_job(queue: WorkQueue) -> None:
+    job = await put(queue)
+    await claim(queue, "w1")
+    unchanged = await queue.finish(job.id, AgentResult(status="succeeded"), worker_id="w2")
+    assert unchanged.status == JobStatus.running and unchanged.result is None
+    done = await queue.finish(job.id, AgentResult(status="succeeded"), worker_id="w1")
+    assert done.status == JobStatus.succeeded and done.worker_id == "w1"
 
 
 async def test_cancel_queued_ends_it_once(queue: WorkQueue) -> None:
     job = await put(queue)
     got, ended = await queue.request_cancel("p", job.id)
     assert ended and got.status == JobStatus.cancelled and got.result is not None
-    assert got.result.status == "cancelled"
+    assert got.result.status == "cancelled" and got.finished_at is not None
     got2, ended2 = await queue.request_cancel("p", job.id)
     assert not ended2 and got2.status == JobStatus.cancelled
     assert await queue.claim("w") is None
@@ -95,61 +127,100 @@ async def test_cancel_queued_ends_it_once(queue: WorkQueue) -> None:
 
 async def test_cancel_running_sets_the_flag(queue: WorkQueue) -> None:
     job = await put(queue)
-    await queue.claim("w1")
+    await claim(queue, "w1")
     got, ended = await queue.request_cancel("p", job.id)
     assert not ended and got.status == JobStatus.running and got.cancel_requested
     assert (await queue.get("p", job.id)).cancel_requested
 
 
-async def test_cancel_unknown_job(queue: WorkQueue) -> None:
+async def test_cancel_checks_the_project(queue: WorkQueue) -> None:
+    job = await put(queue, project="a")
     with pytest.raises(JobNotFound):
         await queue.request_cancel("p", "job_missing")
+    with pytest.raises(JobNotFound):
+        await queue.request_cancel("b", job.id)
+    assert (await queue.get("a", job.id)).status == JobStatus.queued
 
 
 async def test_heartbeat_only_for_the_owner(queue: WorkQueue) -> None:
     job = await put(queue)
-    await queue.claim("w1")
+    await claim(queue, "w1")
     assert await queue.heartbeat(job.id, "w1")
     assert not await queue.heartbeat(job.id, "w2")
     await queue.finish(job.id, AgentResult(status="succeeded"))
     assert not await queue.heartbeat(job.id, "w1")
 
 
-async def test_list_newest_first_with_filters_and_paging(queue: WorkQueue) -> None:
-    jobs = [await put(queue, project="p", prompt=f"n{i}") for i in range(5)]
-    await put(queue, project="other")
-    listed = await queue.list_jobs("p")
-    assert [j.id for j in listed] == [j.id for j in reversed(jobs)]
-    page1 = await queue.list_jobs("p", limit=2)
-    page2 = await queue.list_jobs("p", limit=2, before=page1[-1].id)
-    assert [j.id for j in page1 + page2] == [j.id for j in reversed(jobs)][:4]
-    await queue.claim("w")
-    running = await queue.list_jobs("p", status=JobStatus.running)
-    assert [j.id for j in running] == [jobs[0].id]
-
-
-async def test_recover_returns_orphaned_running_jobs(queue: WorkQueue) -> None:
+async def test_recover_all_running_returns_orphaned_jobs(queue: WorkQueue) -> None:
     job = await put(queue)
-    await queue.claim("w-dead")
+    await claim(queue, "w-dead")
+    assert await queue.recover() == []  # the lease (30 s) has not expired
+    recovered = await queue.recover(all_running=True)
+    assert [(j.id, j.status, j.worker_id) for j in recovered] == [(job.id, JobStatus.queued, None)]
+    again = await claim(queue, "w-new")
+    assert again.id == job.id and again.attempts == 2 and again.worker_id == "w-new"
+
+
+async def test_expired_lease_is_recovered_and_heartbeats_keep_it(make_queue: QueueFactory) -> None:
+    queue = await make_queue(lease_s=1.0)
+    kept, lost = await put(queue, project="kept"), await put(queue, project="lost")
+    await claim(queue, "w1")
+    await claim(queue, "w2")
+    assert await queue.recover() == []
+    for _ in range(6):  # w1 heartbeats, w2 is gone
+        await asyncio.sleep(0.25)
+        assert await queue.heartbeat(kept.id, "w1")
     recovered = await queue.recover()
-    assert [j.id for j in recovered] == [job.id]
-    again = await queue.claim("w-new")
-    assert again is not None and again.id == job.id and again.attempts == 2
+    assert [(j.id, j.status) for j in recovered] == [(lost.id, JobStatus.queued)]
+    assert not await queue.heartbeat(lost.id, "w2")  # the job is no longer w2's
+    assert (await queue.get("kept", kept.id)).status == JobStatus.running
+    again = await claim(queue, "w3")
+    assert again.id == lost.id and again.attempts == 2
 
 
-async def test_recover_gives_up_after_the_attempt_limit(queue: WorkQueue) -> None:
+async def test_attempt_limit_fails_the_job_with_the_reason(make_queue: QueueFactory) -> None:
+    queue = await make_queue(lease_s=0.1, max_attempts=3)
     job = await put(queue)
-    for _ in range(3):
-        claimed = await queue.claim("w")
-        assert claimed is not None
-        await queue.recover()
+    for attempt in range(1, 4):
+        claimed = await claim(queue)
+        assert claimed.attempts == attempt
+        await asyncio.sleep(0.2)
+        recovered = await queue.recover()
+        assert [j.id for j in recovered] == [job.id]
     final = await queue.get("p", job.id)
+    assert final.status == JobStatus.failed and final.result is not None and final.finished_at is not None
+    assert final.result.error == "worker lost (lease expired) 3 times; giving up"
+    assert await queue.claim("w") is None
+
+
+async def test_retryable_failure_is_requeued_after_backoff(make_queue: QueueFactory) -> None:
+    queue = await make_queue(retry_base_s=0.3, max_attempts=2)
+    job = await put(queue)
+    await claim(queue, "w1")
+    retry = AgentResult(status="failed", error="rate limited", retryable=True)
+    requeued = await queue.finish(job.id, retry, worker_id="w1")
+    assert requeued.status == JobStatus.queued and requeued.result is None and requeued.worker_id is None
+    assert await queue.claim("w2") is None  # backing off
+    started = time.monotonic()
+    while (again := await queue.claim("w2")) is None:
+        assert time.monotonic() - started < 3
+        await asyncio.sleep(0.05)
+    assert again.id == job.id and again.attempts == 2
+    assert time.monotonic() - started >= 0.1
+    # The last attempt: a retryable failure is final now.
+    final = await queue.finish(job.id, retry, worker_id="w2")
     assert final.status == JobStatus.failed and final.result is not None
-    assert "died" in (final.result.error or "")
+    assert final.result.error == "rate limited"
 
 
-async def test_wait_for_work_wakes_on_enqueue(queue: WorkQueue) -> None:
-    waiter = asyncio.create_task(queue.wait_for_work(5))
-    await asyncio.sleep(0.05)
-    await put(queue)
-    await asyncio.wait_for(waiter, 2)
+async def test_non_retryable_and_cancelled_results_are_final(queue: WorkQueue) -> None:
+    plain, cancelled = await put(queue, project="a"), await put(queue, project="b")
+    await claim(queue)
+    await claim(queue)
+    done = await queue.finish(plain.id, AgentResult(status="failed", error="bad prompt"))
+    assert done.status == JobStatus.failed
+    await queue.request_cancel("b", cancelled.id)
+    ended = await queue.finish(cancelled.id, AgentResult(status="failed", error="killed", retryable=True))
+    assert ended.status == JobStatus.failed  # a cancel request wins over a retry
+    ok = await queue.finish(plain.id, AgentResult(status="succeeded", retryable=True))
+    assert ok.status == JobStatus.failed  # final stays final

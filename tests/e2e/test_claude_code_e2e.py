@@ -318,3 +318,27 @@ async def test_kubectl_transport_with_stand_in_kubectl(
             await srv.client.cancel("demo", job["job_id"])
     assert got[-1].data["status"] == "cancelled"
     assert "kill -2" in calls.read_text()
+
+
+async def test_midstream_error_text_adds_up_to_the_final_answer(
+    agentd_factory: Any, tmp_path: Path, claude_bin: str, model: FakeAnthropic
+) -> None:
+    # The CLI abandons the half-streamed block and asks again without streaming (see fake_anthropic.py).
+    srv = await _start(agentd_factory, tmp_path, claude_bin, model)
+    items = await _collect(srv, await srv.client.submit("demo", "SCENARIO:midstream_error"))
+    _assert_sequence(items)
+    assert items[-1].data["status"] == "succeeded"
+    assert list(_texts(items).values()) == [fa.MIDSTREAM_RECOVERED]
+    abandoned = [it for it in items if it.event == "text" and it.data["abandoned"]]
+    streamed = [it for it in items if it.event == "text" and it.data["chunk"] and not it.data["is_complete"]]
+    if streamed:  # the partial text did reach subscribers: it must be marked abandoned
+        assert abandoned and abandoned[0].data["message_id"] == streamed[0].data["message_id"]
+
+
+async def test_huge_lines_stream_through(
+    agentd_factory: Any, tmp_path: Path, claude_bin: str, model: FakeAnthropic
+) -> None:
+    srv = await _start(agentd_factory, tmp_path, claude_bin, model)
+    items = await _collect(srv, await srv.client.submit("demo", "SCENARIO:big size=300000"))
+    assert items[-1].data["status"] == "succeeded"
+    assert list(_texts(items).values()) == [fa.big_text(300_000)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from typing import Any
 
@@ -129,7 +130,7 @@ async def test_not_found_and_wrong_method_are_json(srv: RunningAgentd) -> None:
 
 
 async def test_body_too_large(srv: RunningAgentd) -> None:
-    status, data, _ = await call(srv, "POST", "/projects/a/jobs", data=b"x" * (9 * 1024 * 1024))
+    status, data, _ = await call(srv, "POST", "/projects/a/jobs", data=io.BytesIO(b"x" * (9 * 1024 * 1024)))
     assert status == 413 and data["error"] == "body_too_large"
 
 

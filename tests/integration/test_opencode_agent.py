@@ -120,7 +120,7 @@ def check_stream(events: list[AgentEvent]) -> None:
     closed: set[tuple[str, int]] = set()
     for e in events:
         if isinstance(e, TextEvent):
-            assert (e.message_id, e.index) not in closed
+            assert (e.message_id, e.index) not in closed or e.abandoned
             if e.is_complete:
                 closed.add((e.message_id, e.index))
     assert {(e.message_id, e.index) for e in events if isinstance(e, TextEvent)} <= closed
@@ -378,6 +378,22 @@ async def test_inactivity_watchdog(oc: OC, tmp_path: Path) -> None:
         assert d.session_id not in await agent.client.status(oc.workspace())
     finally:
         await agent.close()
+
+
+async def test_retry_after_text_abandons_it(oc: OC) -> None:
+    """The model fails mid-stream: OpenCode retries in new parts; the streamed text is marked abandoned."""
+    run_id = uuid.uuid4().hex
+    events: list[AgentEvent] = []
+    req = AgentRequest(project_id="p1", prompt="SCENARIO:midstream_fail")
+    async for ev in oc.agent.execute(req, run_id=run_id):
+        events.append(ev)
+        if isinstance(ev, StatusEvent) and ev.status == "retrying":
+            assert ev.detail == "fake mid-stream failure" and ev.attempt == 1
+            await oc.agent.cancel(run_id)  # stop during the retry wait instead of waiting ~70 s
+    check_stream(events)
+    assert [e.chunk for e in events if isinstance(e, TextEvent) and e.abandoned] == [""]
+    d = done(events)
+    assert d.status == "cancelled" and text(events) == (d.result or "")
 
 
 async def test_server_dies_mid_run_then_is_restarted(oc: OC) -> None:

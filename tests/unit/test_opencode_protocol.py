@@ -69,9 +69,9 @@ def texts(out: list[AgentEvent], kind: type = TextEvent) -> dict[tuple[str, int]
             continue
         assert isinstance(ev, TextEvent | ReasoningEvent)
         key = (ev.message_id, ev.index)
-        assert key not in closed, f"event after the last one of {key}"
-        assert ev.message_id not in dropped, f"event for abandoned message {ev.message_id}"
-        if ev.abandoned:
+        assert ev.message_id not in dropped or ev.abandoned, f"event for abandoned message {ev.message_id}"
+        assert key not in closed or ev.abandoned, f"event after the last one of {key}"
+        if ev.abandoned:  # may follow a complete part: the whole message is dropped
             assert ev.chunk == "" and ev.is_complete
             dropped.add(ev.message_id)
             acc.pop(key, None)
@@ -361,3 +361,11 @@ def test_prompts_queued_while_busy_are_answered_together() -> None:
         "msg_2": (["merged"], True),
         "msg_3": (["merged"], True),
     }
+
+
+def test_a_removed_part_takes_its_text_back() -> None:
+    state = RunState("ses_1", user_message_id="msg_u")
+    removed = _ev("message.part.removed", messageID="msg_a", partID="p1")
+    out = feed(state, [ASSISTANT, _part("p1", "draft", True), _part("p2", "kept", True), removed])
+    assert texts(out) == {("msg_a~r1", 1): "kept"}
+    assert state.result_text() == "kept"

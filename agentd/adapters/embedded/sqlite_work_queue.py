@@ -1,53 +1,81 @@
 """Embedded work queue on SQLite (stdlib), for one agentd process without a database server.
 
 Durable: every change is committed before the call returns (WAL, synchronous=FULL), so a restart loses no
-job; `recover()` at start returns jobs that were running when the process died to the queue. Calls run in
-a worker thread so the event loop never blocks on disk.
+job. Calls run in a worker thread so the event loop never blocks on disk; every change is one
+`BEGIN IMMEDIATE` transaction, so checks and writes never interleave. Leases work as in the PostgreSQL
+queue (a heartbeat renews them, `recover` returns expired ones to the queue), even though one process owns
+this file: a worker stuck without heartbeats loses its job the same way everywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextvars
+import hashlib
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from agentd.domain.errors import JobNotFound
+from agentd.domain.errors import IdempotencyConflict, JobNotFound, ProjectBusy
 from agentd.domain.models import AgentRequest, AgentResult, Job, JobStatus
-from agentd.ports.work_queue import WorkQueue
+from agentd.ports.work_queue import BusyPolicy, JobFilter, Limits, WorkQueue
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    project_id TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    stream_id TEXT NOT NULL,
-    request TEXT NOT NULL,
-    status TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    started_at TEXT,
-    finished_at TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    worker_id TEXT,
-    heartbeat_at TEXT,
-    result TEXT
-);
+T = TypeVar("T")
+SCHEMA_VERSION = 1
+MAX_BACKOFF_S = 600.0
+_COLUMNS = {  # schema 1; a file from before schema 1 gets the missing columns added
+    "seq": "INTEGER PRIMARY KEY AUTOINCREMENT",
+    "id": "TEXT NOT NULL UNIQUE",
+    "project_id": "TEXT NOT NULL",
+    "provider": "TEXT NOT NULL",
+    "stream_id": "TEXT NOT NULL",
+    "request": "TEXT NOT NULL",
+    "status": "TEXT NOT NULL",
+    "created_at": "TEXT NOT NULL",
+    "started_at": "TEXT",
+    "finished_at": "TEXT",
+    "attempts": "INTEGER NOT NULL DEFAULT 0",
+    "max_attempts": "INTEGER NOT NULL DEFAULT 3",
+    "run_after": "REAL NOT NULL DEFAULT 0",  # epoch seconds
+    "cancel_requested": "INTEGER NOT NULL DEFAULT 0",
+    "worker_id": "TEXT",
+    "lease_expires_at": "REAL",  # epoch seconds; NULL on a pre-schema-1 running job: recover() takes it
+    "idempotency_key": "TEXT",
+    "request_hash": "TEXT",
+    "last_error": "TEXT",
+    "result": "TEXT",
+}
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
 CREATE INDEX IF NOT EXISTS jobs_project ON jobs(project_id, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(project_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 """
-_COLS = (
-    "id, project_id, provider, stream_id, request, status, created_at, started_at, finished_at, "
-    "attempts, cancel_requested, worker_id, result"
+_CANCELLED = AgentResult(status="cancelled", error="cancelled before it started").model_dump_json()
+_seen_generation: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
+    "agentd_sqlite_seen_generation", default=None
 )
 
 
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 def _now() -> str:
-    return datetime.now(UTC).isoformat()
+    return _iso(datetime.now(UTC))
+
+
+def _bound(dt: datetime) -> str:
+    """A filter bound as stored text; a naive datetime means UTC."""
+    return _iso(dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt)
+
+
+def request_hash(request: AgentRequest) -> str:
+    return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
 
 
 def _row_to_job(row: sqlite3.Row) -> Job:
@@ -69,199 +97,277 @@ def _row_to_job(row: sqlite3.Row) -> Job:
 
 
 class SqliteWorkQueue(WorkQueue):
-    def __init__(self, path: Path, *, max_attempts: int = 3) -> None:
+    def __init__(
+        self, path: Path, *, lease_s: float = 30.0, max_attempts: int = 3, retry_base_s: float = 2.0
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
-        self._max_attempts = max_attempts
+        self.lease_s = lease_s
+        self.max_attempts = max_attempts
+        self.retry_base_s = retry_base_s
+        self._generation = 0
+        self._wake = asyncio.Event()
+        self._tx(self._migrate)
+
+    def _migrate(self) -> None:
+        if self._db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        cols = ", ".join(f"{name} {decl}" for name, decl in _COLUMNS.items())
+        self._db.execute(f"CREATE TABLE IF NOT EXISTS jobs ({cols})")
+        have = {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, decl in _COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
+        for stmt in _INDEXES.split(";"):
+            if stmt.strip():
+                self._db.execute(stmt)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        """Run `fn` as one transaction, in a thread."""
+        return await asyncio.to_thread(self._tx, fn)
+
+    def _tx(self, fn: Callable[[], T]) -> T:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn()
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return out
+
+    def _fetch(self, job_id: str) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row
+
+    def _job(self, job_id: str) -> Job:
+        row = self._fetch(job_id)
+        if row is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        return _row_to_job(row)
+
+    def _notify(self) -> None:
+        self._generation += 1
+        self._wake.set()
         self._wake = asyncio.Event()
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        def locked() -> Any:
-            with self._lock:
-                return fn(*args)
-
-        return await asyncio.to_thread(locked)
-
-    def _tx(self, fn: Any) -> Any:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            out = fn()
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-        return out
-
-    def _fetch(self, job_id: str) -> Job | None:
-        row = self._db.execute(f"SELECT {_COLS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return _row_to_job(row) if row else None
-
     async def enqueue(
-        self, request: AgentRequest, *, provider: str, job_id: str, stream_id: str
-    ) -> Job:
-        def op() -> Job:
-            self._db.execute(
-                "INSERT INTO jobs (id, project_id, provider, stream_id, request, status, created_at) "
-                "VALUES (?, ?, ?, ?, ?, 'queued', ?)",
-                (job_id, request.project_id, provider, stream_id, request.model_dump_json(), _now()),
-            )
-            job = self._fetch(job_id)
-            assert job is not None
-            return job
+        self,
+        request: AgentRequest,
+        *,
+        provider: str,
+        job_id: str,
+        stream_id: str,
+        idempotency_key: str | None = None,
+        busy: BusyPolicy = "enqueue",
+    ) -> tuple[Job, bool]:
+        digest = request_hash(request) if idempotency_key is not None else None
 
-        job: Job = await self._run(op)
-        self._wake.set()
-        return job
-
-    async def claim(self, worker_id: str) -> Job | None:
-        def op() -> Job | None:
-            def tx() -> Job | None:
+        def op() -> tuple[Job, bool]:
+            if idempotency_key is not None:
                 row = self._db.execute(
-                    "SELECT id FROM jobs WHERE status = 'queued' AND project_id NOT IN "
-                    "(SELECT project_id FROM jobs WHERE status = 'running') ORDER BY seq LIMIT 1"
+                    "SELECT * FROM jobs WHERE project_id = ? AND idempotency_key = ?",
+                    (request.project_id, idempotency_key),
                 ).fetchone()
-                if row is None:
-                    return None
-                now = _now()
-                self._db.execute(
-                    "UPDATE jobs SET status = 'running', worker_id = ?, started_at = ?, heartbeat_at = ?, "
-                    "attempts = attempts + 1 WHERE id = ?",
-                    (worker_id, now, now, row["id"]),
+                if row is not None:
+                    if row["request_hash"] != digest:
+                        raise IdempotencyConflict(
+                            f"Idempotency-Key {idempotency_key!r} was already used in project "
+                            f"{request.project_id!r} with a different request (job {row['id']})",
+                            job_id=row["id"],
+                        )
+                    return _row_to_job(row), False
+            if (
+                busy == "reject"
+                and self._db.execute(
+                    "SELECT 1 FROM jobs WHERE project_id = ? AND status IN ('queued', 'running') LIMIT 1",
+                    (request.project_id,),
+                ).fetchone()
+            ):
+                raise ProjectBusy(
+                    f"project {request.project_id!r} already has a queued or running job (busy=reject)"
                 )
-                return self._fetch(row["id"])
+            self._db.execute(
+                "INSERT INTO jobs (id, project_id, provider, stream_id, request, status, created_at, "
+                "max_attempts, idempotency_key, request_hash) VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                (
+                    job_id, request.project_id, provider, stream_id, request.model_dump_json(), _now(),
+                    self.max_attempts, idempotency_key, digest,
+                ),
+            )  # fmt: skip
+            return self._job(job_id), True
 
-            result: Job | None = self._tx(tx)
-            return result
+        job, created = await self._run(op)
+        if created:
+            self._notify()
+        return job, created
 
-        job: Job | None = await self._run(op)
-        return job
+    async def claim(self, worker_id: str, *, limits: Limits | None = None) -> Job | None:
+        _seen_generation.set((id(self), self._generation))
+        lim = limits or Limits()
 
-    async def wait_for_work(self, timeout: float) -> None:
+        def op() -> Job | None:
+            counts = dict(
+                self._db.execute(
+                    "SELECT provider, count(*) FROM jobs WHERE status = 'running' GROUP BY provider"
+                ).fetchall()
+            )
+            if lim.global_max is not None and sum(counts.values()) >= lim.global_max:
+                return None
+            full = [p for p, cap in lim.per_provider.items() if counts.get(p, 0) >= cap]
+            now = time.time()
+            row = self._db.execute(
+                "SELECT id FROM jobs WHERE status = 'queued' AND run_after <= ? "
+                f"AND provider NOT IN ({', '.join('?' * len(full))}) "
+                "AND project_id NOT IN (SELECT project_id FROM jobs WHERE status = 'running') "
+                "ORDER BY seq LIMIT 1",
+                (now, *full),
+            ).fetchone()
+            if row is None:
+                return None
+            self._db.execute(
+                "UPDATE jobs SET status = 'running', worker_id = ?, started_at = ?, attempts = attempts + 1, "
+                "lease_expires_at = ? WHERE id = ?",
+                (worker_id, _now(), now + self.lease_s, row["id"]),
+            )
+            return self._job(row["id"])
+
+        return await self._run(op)
+
+    async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109 - the port's signature
+        seen = _seen_generation.get()
+        if seen is not None and seen[0] == id(self) and seen[1] != self._generation:
+            _seen_generation.set((id(self), self._generation))
+            return  # a wake-up came after this task's last claim started looking
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
         except TimeoutError:
             return
-        finally:
-            self._wake.clear()
 
     async def heartbeat(self, job_id: str, worker_id: str) -> bool:
         def op() -> bool:
             cur = self._db.execute(
-                "UPDATE jobs SET heartbeat_at = ? WHERE id = ? AND worker_id = ? AND status = 'running'",
-                (_now(), job_id, worker_id),
+                "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND worker_id = ? AND status = 'running'",
+                (time.time() + self.lease_s, job_id, worker_id),
             )
             return cur.rowcount == 1
 
-        ok: bool = await self._run(op)
-        return ok
+        return await self._run(op)
 
-    async def finish(self, job_id: str, result: AgentResult) -> Job:
+    async def finish(self, job_id: str, result: AgentResult, *, worker_id: str | None = None) -> Job:
         def op() -> Job:
-            self._db.execute(
-                "UPDATE jobs SET status = ?, finished_at = ?, result = ? "
-                "WHERE id = ? AND status IN ('queued', 'running')",
-                (result.status, _now(), result.model_dump_json(), job_id),
-            )
-            job = self._fetch(job_id)
-            if job is None:
+            row = self._fetch(job_id)
+            if row is None:
                 raise JobNotFound(f"no job {job_id!r}")
-            return job
+            status = JobStatus(row["status"])
+            if status.is_final or (
+                worker_id is not None and (status != JobStatus.running or row["worker_id"] != worker_id)
+            ):
+                return _row_to_job(row)
+            retry = (
+                result.retryable
+                and result.status == "failed"
+                and not row["cancel_requested"]
+                and row["attempts"] < row["max_attempts"]
+            )
+            if retry:
+                delay = min(self.retry_base_s * 2 ** (max(row["attempts"], 1) - 1), MAX_BACKOFF_S)
+                self._db.execute(
+                    "UPDATE jobs SET status = 'queued', run_after = ?, worker_id = NULL, "
+                    "lease_expires_at = NULL, last_error = ? WHERE id = ?",
+                    (time.time() + delay, result.error, job_id),
+                )
+            else:
+                self._db.execute(
+                    "UPDATE jobs SET status = ?, finished_at = ?, result = ?, lease_expires_at = NULL "
+                    "WHERE id = ?",
+                    (result.status, _now(), result.model_dump_json(), job_id),
+                )
+            return self._job(job_id)
 
-        job: Job = await self._run(op)
-        self._wake.set()  # the project may be free for its next job
+        job = await self._run(op)
+        self._notify()  # the project (or a limit slot) may be free for the next job
         return job
 
     async def request_cancel(self, project_id: str, job_id: str) -> tuple[Job, bool]:
-        cancelled = AgentResult(status="cancelled", error="cancelled before it started").model_dump_json()
-
         def op() -> tuple[Job, bool]:
-            def tx() -> tuple[Job, bool]:
-                job = self._fetch(job_id)
-                if job is None or job.project_id != project_id:
-                    raise JobNotFound(f"no job {job_id!r} in project {project_id!r}")
-                ended = job.status == JobStatus.queued
-                if ended:
-                    self._db.execute(
-                        "UPDATE jobs SET status = 'cancelled', cancel_requested = 1, finished_at = ?, "
-                        "result = ? WHERE id = ?",
-                        (_now(), cancelled, job_id),
-                    )
-                elif job.status == JobStatus.running:
-                    self._db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
-                out = self._fetch(job_id)
-                assert out is not None
-                return out, ended
+            row = self._fetch(job_id)
+            if row is None or row["project_id"] != project_id:
+                raise JobNotFound(f"no job {job_id!r} in project {project_id!r}")
+            ended = row["status"] == JobStatus.queued
+            if ended:
+                self._db.execute(
+                    "UPDATE jobs SET status = 'cancelled', cancel_requested = 1, finished_at = ?, "
+                    "result = ? WHERE id = ?",
+                    (_now(), _CANCELLED, job_id),
+                )
+            elif row["status"] == JobStatus.running:
+                self._db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            return self._job(job_id), ended
 
-            result: tuple[Job, bool] = self._tx(tx)
-            return result
-
-        out: tuple[Job, bool] = await self._run(op)
-        return out
+        return await self._run(op)
 
     async def get(self, project_id: str, job_id: str) -> Job:
-        job: Job | None = await self._run(self._fetch, job_id)
-        if job is None or job.project_id != project_id:
+        row = await self._run(lambda: self._fetch(job_id))
+        if row is None or row["project_id"] != project_id:
             raise JobNotFound(f"no job {job_id!r} in project {project_id!r}")
-        return job
+        return _row_to_job(row)
 
-    async def list_jobs(
-        self,
-        project_id: str,
-        *,
-        status: JobStatus | None = None,
-        limit: int = 50,
-        before: str | None = None,
-    ) -> list[Job]:
-        def op() -> list[Job]:
-            sql = f"SELECT {_COLS} FROM jobs WHERE project_id = ?"
-            args: list[Any] = [project_id]
-            if status is not None:
-                sql += " AND status = ?"
-                args.append(status.value)
-            if before is not None:
-                sql += " AND seq < (SELECT seq FROM jobs WHERE id = ?)"
-                args.append(before)
-            sql += " ORDER BY seq DESC LIMIT ?"
-            args.append(limit)
-            return [_row_to_job(r) for r in self._db.execute(sql, args).fetchall()]
+    async def list_jobs(self, project_id: str, flt: JobFilter | None = None) -> list[Job]:
+        f = flt or JobFilter()
+        where = ["project_id = ?"]
+        args: list[Any] = [project_id]
+        for clause, value in (
+            ("status = ?", f.status.value if f.status is not None else None),
+            ("provider = ?", f.provider),
+            ("created_at > ?", _bound(f.created_after) if f.created_after else None),
+            ("created_at < ?", _bound(f.created_before) if f.created_before else None),
+            ("seq < (SELECT seq FROM jobs WHERE id = ?)", f.before),
+        ):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        sql = f"SELECT * FROM jobs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?"
+        rows = await self._run(lambda: self._db.execute(sql, (*args, max(0, f.limit))).fetchall())
+        return [_row_to_job(r) for r in rows]
 
-        jobs: list[Job] = await self._run(op)
-        return jobs
-
-    async def recover(self) -> list[Job]:
-        """Single-process queue: at start, every 'running' job lost its worker with the last process."""
-        gave_up = AgentResult(
-            status="failed",
-            error=f"the worker died while running this job {self._max_attempts} times; giving up",
-        ).model_dump_json()
+    async def recover(self, *, all_running: bool = False) -> list[Job]:
+        reason = "its worker is gone" if all_running else "lease expired"
 
         def op() -> list[Job]:
-            def tx() -> list[Job]:
-                rows = self._db.execute("SELECT id, attempts FROM jobs WHERE status = 'running'").fetchall()
-                for r in rows:
-                    if r["attempts"] >= self._max_attempts:
-                        self._db.execute(
-                            "UPDATE jobs SET status = 'failed', finished_at = ?, result = ? WHERE id = ?",
-                            (_now(), gave_up, r["id"]),
-                        )
-                    else:
-                        self._db.execute(
-                            "UPDATE jobs SET status = 'queued', worker_id = NULL WHERE id = ?", (r["id"],)
-                        )
-                return [j for r in rows if (j := self._fetch(r["id"])) is not None]
+            rows = self._db.execute(
+                "SELECT id, attempts, max_attempts FROM jobs WHERE status = 'running' "
+                "AND (? OR lease_expires_at IS NULL OR lease_expires_at < ?) ORDER BY seq",
+                (all_running, time.time()),
+            ).fetchall()
+            for r in rows:
+                if r["attempts"] >= r["max_attempts"]:
+                    gave_up = AgentResult(
+                        status="failed", error=f"worker lost ({reason}) {r['attempts']} times; giving up"
+                    )
+                    self._db.execute(
+                        "UPDATE jobs SET status = 'failed', finished_at = ?, result = ?, worker_id = NULL, "
+                        "lease_expires_at = NULL, last_error = ? WHERE id = ?",
+                        (_now(), gave_up.model_dump_json(), f"worker lost ({reason})", r["id"]),
+                    )
+                else:
+                    self._db.execute(
+                        "UPDATE jobs SET status = 'queued', worker_id = NULL, lease_expires_at = NULL, "
+                        "run_after = 0, last_error = ? WHERE id = ?",
+                        (f"worker lost ({reason})", r["id"]),
+                    )
+            return [self._job(r["id"]) for r in rows]
 
-            result: list[Job] = self._tx(tx)
-            return result
-
-        jobs: list[Job] = await self._run(op)
-        if jobs:
-            self._wake.set()
+        jobs = await self._run(op)
+        if any(j.status == JobStatus.queued for j in jobs):
+            self._notify()
         return jobs
 
     async def close(self) -> None:
-        await self._run(self._db.close)
+        await asyncio.to_thread(self._db.close)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
@@ -202,6 +203,7 @@ class OpenCodeAgent(CodeAgent):
         control = RunControl(run_id)
         self._runs[run_id] = control
         directory = self.config.workspace(request.project_id)
+        scratch = self.config.base_dir / "tmp" / ("run-" + re.sub(r"[^A-Za-z0-9_.-]", "_", run_id))
         try:
             directory.mkdir(parents=True, exist_ok=True)
             try:
@@ -226,7 +228,7 @@ class OpenCodeAgent(CodeAgent):
                 inner = CliRun(
                     self._binary_path() or self.config.binary, self._env, request, control, directory,
                     idle_timeout_s=self.config.idle_timeout_s, files=files, mentions=mentions,
-                    scratch=self.config.base_dir / "tmp" / run_id,
+                    scratch=scratch,
                 ).events
             stream = inner()
             try:
@@ -236,7 +238,7 @@ class OpenCodeAgent(CodeAgent):
                 await stream.aclose()
         finally:
             self._runs.pop(run_id, None)
-            shutil.rmtree(self.config.base_dir / "tmp" / run_id, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
 
     async def close(self) -> None:
         """Stop the runs and the managed server (no process is left behind); close the HTTP client."""

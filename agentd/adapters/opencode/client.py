@@ -71,7 +71,8 @@ class OpenCodeClient:
         if self.closed:
             raise OpenCodeUnavailable("the OpenCode client is closed (agentd is shutting down)")
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            # No pool limit: every running job holds one /event connection.
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         return self._session
 
     def _headers(self) -> dict[str, str]:

@@ -14,6 +14,7 @@ Facts this relies on (opencode 1.18.33; raw captures in tests/fixtures/opencode/
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -249,7 +250,7 @@ class RunState:
             delay = max(0, nxt - now_ms) if nxt is not None and now_ms is not None else None
             ev = StatusEvent(
                 status="retrying",
-                detail=str(status.get("message") or "") or None,
+                detail=_message_of(status.get("message")),
                 attempt=_int(status.get("attempt")),
                 retry_delay_ms=delay,
             )
@@ -345,6 +346,19 @@ class RunState:
                 status="failed", error="the assistant message ended without a finish reason", **common
             )
         return AgentResult(status="succeeded", **common)
+
+
+def _message_of(raw: Any) -> str | None:
+    """Retry messages are sometimes the provider's JSON error body: keep its message."""
+    text = str(raw or "")
+    if text.startswith("{"):
+        try:
+            inner = json.loads(text)
+        except ValueError:
+            return text
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return str(inner["message"])
+    return text or None
 
 
 def error_code(err: dict[str, Any]) -> str:

@@ -301,7 +301,7 @@ class ServerRun:
             if offline_since is not None and now - offline_since > opts.reconnect_limit_s:
                 self.failure = f"lost the OpenCode event stream for more than {opts.reconnect_limit_s:g} s"
                 return
-            wake = [deadline, last_activity + opts.idle_timeout_s]
+            wake = [deadline, last_activity + opts.idle_timeout_s] if control.forced is None else [now + 1.0]
             wake += [t for t in (check_at, stop_by) if t is not None]
             try:
                 item = await asyncio.wait_for(self.inbox.get(), max(0.01, min(wake) - now))

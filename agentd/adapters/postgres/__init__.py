@@ -1,0 +1,49 @@
+"""PostgreSQL adapters: the work queue and the durable event log, for many processes on many machines.
+
+`open_postgres` is what the composition root calls; `migrate` is what `agentd migrate` runs.
+"""
+
+from __future__ import annotations
+
+from agentd.adapters.postgres.database import PgDatabase
+from agentd.adapters.postgres.migrate import check_schema, migrate
+from agentd.adapters.postgres.postgres_event_stream import PostgresEventStream
+from agentd.adapters.postgres.postgres_work_queue import PostgresWorkQueue
+from agentd.adapters.postgres.queries import SCHEMA_VERSION
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "PgDatabase",
+    "PostgresEventStream",
+    "PostgresWorkQueue",
+    "check_schema",
+    "migrate",
+    "open_postgres",
+]
+
+
+async def open_postgres(
+    dsn: str,
+    *,
+    lease_s: float = 30.0,
+    max_attempts: int = 3,
+    retry_base_s: float = 2.0,
+    retention_s: float = 3600.0,
+    subscriber_buffer: int = 1000,
+    pool_size: int = 10,
+) -> tuple[PostgresWorkQueue, PostgresEventStream]:
+    """The queue and the event log on one shared pool and listener connection (closed by the last `close`).
+
+    Raises SchemaMismatch when the schema is missing or not this agentd's (run `agentd migrate`), and
+    QueueUnavailable when the database cannot be reached.
+    """
+    db = PgDatabase(dsn, pool_size=pool_size)
+    queue = PostgresWorkQueue(db, lease_s=lease_s, max_attempts=max_attempts, retry_base_s=retry_base_s)
+    streams = PostgresEventStream(db, retention_s=retention_s, buffer=subscriber_buffer)
+    await queue.open()
+    try:
+        await streams.open()
+    except BaseException:
+        await queue.close()
+        raise
+    return queue, streams

@@ -1,0 +1,261 @@
+"""Durable event streams on PostgreSQL: any process may publish to a stream, any API replica may serve it.
+
+Publishing: the runner publishes one event at a time, so each process batches: a single flusher writes
+everything pending in ONE multi-row INSERT; while it runs, the next batch accumulates (no timer, no added
+latency). Sequence numbers come from a per-process counter per stream, started from max(seq) in the table
+the first time this process writes to that stream (the API writes seq 1 at submit; the worker that claims the
+job, possibly elsewhere, continues). If another process wrote to the stream meanwhile (a retried job that
+moved between workers), the primary key refuses the batch and it is renumbered from the table. One
+`pg_notify('agentd_events', stream_id)` per stream per batch, in the same statement.
+
+Subscribing: replay from the table, then follow: wake-ups come from the process's LISTEN connection (one for
+all subscribers), with polling as the fallback. Subscribers keep only a position, never a copy of the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import errors as pg_errors
+from psycopg.rows import DictRow
+
+from agentd.adapters.postgres.database import EVENTS_CHANNEL, PgDatabase
+from agentd.adapters.postgres.queries import QUERIES
+from agentd.domain.errors import QueueUnavailable, StreamNotFound, SubscriberTooSlow
+from agentd.domain.models import AgentEvent, StoredEvent, event_from_data
+from agentd.ports.event_stream import EventStream
+
+PAGE = 500
+MAX_COUNTERS = 10_000
+RENUMBER_TRIES = 5
+PRUNE_BATCH = 1000
+
+
+def _not_found(stream_id: str) -> StreamNotFound:
+    return StreamNotFound(f"no event stream {stream_id!r} (unknown, or its retention period is over)")
+
+
+@dataclass
+class _Publish:
+    stream_id: str
+    rows: list[tuple[str, str]]  # (type, data as JSON)
+    done: asyncio.Future[list[int]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class _Waiters:
+    """Per-stream wake-ups for this process's subscribers: an Event replaced after each wake."""
+
+    def __init__(self) -> None:
+        self._streams: dict[str, tuple[int, asyncio.Event]] = {}
+
+    def join(self, stream_id: str) -> None:
+        count, event = self._streams.get(stream_id, (0, asyncio.Event()))
+        self._streams[stream_id] = (count + 1, event)
+
+    def leave(self, stream_id: str) -> None:
+        count, event = self._streams[stream_id]
+        if count <= 1:
+            del self._streams[stream_id]
+        else:
+            self._streams[stream_id] = (count - 1, event)
+
+    def current(self, stream_id: str) -> asyncio.Event:
+        return self._streams[stream_id][1]
+
+    def wake(self, stream_id: str) -> None:
+        entry = self._streams.get(stream_id)
+        if entry is not None:
+            entry[1].set()
+            self._streams[stream_id] = (entry[0], asyncio.Event())
+
+    def wake_all(self) -> None:
+        for stream_id in list(self._streams):
+            self.wake(stream_id)
+
+
+class PostgresEventStream(EventStream):
+    def __init__(
+        self, db: PgDatabase, *, retention_s: float = 3600.0, buffer: int = 1000, poll_s: float = 1.0
+    ) -> None:
+        self.db = db
+        self.retention_s = retention_s
+        self.buffer = buffer
+        self.poll_s = poll_s
+        self._heads: OrderedDict[str, int] = OrderedDict()  # last seq this process knows, per stream
+        self._pending: list[_Publish] = []
+        self._inflight: list[_Publish] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._waiters = _Waiters()
+        self.batches = 0  # statements written (observability and tests)
+        db.on_notify(EVENTS_CHANNEL, self._waiters.wake)
+        db.on_gap(self._waiters.wake_all)
+
+    async def open(self) -> None:
+        await self.db.open()
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        self._waiters.wake_all()
+        await self.db.close()
+
+    async def _all(self, query: str, params: dict[str, Any]) -> list[DictRow]:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(QUERIES[query], params)
+            return await cur.fetchall()
+
+    async def create(self, stream_id: str) -> None:
+        async with self.db.connection() as conn:
+            await conn.execute(QUERIES["create_stream"], {"stream_id": stream_id})
+
+    async def _state(self, stream_id: str) -> DictRow:
+        rows = await self._all("stream_state", {"stream_id": stream_id})
+        if not rows:
+            raise _not_found(stream_id)
+        return rows[0]
+
+    async def last_seq(self, stream_id: str) -> int:
+        return int((await self._state(stream_id))["head"])
+
+    async def publish(self, stream_id: str, events: Sequence[AgentEvent]) -> list[int]:
+        if not events:
+            if (await self._state(stream_id))["closed"]:
+                raise StreamNotFound(f"event stream {stream_id!r} is closed")
+            return []
+        item = _Publish(stream_id, [(ev.event, ev.model_dump_json(exclude={"event"})) for ev in events])
+        self._pending.append(item)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="agentd-event-flusher")
+        return await item.done
+
+    async def _flush(self) -> None:
+        while self._pending:
+            self._inflight, self._pending = self._pending, []
+            try:
+                await self._write(self._inflight)
+            except Exception as e:  # storage down (QueueUnavailable) or a bug: every publisher hears it
+                for item in self._inflight:
+                    if not item.done.done():
+                        item.done.set_exception(e)
+            finally:
+                self._inflight = []
+
+    async def _load_heads(self, stream_ids: list[str]) -> None:
+        unknown = [s for s in stream_ids if s not in self._heads]
+        if unknown:
+            rows = await self._all("last_seqs", {"stream_ids": unknown})
+            found = {r["stream_id"]: int(r["head"]) for r in rows}
+            for s in unknown:
+                self._heads[s] = found.get(s, 0)
+
+    async def _write(self, batch: list[_Publish]) -> None:
+        stream_ids = list(dict.fromkeys(item.stream_id for item in batch))
+        for _ in range(RENUMBER_TRIES):
+            await self._load_heads(stream_ids)
+            heads = {s: self._heads[s] for s in stream_ids}
+            numbered: list[list[int]] = []
+            cols: dict[str, list[Any]] = {"stream_ids": [], "seqs": [], "types": [], "datas": []}
+            for item in batch:
+                first = heads[item.stream_id] + 1
+                seqs = list(range(first, first + len(item.rows)))
+                heads[item.stream_id] = seqs[-1]
+                numbered.append(seqs)
+                for seq, (etype, data) in zip(seqs, item.rows, strict=True):
+                    cols["stream_ids"].append(item.stream_id)
+                    cols["seqs"].append(seq)
+                    cols["types"].append(etype)
+                    cols["datas"].append(data)
+            try:
+                rows = await self._all("append_events", cols)
+            except pg_errors.UniqueViolation:
+                # Somebody else wrote to one of these streams: number them again from the table.
+                for s in stream_ids:
+                    self._heads.pop(s, None)
+                continue
+            except BaseException:
+                for s in stream_ids:  # the batch may or may not be stored: re-read the heads next time
+                    self._heads.pop(s, None)
+                raise
+            self.batches += 1
+            written = {r["stream_id"] for r in rows}
+            for s in stream_ids:
+                if s in written:
+                    self._heads[s] = heads[s]
+                    self._heads.move_to_end(s)
+                else:
+                    self._heads.pop(s, None)
+            while len(self._heads) > MAX_COUNTERS:
+                self._heads.popitem(last=False)
+            for item, seqs in zip(batch, numbered, strict=True):
+                if item.done.done():
+                    continue
+                if item.stream_id in written:
+                    item.done.set_result(seqs)
+                else:
+                    item.done.set_exception(
+                        StreamNotFound(f"event stream {item.stream_id!r} is closed or unknown")
+                    )
+            if self.db.listener is None or not self.db.listener.connected.is_set():
+                for s in written:  # no NOTIFY will reach this process's subscribers: wake them here
+                    self._waiters.wake(s)
+            return
+        raise QueueUnavailable(f"could not number events: other processes keep writing to {stream_ids}")
+
+    async def close_stream(self, stream_id: str) -> None:
+        mine = [item.done for item in self._inflight + self._pending if item.stream_id == stream_id]
+        if mine:
+            await asyncio.gather(*mine, return_exceptions=True)
+        rows = await self._all("close_stream", {"stream_id": stream_id})
+        self._heads.pop(stream_id, None)
+        if not rows:
+            raise _not_found(stream_id)
+
+    async def subscribe(self, stream_id: str, *, after: int = 0) -> AsyncIterator[StoredEvent]:
+        pos = max(0, after)
+        replay_until: int | None = None  # past this point the subscriber follows live events
+        self._waiters.join(stream_id)
+        try:
+            while True:
+                changed = self._waiters.current(stream_id)  # taken before reading: no wake-up is missed
+                rows = await self._all("read_events", {"stream_id": stream_id, "after": pos, "limit": PAGE})
+                if not rows:
+                    if replay_until is None:
+                        raise _not_found(stream_id)
+                    return  # pruned while followed
+                closed, head = bool(rows[0]["closed"]), int(rows[0]["head"])
+                if replay_until is None:
+                    replay_until = head
+                if pos >= replay_until and head - pos > self.buffer:
+                    raise SubscriberTooSlow(
+                        f"subscriber fell {head - pos} events behind on {stream_id!r}; "
+                        f"reconnect with Last-Event-ID: {pos}"
+                    )
+                page = [r for r in rows if r["seq"] is not None]
+                for r in page:
+                    yield StoredEvent(seq=r["seq"], event=event_from_data(r["type"], r["data"]))
+                    pos = r["seq"]
+                if len(page) == PAGE:
+                    continue
+                if closed:
+                    return  # the page ended below PAGE in a snapshot that already saw the stream closed
+                try:
+                    await asyncio.wait_for(changed.wait(), self.poll_s)
+                except TimeoutError:
+                    pass
+        finally:
+            self._waiters.leave(stream_id)
+
+    async def prune(self) -> int:
+        total = 0
+        while True:
+            rows = await self._all("prune_streams", {"retention_s": self.retention_s, "batch": PRUNE_BATCH})
+            pruned = int(rows[0]["pruned"]) if rows else 0
+            total += pruned
+            if pruned < PRUNE_BATCH:
+                return total

@@ -1,0 +1,241 @@
+"""The work queue on PostgreSQL: many worker processes on many machines share one table of jobs.
+
+- `claim` is one statement (the `agentd_claim` function): FOR UPDATE SKIP LOCKED, one running job per
+  project and the `Limits` enforced fleet-wide and race-free (see sql/migrations/0001_initial.sql).
+- Idle workers wake on NOTIFY (one per enqueue transaction, and when a finish may free a job), heard on the
+  process's dedicated listener connection, with polling as the fallback (`wait_for_work(timeout)`).
+- Leases: `heartbeat` renews `lease_expires_at`; `recover` re-queues expired jobs, or fails them after
+  their attempts. Retryable failures go back to the queue with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg.rows import DictRow
+
+from agentd.adapters.postgres.database import JOBS_CHANNEL, PgDatabase
+from agentd.adapters.postgres.queries import QUERIES
+from agentd.domain.errors import IdempotencyConflict, JobNotFound, ProjectBusy
+from agentd.domain.models import AgentRequest, AgentResult, Job, JobStatus
+from agentd.ports.work_queue import BusyPolicy, JobFilter, Limits, WorkQueue
+
+MAX_BACKOFF_S = 600.0
+_CANCELLED = AgentResult(status="cancelled", error="cancelled before it started").model_dump_json()
+
+# The wake-up generation a task saw when its last claim started: a notification that arrives between an
+# empty claim and the following wait_for_work() then still wakes that wait (the runner creates the waiting
+# task after the claim, so the task inherits this context).
+_seen_generation: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
+    "agentd_pg_seen_generation", default=None
+)
+
+
+def request_hash(request: AgentRequest) -> str:
+    return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    return dt.astimezone(UTC) if dt is not None else None
+
+
+def _aware(dt: datetime | None) -> datetime | None:
+    """Filter bounds: a naive datetime means UTC."""
+    return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
+
+
+def row_to_job(row: DictRow) -> Job:
+    result = row["result"]
+    return Job(
+        id=row["id"],
+        project_id=row["project_id"],
+        provider=row["provider"],
+        stream_id=row["stream_id"],
+        request=AgentRequest.model_validate(row["request"]),
+        status=JobStatus(row["status"]),
+        created_at=row["created_at"].astimezone(UTC),
+        started_at=_utc(row["started_at"]),
+        finished_at=_utc(row["finished_at"]),
+        attempts=row["attempts"],
+        cancel_requested=row["cancel_requested"],
+        worker_id=row["worker_id"],
+        result=AgentResult.model_validate(result) if result is not None else None,
+    )
+
+
+class PostgresWorkQueue(WorkQueue):
+    def __init__(
+        self,
+        db: PgDatabase,
+        *,
+        lease_s: float = 30.0,
+        max_attempts: int = 3,
+        retry_base_s: float = 2.0,
+    ) -> None:
+        self.db = db
+        self.lease_s = lease_s
+        self.max_attempts = max_attempts
+        self.retry_base_s = retry_base_s
+        self._generation = 0
+        self._wake = asyncio.Event()
+        db.on_notify(JOBS_CHANNEL, lambda _payload: self._notify())
+        db.on_gap(self._notify)
+
+    async def open(self) -> None:
+        """Open (or share) the pool and listener; SchemaMismatch when the schema is not this agentd's."""
+        await self.db.open()
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    def _notify(self) -> None:
+        self._generation += 1
+        self._wake.set()
+        self._wake = asyncio.Event()
+
+    async def _one(self, query: str, params: dict[str, Any]) -> DictRow | None:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(QUERIES[query], params)
+            return await cur.fetchone()
+
+    async def _all(self, query: str, params: dict[str, Any]) -> list[DictRow]:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(QUERIES[query], params)
+            return await cur.fetchall()
+
+    async def enqueue(
+        self,
+        request: AgentRequest,
+        *,
+        provider: str,
+        job_id: str,
+        stream_id: str,
+        idempotency_key: str | None = None,
+        busy: BusyPolicy = "enqueue",
+    ) -> tuple[Job, bool]:
+        body = request.model_dump_json()
+        params: dict[str, Any] = {
+            "id": job_id,
+            "project_id": request.project_id,
+            "provider": provider,
+            "stream_id": stream_id,
+            "request": body,
+            "max_attempts": self.max_attempts,
+            "idempotency_key": idempotency_key,
+            "request_hash": request_hash(request) if idempotency_key is not None else None,
+        }
+        if idempotency_key is None and busy == "enqueue":
+            row = await self._one("enqueue", params)  # the common case: one statement
+            assert row is not None
+            return row_to_job(row), True
+        async with self.db.connection() as conn, conn.transaction():
+            # Checks and insert happen under a per-project lock, each check with a fresh snapshot.
+            await conn.execute(QUERIES["lock_project_enqueue"], params)
+            if idempotency_key is not None:
+                cur = await conn.execute(QUERIES["job_by_idempotency_key"], params)
+                existing = await cur.fetchone()
+                if existing is not None:
+                    if existing["request_hash"] != params["request_hash"]:
+                        raise IdempotencyConflict(
+                            f"Idempotency-Key {idempotency_key!r} was already used in project "
+                            f"{request.project_id!r} with a different request (job {existing['id']})",
+                            job_id=existing["id"],
+                        )
+                    return row_to_job(existing), False
+            if busy == "reject":
+                cur = await conn.execute(QUERIES["project_busy"], params)
+                busy_row = await cur.fetchone()
+                if busy_row is not None and busy_row["busy"]:
+                    raise ProjectBusy(
+                        f"project {request.project_id!r} already has a queued or running job (busy=reject)"
+                    )
+            cur = await conn.execute(QUERIES["enqueue"], params)
+            row = await cur.fetchone()
+            assert row is not None
+            return row_to_job(row), True
+
+    async def claim(self, worker_id: str, *, limits: Limits | None = None) -> Job | None:
+        _seen_generation.set((id(self), self._generation))
+        caps = limits.per_provider if limits is not None else {}
+        row = await self._one(
+            "claim",
+            {
+                "worker_id": worker_id,
+                "lease_s": self.lease_s,
+                "global_max": limits.global_max if limits is not None else None,
+                "provider_caps": json.dumps(caps) if caps else None,
+            },
+        )
+        return row_to_job(row) if row is not None else None
+
+    async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109 - the port's signature
+        seen = _seen_generation.get()
+        if seen is not None and seen[0] == id(self) and seen[1] != self._generation:
+            _seen_generation.set((id(self), self._generation))
+            return  # a wake-up came after this task's last claim started looking
+        waiter = self._wake
+        try:
+            await asyncio.wait_for(waiter.wait(), timeout)
+        except TimeoutError:
+            return
+
+    async def heartbeat(self, job_id: str, worker_id: str) -> bool:
+        row = await self._one("heartbeat", {"id": job_id, "worker_id": worker_id, "lease_s": self.lease_s})
+        return row is not None
+
+    async def finish(self, job_id: str, result: AgentResult, *, worker_id: str | None = None) -> Job:
+        row = await self._one(
+            "finish",
+            {
+                "id": job_id,
+                "worker_id": worker_id,
+                "status": result.status,
+                "result": result.model_dump_json(),
+                "retryable": result.retryable and result.status == "failed",
+                "error": result.error,
+                "retry_base_s": self.retry_base_s,
+                "retry_max_s": MAX_BACKOFF_S,
+            },
+        )
+        if row is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        return row_to_job(row)
+
+    async def request_cancel(self, project_id: str, job_id: str) -> tuple[Job, bool]:
+        params = {"id": job_id, "project_id": project_id, "cancelled": _CANCELLED}
+        row = await self._one("request_cancel", params)
+        if row is None:
+            raise JobNotFound(f"no job {job_id!r} in project {project_id!r}")
+        return row_to_job(row), bool(row["ended"])
+
+    async def get(self, project_id: str, job_id: str) -> Job:
+        row = await self._one("get", {"id": job_id, "project_id": project_id})
+        if row is None:
+            raise JobNotFound(f"no job {job_id!r} in project {project_id!r}")
+        return row_to_job(row)
+
+    async def list_jobs(self, project_id: str, flt: JobFilter | None = None) -> list[Job]:
+        f = flt or JobFilter()
+        rows = await self._all(
+            "list_jobs",
+            {
+                "project_id": project_id,
+                "status": f.status.value if f.status is not None else None,
+                "provider": f.provider,
+                "created_after": _aware(f.created_after),
+                "created_before": _aware(f.created_before),
+                "before": f.before,
+                "limit": max(0, f.limit),
+            },
+        )
+        return [row_to_job(r) for r in rows]
+
+    async def recover(self, *, all_running: bool = False) -> list[Job]:
+        reason = "its worker is gone" if all_running else "lease expired"
+        rows = await self._all("recover", {"all_running": all_running, "reason": reason})
+        return [row_to_job(r) for r in rows]

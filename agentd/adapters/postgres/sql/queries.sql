@@ -1,0 +1,193 @@
+-- Named queries, loaded by agentd.adapters.postgres.queries. A block starts with `-- name: <name>`;
+-- the comment lines right after it say what it does. Parameters are psycopg %(name)s placeholders.
+
+-- name: schema_version
+-- The newest applied migration, or NULL when the table is empty.
+SELECT max(version) AS version FROM agentd_schema_version;
+
+-- name: enqueue
+-- A new queued job, and one wake-up for idle workers in the same transaction.
+WITH job AS (
+    INSERT INTO agentd_jobs (id, project_id, provider, stream_id, request, max_attempts,
+                             idempotency_key, request_hash)
+    VALUES (%(id)s, %(project_id)s, %(provider)s, %(stream_id)s, %(request)s::jsonb, %(max_attempts)s,
+            %(idempotency_key)s, %(request_hash)s)
+    RETURNING *
+), wake AS (
+    SELECT pg_notify('agentd_jobs', 'enqueued') FROM job
+)
+SELECT job.* FROM job WHERE (SELECT count(*) FROM wake) >= 0;
+
+-- name: lock_project_enqueue
+-- Serialises enqueues of one project that check idempotency keys or the busy policy.
+SELECT pg_advisory_xact_lock(1634168437, hashtext(%(project_id)s));
+
+-- name: job_by_idempotency_key
+SELECT * FROM agentd_jobs WHERE project_id = %(project_id)s AND idempotency_key = %(idempotency_key)s;
+
+-- name: project_busy
+-- Whether the project has a queued or running job.
+SELECT EXISTS (
+    SELECT 1 FROM agentd_jobs WHERE project_id = %(project_id)s AND status IN ('queued', 'running')
+) AS busy;
+
+-- name: claim
+SELECT * FROM agentd_claim(%(worker_id)s, %(lease_s)s, %(global_max)s, %(provider_caps)s::jsonb);
+
+-- name: heartbeat
+UPDATE agentd_jobs SET lease_expires_at = now() + make_interval(secs => %(lease_s)s)
+ WHERE id = %(id)s AND worker_id = %(worker_id)s AND status = 'running'
+RETURNING id;
+
+-- name: finish
+-- Records a result. A retryable failure with attempts left (and no cancel request) goes back to the
+-- queue after an exponential backoff instead. A final job never changes again: then, and when the job is
+-- not `worker_id`'s running job, the current row is returned unchanged. Wakes idle workers when queued
+-- jobs may now run (this job's project, or a limit slot, is free again).
+WITH upd AS (
+    UPDATE agentd_jobs j SET
+        status = CASE WHEN retry.yes THEN 'queued' ELSE %(status)s END,
+        finished_at = CASE WHEN retry.yes THEN NULL ELSE now() END,
+        result = CASE WHEN retry.yes THEN NULL ELSE %(result)s::jsonb END,
+        last_error = CASE WHEN retry.yes THEN %(error)s ELSE j.last_error END,
+        run_after = CASE WHEN retry.yes
+            THEN now() + make_interval(secs => least(%(retry_base_s)s * power(2, greatest(j.attempts, 1) - 1),
+                                                     %(retry_max_s)s))
+            ELSE j.run_after END,
+        worker_id = CASE WHEN retry.yes THEN NULL ELSE j.worker_id END,
+        lease_expires_at = NULL
+    FROM (SELECT %(retryable)s AND NOT cur.cancel_requested AND cur.attempts < cur.max_attempts AS yes
+            FROM agentd_jobs cur WHERE cur.id = %(id)s) AS retry
+    WHERE j.id = %(id)s AND j.status IN ('queued', 'running')
+      AND (%(worker_id)s::text IS NULL OR (j.worker_id = %(worker_id)s AND j.status = 'running'))
+    RETURNING j.*
+), wake AS (
+    SELECT pg_notify('agentd_jobs', 'finished') FROM upd
+     WHERE EXISTS (SELECT 1 FROM agentd_jobs WHERE status = 'queued')
+)
+SELECT upd.* FROM upd WHERE (SELECT count(*) FROM wake) >= 0
+UNION ALL
+SELECT * FROM agentd_jobs WHERE id = %(id)s AND NOT EXISTS (SELECT 1 FROM upd);
+
+-- name: request_cancel
+-- A queued job ends cancelled at once (ended = true); a running one gets cancel_requested; a final job is
+-- returned unchanged.
+WITH target AS (
+    SELECT id, status FROM agentd_jobs
+     WHERE id = %(id)s AND project_id = %(project_id)s AND status IN ('queued', 'running')
+    FOR UPDATE
+), upd AS (
+    UPDATE agentd_jobs j SET
+        cancel_requested = true,
+        status = CASE WHEN t.status = 'queued' THEN 'cancelled' ELSE j.status END,
+        finished_at = CASE WHEN t.status = 'queued' THEN now() ELSE j.finished_at END,
+        result = CASE WHEN t.status = 'queued' THEN %(cancelled)s::jsonb ELSE j.result END
+    FROM target t WHERE j.id = t.id
+    RETURNING j.*, t.status = 'queued' AS ended
+)
+SELECT * FROM upd
+UNION ALL
+SELECT *, false AS ended FROM agentd_jobs
+ WHERE id = %(id)s AND project_id = %(project_id)s AND NOT EXISTS (SELECT 1 FROM upd);
+
+-- name: get
+SELECT * FROM agentd_jobs WHERE id = %(id)s AND project_id = %(project_id)s;
+
+-- name: list_jobs
+-- Newest first. `before` is a job id (paging); an unknown one gives no rows.
+SELECT * FROM agentd_jobs
+ WHERE project_id = %(project_id)s
+   AND (%(status)s::text IS NULL OR status = %(status)s::text)
+   AND (%(provider)s::text IS NULL OR provider = %(provider)s::text)
+   AND (%(created_after)s::timestamptz IS NULL OR created_at > %(created_after)s::timestamptz)
+   AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz)
+   AND (%(before)s::text IS NULL OR seq < (SELECT seq FROM agentd_jobs WHERE id = %(before)s::text))
+ ORDER BY seq DESC
+ LIMIT %(limit)s;
+
+-- name: recover
+-- Running jobs whose lease expired (or all running jobs) go back to the queue, or fail for good once they
+-- used their attempts. One wake-up when something was re-queued.
+WITH lost AS (
+    SELECT id FROM agentd_jobs
+     WHERE status = 'running' AND (%(all_running)s OR lease_expires_at < now())
+    FOR UPDATE SKIP LOCKED
+), upd AS (
+    UPDATE agentd_jobs j SET
+        status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'queued' END,
+        finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+        result = CASE WHEN j.attempts >= j.max_attempts THEN jsonb_build_object(
+            'status', 'failed',
+            'error', format('worker lost (%%s) %%s times; giving up', %(reason)s::text, j.attempts)) END,
+        last_error = format('worker lost (%%s)', %(reason)s::text),
+        run_after = now(), worker_id = NULL, lease_expires_at = NULL
+    FROM lost WHERE j.id = lost.id
+    RETURNING j.*
+), wake AS (
+    SELECT pg_notify('agentd_jobs', 'recovered') WHERE EXISTS (SELECT 1 FROM upd WHERE status = 'queued')
+)
+SELECT upd.* FROM upd WHERE (SELECT count(*) FROM wake) >= 0 ORDER BY seq;
+
+-- name: create_stream
+INSERT INTO agentd_streams (stream_id) VALUES (%(stream_id)s) ON CONFLICT (stream_id) DO NOTHING;
+
+-- name: stream_state
+-- Whether the stream exists, is closed, and its highest sequence number.
+SELECT s.closed_at IS NOT NULL AS closed,
+       coalesce((SELECT max(seq) FROM agentd_events e WHERE e.stream_id = s.stream_id), 0) AS head
+  FROM agentd_streams s WHERE s.stream_id = %(stream_id)s;
+
+-- name: last_seqs
+-- Where the per-process sequence counters of these streams start.
+SELECT stream_id, max(seq) AS head FROM agentd_events WHERE stream_id = ANY(%(stream_ids)s::text[])
+ GROUP BY stream_id;
+
+-- name: append_events
+-- One batch of events from one process, for any number of streams, in one statement: rows of streams that
+-- are unknown or closed are not inserted (their publishers get StreamNotFound). One NOTIFY per stream.
+WITH ins AS (
+    INSERT INTO agentd_events (stream_id, seq, type, data)
+    SELECT u.stream_id, u.seq, u.type, u.data::jsonb
+      FROM unnest(%(stream_ids)s::text[], %(seqs)s::integer[], %(types)s::text[], %(datas)s::text[])
+           AS u(stream_id, seq, type, data)
+      JOIN agentd_streams s ON s.stream_id = u.stream_id AND s.closed_at IS NULL
+    RETURNING stream_id, seq
+), wake AS (
+    SELECT pg_notify('agentd_events', d.stream_id) FROM (SELECT DISTINCT stream_id FROM ins) AS d
+)
+SELECT stream_id, max(seq) AS head FROM ins WHERE (SELECT count(*) FROM wake) >= 0 GROUP BY stream_id;
+
+-- name: close_stream
+WITH upd AS (
+    UPDATE agentd_streams SET closed_at = coalesce(closed_at, now()) WHERE stream_id = %(stream_id)s
+    RETURNING stream_id
+)
+SELECT pg_notify('agentd_events', stream_id) FROM upd;
+
+-- name: read_events
+-- A page of events after `after`, with the stream's state in the same snapshot (no row: no stream).
+SELECT s.closed_at IS NOT NULL AS closed,
+       coalesce((SELECT max(seq) FROM agentd_events m WHERE m.stream_id = s.stream_id), 0) AS head,
+       e.seq, e.type, e.data
+  FROM agentd_streams s
+  LEFT JOIN LATERAL (
+      SELECT seq, type, data FROM agentd_events
+       WHERE stream_id = s.stream_id AND seq > %(after)s
+       ORDER BY seq LIMIT %(limit)s
+  ) AS e ON true
+ WHERE s.stream_id = %(stream_id)s
+ ORDER BY e.seq;
+
+-- name: prune_streams
+-- Forgets closed streams whose retention has passed, and their events, a bounded batch at a time.
+WITH dead AS (
+    DELETE FROM agentd_streams
+     WHERE stream_id IN (
+         SELECT stream_id FROM agentd_streams
+          WHERE closed_at < now() - make_interval(secs => %(retention_s)s)
+          LIMIT %(batch)s FOR UPDATE SKIP LOCKED)
+    RETURNING stream_id
+), gone AS (
+    DELETE FROM agentd_events e USING dead WHERE e.stream_id = dead.stream_id RETURNING 1
+)
+SELECT count(*) AS pruned, (SELECT count(*) FROM gone) AS events FROM dead;
