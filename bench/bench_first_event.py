@@ -51,7 +51,9 @@ async def through_agentd(claude: str, model: FakeAnthropic, n: int, data: Path) 
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     base = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    out: dict[str, list[float]] = {"first event": [], "session": [], "first text": [], "done": []}
+    out: dict[str, list[float]] = {
+        "first event": [], "running": [], "session": [], "first text": [], "done": []
+    }
     async with AgentdClient(base) as client:
         for _ in range(n):
             t0 = time.perf_counter()
@@ -60,6 +62,8 @@ async def through_agentd(claude: str, model: FakeAnthropic, n: int, data: Path) 
             async for item in client.follow(job["stream_url"]):
                 t = time.perf_counter() - t0
                 seen.setdefault("first event", t)
+                if item.event == "status" and item.data["status"] == "running":
+                    seen.setdefault("running", t)
                 if item.event == "session":
                     seen.setdefault("session", t)
                 if item.event == "text":

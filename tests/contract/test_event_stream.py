@@ -1,14 +1,21 @@
-"""The EventStream contract (ports/event_stream.py), run against every adapter."""
+"""The EventStream contract (ports/event_stream.py), run against every adapter.
+
+`make_streams()` gives another instance on the same storage: for PostgreSQL another process (its own pool
+and listener), so "publish here, serve there" is tested the way API replicas and workers use it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 import pytest
 
 from agentd.domain.errors import StreamNotFound, SubscriberTooSlow
 from agentd.domain.models import DoneEvent, StatusEvent, StoredEvent, TextEvent
 from agentd.ports.event_stream import EventStream
+from tests.contract.conftest import StreamsFactory
 
 
 def text(i: int) -> TextEvent:
@@ -19,11 +26,32 @@ async def drain(streams: EventStream, sid: str, after: int = 0) -> list[StoredEv
     return [e async for e in streams.subscribe(sid, after=after)]
 
 
+async def eventually(check: Callable[[], bool], timeout: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
 async def test_sequence_numbers_have_no_gaps(streams: EventStream) -> None:
     await streams.create("s")
     assert await streams.publish("s", [text(1), text(2)]) == [1, 2]
     assert await streams.publish("s", [text(3)]) == [3]
     assert await streams.last_seq("s") == 3
+
+
+async def test_concurrent_publishers_get_distinct_gap_free_numbers(streams: EventStream) -> None:
+    for sid in ("a", "b"):
+        await streams.create(sid)
+    results = await asyncio.gather(
+        *(streams.publish(sid, [text(i), text(i)]) for i in range(20) for sid in ("a", "b"))
+    )
+    for sid in ("a", "b"):
+        assert await streams.last_seq(sid) == 40
+    numbers = sorted(n for r in results for n in r)
+    assert numbers == sorted(list(range(1, 41)) * 2)
+    await streams.close_stream("a")
+    assert [e.seq for e in await drain(streams, "a")] == list(range(1, 41))
 
 
 async def test_create_is_idempotent(streams: EventStream) -> None:
@@ -38,6 +66,10 @@ async def test_unknown_stream(streams: EventStream) -> None:
         await streams.last_seq("nope")
     with pytest.raises(StreamNotFound):
         await drain(streams, "nope")
+    with pytest.raises(StreamNotFound):
+        await streams.publish("nope", [text(1)])
+    with pytest.raises(StreamNotFound):
+        await streams.close_stream("nope")
 
 
 async def test_replay_then_live_then_end(streams: EventStream) -> None:
@@ -50,16 +82,49 @@ async def test_replay_then_live_then_end(streams: EventStream) -> None:
             got.append(e)
 
     task = asyncio.create_task(sub())
-    await asyncio.sleep(0.05)
-    assert [e.seq for e in got] == [1, 2]
+    await eventually(lambda: [e.seq for e in got] == [1, 2])
     await streams.publish("s", [text(3)])
-    await asyncio.sleep(0.05)
-    assert [e.seq for e in got] == [1, 2, 3]
+    await eventually(lambda: [e.seq for e in got] == [1, 2, 3])
     await streams.publish("s", [DoneEvent(status="succeeded")])
     await streams.close_stream("s")
     await asyncio.wait_for(task, 2)
     assert [e.seq for e in got] == [1, 2, 3, 4] and got[-1].event.event == "done"
     assert got[0].event == text(1)
+
+
+async def test_another_instance_serves_the_stream(make_streams: StreamsFactory) -> None:
+    """What API replicas rely on: a worker publishes through one instance, a replica serves through another."""
+    worker, replica = await make_streams(), await make_streams()
+    await replica.create("s")
+    assert await replica.publish("s", [StatusEvent(status="queued")]) == [1]  # the API at submit
+    assert await worker.publish("s", [text(1)]) == [2]  # the worker continues the numbering
+    got: list[StoredEvent] = []
+
+    async def sub() -> None:
+        async for e in replica.subscribe("s", after=1):
+            got.append(e)
+
+    task = asyncio.create_task(sub())
+    await eventually(lambda: [e.seq for e in got] == [2])  # replay
+    await worker.publish("s", [text(2), text(3)])
+    await eventually(lambda: [e.seq for e in got] == [2, 3, 4])  # live
+    await worker.publish("s", [DoneEvent(status="succeeded")])
+    await worker.close_stream("s")
+    await asyncio.wait_for(task, 3)  # the end
+    assert [e.seq for e in got] == [2, 3, 4, 5] and got[1].event == text(2)
+    assert await replica.last_seq("s") == 5
+
+
+async def test_numbering_survives_writers_taking_turns(make_streams: StreamsFactory) -> None:
+    """A job retried on another worker and then back on the first: numbers continue, never repeat."""
+    first, second = await make_streams(), await make_streams()
+    await first.create("s")
+    assert await first.publish("s", [text(1), text(2)]) == [1, 2]
+    assert await second.publish("s", [text(3)]) == [3]
+    assert await first.publish("s", [text(4)]) == [4]
+    assert await second.publish("s", [text(5)]) == [5]
+    await first.close_stream("s")
+    assert [e.event for e in await drain(second, "s")] == [text(i) for i in range(1, 6)]
 
 
 async def test_after_gives_exactly_the_missed_events(streams: EventStream) -> None:
@@ -83,6 +148,14 @@ async def test_many_subscribers_see_the_same_order(streams: EventStream) -> None
     assert all([e.seq for e in r] == list(range(1, 21)) for r in results)
 
 
+async def test_long_replay_is_complete(streams: EventStream) -> None:
+    await streams.create("s")
+    for start in range(0, 1200, 300):
+        await streams.publish("s", [text(i) for i in range(start, start + 300)])
+    await streams.close_stream("s")
+    assert [e.seq for e in await drain(streams, "s", after=5)] == list(range(6, 1201))
+
+
 async def test_slow_subscriber_is_cut_off_without_blocking_the_publisher(streams: EventStream) -> None:
     await streams.create("s")
     it = streams.subscribe("s").__aiter__()
@@ -102,8 +175,11 @@ async def test_slow_subscriber_is_cut_off_without_blocking_the_publisher(streams
 async def test_publish_after_close_fails(streams: EventStream) -> None:
     await streams.create("s")
     await streams.close_stream("s")
+    await streams.close_stream("s")  # closing twice is harmless
     with pytest.raises(StreamNotFound):
         await streams.publish("s", [StatusEvent(status="late")])
+    with pytest.raises(StreamNotFound):
+        await streams.publish("s", [])
 
 
 async def test_prune_forgets_closed_streams_after_retention(streams: EventStream) -> None:
@@ -116,4 +192,6 @@ async def test_prune_forgets_closed_streams_after_retention(streams: EventStream
     assert await streams.prune() == 1
     with pytest.raises(StreamNotFound):
         await streams.last_seq("old")
+    with pytest.raises(StreamNotFound):
+        await drain(streams, "old")
     assert await streams.last_seq("open") == 0

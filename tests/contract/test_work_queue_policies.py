@@ -17,7 +17,12 @@ from tests.contract.test_work_queue import claim, put
 
 
 async def submit(
-    q: WorkQueue, project: str = "p", *, key: str | None = None, model: str | None = None, reject: bool = False
+    q: WorkQueue,
+    project: str = "p",
+    *,
+    key: str | None = None,
+    model: str | None = None,
+    reject: bool = False,
 ) -> tuple[Job, bool]:
     job_id, stream_id = new_job_ids()
     return await q.enqueue(

@@ -53,16 +53,18 @@ class ScriptedCodeAgent(CodeAgent):
         try:
             yield SessionEvent(session_id=session, model=request.model or "scripted")
             prompt = request.prompt.strip()
-            status: Literal["succeeded", "failed", "cancelled"] = "succeeded"
+            status: Literal["succeeded", "failed", "cancelled", "timed_out"] = "succeeded"
             error: str | None = None
             text = prompt
             if prompt.startswith("sleep:"):
+                want = float(prompt.split(":", 1)[1])
                 try:
-                    await asyncio.wait_for(cancel.wait(), float(prompt.split(":", 1)[1]))
+                    await asyncio.wait_for(cancel.wait(), min(want, request.timeout_s))
                     status, error = "cancelled", "cancelled by request"
                 except TimeoutError:
-                    pass
-                text = "slept"
+                    if want > request.timeout_s:
+                        status, error = "timed_out", f"timed out after {request.timeout_s:g} s"
+                text = "slept" if status == "succeeded" else ""
             elif prompt.startswith("fail:"):
                 status, error, text = "failed", prompt.split(":", 1)[1].strip() or "failed", ""
             if text:
