@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     opencode_password: SecretStr | None = None
     opencode_mode: Literal["auto", "server", "cli"] = "auto"
     opencode_idle_timeout_s: float = 300.0
+    opencode_username: str = "opencode"
+    opencode_env_passthrough: str = ""
+    opencode_permission_reply: Literal["once", "always", "reject"] = "reject"
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from agentd.domain import errors
 
@@ -34,6 +34,29 @@ def validate_project_id(project_id: str) -> str:
     return project_id
 
 
+class PromptFile(BaseModel):
+    """A file given with the prompt: a `path` inside the project's workspace, or inline `content`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: str | None = None
+    content: str | None = None
+    filename: str | None = None
+    mime: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptFile:
+        if (self.path is None) == (self.content is None):
+            raise errors.InvalidRequest("each entry of `files` needs exactly one of `path` or `content`")
+        if self.path is not None:
+            parts = self.path.replace("\\", "/").split("/")
+            if self.path.startswith("/") or ".." in parts or not self.path.strip() or "\0" in self.path:
+                raise errors.InvalidRequest(
+                    f"files: {self.path!r} must be a relative path inside the project workspace"
+                )
+        return self
+
+
 class AgentRequest(BaseModel):
     """One prompt for one project, to be run by one provider."""
 
@@ -47,6 +70,8 @@ class AgentRequest(BaseModel):
     timeout_s: float = DEFAULT_TIMEOUT_S
     max_turns: int | None = None
     agent: str | None = None
+    files: tuple[PromptFile, ...] = ()
+    mentions: tuple[str, ...] = ()
 
     @field_validator("project_id")
     @classmethod

@@ -26,8 +26,9 @@ async def drain(streams: EventStream, sid: str, after: int = 0) -> list[StoredEv
     return [e async for e in streams.subscribe(sid, after=after)]
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
+async def eventually(check: Callable[[], bool], within_s: float = 2.0) -> None:
+    """Wait until `check()` holds: live delivery may cross processes (NOTIFY), so it is not instant."""
+    deadline = time.monotonic() + within_s
     while not check():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.01)
@@ -93,7 +94,7 @@ async def test_replay_then_live_then_end(streams: EventStream) -> None:
 
 
 async def test_another_instance_serves_the_stream(make_streams: StreamsFactory) -> None:
-    """What API replicas rely on: a worker publishes through one instance, a replica serves through another."""
+    """What API replicas rely on: a worker publishes through one instance, a replica serves another."""
     worker, replica = await make_streams(), await make_streams()
     await replica.create("s")
     assert await replica.publish("s", [StatusEvent(status="queued")]) == [1]  # the API at submit

@@ -61,14 +61,25 @@ async def test_submit_returns_the_contract_fields_and_the_stream_ends_with_done(
     text = next(e[2] for e in evs if e[1] == "text")
     assert set(text) >= {"message_id", "index", "chunk", "is_complete", "agent"}
     done = evs[-1][2]
-    assert set(done) >= {"status", "exit_code", "duration_ms", "session_id", "result", "usage", "cost_usd", "error"}
+    assert set(done) >= {
+        "status",
+        "exit_code",
+        "duration_ms",
+        "session_id",
+        "result",
+        "usage",
+        "cost_usd",
+        "error",
+    }
     assert done["status"] == "succeeded" and done["result"] == "hello there"
     status, job, _ = await call(srv, "GET", f"/projects/web-app/jobs/{body['job_id']}")
     assert status == 200 and job["status"] == "succeeded" and job["result"]["result"] == "hello there"
 
 
 async def test_claude_route_forces_the_provider(srv: RunningAgentd) -> None:
-    status, body, _ = await call(srv, "POST", "/projects/p/claude", json={"prompt": "x", "provider": "scripted"})
+    status, body, _ = await call(
+        srv, "POST", "/projects/p/claude", json={"prompt": "x", "provider": "scripted"}
+    )
     assert status == 202 and body["provider"] == "claude-code"
 
 
@@ -89,6 +100,8 @@ async def test_claude_route_forces_the_provider(srv: RunningAgentd) -> None:
         ({"prompt": "x", "colour": "red"}, "invalid_request", "unknown field(s) colour"),
         ({"prompt": "x", "busy": "sometimes"}, "invalid_request", "busy"),
         ({"prompt": 5}, "invalid_request", "prompt"),
+        ({"prompt": "x", "files": [{"path": "../../etc/passwd"}]}, "invalid_request", "relative path"),
+        ({"prompt": "x", "files": [{"path": "a", "content": "b"}]}, "invalid_request", "exactly one"),
     ],
 )
 async def test_bad_input_is_a_400_that_says_what_to_fix(
@@ -192,7 +205,9 @@ async def test_busy_reject_and_idempotency(srv: RunningAgentd) -> None:
     assert (s1, s2) == (202, 200) and a["job_id"] == b["job_id"] and h2["Idempotent-Replayed"] == "true"
     s3, c, _ = await call(srv, "POST", "/projects/q/jobs", json={"prompt": "other"}, headers=key)
     assert s3 == 409 and c["error"] == "idempotency_conflict"
-    status, data, _ = await call(srv, "POST", "/projects/q/jobs", json={"prompt": "x"}, headers={"Idempotency-Key": "k" * 300})
+    status, data, _ = await call(
+        srv, "POST", "/projects/q/jobs", json={"prompt": "x"}, headers={"Idempotency-Key": "k" * 300}
+    )
     assert status == 400
     for job in (first, a):
         await call(srv, "POST", f"/projects/{'p' if job is first else 'q'}/jobs/{job['job_id']}/cancel")
@@ -208,11 +223,21 @@ async def test_list_jobs_with_filters_and_paging(srv: RunningAgentd) -> None:
     await asyncio.sleep(0.3)
     status, data, _ = await call(srv, "GET", "/projects/l/jobs", params={"limit": "2"})
     assert status == 200 and [j["job_id"] for j in data["jobs"]] == ids[::-1][:2]
-    status, data2, _ = await call(srv, "GET", "/projects/l/jobs", params={"limit": "2", "before": data["next_before"]})
+    status, data2, _ = await call(
+        srv, "GET", "/projects/l/jobs", params={"limit": "2", "before": data["next_before"]}
+    )
     assert [j["job_id"] for j in data2["jobs"]] == ids[::-1][2:4]
-    status, data, _ = await call(srv, "GET", "/projects/l/jobs", params={"status": "succeeded", "provider": "scripted"})
+    status, data, _ = await call(
+        srv, "GET", "/projects/l/jobs", params={"status": "succeeded", "provider": "scripted"}
+    )
     assert status == 200 and all(j["status"] == "succeeded" for j in data["jobs"])
-    for bad in ({"status": "done-ish"}, {"limit": "0"}, {"limit": "x"}, {"created_after": "yesterday"}, {"provider": "zz"}):
+    for bad in (
+        {"status": "done-ish"},
+        {"limit": "0"},
+        {"limit": "x"},
+        {"created_after": "yesterday"},
+        {"provider": "zz"},
+    ):
         status, data, _ = await call(srv, "GET", "/projects/l/jobs", params=bad)
         assert status == 400, bad
 
@@ -227,7 +252,9 @@ async def test_sse_headers_retry_and_bad_resume_ids(srv: RunningAgentd) -> None:
     assert raw.startswith(b"retry: ")
     assert b"event: done\n" in raw
     for headers, params in (({"Last-Event-ID": "abc"}, {}), ({}, {"after": "-1"}), ({}, {"after": "x"})):
-        status, data, _ = await call(srv, "GET", job["stream_url"].replace(srv.base_url, ""), headers=headers, params=params)
+        status, data, _ = await call(
+            srv, "GET", job["stream_url"].replace(srv.base_url, ""), headers=headers, params=params
+        )
         assert status == 400 and data["error"] == "invalid_request"
 
 

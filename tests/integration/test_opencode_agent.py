@@ -37,11 +37,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def opencode_bin() -> str | None:
-    explicit = os.environ.get("AGENTD_OPENCODE_BIN")
-    if explicit:
-        return explicit
-    local = ROOT / ".tools" / "node" / "node_modules" / ".bin" / "opencode"
-    return str(local) if local.exists() else shutil.which("opencode")
+    local = ROOT / ".tools/node/node_modules/.bin/opencode"
+    found = str(local) if local.exists() else shutil.which("opencode")
+    return os.environ.get("AGENTD_OPENCODE_BIN") or found
 
 
 class Hook:
@@ -69,21 +67,17 @@ class OC:
 async def oc(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[OC]:
     binary = opencode_bin()
     if binary is None:
-        pytest.skip(
-            "opencode is not installed: run scripts/setup (opencode-ai@1.18.33) or set AGENTD_OPENCODE_BIN"
-        )
+        pytest.skip("opencode is not installed: run scripts/setup (opencode-ai) or set AGENTD_OPENCODE_BIN")
     async with FakeOpenAI() as fake:
         hook = Hook()
+        env = {"PATH": os.environ.get("PATH", ""), "OPENCODE_CONFIG_CONTENT": json.dumps(fake.config())}
         config = OpenCodeConfig(
             data_dir=tmp_path_factory.mktemp("oc"),
             binary=binary,
             mode="server",
             idle_timeout_s=60,
-            environ={
-                "PATH": os.environ.get("PATH", os.defpath),
-                "OPENCODE_CONFIG_CONTENT": json.dumps(fake.config()),
-            },
-            run=RunOptions(reconnect_delays=(0.3, 0.5, 1.0), event_hook=hook),
+            environ=env,
+            run=RunOptions(reconnect_delays=(0.3, 0.5, 1.0), event_hook=hook),  # events get lost
         )
         agent = OpenCodeAgent(config)
         await agent.ensure_server()
@@ -304,17 +298,9 @@ async def test_request_timeout(oc: OC) -> None:
 
 async def test_external_server(oc: OC, tmp_path: Path) -> None:
     assert oc.agent.server is not None
-    ext = OpenCodeAgent(
-        replace(
-            oc.config,
-            data_dir=tmp_path,
-            url=oc.agent.client.base_url,
-            password=oc.agent.server.config.password,
-        )
-    )
-    wrong = OpenCodeAgent(
-        replace(oc.config, data_dir=tmp_path, url=oc.agent.client.base_url, password="nope")
-    )
+    url, password = oc.agent.client.base_url, oc.agent.server.config.password
+    ext = OpenCodeAgent(replace(oc.config, data_dir=tmp_path, url=url, password=password))
+    wrong = OpenCodeAgent(replace(oc.config, data_dir=tmp_path, url=url, password="nope"))
     down = OpenCodeAgent(replace(oc.config, data_dir=tmp_path, url="http://127.0.0.1:9"))
     try:
         assert (await ext.is_available()).version == "1.18.33"
@@ -362,16 +348,11 @@ async def test_parallel_runs_and_a_consumer_that_goes_away(oc: OC) -> None:
     assert await oc.agent.cancel("goes-away") is False
 
 
-async def test_inactivity_watchdog(oc: OC, tmp_path: Path) -> None:
+async def test_inactivity_watchdog(oc: OC) -> None:
     assert oc.agent.server is not None
-    cfg = replace(
-        oc.config,
-        data_dir=oc.config.data_dir,
-        url=oc.agent.client.base_url,
-        password=oc.agent.server.config.password,
-        idle_timeout_s=1.5,
-    )
-    agent = OpenCodeAgent(cfg)  # an external-server agent on the module's server, with a short watchdog
+    url, password = oc.agent.client.base_url, oc.agent.server.config.password
+    # An external-server agent on the module's server, with a short watchdog.
+    agent = OpenCodeAgent(replace(oc.config, url=url, password=password, idle_timeout_s=1.5))
     try:
         d = done(await collect(agent, "SCENARIO:stall"))
         assert d.status == "timed_out" and "inactivity watchdog" in (d.error or "")

@@ -19,15 +19,22 @@ from tests.support.postgres import pg_dsn, pg_template  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.postgres
 
+
+@pytest.fixture
+def dsn(request: pytest.FixtureRequest) -> str:
+    """A fresh migrated database for this test (tests.support.postgres)."""
+    return str(request.getfixturevalue("pg_dsn"))
+
+
 QueueMaker = Callable[..., Awaitable[PostgresWorkQueue]]
 
 
 @pytest.fixture
-async def make_queue(pg_dsn: str) -> AsyncIterator[QueueMaker]:  # noqa: F811 - the imported fixture
+async def make_queue(dsn: str) -> AsyncIterator[QueueMaker]:
     opened: list[PostgresWorkQueue] = []
 
     async def make(pool_size: int = 2) -> PostgresWorkQueue:
-        q = PostgresWorkQueue(PgDatabase(pg_dsn, pool_size=pool_size))
+        q = PostgresWorkQueue(PgDatabase(dsn, pool_size=pool_size))
         await q.open()
         opened.append(q)
         return q
@@ -112,12 +119,12 @@ async def test_limits_hold_fleet_wide_under_contention(make_queue: QueueMaker) -
     assert len(set(claimed)) == 60 and peak <= 3 and max(in_flight) >= 2
 
 
-async def test_listener_reconnects_and_still_wakes_workers(make_queue: QueueMaker, pg_dsn: str) -> None:  # noqa: F811
+async def test_listener_reconnects_and_still_wakes_workers(make_queue: QueueMaker, dsn: str) -> None:
     idle, producer = await make_queue(), await make_queue()
     listener = idle.db.listener
     assert listener is not None and listener.connected.is_set()
     old_pid = listener.backend_pid
-    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as admin:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
         await admin.execute("SELECT pg_terminate_backend(%s)", (old_pid,))
     for _ in range(200):
         if listener.backend_pid not in (None, old_pid):
@@ -131,11 +138,9 @@ async def test_listener_reconnects_and_still_wakes_workers(make_queue: QueueMake
     await asyncio.wait_for(waiter, 3)
 
 
-async def test_one_notify_per_enqueue_and_none_without_waiting_work(
-    make_queue: QueueMaker, pg_dsn: str
-) -> None:  # noqa: F811
+async def test_one_notify_per_enqueue_and_none_without_waiting_work(make_queue: QueueMaker, dsn: str) -> None:
     q = await make_queue(pool_size=4)
-    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as listen:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as listen:
         await listen.execute("LISTEN agentd_jobs")
         for i in range(10):
             await put(q, f"seq{i}")
@@ -149,10 +154,10 @@ async def test_one_notify_per_enqueue_and_none_without_waiting_work(
     assert payloads["finished"] == 19  # every finish but the last left queued work behind
 
 
-async def test_connection_loss_is_queue_unavailable_then_heals(make_queue: QueueMaker, pg_dsn: str) -> None:  # noqa: F811
+async def test_connection_loss_is_queue_unavailable_then_heals(make_queue: QueueMaker, dsn: str) -> None:
     q = await make_queue(pool_size=1)
     job = await put(q, "p")
-    async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as admin:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
         await admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
@@ -171,5 +176,5 @@ async def test_connection_loss_is_queue_unavailable_then_heals(make_queue: Queue
 
 async def test_unreachable_database_is_queue_unavailable() -> None:
     db = PgDatabase("postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=1", pool_timeout_s=1)
-    with pytest.raises(QueueUnavailable, match="127.0.0.1:1/nowhere"):
+    with pytest.raises(QueueUnavailable, match=r"127\.0\.0\.1:1/nowhere"):
         await PostgresWorkQueue(db).open()

@@ -259,3 +259,20 @@ def test_line_framer_drops_a_runaway_line_and_goes_on() -> None:
     out += framer.feed(b"yy\nok\n")
     assert framer.dropped == 1
     assert out[-1] == b"ok"
+
+
+def test_files_and_mentions_become_prompt_text() -> None:
+    from agentd.adapters.claude_code.agent import with_files
+    from agentd.domain.models import AgentRequest
+
+    r = AgentRequest.model_validate(
+        {
+            "project_id": "p",
+            "prompt": "Review",
+            "files": [{"path": "src/app.py"}, {"content": "print(1)", "filename": "snippet.py"}],
+            "mentions": ["security-reviewer"],
+        }
+    )
+    text = with_files(r)
+    assert text.startswith("Review") and "@src/app.py" in text
+    assert "<file name='snippet.py'>\nprint(1)\n</file>" in text and "security-reviewer" in text

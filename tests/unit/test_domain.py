@@ -103,3 +103,20 @@ def test_ids_pair_and_map_back() -> None:
     for bad in ("job_x", "stm_../x", "nope", "stm_"):
         with pytest.raises(errors.StreamNotFound):
             job_id_for_stream(bad)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [{}, {"path": "a.txt", "content": "x"}, {"path": "/etc/passwd"}, {"path": "../up.txt"}, {"path": "a/../../b"}],
+)
+def test_bad_prompt_files(entry: dict[str, str]) -> None:
+    with pytest.raises(errors.InvalidRequest):
+        AgentRequest(project_id="p", prompt="x", files=[entry])  # type: ignore[list-item]
+
+
+def test_prompt_files_and_mentions() -> None:
+    r = AgentRequest(
+        project_id="p", prompt="x", files=[{"path": "src/a.py"}, {"content": "hi", "filename": "n.txt"}],  # type: ignore[list-item]
+        mentions=["reviewer"],
+    )
+    assert r.files[0].path == "src/a.py" and r.files[1].content == "hi" and r.mentions == ("reviewer",)

@@ -127,7 +127,7 @@ class ClaudeCodeAgent(CodeAgent):
         if request.max_turns:
             args.append(f"--max-turns={request.max_turns}")
         args.extend(self.config.extra_args)
-        prompt = request.prompt
+        prompt = with_files(request)
         if prompt.startswith("-") or len(prompt.encode()) > STDIN_PROMPT_BYTES:
             return args, prompt.encode()
         return [*args, prompt], None
@@ -363,6 +363,20 @@ class ClaudeCodeAgent(CodeAgent):
             await proc.wait()
         if killed:
             log.info("claude.leftovers_killed", run_id=run.run_id, count=killed)
+
+
+def with_files(request: AgentRequest) -> str:
+    """Claude Code reads files the prompt mentions as @path; inline content goes into the prompt itself."""
+    prompt = request.prompt
+    paths = [f.path for f in request.files if f.path]
+    inline = [f for f in request.files if f.content is not None]
+    if paths:
+        prompt += "\n\nFiles: " + " ".join(f"@{p}" for p in paths)
+    for f in inline:
+        prompt += f"\n\n<file name={f.filename or 'attachment'!r}>\n{f.content}\n</file>"
+    if request.mentions:
+        prompt += "\n\nUse these agents: " + ", ".join(request.mentions)
+    return prompt
 
 
 def reap_stale() -> int:

@@ -32,7 +32,9 @@ SSE_HEADERS = {
     "Connection": "keep-alive",
     "X-Accel-Buffering": "no",
 }
-REQUEST_FIELDS = {"prompt", "provider", "model", "session_id", "timeout_s", "max_turns", "agent", "busy"}
+REQUEST_FIELDS = {
+    "prompt", "provider", "model", "session_id", "timeout_s", "max_turns", "agent", "files", "mentions", "busy",
+}
 MAX_IDEMPOTENCY_KEY = 200
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -26,6 +26,9 @@ def opencode_config(settings: Settings) -> OpenCodeConfig:
         password=settings.opencode_password.get_secret_value() if settings.opencode_password else None,
         mode=settings.opencode_mode,
         idle_timeout_s=settings.opencode_idle_timeout_s,
+        username=settings.opencode_username,
+        passthrough=tuple(n.strip() for n in settings.opencode_env_passthrough.split(",") if n.strip()),
+        permission_reply=settings.opencode_permission_reply,
     )
 
 

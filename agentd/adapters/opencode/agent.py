@@ -198,7 +198,12 @@ class OpenCodeAgent(CodeAgent):
         files: Sequence[FileAttachment] = (),
         mentions: Sequence[str] = (),
     ) -> AsyncIterator[AgentEvent]:
-        """Run one job. `files` and `mentions` (agent parts) are OpenCode extras beyond AgentRequest."""
+        """Run one job. `files` / `mentions` default to the request's file and agent parts."""
+        files = files or [
+            FileAttachment(path=f.path, content=f.content, filename=f.filename, mime=f.mime)
+            for f in request.files
+        ]
+        mentions = mentions or request.mentions
         started = time.monotonic()
         control = RunControl(run_id)
         self._runs[run_id] = control

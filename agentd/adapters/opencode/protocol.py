@@ -55,7 +55,6 @@ class RunState:
     tokens: dict[str, int] = field(default_factory=dict)
     cost: float = 0.0
     idle: bool = False
-    retrying: bool = False
     prompt_seen: bool = False
     aborted: bool = False
     error: dict[str, Any] | None = None
@@ -245,7 +244,6 @@ class RunState:
             self.idle = False
         elif kind == "retry" and self.started:
             self.idle = False
-            self.retrying = True
             nxt = _int(status.get("next"))
             delay = max(0, nxt - now_ms) if nxt is not None and now_ms is not None else None
             ev = StatusEvent(

@@ -23,7 +23,7 @@ from typing import Any
 from psycopg import errors as pg_errors
 from psycopg.rows import DictRow
 
-from agentd.adapters.postgres.database import EVENTS_CHANNEL, PgDatabase
+from agentd.adapters.postgres.database import EVENTS_CHANNEL, Connection, PgDatabase
 from agentd.adapters.postgres.queries import QUERIES
 from agentd.domain.errors import QueueUnavailable, StreamNotFound, SubscriberTooSlow
 from agentd.domain.models import AgentEvent, StoredEvent, event_from_data
@@ -46,6 +46,35 @@ class _Publish:
     done: asyncio.Future[list[int]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+
+@dataclass
+class _Numbered:
+    """A batch with its sequence numbers: the INSERT's columns, each publish's numbers, the new heads."""
+
+    columns: dict[str, list[Any]]
+    seqs: list[list[int]]
+    heads: dict[str, int]
+    streams_written: set[str] = field(default_factory=set)
+
+    def written(self, streams: set[str]) -> _Numbered:
+        self.streams_written = streams
+        return self
+
+
+def _number(batch: list[_Publish], heads: dict[str, int]) -> _Numbered:
+    heads = dict(heads)
+    out = _Numbered({"stream_ids": [], "seqs": [], "types": [], "datas": []}, [], heads)
+    for item in batch:
+        first = heads[item.stream_id] + 1
+        seqs = list(range(first, first + len(item.rows)))
+        heads[item.stream_id] = seqs[-1]
+        out.seqs.append(seqs)
+        out.columns["stream_ids"].extend([item.stream_id] * len(seqs))
+        out.columns["seqs"].extend(seqs)
+        out.columns["types"].extend(etype for etype, _ in item.rows)
+        out.columns["datas"].extend(data for _, data in item.rows)
+    return out
 
 
 class _Waiters:
@@ -88,6 +117,7 @@ class PostgresEventStream(EventStream):
         self.buffer = buffer
         self.poll_s = poll_s
         self._heads: OrderedDict[str, int] = OrderedDict()  # last seq this process knows, per stream
+        self._contended: set[str] = set()  # streams another process writes to as well
         self._pending: list[_Publish] = []
         self._inflight: list[_Publish] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -146,66 +176,72 @@ class PostgresEventStream(EventStream):
             finally:
                 self._inflight = []
 
-    async def _load_heads(self, stream_ids: list[str]) -> None:
-        unknown = [s for s in stream_ids if s not in self._heads]
+    async def _heads_for(self, conn: Connection, stream_ids: list[str], *, fresh: bool) -> dict[str, int]:
+        """Where each stream's numbering continues: this process's counter, or the table's max(seq)."""
+        unknown = stream_ids if fresh else [s for s in stream_ids if s not in self._heads]
         if unknown:
-            rows = await self._all("last_seqs", {"stream_ids": unknown})
-            found = {r["stream_id"]: int(r["head"]) for r in rows}
+            cur = await conn.execute(QUERIES["last_seqs"], {"stream_ids": unknown})
+            found = {r["stream_id"]: int(r["head"]) for r in await cur.fetchall()}
             for s in unknown:
                 self._heads[s] = found.get(s, 0)
+        return {s: self._heads[s] for s in stream_ids}
+
+    async def _append(self, batch: list[_Publish], stream_ids: list[str], *, serialised: bool) -> _Numbered:
+        """One INSERT for the whole batch. `serialised`: after a numbering conflict, take the streams' locks
+        and number from the table in the same transaction, so that writers that collided take turns."""
+        async with self.db.connection() as conn:
+            if not serialised:
+                numbered = _number(batch, await self._heads_for(conn, stream_ids, fresh=False))
+                cur = await conn.execute(QUERIES["append_events"], numbered.columns)
+                return numbered.written({r["stream_id"] for r in await cur.fetchall()})
+            async with conn.transaction():
+                await conn.execute(QUERIES["lock_streams"], {"stream_ids": sorted(stream_ids)})
+                numbered = _number(batch, await self._heads_for(conn, stream_ids, fresh=True))
+                cur = await conn.execute(QUERIES["append_events"], numbered.columns)
+                return numbered.written({r["stream_id"] for r in await cur.fetchall()})
 
     async def _write(self, batch: list[_Publish]) -> None:
         stream_ids = list(dict.fromkeys(item.stream_id for item in batch))
+        serialised = not self._contended.isdisjoint(stream_ids)
         for _ in range(RENUMBER_TRIES):
-            await self._load_heads(stream_ids)
-            heads = {s: self._heads[s] for s in stream_ids}
-            numbered: list[list[int]] = []
-            cols: dict[str, list[Any]] = {"stream_ids": [], "seqs": [], "types": [], "datas": []}
-            for item in batch:
-                first = heads[item.stream_id] + 1
-                seqs = list(range(first, first + len(item.rows)))
-                heads[item.stream_id] = seqs[-1]
-                numbered.append(seqs)
-                for seq, (etype, data) in zip(seqs, item.rows, strict=True):
-                    cols["stream_ids"].append(item.stream_id)
-                    cols["seqs"].append(seq)
-                    cols["types"].append(etype)
-                    cols["datas"].append(data)
             try:
-                rows = await self._all("append_events", cols)
+                numbered = await self._append(batch, stream_ids, serialised=serialised)
             except pg_errors.UniqueViolation:
-                # Somebody else wrote to one of these streams: number them again from the table.
-                for s in stream_ids:
-                    self._heads.pop(s, None)
+                # Another process wrote to one of these streams since this one last did: from now on the
+                # writers of these streams take turns (both sides switch after their first collision).
+                if len(self._contended) > MAX_COUNTERS:
+                    self._contended.clear()
+                self._contended.update(stream_ids)
+                serialised = True
                 continue
             except BaseException:
                 for s in stream_ids:  # the batch may or may not be stored: re-read the heads next time
                     self._heads.pop(s, None)
                 raise
-            self.batches += 1
-            written = {r["stream_id"] for r in rows}
-            for s in stream_ids:
-                if s in written:
-                    self._heads[s] = heads[s]
-                    self._heads.move_to_end(s)
-                else:
-                    self._heads.pop(s, None)
-            while len(self._heads) > MAX_COUNTERS:
-                self._heads.popitem(last=False)
-            for item, seqs in zip(batch, numbered, strict=True):
-                if item.done.done():
-                    continue
-                if item.stream_id in written:
-                    item.done.set_result(seqs)
-                else:
-                    item.done.set_exception(
-                        StreamNotFound(f"event stream {item.stream_id!r} is closed or unknown")
-                    )
-            if self.db.listener is None or not self.db.listener.connected.is_set():
-                for s in written:  # no NOTIFY will reach this process's subscribers: wake them here
-                    self._waiters.wake(s)
-            return
-        raise QueueUnavailable(f"could not number events: other processes keep writing to {stream_ids}")
+            break
+        else:
+            raise QueueUnavailable(f"could not number events: other processes keep writing to {stream_ids}")
+        self.batches += 1
+        for s in stream_ids:
+            if s in numbered.streams_written:
+                self._heads[s] = numbered.heads[s]
+                self._heads.move_to_end(s)
+            else:
+                self._heads.pop(s, None)
+        while len(self._heads) > MAX_COUNTERS:
+            self._heads.popitem(last=False)
+        for item, seqs in zip(batch, numbered.seqs, strict=True):
+            if item.done.done():
+                continue
+            if item.stream_id in numbered.streams_written:
+                item.done.set_result(seqs)
+            else:
+                item.done.set_exception(
+                    StreamNotFound(f"event stream {item.stream_id!r} is closed or unknown")
+                )
+        if self.db.listener is None or not self.db.listener.connected.is_set():
+            for s in numbered.streams_written:  # no NOTIFY reaches this process's subscribers: wake them here
+                self._waiters.wake(s)
 
     async def close_stream(self, stream_id: str) -> None:
         mine = [item.done for item in self._inflight + self._pending if item.stream_id == stream_id]
@@ -213,6 +249,7 @@ class PostgresEventStream(EventStream):
             await asyncio.gather(*mine, return_exceptions=True)
         rows = await self._all("close_stream", {"stream_id": stream_id})
         self._heads.pop(stream_id, None)
+        self._contended.discard(stream_id)
         if not rows:
             raise _not_found(stream_id)
 

@@ -142,15 +142,27 @@ SELECT s.closed_at IS NOT NULL AS closed,
 SELECT stream_id, max(seq) AS head FROM agentd_events WHERE stream_id = ANY(%(stream_ids)s::text[])
  GROUP BY stream_id;
 
+-- name: lock_streams
+-- After a numbering conflict: lock the streams, then read max(seq) in a later statement of the transaction.
+-- Locks are taken in key order, so writers never wait for each other in a cycle.
+SELECT pg_advisory_xact_lock(1634168440, k)
+  FROM (SELECT DISTINCT hashtext(sid) AS k FROM unnest(%(stream_ids)s::text[]) AS sid ORDER BY k) AS keys;
+
 -- name: append_events
 -- One batch of events from one process, for any number of streams, in one statement: rows of streams that
 -- are unknown or closed are not inserted (their publishers get StreamNotFound). One NOTIFY per stream.
-WITH ins AS (
+-- Every writer takes the streams' locks before it inserts, so a writer that numbers from the table under
+-- those locks (after a conflict) is never overtaken between its read and its insert.
+WITH locked AS (
+    SELECT pg_advisory_xact_lock(1634168440, k)
+      FROM (SELECT DISTINCT hashtext(sid) AS k FROM unnest(%(stream_ids)s::text[]) AS sid ORDER BY k) AS keys
+), ins AS (
     INSERT INTO agentd_events (stream_id, seq, type, data)
     SELECT u.stream_id, u.seq, u.type, u.data::jsonb
       FROM unnest(%(stream_ids)s::text[], %(seqs)s::integer[], %(types)s::text[], %(datas)s::text[])
            AS u(stream_id, seq, type, data)
       JOIN agentd_streams s ON s.stream_id = u.stream_id AND s.closed_at IS NULL
+     WHERE (SELECT count(*) FROM locked) >= 0
     RETURNING stream_id, seq
 ), wake AS (
     SELECT pg_notify('agentd_events', d.stream_id) FROM (SELECT DISTINCT stream_id FROM ins) AS d

@@ -77,17 +77,20 @@ BEGIN
         IF NOT FOUND THEN
             RETURN;
         END IF;
-        IF pg_try_advisory_xact_lock(1634168436, hashtext(v_job.project_id))
-           AND NOT EXISTS (
-               SELECT 1 FROM agentd_jobs r WHERE r.project_id = v_job.project_id AND r.status = 'running')
-        THEN
-            RETURN QUERY
-            UPDATE agentd_jobs
-               SET status = 'running', worker_id = p_worker_id, started_at = now(),
-                   attempts = attempts + 1, lease_expires_at = now() + make_interval(secs => p_lease_s)
-             WHERE id = v_job.id
-            RETURNING *;
-            RETURN;
+        -- The re-check must be a statement of its own: a statement's snapshot is taken when it starts, so
+        -- checking in the statement that takes the lock could miss a claim committed while it waited.
+        IF pg_try_advisory_xact_lock(1634168436, hashtext(v_job.project_id)) THEN
+            IF NOT EXISTS (
+                SELECT 1 FROM agentd_jobs r WHERE r.project_id = v_job.project_id AND r.status = 'running')
+            THEN
+                RETURN QUERY
+                UPDATE agentd_jobs
+                   SET status = 'running', worker_id = p_worker_id, started_at = now(),
+                       attempts = attempts + 1, lease_expires_at = now() + make_interval(secs => p_lease_s)
+                 WHERE id = v_job.id
+                RETURNING *;
+                RETURN;
+            END IF;
         END IF;
         v_skipped_projects := v_skipped_projects || v_job.project_id;
     END LOOP;
