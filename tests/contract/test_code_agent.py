@@ -7,6 +7,8 @@ hold for the in-process scripted agent and for the real CLIs/servers behind scri
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,11 +17,14 @@ from pathlib import Path
 import pytest
 
 from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
+from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig
 from agentd.config import Settings
 from agentd.domain.models import AgentEvent, AgentRequest, DoneEvent, TextEvent
 from agentd.ports.code_agent import CodeAgent
 from tests.conftest import claude_agent, tool_path
+from tests.support import fake_openai
 from tests.support.fake_anthropic import FakeAnthropic
+from tests.support.fake_openai import FakeOpenAI
 
 
 @dataclass
@@ -30,7 +35,11 @@ class Subject:
     slow: str  # a prompt that streams text for a long time
 
 
-ADAPTERS = ["scripted", pytest.param("claude-code", marks=pytest.mark.e2e)]
+ADAPTERS = [
+    "scripted",
+    pytest.param("claude-code", marks=pytest.mark.e2e),
+    pytest.param("opencode", marks=pytest.mark.e2e),
+]
 
 
 @pytest.fixture(params=ADAPTERS)
@@ -48,6 +57,18 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
                 agent, "SCENARIO:text", "Hello from the fake model.", "SCENARIO:slow delay_ms=100 chunks=300"
             )
             await agent.close()
+        return
+    if request.param == "opencode":
+        binary = tool_path("AGENTD_OPENCODE_BIN", "opencode")
+        if binary is None:
+            pytest.skip("opencode not installed (scripts/setup)")
+        async with FakeOpenAI() as oai:
+            env = {"PATH": os.environ.get("PATH", ""), "OPENCODE_CONFIG_CONTENT": json.dumps(oai.config())}
+            oc = OpenCodeAgent(
+                OpenCodeConfig(data_dir=tmp_path / "data", binary=binary, mode="server", environ=env)
+            )
+            yield Subject(oc, "SCENARIO:text", fake_openai.TEXT_ANSWER, "SCENARIO:slow")
+            await oc.close()
         return
     raise AssertionError(request.param)  # pragma: no cover
 
