@@ -45,10 +45,14 @@ async def scratch_database(kind: str) -> AsyncIterator[str]:
         yield make_conninfo(ADMIN_DSN, dbname=name)
     finally:
         async with await psycopg.AsyncConnection.connect(ADMIN_DSN, autocommit=True) as admin:
-            await admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            await admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
-async def bench_agentd(jobs: int, workers: int, projects: int | None, limits: Limits | None) -> float:
+async def bench_agentd(
+    jobs: int, workers: int, *, projects: int | None = None, limits: Limits | None = None, batch: int = 1
+) -> float:
     async with scratch_database("agentd") as dsn:
         await migrate(dsn)
         queues = [PostgresWorkQueue(PgDatabase(dsn, pool_size=1)) for _ in range(workers)]
@@ -76,12 +80,19 @@ async def bench_agentd(jobs: int, workers: int, projects: int | None, limits: Li
             async def worker(n: int, q: PostgresWorkQueue) -> None:
                 nonlocal done
                 while done < jobs:
-                    job = await q.claim(f"w{n}", limits=limits)
-                    if job is None:
+                    if batch == 1:  # the port, as the runner uses it
+                        job = await q.claim(f"w{n}", limits=limits)
+                        claimed = [job] if job is not None else []
+                    else:
+                        claimed = await q.claim_many(f"w{n}", batch, limits=limits)
+                    if not claimed:
                         await q.wait_for_work(0.01)  # another worker's project or a limit slot
                         continue
-                    await q.finish(job.id, DONE, worker_id=f"w{n}")
-                    done += 1
+                    if batch == 1:
+                        await q.finish(claimed[0].id, DONE, worker_id=f"w{n}")
+                    else:
+                        await q.finish_many([(j.id, DONE) for j in claimed], worker_id=f"w{n}")
+                    done += len(claimed)
 
             started = time.perf_counter()
             await asyncio.gather(*(worker(n, q) for n, q in enumerate(queues)))
@@ -131,7 +142,9 @@ async def median_of(rounds: int, run: Callable[[], Awaitable[float]]) -> float:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
@@ -141,14 +154,18 @@ async def main() -> None:
     n, k = args.jobs, args.workers
 
     print(f"{n} no-op jobs, {k} workers, median of {args.rounds} rounds")
-    pgq = await median_of(args.rounds, lambda: bench_pgqueuer(n, k, args.pgqueuer_batch))
-    print(f"  pgqueuer 1.6.0 (psycopg, batch {args.pgqueuer_batch}):      {pgq:8.0f} jobs/s")
-    ours = await median_of(args.rounds, lambda: bench_agentd(n, k, None, None))
-    print(f"  agentd PostgresWorkQueue (1 job per claim): {ours:8.0f} jobs/s   ratio {ours / pgq:.2f}")
-    busy = await median_of(args.rounds, lambda: bench_agentd(n, k, 50, None))
-    print(f"    … 50 projects (one running job each):      {busy:8.0f} jobs/s   ratio {busy / pgq:.2f}")
-    limited = await median_of(args.rounds, lambda: bench_agentd(n, k, None, Limits(global_max=k * 2)))
-    print(f"    … with Limits(global_max={k * 2}):             {limited:8.0f} jobs/s   ratio {limited / pgq:.2f}")
+    batch = args.pgqueuer_batch
+    pgq = await median_of(args.rounds, lambda: bench_pgqueuer(n, k, batch))
+    print(f"  pgqueuer 1.6.0 (PsycopgDriver, batch {batch}):        {pgq:7.0f} jobs/s")
+    rows: list[tuple[str, Callable[[], Awaitable[float]]]] = [
+        ("agentd port: claim + finish, 1 job each", lambda: bench_agentd(n, k)),
+        ("  same, 50 projects (1 running job each)", lambda: bench_agentd(n, k, projects=50)),
+        (f"  same, Limits(global_max={2 * k})", lambda: bench_agentd(n, k, limits=Limits(global_max=2 * k))),
+        (f"agentd claim_many/finish_many, batch {batch}", lambda: bench_agentd(n, k, batch=batch)),
+    ]
+    for label, run in rows:
+        rate = await median_of(args.rounds, run)
+        print(f"  {label:<45} {rate:7.0f} jobs/s  ratio {rate / pgq:.2f}")
 
 
 if __name__ == "__main__":

@@ -138,20 +138,36 @@ async def test_listener_reconnects_and_still_wakes_workers(make_queue: QueueMake
     await asyncio.wait_for(waiter, 3)
 
 
-async def test_one_notify_per_enqueue_and_none_without_waiting_work(make_queue: QueueMaker, dsn: str) -> None:
+async def test_one_notify_per_enqueue_and_per_finish_that_frees_waiting_work(
+    make_queue: QueueMaker, dsn: str
+) -> None:
     q = await make_queue(pool_size=4)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as listen:
         await listen.execute("LISTEN agentd_jobs")
-        for i in range(10):
-            await put(q, f"seq{i}")
-        await asyncio.gather(*(put(q, f"par{i}") for i in range(10)))
-        while (job := await q.claim("w")) is not None:  # the queue empties: the last finish wakes nobody
+        for _ in range(10):
+            await put(q, "busy")
+        await asyncio.gather(*(put(q, f"solo{i}") for i in range(10)))
+        while (job := await q.claim("w")) is not None:
             await q.finish(job.id, AgentResult(status="succeeded"))
         payloads = Counter[str]()
         async for note in listen.notifies(timeout=0.5):
             payloads[note.payload] += 1
-    assert payloads["enqueued"] == 20
-    assert payloads["finished"] == 19  # every finish but the last left queued work behind
+    assert payloads == {"enqueued": 20, "finished": 9}  # each "busy" job but the last had a successor
+
+
+async def test_claim_many_and_finish_many(make_queue: QueueMaker) -> None:
+    q = await make_queue()
+    jobs = [await put(q, project) for project in ("a", "a", "b", "c", "d")]
+    got = await q.claim_many("w", 10, limits=Limits(per_provider={"scripted": 3}))
+    assert [j.id for j in got] == [jobs[0].id, jobs[2].id, jobs[3].id]  # one per project, 3 per provider
+    assert all(j.worker_id == "w" and j.attempts == 1 for j in got)
+    retry = AgentResult(status="failed", retryable=True)
+    done = await q.finish_many(
+        [(got[1].id, retry), (got[0].id, AgentResult(status="succeeded"))], worker_id="w"
+    )
+    assert [(j.id, j.status.value) for j in done] == [(got[1].id, "queued"), (got[0].id, "succeeded")]
+    with pytest.raises(ValueError, match="once"):
+        await q.finish_many([(got[2].id, retry), (got[2].id, retry)])
 
 
 async def test_connection_loss_is_queue_unavailable_then_heals(make_queue: QueueMaker, dsn: str) -> None:

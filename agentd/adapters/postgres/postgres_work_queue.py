@@ -14,6 +14,7 @@ import asyncio
 import contextvars
 import hashlib
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -83,6 +84,8 @@ class PostgresWorkQueue(WorkQueue):
         self.retry_base_s = retry_base_s
         self._generation = 0
         self._wake = asyncio.Event()
+        # Once this process claims with limits, a finish may free a slot for any queued job: wake everyone.
+        self._limits_in_use = False
         db.on_notify(JOBS_CHANNEL, lambda _payload: self._notify())
         db.on_gap(self._notify)
 
@@ -160,18 +163,30 @@ class PostgresWorkQueue(WorkQueue):
             return row_to_job(row), True
 
     async def claim(self, worker_id: str, *, limits: Limits | None = None) -> Job | None:
+        jobs = await self.claim_many(worker_id, 1, limits=limits)
+        return jobs[0] if jobs else None
+
+    async def claim_many(self, worker_id: str, n: int, *, limits: Limits | None = None) -> list[Job]:
+        """Up to `n` jobs in one statement (each under its own lease, never two of one project).
+
+        Not part of the port: for a worker process that fills several free slots at once.
+        """
         _seen_generation.set((id(self), self._generation))
         caps = limits.per_provider if limits is not None else {}
-        row = await self._one(
+        global_max = limits.global_max if limits is not None else None
+        if caps or global_max is not None:
+            self._limits_in_use = True
+        rows = await self._all(
             "claim",
             {
                 "worker_id": worker_id,
                 "lease_s": self.lease_s,
-                "global_max": limits.global_max if limits is not None else None,
+                "max": n,
+                "global_max": global_max,
                 "provider_caps": json.dumps(caps) if caps else None,
             },
         )
-        return row_to_job(row) if row is not None else None
+        return [row_to_job(r) for r in rows]
 
     async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109 - the port's signature
         seen = _seen_generation.get()
@@ -189,22 +204,37 @@ class PostgresWorkQueue(WorkQueue):
         return row is not None
 
     async def finish(self, job_id: str, result: AgentResult, *, worker_id: str | None = None) -> Job:
-        row = await self._one(
+        return (await self.finish_many([(job_id, result)], worker_id=worker_id))[0]
+
+    async def finish_many(
+        self, results: Sequence[tuple[str, AgentResult]], *, worker_id: str | None = None
+    ) -> list[Job]:
+        """`finish` for several jobs in one statement; the jobs come back in the order given.
+
+        Not part of the port: for a worker process that reports several results at once.
+        """
+        ids = [job_id for job_id, _ in results]
+        if len(set(ids)) != len(ids):
+            raise ValueError("finish_many: each job may appear once")
+        rows = await self._all(
             "finish",
             {
-                "id": job_id,
+                "ids": ids,
+                "statuses": [r.status for _, r in results],
+                "results": [r.model_dump_json() for _, r in results],
+                "retryables": [r.retryable and r.status == "failed" for _, r in results],
+                "errors": [r.error for _, r in results],
                 "worker_id": worker_id,
-                "status": result.status,
-                "result": result.model_dump_json(),
-                "retryable": result.retryable and result.status == "failed",
-                "error": result.error,
                 "retry_base_s": self.retry_base_s,
                 "retry_max_s": MAX_BACKOFF_S,
+                "wake_any": self._limits_in_use,
             },
         )
-        if row is None:
-            raise JobNotFound(f"no job {job_id!r}")
-        return row_to_job(row)
+        by_id = {r["id"]: r for r in rows}
+        missing = [job_id for job_id in ids if job_id not in by_id]
+        if missing:
+            raise JobNotFound(f"no job {missing[0]!r}")
+        return [row_to_job(by_id[job_id]) for job_id in ids]
 
     async def request_cancel(self, project_id: str, job_id: str) -> tuple[Job, bool]:
         params = {"id": job_id, "project_id": project_id, "cancelled": _CANCELLED}

@@ -32,7 +32,7 @@ SELECT EXISTS (
 ) AS busy;
 
 -- name: claim
-SELECT * FROM agentd_claim(%(worker_id)s, %(lease_s)s, %(global_max)s, %(provider_caps)s::jsonb);
+SELECT * FROM agentd_claim(%(worker_id)s, %(lease_s)s, %(max)s, %(global_max)s, %(provider_caps)s::jsonb);
 
 -- name: heartbeat
 UPDATE agentd_jobs SET lease_expires_at = now() + make_interval(secs => %(lease_s)s)
@@ -40,34 +40,40 @@ UPDATE agentd_jobs SET lease_expires_at = now() + make_interval(secs => %(lease_
 RETURNING id;
 
 -- name: finish
--- Records a result. A retryable failure with attempts left (and no cancel request) goes back to the
--- queue after an exponential backoff instead. A final job never changes again: then, and when the job is
--- not `worker_id`'s running job, the current row is returned unchanged. Wakes idle workers when queued
--- jobs may now run (this job's project, or a limit slot, is free again).
-WITH upd AS (
+-- Records results (arrays, one element per job; ids distinct). A retryable failure with attempts left (and no
+-- cancel request) goes back to the queue after an exponential backoff instead. A final job never changes
+-- again: then, and when the job is not `worker_id`'s running job, the current row comes back unchanged.
+-- Wakes idle workers when a queued job may now run: one of the same project, or any when limits are in use.
+WITH input AS (
+    SELECT * FROM unnest(%(ids)s::text[], %(statuses)s::text[], %(results)s::text[], %(retryables)s::boolean[],
+                         %(errors)s::text[]) AS u(id, status, result, retryable, error)
+), upd AS (
     UPDATE agentd_jobs j SET
-        status = CASE WHEN retry.yes THEN 'queued' ELSE %(status)s END,
-        finished_at = CASE WHEN retry.yes THEN NULL ELSE now() END,
-        result = CASE WHEN retry.yes THEN NULL ELSE %(result)s::jsonb END,
-        last_error = CASE WHEN retry.yes THEN %(error)s ELSE j.last_error END,
-        run_after = CASE WHEN retry.yes
+        status = CASE WHEN r.retry THEN 'queued' ELSE r.status END,
+        finished_at = CASE WHEN r.retry THEN NULL ELSE now() END,
+        result = CASE WHEN r.retry THEN NULL ELSE r.result::jsonb END,
+        last_error = CASE WHEN r.retry THEN r.error ELSE j.last_error END,
+        run_after = CASE WHEN r.retry
             THEN now() + make_interval(secs => least(%(retry_base_s)s * power(2, greatest(j.attempts, 1) - 1),
                                                      %(retry_max_s)s))
             ELSE j.run_after END,
-        worker_id = CASE WHEN retry.yes THEN NULL ELSE j.worker_id END,
+        worker_id = CASE WHEN r.retry THEN NULL ELSE j.worker_id END,
         lease_expires_at = NULL
-    FROM (SELECT %(retryable)s AND NOT cur.cancel_requested AND cur.attempts < cur.max_attempts AS yes
-            FROM agentd_jobs cur WHERE cur.id = %(id)s) AS retry
-    WHERE j.id = %(id)s AND j.status IN ('queued', 'running')
-      AND (%(worker_id)s::text IS NULL OR (j.worker_id = %(worker_id)s AND j.status = 'running'))
+    FROM (SELECT i.*, i.retryable AND NOT cur.cancel_requested AND cur.attempts < cur.max_attempts AS retry
+            FROM input i JOIN agentd_jobs cur ON cur.id = i.id) AS r
+    WHERE j.id = r.id AND j.status IN ('queued', 'running')
+      AND (%(worker_id)s::text IS NULL OR (j.worker_id = %(worker_id)s::text AND j.status = 'running'))
     RETURNING j.*
 ), wake AS (
-    SELECT pg_notify('agentd_jobs', 'finished') FROM upd
-     WHERE EXISTS (SELECT 1 FROM agentd_jobs WHERE status = 'queued')
+    SELECT pg_notify('agentd_jobs', 'finished')
+     WHERE EXISTS (SELECT 1 FROM upd) AND EXISTS (
+         SELECT 1 FROM agentd_jobs q
+          WHERE q.status = 'queued'
+            AND (%(wake_any)s OR q.project_id IN (SELECT project_id FROM upd)))
 )
 SELECT upd.* FROM upd WHERE (SELECT count(*) FROM wake) >= 0
 UNION ALL
-SELECT * FROM agentd_jobs WHERE id = %(id)s AND NOT EXISTS (SELECT 1 FROM upd);
+SELECT * FROM agentd_jobs WHERE id IN (SELECT id FROM input) AND id NOT IN (SELECT id FROM upd);
 
 -- name: request_cancel
 -- A queued job ends cancelled at once (ended = true); a running one gets cancel_requested; a final job is

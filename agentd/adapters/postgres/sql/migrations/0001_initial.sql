@@ -39,32 +39,38 @@ CREATE INDEX agentd_jobs_project ON agentd_jobs (project_id, seq DESC);
 CREATE UNIQUE INDEX agentd_jobs_idempotency ON agentd_jobs (project_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 
--- Hands the oldest runnable queued job to p_worker_id, in one statement (one round trip, one commit).
--- SKIP LOCKED lets concurrent claimers pick different rows, but two of them may pick two jobs of the SAME
--- project, each seeing no running job in its snapshot. So a claimer takes a per-project advisory lock and
--- re-checks with a fresh snapshot (each plpgsql statement takes one) before it starts the job; a claimer
--- that cannot get the lock skips that project. Limits count running jobs, so claimers that enforce limits
--- take one fleet-wide lock for their (short) transaction: two of them never both take the last free slot.
+-- Hands the oldest runnable queued jobs (up to p_max) to p_worker_id, in one statement: one round trip, one
+-- commit. SKIP LOCKED lets concurrent claimers pick different rows, but two of them may pick two jobs of the
+-- SAME project, each seeing no running job in its snapshot. So a claimer takes a per-project advisory lock
+-- and then re-checks in a statement of its own (a statement's snapshot is taken when it starts: a check in
+-- the statement that takes the lock could miss a claim committed meanwhile); a claimer that cannot get the
+-- lock skips that project. Limits count running jobs, so claimers that enforce limits take one fleet-wide
+-- lock for their (short) transaction: two of them never both take the last free slot.
 CREATE FUNCTION agentd_claim(
-    p_worker_id text, p_lease_s double precision, p_global_max integer, p_provider_caps jsonb
+    p_worker_id text, p_lease_s double precision, p_max integer, p_global_max integer, p_provider_caps jsonb
 ) RETURNS SETOF agentd_jobs LANGUAGE plpgsql AS $$
 DECLARE
+    v_limited boolean := p_global_max IS NOT NULL OR p_provider_caps IS NOT NULL;
+    v_running integer := 0;
+    v_by_provider jsonb := '{}';
     v_full_providers text[] := '{}';
     v_skipped_projects text[] := '{}';
+    v_taken integer := 0;
     v_job agentd_jobs;
 BEGIN
-    IF p_global_max IS NOT NULL OR p_provider_caps IS NOT NULL THEN
+    IF v_limited THEN
         PERFORM pg_advisory_xact_lock(1634168438, 0);
-        IF p_global_max IS NOT NULL
-           AND (SELECT count(*) FROM agentd_jobs WHERE status = 'running') >= p_global_max THEN
-            RETURN;
-        END IF;
-        SELECT coalesce(array_agg(cap.key), '{}') INTO v_full_providers
-          FROM jsonb_each_text(coalesce(p_provider_caps, '{}')) AS cap
-         WHERE (SELECT count(*) FROM agentd_jobs r WHERE r.status = 'running' AND r.provider = cap.key)
-               >= cap.value::integer;
+        SELECT coalesce(sum(c.n), 0), coalesce(jsonb_object_agg(c.provider, c.n), '{}')
+          INTO v_running, v_by_provider
+          FROM (SELECT provider, count(*) AS n FROM agentd_jobs WHERE status = 'running' GROUP BY provider) AS c;
     END IF;
-    LOOP
+    WHILE v_taken < p_max LOOP
+        IF v_limited THEN
+            EXIT WHEN p_global_max IS NOT NULL AND v_running >= p_global_max;
+            SELECT coalesce(array_agg(cap.key), '{}') INTO v_full_providers
+              FROM jsonb_each_text(coalesce(p_provider_caps, '{}')) AS cap
+             WHERE coalesce((v_by_provider ->> cap.key)::integer, 0) >= cap.value::integer;
+        END IF;
         SELECT * INTO v_job FROM agentd_jobs j
          WHERE j.status = 'queued' AND j.run_after <= now()
            AND j.provider <> ALL (v_full_providers)
@@ -74,11 +80,7 @@ BEGIN
          ORDER BY j.seq
          LIMIT 1
          FOR UPDATE SKIP LOCKED;
-        IF NOT FOUND THEN
-            RETURN;
-        END IF;
-        -- The re-check must be a statement of its own: a statement's snapshot is taken when it starts, so
-        -- checking in the statement that takes the lock could miss a claim committed while it waited.
+        EXIT WHEN NOT FOUND;
         IF pg_try_advisory_xact_lock(1634168436, hashtext(v_job.project_id)) THEN
             IF NOT EXISTS (
                 SELECT 1 FROM agentd_jobs r WHERE r.project_id = v_job.project_id AND r.status = 'running')
@@ -89,7 +91,10 @@ BEGIN
                        attempts = attempts + 1, lease_expires_at = now() + make_interval(secs => p_lease_s)
                  WHERE id = v_job.id
                 RETURNING *;
-                RETURN;
+                v_taken := v_taken + 1;
+                v_running := v_running + 1;
+                v_by_provider := jsonb_set(v_by_provider, ARRAY[v_job.provider],
+                    to_jsonb(coalesce((v_by_provider ->> v_job.provider)::integer, 0) + 1));
             END IF;
         END IF;
         v_skipped_projects := v_skipped_projects || v_job.project_id;
