@@ -66,10 +66,12 @@ WITH input AS (
     RETURNING j.*
 ), wake AS (
     SELECT pg_notify('agentd_jobs', 'finished')
-     WHERE EXISTS (SELECT 1 FROM upd) AND EXISTS (
-         SELECT 1 FROM agentd_jobs q
-          WHERE q.status = 'queued'
-            AND (%(wake_any)s OR q.project_id IN (SELECT project_id FROM upd)))
+     WHERE EXISTS (SELECT 1 FROM upd)
+       AND CASE WHEN %(wake_any)s
+                THEN EXISTS (SELECT 1 FROM agentd_jobs WHERE status = 'queued')
+                ELSE EXISTS (SELECT 1 FROM upd JOIN agentd_jobs q
+                               ON q.project_id = upd.project_id AND q.status = 'queued')
+           END
 )
 SELECT upd.* FROM upd WHERE (SELECT count(*) FROM wake) >= 0
 UNION ALL
