@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     submit.add_argument("--follow", action="store_true", help="print the events until the job ends")
     submit.add_argument("--json", action="store_true", help="with --follow: print raw events as JSON lines")
     submit.add_argument(
-        "--server", default=os.environ.get("AGENTD_URL"), help="agentd URL (AGENTD_URL, default from settings)"
+        "--server",
+        default=os.environ.get("AGENTD_URL"),
+        help="agentd URL (AGENTD_URL, default from settings)",
     )
     submit.add_argument("prompt", help="the prompt; '-' reads it from stdin")
 
@@ -157,7 +159,11 @@ def _serve(settings: Settings, host: str | None, port: int | None, *, workers: b
 
     try:
         web.run_app(
-            make_app(), host=host, port=port, print=None, shutdown_timeout=settings.shutdown_grace_s + 5,
+            make_app(),
+            host=host,
+            port=port,
+            print=None,
+            shutdown_timeout=settings.shutdown_grace_s + 5,
             handle_signals=True,
         )
     except AgentdError as e:
@@ -175,8 +181,13 @@ async def _submit(settings: Settings, args: argparse.Namespace) -> int:
     async with AgentdClient(server, api_key=key) as client:
         try:
             job = await client.submit(
-                args.project, prompt, provider=args.provider, model=args.model,
-                session_id=args.session_id, timeout_s=args.timeout_s, max_turns=args.max_turns,
+                args.project,
+                prompt,
+                provider=args.provider,
+                model=args.model,
+                session_id=args.session_id,
+                timeout_s=args.timeout_s,
+                max_turns=args.max_turns,
             )
         except ApiError as e:
             print(f"agentd: {e.message} ({e.code}, HTTP {e.status})", file=sys.stderr)
@@ -187,13 +198,16 @@ async def _submit(settings: Settings, args: argparse.Namespace) -> int:
         print(f"job {job['job_id']} ({job['provider']}) → {job['stream_url']}", file=sys.stderr)
         loop = asyncio.get_running_loop()
         cancel_sent = False
+        pending: set[asyncio.Task[Any]] = set()
 
         def on_sigint() -> None:
             nonlocal cancel_sent
             if not cancel_sent:
                 cancel_sent = True
                 print("\nagentd: cancelling the job (Ctrl-C again to quit)…", file=sys.stderr)
-                loop.create_task(client.cancel(args.project, job["job_id"]))
+                task = loop.create_task(client.cancel(args.project, job["job_id"]))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
             else:
                 raise KeyboardInterrupt
 

@@ -114,9 +114,11 @@ class AgentdClient:
                         yield item
                         if item.event == "done":
                             return
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 pass
             failures += 1
             if failures > max_reconnects:
-                raise ApiError(0, "stream_lost", f"lost the event stream {url} after {max_reconnects} retries")
+                raise ApiError(
+                    0, "stream_lost", f"lost the event stream {url} after {max_reconnects} retries"
+                )
             await asyncio.sleep(min(retry_s * failures, 5.0))

@@ -36,7 +36,7 @@ PROMPT = "SCENARIO:text say hello"
 
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 def fmt(values: list[float]) -> str:
@@ -52,7 +52,11 @@ async def through_agentd(claude: str, model: FakeAnthropic, n: int, data: Path) 
     await site.start()
     base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     out: dict[str, list[float]] = {
-        "first event": [], "running": [], "session": [], "first text": [], "done": []
+        "first event": [],
+        "running": [],
+        "session": [],
+        "first text": [],
+        "done": [],
     }
     async with AgentdClient(base) as client:
         for _ in range(n):
@@ -82,18 +86,34 @@ async def bare_cli(claude: str, model: FakeAnthropic, n: int, data: Path) -> dic
     for d in (home, tmp, ws):
         d.mkdir(parents=True, exist_ok=True)
     env = {
-        "PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "HOME": str(home), "CLAUDE_CODE_TMPDIR": str(tmp),
-        "ANTHROPIC_BASE_URL": model.base_url, "ANTHROPIC_API_KEY": "sk-fake", "IS_SANDBOX": "1",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1", "DISABLE_TELEMETRY": "1",
+        "PATH": os.environ.get("PATH", ""),
+        "LANG": "C.UTF-8",
+        "HOME": str(home),
+        "CLAUDE_CODE_TMPDIR": str(tmp),
+        "ANTHROPIC_BASE_URL": model.base_url,
+        "ANTHROPIC_API_KEY": "sk-fake",
+        "IS_SANDBOX": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "DISABLE_TELEMETRY": "1",
     }
     out: dict[str, list[float]] = {"first line": [], "first text": [], "exit": []}
     for _ in range(n):
         t0 = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(
-            claude, "-p", "--output-format=stream-json", "--verbose", "--include-partial-messages",
-            "--permission-mode=bypassPermissions", PROMPT,
-            cwd=ws, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-            stdin=asyncio.subprocess.DEVNULL, limit=64 * 1024 * 1024,
+            claude,
+            "-p",
+            "--output-format=stream-json",
+            "--verbose",
+            "--include-partial-messages",
+            "--permission-mode=bypassPermissions",
+            PROMPT,
+            cwd=ws,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL,
+            limit=64 * 1024 * 1024,
         )
         assert proc.stdout is not None
         seen: dict[str, float] = {}

@@ -36,7 +36,9 @@ def tool_path(env_var: str, name: str) -> str | None:
 def claude_bin() -> str:
     path = tool_path("AGENTD_CLAUDE_BIN", "claude")
     if path is None:
-        pytest.skip("the claude CLI is not installed: run scripts/setup (npm @anthropic-ai/claude-code@2.1.330)")
+        pytest.skip(
+            "the claude CLI is not installed: run scripts/setup (npm @anthropic-ai/claude-code@2.1.330)"
+        )
     return path
 
 

@@ -51,7 +51,7 @@ class InvalidMaxTurns(InvalidRequest):
 
 
 class InvalidSessionId(InvalidRequest):
-    """`session_id` must start with a letter or digit and contain only letters, digits, '_', '-', '.' (max 128)."""
+    """`session_id` must start with a letter or digit; then letters, digits, '_', '-', '.' (max 128)."""
 
     code = "invalid_session_id"
 
@@ -117,6 +117,6 @@ class IdempotencyConflict(AgentdError):
 
 
 class SchemaMismatch(AgentdError):
-    """The database schema is missing or newer than this agentd; run `agentd migrate` (or upgrade agentd)."""
+    """The database schema is missing or newer than this agentd: run `agentd migrate` or upgrade."""
 
     code = "schema_mismatch"

@@ -38,8 +38,12 @@ class JobService:
         await self.streams.publish(stream_id, [StatusEvent(status="queued", detail=f"provider {provider}")])
         try:
             job, created = await self.queue.enqueue(
-                request, provider=provider, job_id=job_id, stream_id=stream_id,
-                idempotency_key=idempotency_key, busy=busy,
+                request,
+                provider=provider,
+                job_id=job_id,
+                stream_id=stream_id,
+                idempotency_key=idempotency_key,
+                busy=busy,
             )
         except BaseException:
             await self.streams.close_stream(stream_id)  # nobody will ever publish to it: let it be pruned

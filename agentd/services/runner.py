@@ -12,10 +12,12 @@ import contextlib
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import structlog
 
-from agentd.domain.errors import AgentdError
+from agentd.domain.errors import AgentdError, QueueUnavailable
 from agentd.domain.models import AgentEvent, AgentResult, DoneEvent, Job, JobStatus, StatusEvent
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
@@ -25,6 +27,7 @@ from agentd.services.registry import ProviderRegistry
 log = structlog.get_logger(__name__)
 
 SAFETY_GRACE_S = 30.0
+T = TypeVar("T")
 
 
 class Runner:
@@ -56,6 +59,8 @@ class Runner:
         self._tasks: list[asyncio.Task[None]] = []
         self._active: dict[str, tuple[Job, CodeAgent]] = {}
         self._stopping = asyncio.Event()
+        self._idle = asyncio.Event()  # set whenever no job runs in this process
+        self._idle.set()
 
     @property
     def active_jobs(self) -> list[str]:
@@ -76,20 +81,23 @@ class Runner:
     def _log_recovered(jobs: list[Job]) -> None:
         for job in jobs:
             log.warning(
-                "job.recovered", job_id=job.id, status=job.status.value, attempts=job.attempts,
+                "job.recovered",
+                job_id=job.id,
+                status=job.status.value,
+                attempts=job.attempts,
                 error=job.result.error if job.result else None,
             )
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop claiming; let running jobs finish within `grace_s`, then cancel them."""
         self._stopping.set()
-        deadline = time.monotonic() + grace_s
-        while self._active and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        if self._active:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace_s)
         for job_id in list(self._active):
             log.warning("job.cancel_on_shutdown", job_id=job_id)
             await self.cancel_local(job_id, reason="agentd is shutting down")
-        done, pending = await asyncio.wait(self._tasks, timeout=SAFETY_GRACE_S) if self._tasks else ((), ())
+        _, pending = await asyncio.wait(self._tasks, timeout=SAFETY_GRACE_S) if self._tasks else ((), ())
         for t in pending:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -126,24 +134,32 @@ class Runner:
         structlog.contextvars.bind_contextvars(job_id=job.id, project_id=job.project_id)
         started = time.monotonic()
         try:
-            await self.streams.create(job.stream_id)
+            await self._durably(lambda: self.streams.create(job.stream_id), "create_stream")
             try:
                 agent = self.registry.get(job.provider)
             except AgentdError as e:
                 result = AgentResult(status="failed", error=e.message)
             else:
                 self._active[job.id] = (job, agent)
+                self._idle.clear()
                 try:
                     result = await self._drive(job, agent, worker_id)
                 finally:
                     self._active.pop(job.id, None)
-            stored = await self.queue.finish(job.id, result, worker_id=worker_id)
+                    if not self._active:
+                        self._idle.set()
+            stored = await self._durably(
+                lambda: self.queue.finish(job.id, result, worker_id=worker_id), "finish"
+            )
             if stored.status == JobStatus.queued:
                 # A retryable failure (rate limit, overload): the queue runs it again after a backoff.
-                await self.streams.publish(
-                    job.stream_id,
-                    [StatusEvent(status="retrying", detail=f"attempt {job.attempts} failed: {result.error}",
-                                 attempt=job.attempts)],
+                await self._publish(
+                    job,
+                    StatusEvent(
+                        status="retrying",
+                        detail=f"attempt {job.attempts} failed: {result.error}",
+                        attempt=job.attempts,
+                    ),
                 )
                 log.warning("job.retry_scheduled", attempts=job.attempts, error=result.error)
                 return result
@@ -152,20 +168,23 @@ class Runner:
                 log.warning("job.result_discarded", reason="lease lost", owner=stored.worker_id)
                 return result
             final = stored.result
-            await self.streams.publish(job.stream_id, [DoneEvent.from_result(final)])
-            await self.streams.close_stream(job.stream_id)
+            await self._publish(job, DoneEvent.from_result(final))
+            await self._durably(lambda: self.streams.close_stream(job.stream_id), "close_stream")
             log.info(
-                "job.finished", status=final.status, provider=job.provider, worker_id=worker_id,
-                duration_ms=int((time.monotonic() - started) * 1000), error=final.error,
+                "job.finished",
+                status=final.status,
+                provider=job.provider,
+                worker_id=worker_id,
+                duration_ms=int((time.monotonic() - started) * 1000),
+                error=final.error,
             )
             return final
         finally:
             structlog.contextvars.unbind_contextvars("job_id", "project_id")
 
     async def _drive(self, job: Job, agent: CodeAgent, worker_id: str) -> AgentResult:
-        await self.streams.publish(
-            job.stream_id,
-            [StatusEvent(status="running", detail=f"worker {worker_id}, attempt {job.attempts}")],
+        await self._publish(
+            job, StatusEvent(status="running", detail=f"worker {worker_id}, attempt {job.attempts}")
         )
         watcher = asyncio.create_task(self._watch(job, agent, worker_id))
         done: DoneEvent | None = None
@@ -198,7 +217,22 @@ class Runner:
         return done.to_result()
 
     async def _publish(self, job: Job, ev: AgentEvent) -> None:
-        await self.streams.publish(job.stream_id, [ev])
+        await self._durably(lambda: self.streams.publish(job.stream_id, [ev]), "publish")
+
+    async def _durably(self, op: Callable[[], Awaitable[T]], what: str) -> T:
+        """Retry `op` while storage is unreachable (a database restart): the run waits, nothing is lost.
+
+        While we wait, the agent's output waits in its pipe (back-pressure); the job's own deadline and
+        the safety net still apply.
+        """
+        delay = 0.2
+        while True:
+            try:
+                return await op()
+            except QueueUnavailable as e:
+                log.warning("storage.unavailable", op=what, error=str(e), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _watch(self, job: Job, agent: CodeAgent, worker_id: str) -> None:
         """Poll for cancel requests, renew the lease, and enforce the deadline as a safety net."""

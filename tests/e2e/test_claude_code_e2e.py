@@ -84,7 +84,9 @@ def _assert_sequence(items: list[StreamItem]) -> None:
     assert items[-1].event == "done"
 
 
-async def test_tool_call_then_text(agentd_factory: Any, tmp_path: Path, claude_bin: str, model: FakeAnthropic) -> None:
+async def test_tool_call_then_text(
+    agentd_factory: Any, tmp_path: Path, claude_bin: str, model: FakeAnthropic
+) -> None:
     srv = await _start(agentd_factory, tmp_path, claude_bin, model)
     job = await srv.client.submit("demo", "SCENARIO:tool_bash please", provider="claude-code")
     assert job["status"] == "queued" and job["stream_url"].endswith(job["stream_id"])
@@ -102,8 +104,13 @@ async def test_tool_call_then_text(agentd_factory: Any, tmp_path: Path, claude_b
     assert kinds.index("tool_use") < kinds.index("tool_result")
     assert list(_texts(items).values()) == [fa.TOOL_BASH_INTRO, fa.TOOL_BASH_DONE]
     # Each message streams in several chunks and ends with is_complete.
-    intro = [it for it in items if it.event == "text" and it.data["chunk"] and "create" in _texts(items).get(
-        it.data["message_id"], "")]
+    intro = [
+        it
+        for it in items
+        if it.event == "text"
+        and it.data["chunk"]
+        and "create" in _texts(items).get(it.data["message_id"], "")
+    ]
     assert len(intro) > 1
     done = items[-1].data
     assert done["status"] == "succeeded" and done["exit_code"] == 0
@@ -301,8 +308,13 @@ async def test_kubectl_transport_with_stand_in_kubectl(
     )
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     srv = await _start(
-        agentd_factory, tmp_path, claude_bin, model,
-        claude_transport="kubectl", claude_pod="agent-0", claude_kubectl_bin=str(fake),
+        agentd_factory,
+        tmp_path,
+        claude_bin,
+        model,
+        claude_transport="kubectl",
+        claude_pod="agent-0",
+        claude_kubectl_bin=str(fake),
     )
     items = await _collect(srv, await srv.client.submit("demo", "SCENARIO:tool_bash"))
     assert items[-1].data["status"] == "succeeded", items[-1].data

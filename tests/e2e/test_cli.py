@@ -1,4 +1,4 @@
-"""The newcomer's flow, as real processes: `agentd serve` in one process, `agentd submit --follow` in another."""
+"""The newcomer's flow as real processes: `agentd serve` in one, `agentd submit --follow` in another."""
 
 from __future__ import annotations
 
@@ -142,7 +142,10 @@ def test_submit_follow_runs_the_real_claude_cli(serve: Any, claude_bin: str) -> 
 def test_open_bind_without_api_key_is_refused(base_env: dict[str, str]) -> None:
     res = subprocess.run(
         [*AGENTD, "serve", "--host", "0.0.0.0", "--port", str(free_port())],
-        env={**base_env, "AGENTD_PROVIDERS": "scripted"}, capture_output=True, text=True, timeout=30,
+        env={**base_env, "AGENTD_PROVIDERS": "scripted"},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert res.returncode == 2 and "AGENTD_API_KEY" in res.stderr
 

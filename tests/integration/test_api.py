@@ -149,7 +149,7 @@ async def test_body_too_large(srv: RunningAgentd) -> None:
 
 async def test_api_key(agentd_factory: Any) -> None:
     srv = await agentd_factory([ScriptedCodeAgent()], api_key="s3cret")
-    status, data, headers = await call(srv, "POST", "/projects/p/jobs", json={"prompt": "x"})
+    status, data, _ = await call(srv, "POST", "/projects/p/jobs", json={"prompt": "x"})
     assert status == 401 and data["error"] == "unauthorized" and "X-API-Key" in data["message"]
     status, data, _ = await call(srv, "GET", "/providers", headers={"X-API-Key": "wrong"})
     assert status == 401

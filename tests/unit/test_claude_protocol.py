@@ -166,11 +166,15 @@ def _se(mid: str, event: dict[str, Any], **extra: Any) -> str:
 
 
 def _start(mid: str, idx: int = 0) -> str:
-    return _se(mid, {"type": "content_block_start", "index": idx, "content_block": {"type": "text", "text": ""}})
+    return _se(
+        mid, {"type": "content_block_start", "index": idx, "content_block": {"type": "text", "text": ""}}
+    )
 
 
 def _delta(mid: str, text: str, idx: int = 0) -> str:
-    return _se(mid, {"type": "content_block_delta", "index": idx, "delta": {"type": "text_delta", "text": text}})
+    return _se(
+        mid, {"type": "content_block_delta", "index": idx, "delta": {"type": "text_delta", "text": text}}
+    )
 
 
 def _assistant(mid: str, text: str) -> str:
@@ -190,7 +194,11 @@ def test_abandoned_blocks_are_dropped_and_the_truth_arrives_under_a_new_id() -> 
         [
             _start("m1"),
             _delta("m1", "This answer will be "),
-            _se("m1", {"type": "message_stop"}, abandoned_blocks={"api_message_id": "m1", "from_block_index": 0}),
+            _se(
+                "m1",
+                {"type": "message_stop"},
+                abandoned_blocks={"api_message_id": "m1", "from_block_index": 0},
+            ),
             _assistant("m1", "Recovered text."),
         ]
     )

@@ -18,7 +18,13 @@ from agentd.domain.models import (
 
 def test_valid_request_keeps_its_fields() -> None:
     r = AgentRequest(project_id="my-repo.v2_x", prompt="fix it", model="m", session_id="abc-1", max_turns=3)
-    assert (r.project_id, r.prompt, r.model, r.session_id, r.max_turns) == ("my-repo.v2_x", "fix it", "m", "abc-1", 3)
+    assert (r.project_id, r.prompt, r.model, r.session_id, r.max_turns) == (
+        "my-repo.v2_x",
+        "fix it",
+        "m",
+        "abc-1",
+        3,
+    )
     assert r.timeout_s == 1800
 
 
@@ -107,7 +113,13 @@ def test_ids_pair_and_map_back() -> None:
 
 @pytest.mark.parametrize(
     "entry",
-    [{}, {"path": "a.txt", "content": "x"}, {"path": "/etc/passwd"}, {"path": "../up.txt"}, {"path": "a/../../b"}],
+    [
+        {},
+        {"path": "a.txt", "content": "x"},
+        {"path": "/etc/passwd"},
+        {"path": "../up.txt"},
+        {"path": "a/../../b"},
+    ],
 )
 def test_bad_prompt_files(entry: dict[str, str]) -> None:
     with pytest.raises(errors.InvalidRequest):
@@ -116,7 +128,9 @@ def test_bad_prompt_files(entry: dict[str, str]) -> None:
 
 def test_prompt_files_and_mentions() -> None:
     r = AgentRequest(
-        project_id="p", prompt="x", files=[{"path": "src/a.py"}, {"content": "hi", "filename": "n.txt"}],  # type: ignore[list-item]
+        project_id="p",
+        prompt="x",
+        files=[{"path": "src/a.py"}, {"content": "hi", "filename": "n.txt"}],  # type: ignore[list-item]
         mentions=["reviewer"],
     )
     assert r.files[0].path == "src/a.py" and r.files[1].content == "hi" and r.mentions == ("reviewer",)

@@ -25,7 +25,7 @@ def test_unknown_provider_lists_the_known_ones() -> None:
     reg = ProviderRegistry()
     reg.register(ScriptedCodeAgent("alpha"))
     reg.register(ScriptedCodeAgent("beta"))
-    with pytest.raises(UnknownProvider, match="'gamma'.*alpha, beta"):
+    with pytest.raises(UnknownProvider, match=r"'gamma'.*alpha, beta"):
         reg.get("gamma")
     with pytest.raises(UnknownProvider):
         reg.resolve("gamma")
@@ -33,7 +33,7 @@ def test_unknown_provider_lists_the_known_ones() -> None:
 
 def test_empty_registry_has_no_default() -> None:
     with pytest.raises(UnknownProvider, match="no provider"):
-        ProviderRegistry().default
+        _ = ProviderRegistry().default
 
 
 def test_duplicate_names_are_refused() -> None:

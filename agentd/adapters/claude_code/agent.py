@@ -84,8 +84,13 @@ class ClaudeCodeAgent(CodeAgent):
 
     def capabilities(self) -> Capabilities:
         return Capabilities(
-            streaming=True, partial_text=self.config.include_partial, reasoning=True, tools=True,
-            resume=True, cancel=True, max_turns=True,
+            streaming=True,
+            partial_text=self.config.include_partial,
+            reasoning=True,
+            tools=True,
+            resume=True,
+            cancel=True,
+            max_turns=True,
         )
 
     # --- environment and command line -----------------------------------------------------------------
@@ -132,7 +137,9 @@ class ClaudeCodeAgent(CodeAgent):
             return args, prompt.encode()
         return [*args, prompt], None
 
-    def build_argv(self, request: AgentRequest, run_id: str) -> tuple[list[str], dict[str, str], bytes | None]:
+    def build_argv(
+        self, request: AgentRequest, run_id: str
+    ) -> tuple[list[str], dict[str, str], bytes | None]:
         args, stdin = self.build_args(request)
         env = self.build_env(run_id)
         cwd = self.config.workspace(request.project_id)
@@ -144,13 +151,24 @@ class ClaudeCodeAgent(CodeAgent):
             f"{k}={shlex.quote(v)}" for k, v in env.items() if not k.startswith("ANTHROPIC_") and k != "PATH"
         )
         script = (
-            f'echo $$ > {shlex.quote(self._remote_pidfile(run_id))}; '
-            f'mkdir -p {shlex.quote(str(cwd))} && cd {shlex.quote(str(cwd))} && '
+            f"echo $$ > {shlex.quote(self._remote_pidfile(run_id))}; "
+            f"mkdir -p {shlex.quote(str(cwd))} && cd {shlex.quote(str(cwd))} && "
             f'exec env {remote_env} "$@"'
         )
         argv = [
-            self.config.kubectl, "exec", "-i", str(self.config.pod), "-n", self.config.namespace, "--",
-            "sh", "-c", script, "agentd", self.config.binary, *args,
+            self.config.kubectl,
+            "exec",
+            "-i",
+            str(self.config.pod),
+            "-n",
+            self.config.namespace,
+            "--",
+            "sh",
+            "-c",
+            script,
+            "agentd",
+            self.config.binary,
+            *args,
         ]
         return argv, env, stdin
 
@@ -166,7 +184,8 @@ class ClaudeCodeAgent(CodeAgent):
             binary = self.config.kubectl
         else:
             binary = self.config.binary
-        if shutil.which(binary, path=self.config.environ.get("PATH")) is None and not Path(binary).is_file():
+        found = shutil.which(binary, path=self.config.environ.get("PATH")) or shutil.which(binary)
+        if found is None:
             return Availability(
                 available=False,
                 detail=f"{binary!r} not found on PATH: install it (npm i -g @anthropic-ai/claude-code) "
@@ -177,7 +196,10 @@ class ClaudeCodeAgent(CodeAgent):
         if self._version is None:
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    binary, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                    binary,
+                    "--version",
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
                     env=self.build_env("version-probe"),
                 )
                 out, _ = await asyncio.wait_for(proc.communicate(), 20)
@@ -224,9 +246,17 @@ class ClaudeCodeAgent(CodeAgent):
             pidfile = shlex.quote(self._remote_pidfile(run.run_id))
             with contextlib.suppress(OSError):
                 p = await asyncio.create_subprocess_exec(
-                    self.config.kubectl, "exec", str(self.config.pod), "-n", self.config.namespace, "--",
-                    "sh", "-c", f"kill -{int(sig)} $(cat {pidfile})",
-                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                    self.config.kubectl,
+                    "exec",
+                    str(self.config.pod),
+                    "-n",
+                    self.config.namespace,
+                    "--",
+                    "sh",
+                    "-c",
+                    f"kill -{int(sig)} $(cat {pidfile})",
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
                 )
                 await asyncio.wait_for(p.wait(), 10)
             return
@@ -267,8 +297,12 @@ class ClaudeCodeAgent(CodeAgent):
                 forced_reason=run.reason,
             )
             log.info(
-                "claude.finished", run_id=run_id, status=result.status, exit_code=code,
-                duration_ms=result.duration_ms, session_id=result.session_id,
+                "claude.finished",
+                run_id=run_id,
+                status=result.status,
+                exit_code=code,
+                duration_ms=result.duration_ms,
+                session_id=result.session_id,
             )
             yield DoneEvent.from_result(result)
         finally:
@@ -312,8 +346,10 @@ class ClaudeCodeAgent(CodeAgent):
                         self._stop(run, "timed_out", f"timed out after {request.timeout_s:g} s")
                     else:
                         self._stop(
-                            run, "timed_out",
-                            f"no output from claude for {self.config.idle_timeout_s:g} s (inactivity watchdog)",
+                            run,
+                            "timed_out",
+                            f"no output from claude for {self.config.idle_timeout_s:g} s "
+                            "(inactivity watchdog)",
                         )
                     continue
                 try:

@@ -33,7 +33,16 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 REQUEST_FIELDS = {
-    "prompt", "provider", "model", "session_id", "timeout_s", "max_turns", "agent", "files", "mentions", "busy",
+    "prompt",
+    "provider",
+    "model",
+    "session_id",
+    "timeout_s",
+    "max_turns",
+    "agent",
+    "files",
+    "mentions",
+    "busy",
 }
 MAX_IDEMPOTENCY_KEY = 200
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -59,9 +68,7 @@ STATE = web.AppKey("state", _State)
 
 
 def create_app(service: JobService, config: ApiConfig | None = None) -> web.Application:
-    app = web.Application(
-        client_max_size=MAX_BODY, middlewares=[_errors_middleware, _auth_middleware]
-    )
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors_middleware, _auth_middleware])
     app[SERVICE] = service
     app[CONFIG] = config or ApiConfig()
     app[STATE] = _State()
@@ -91,7 +98,9 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(e.status, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+            e.status, "http_error"
+        )
         msg = {
             404: f"no route {request.method} {request.path}",
             405: f"{request.method} is not allowed on {request.path}",

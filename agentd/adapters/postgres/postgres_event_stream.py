@@ -1,11 +1,14 @@
 """Durable event streams on PostgreSQL: any process may publish to a stream, any API replica may serve it.
 
-Publishing: the runner publishes one event at a time, so each process batches: a single flusher writes
-everything pending in ONE multi-row INSERT; while it runs, the next batch accumulates (no timer, no added
-latency). Sequence numbers come from a per-process counter per stream, started from max(seq) in the table
-the first time this process writes to that stream (the API writes seq 1 at submit; the worker that claims the
-job, possibly elsewhere, continues). If another process wrote to the stream meanwhile (a retried job that
-moved between workers), the primary key refuses the batch and it is renumbered from the table. One
+Publishing: `publish` returns once its events are committed (a subscriber anywhere can then read them). One
+flusher per process writes everything pending, for all streams, in ONE multi-row INSERT; while it runs the
+next batch accumulates (no timer, no added latency), so a busy process writes one statement per round, not
+one per event. Sequence numbers come from a per-process counter per stream, started from max(seq) in the
+table the first time this process writes to that stream (the API writes seq 1 at submit; the worker that
+claims the job, possibly on another machine, continues). Should another process write to the same stream
+(a retried job that moved between workers, a sweeper announcing a lost worker), the primary key refuses the
+batch; it is then numbered again from the table under per-stream advisory locks, which every writer takes,
+so the writers of a shared stream take turns instead of colliding again. One
 `pg_notify('agentd_events', stream_id)` per stream per batch, in the same statement.
 
 Subscribing: replay from the table, then follow: wake-ups come from the process's LISTEN connection (one for

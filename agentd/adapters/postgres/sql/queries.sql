@@ -48,20 +48,23 @@ WITH input AS (
     SELECT * FROM unnest(%(ids)s::text[], %(statuses)s::text[], %(results)s::text[], %(retryables)s::boolean[],
                          %(errors)s::text[]) AS u(id, status, result, retryable, error)
 ), upd AS (
+    -- The retry decision reads the row being updated (its newest version, should a cancel request have
+    -- landed meanwhile), hence one multi-column SET from a sub-select.
     UPDATE agentd_jobs j SET
-        status = CASE WHEN r.retry THEN 'queued' ELSE r.status END,
-        finished_at = CASE WHEN r.retry THEN NULL ELSE now() END,
-        result = CASE WHEN r.retry THEN NULL ELSE r.result::jsonb END,
-        last_error = CASE WHEN r.retry THEN r.error ELSE j.last_error END,
-        run_after = CASE WHEN r.retry
-            THEN now() + make_interval(secs => least(%(retry_base_s)s * power(2, greatest(j.attempts, 1) - 1),
-                                                     %(retry_max_s)s))
-            ELSE j.run_after END,
-        worker_id = CASE WHEN r.retry THEN NULL ELSE j.worker_id END,
-        lease_expires_at = NULL
-    FROM (SELECT i.*, i.retryable AND NOT cur.cancel_requested AND cur.attempts < cur.max_attempts AS retry
-            FROM input i JOIN agentd_jobs cur ON cur.id = i.id) AS r
-    WHERE j.id = r.id AND j.status IN ('queued', 'running')
+        (status, finished_at, result, last_error, run_after, worker_id, lease_expires_at) = (
+            SELECT CASE WHEN x.retry THEN 'queued' ELSE u.status END,
+                   CASE WHEN x.retry THEN NULL ELSE now() END,
+                   CASE WHEN x.retry THEN NULL ELSE u.result::jsonb END,
+                   CASE WHEN x.retry THEN u.error ELSE j.last_error END,
+                   CASE WHEN x.retry
+                        THEN now() + make_interval(secs => least(
+                            %(retry_base_s)s * power(2, greatest(j.attempts, 1) - 1), %(retry_max_s)s))
+                        ELSE j.run_after END,
+                   CASE WHEN x.retry THEN NULL ELSE j.worker_id END,
+                   NULL::timestamptz
+              FROM (SELECT u.retryable AND NOT j.cancel_requested AND j.attempts < j.max_attempts AS retry) AS x)
+    FROM input u
+    WHERE j.id = u.id AND j.status IN ('queued', 'running')
       AND (%(worker_id)s::text IS NULL OR (j.worker_id = %(worker_id)s::text AND j.status = 'running'))
     RETURNING j.*
 ), wake AS (
