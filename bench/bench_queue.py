@@ -1,9 +1,11 @@
 """Queue throughput: agentd's PostgresWorkQueue against pgqueuer 1.6.0 on the same PostgreSQL, same workload.
 
 Workload (both queues): enqueue N no-op jobs, then K concurrent workers claim and complete them until the
-queue is empty; jobs/s = N / time until every job is durably complete (enqueueing is not timed). Each worker has its own connection(s),
-as separate processes would. pgqueuer runs as in its own `tools/benchmark.py --strategy drain` (PgQueuer over
-a PsycopgDriver, dequeue batch 10, completions buffered). agentd runs
+queue is empty; jobs/s = N / time until every job is durably complete (enqueueing is not timed). Each
+worker has its own connection(s), as separate processes would. pgqueuer runs as in its own
+`tools/benchmark.py --strategy drain` (PgQueuer over a PsycopgDriver, dequeue batch 10, completions
+acknowledged in buffered batches); its drain mode needs seconds to notice the end, so it is timed until its
+queue table is empty (the "until drain returns" figure is printed too). agentd runs
   - its port, as the runner uses it: `claim` one job, `finish` it (two commits per job);
   - `claim_many` / `finish_many` (PostgresWorkQueue only, not in the port), batch 10 like pgqueuer.
 Every agentd job has its own project (pgqueuer has no per-project exclusion); `--all` adds runs with 50 busy

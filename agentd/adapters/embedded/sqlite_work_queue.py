@@ -240,7 +240,7 @@ class SqliteWorkQueue(WorkQueue):
 
         return await self._run(op)
 
-    async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109 - the port's signature
+    async def wait_for_work(self, timeout: float) -> None:
         seen = _seen_generation.get()
         if seen is not None and seen[0] == id(self) and seen[1] != self._generation:
             _seen_generation.set((id(self), self._generation))

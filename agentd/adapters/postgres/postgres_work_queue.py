@@ -69,6 +69,14 @@ def row_to_job(row: DictRow) -> Job:
     )
 
 
+def _finish_input(job_id: str, result: AgentResult) -> str:
+    retryable = result.retryable and result.status == "failed"
+    return (
+        f'{{"id":{json.dumps(job_id)},"status":"{result.status}","result":{result.model_dump_json()},'
+        f'"retryable":{"true" if retryable else "false"},"error":{json.dumps(result.error)}}}'
+    )
+
+
 class PostgresWorkQueue(WorkQueue):
     def __init__(
         self,
@@ -188,7 +196,7 @@ class PostgresWorkQueue(WorkQueue):
         )
         return [row_to_job(r) for r in rows]
 
-    async def wait_for_work(self, timeout: float) -> None:  # noqa: ASYNC109 - the port's signature
+    async def wait_for_work(self, timeout: float) -> None:
         seen = _seen_generation.get()
         if seen is not None and seen[0] == id(self) and seen[1] != self._generation:
             _seen_generation.set((id(self), self._generation))
@@ -220,10 +228,7 @@ class PostgresWorkQueue(WorkQueue):
             "finish",
             {
                 "ids": ids,
-                "statuses": [r.status for _, r in results],
-                "results": [r.model_dump_json() for _, r in results],
-                "retryables": [r.retryable and r.status == "failed" for _, r in results],
-                "errors": [r.error for _, r in results],
+                "input": "[" + ",".join(_finish_input(job_id, r) for job_id, r in results) + "]",
                 "worker_id": worker_id,
                 "retry_base_s": self.retry_base_s,
                 "retry_max_s": MAX_BACKOFF_S,

@@ -40,13 +40,14 @@ UPDATE agentd_jobs SET lease_expires_at = now() + make_interval(secs => %(lease_
 RETURNING id;
 
 -- name: finish
--- Records results (arrays, one element per job; ids distinct). A retryable failure with attempts left (and no
+-- Records results: `input` is a JSON array of {id, status, result, retryable, error}, `ids` the same ids
+-- (distinct; as an array they make the planner look jobs up by primary key). A retryable failure with attempts left (and no
 -- cancel request) goes back to the queue after an exponential backoff instead. A final job never changes
 -- again: then, and when the job is not `worker_id`'s running job, the current row comes back unchanged.
 -- Wakes idle workers when a queued job may now run: one of the same project, or any when limits are in use.
 WITH input AS (
-    SELECT * FROM unnest(%(ids)s::text[], %(statuses)s::text[], %(results)s::text[], %(retryables)s::boolean[],
-                         %(errors)s::text[]) AS u(id, status, result, retryable, error)
+    SELECT * FROM jsonb_to_recordset(%(input)s::jsonb)
+        AS u(id text, status text, result jsonb, retryable boolean, error text)
 ), upd AS (
     -- The retry decision reads the row being updated (its newest version, should a cancel request have
     -- landed meanwhile), hence one multi-column SET from a sub-select.
@@ -54,7 +55,7 @@ WITH input AS (
         (status, finished_at, result, last_error, run_after, worker_id, lease_expires_at) = (
             SELECT CASE WHEN x.retry THEN 'queued' ELSE u.status END,
                    CASE WHEN x.retry THEN NULL ELSE now() END,
-                   CASE WHEN x.retry THEN NULL ELSE u.result::jsonb END,
+                   CASE WHEN x.retry THEN NULL ELSE u.result END,
                    CASE WHEN x.retry THEN u.error ELSE j.last_error END,
                    CASE WHEN x.retry
                         THEN now() + make_interval(secs => least(
@@ -64,7 +65,7 @@ WITH input AS (
                    NULL::timestamptz
               FROM (SELECT u.retryable AND NOT j.cancel_requested AND j.attempts < j.max_attempts AS retry) AS x)
     FROM input u
-    WHERE j.id = u.id AND j.status IN ('queued', 'running')
+    WHERE j.id = ANY (%(ids)s::text[]) AND j.id = u.id AND j.status IN ('queued', 'running')
       AND (%(worker_id)s::text IS NULL OR (j.worker_id = %(worker_id)s::text AND j.status = 'running'))
     RETURNING j.*
 ), wake AS (
@@ -78,7 +79,7 @@ WITH input AS (
 )
 SELECT upd.* FROM upd WHERE (SELECT count(*) FROM wake) >= 0
 UNION ALL
-SELECT * FROM agentd_jobs WHERE id IN (SELECT id FROM input) AND id NOT IN (SELECT id FROM upd);
+SELECT * FROM agentd_jobs WHERE id = ANY (%(ids)s::text[]) AND id NOT IN (SELECT id FROM upd);
 
 -- name: request_cancel
 -- A queued job ends cancelled at once (ended = true); a running one gets cancel_requested; a final job is
