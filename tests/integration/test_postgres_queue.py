@@ -168,6 +168,10 @@ async def test_claim_many_and_finish_many(make_queue: QueueMaker) -> None:
     assert [(j.id, j.status.value) for j in done] == [(got[1].id, "queued"), (got[0].id, "succeeded")]
     with pytest.raises(ValueError, match="once"):
         await q.finish_many([(got[2].id, retry), (got[2].id, retry)])
+    # c runs, b backs off: a global cap of 3 leaves room for the next "a" job and d.
+    more = await q.claim_many("w2", 10, limits=Limits(global_max=3))
+    assert [j.id for j in more] == [jobs[1].id, jobs[4].id]
+    assert await q.claim_many("w2", 10, limits=Limits(global_max=3)) == []
 
 
 async def test_connection_loss_is_queue_unavailable_then_heals(make_queue: QueueMaker, dsn: str) -> None:

@@ -2,8 +2,10 @@
 
 - `claim` is one statement (the `agentd_claim` function): FOR UPDATE SKIP LOCKED, one running job per
   project and the `Limits` enforced fleet-wide and race-free (see sql/migrations/0001_initial.sql).
-- Idle workers wake on NOTIFY (one per enqueue transaction, and when a finish may free a job), heard on the
-  process's dedicated listener connection, with polling as the fallback (`wait_for_work(timeout)`).
+  `claim_many` / `finish_many` (not in the port) do the same for several jobs in one statement each.
+- Idle workers wake on NOTIFY (one per enqueue transaction, and one when a finish lets a queued job run),
+  heard on the process's dedicated listener connection, with polling as the fallback
+  (`wait_for_work(timeout)`).
 - Leases: `heartbeat` renews `lease_expires_at`; `recover` re-queues expired jobs, or fails them after
   their attempts. Retryable failures go back to the queue with exponential backoff.
 """
