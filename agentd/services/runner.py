@@ -251,8 +251,12 @@ class Runner:
                         await agent.cancel(job.id)
                 if now - last_beat >= self.heartbeat_s:
                     last_beat = now
-                    if not await self.queue.heartbeat(job.id, worker_id):
-                        log.warning("job.lease_lost")
+                    if not await self.queue.heartbeat(job.id, worker_id) and not cancelled:
+                        # The fleet gave the job to another worker (our lease expired, e.g. during a
+                        # network split): stop ours so that two agents never work on one job.
+                        cancelled = True
+                        log.warning("job.lease_lost", action="cancelling the local run")
+                        await agent.cancel(job.id)
             if now > deadline and not cancelled:
                 cancelled = True
                 log.warning("job.safety_timeout")

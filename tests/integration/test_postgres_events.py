@@ -138,3 +138,33 @@ async def _until(check: Callable[[], bool], within_s: float = 3.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.01)
+
+
+async def test_a_token_stream_published_one_event_at_a_time_gets_debounced_notifies(
+    make_streams: StreamsMaker, dsn: str
+) -> None:
+    # The runner awaits every publish, so each event is its own batch: NOTIFY must still not follow
+    # every event. Subscribers elsewhere hear of the first batch at once and of the rest within ~20 ms.
+    writer, reader = await make_streams(), await make_streams()
+    await writer.create("tok")
+    got: list[int] = []
+
+    async def follow() -> None:
+        async for e in reader.subscribe("tok"):
+            got.append(e.seq)
+
+    follower = asyncio.create_task(follow())
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as listen:
+        await listen.execute("LISTEN agentd_events")
+        t0 = time.monotonic()
+        for i in range(200):
+            await writer.publish("tok", [text(i)])
+        elapsed = time.monotonic() - t0
+        await asyncio.sleep(0.1)
+        assert got[-1] == 200  # the reader (another instance, NOTIFY only, no polling) saw everything
+        await writer.close_stream("tok")
+        await asyncio.wait_for(follower, 5)
+        notes = [n async for n in listen.notifies(timeout=0.3)]
+    windows = elapsed / 0.02 + 2
+    assert len(notes) <= windows + 2 and len(notes) < 200 / 4, (len(notes), elapsed)
+    assert got == list(range(1, 201))

@@ -280,7 +280,10 @@ async def events(request: web.Request) -> web.StreamResponse:
     stream_id = request.match_info["stream_id"]
     service = request.app[SERVICE]
     cfg = request.app[CONFIG]
-    await service.get(project_id, job_id_for_stream(stream_id))  # the stream must belong to the project
+    # The stream must belong to the project (the job check); both lookups at once.
+    await asyncio.gather(
+        service.get(project_id, job_id_for_stream(stream_id)), service.streams.last_seq(stream_id)
+    )
     last_id = request.headers.get("Last-Event-ID", "").strip()
     if last_id:
         if not last_id.isdigit():
@@ -288,7 +291,6 @@ async def events(request: web.Request) -> web.StreamResponse:
         after = int(last_id)
     else:
         after = _int_param(request.query.get("after"), "after", default=0, lo=0, hi=2**62)
-    await service.streams.last_seq(stream_id)  # StreamNotFound → 404 before we commit to a 200
 
     resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
     await resp.prepare(request)

@@ -18,11 +18,13 @@ all subscribers), with polling as the fallback. Subscribers keep only a position
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from psycopg import errors as pg_errors
 from psycopg.rows import DictRow
 
@@ -33,7 +35,11 @@ from agentd.domain.models import AgentEvent, StoredEvent, event_from_data
 from agentd.ports.event_stream import EventStream
 
 PAGE = 500
+log = structlog.get_logger(__name__)
 MAX_COUNTERS = 10_000
+# A stream's subscribers in other processes are woken at most this often (first batch at once, then one
+# trailing NOTIFY per window): a fast token stream costs a few NOTIFYs per second, not one per event.
+NOTIFY_DEBOUNCE_S = 0.02
 RENUMBER_TRIES = 5
 PRUNE_BATCH = 1000
 
@@ -65,9 +71,11 @@ class _Numbered:
         return self
 
 
-def _number(batch: list[_Publish], heads: dict[str, int]) -> _Numbered:
+def _number(batch: list[_Publish], heads: dict[str, int], notify: list[str]) -> _Numbered:
     heads = dict(heads)
-    out = _Numbered({"stream_ids": [], "seqs": [], "types": [], "datas": []}, [], heads)
+    out = _Numbered(
+        {"stream_ids": [], "seqs": [], "types": [], "datas": [], "notify_ids": notify}, [], heads
+    )
     for item in batch:
         first = heads[item.stream_id] + 1
         seqs = list(range(first, first + len(item.rows)))
@@ -126,6 +134,10 @@ class PostgresEventStream(EventStream):
         self._flusher: asyncio.Task[None] | None = None
         self._waiters = _Waiters()
         self.batches = 0  # statements written (observability and tests)
+        self.notifies = 0  # NOTIFYs sent by this process (observability and tests)
+        self._notified_at: dict[str, float] = {}
+        self._trailing: set[str] = set()
+        self._trailer: asyncio.Task[None] | None = None
         db.on_notify(EVENTS_CHANNEL, self._waiters.wake)
         db.on_gap(self._waiters.wake_all)
 
@@ -135,6 +147,8 @@ class PostgresEventStream(EventStream):
     async def close(self) -> None:
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
+        if self._trailer is not None:
+            await asyncio.gather(self._trailer, return_exceptions=True)
         self._waiters.wake_all()
         await self.db.close()
 
@@ -145,7 +159,10 @@ class PostgresEventStream(EventStream):
 
     async def create(self, stream_id: str) -> None:
         async with self.db.connection() as conn:
-            await conn.execute(QUERIES["create_stream"], {"stream_id": stream_id})
+            cur = await conn.execute(QUERIES["create_stream"], {"stream_id": stream_id})
+            if await cur.fetchone() is not None:
+                self._heads[stream_id] = 0  # new: its numbering starts here, no need to ask the table
+                self._heads.move_to_end(stream_id)
 
     async def _state(self, stream_id: str) -> DictRow:
         rows = await self._all("stream_state", {"stream_id": stream_id})
@@ -193,13 +210,14 @@ class PostgresEventStream(EventStream):
         """One INSERT for the whole batch. `serialised`: after a numbering conflict, take the streams' locks
         and number from the table in the same transaction, so that writers that collided take turns."""
         async with self.db.connection() as conn:
+            notify = self._notify_now(stream_ids)
             if not serialised:
-                numbered = _number(batch, await self._heads_for(conn, stream_ids, fresh=False))
+                numbered = _number(batch, await self._heads_for(conn, stream_ids, fresh=False), notify)
                 cur = await conn.execute(QUERIES["append_events"], numbered.columns)
                 return numbered.written({r["stream_id"] for r in await cur.fetchall()})
             async with conn.transaction():
                 await conn.execute(QUERIES["lock_streams"], {"stream_ids": sorted(stream_ids)})
-                numbered = _number(batch, await self._heads_for(conn, stream_ids, fresh=True))
+                numbered = _number(batch, await self._heads_for(conn, stream_ids, fresh=True), notify)
                 cur = await conn.execute(QUERIES["append_events"], numbered.columns)
                 return numbered.written({r["stream_id"] for r in await cur.fetchall()})
 
@@ -225,6 +243,7 @@ class PostgresEventStream(EventStream):
         else:
             raise QueueUnavailable(f"could not number events: other processes keep writing to {stream_ids}")
         self.batches += 1
+        self._after_write(numbered)
         for s in stream_ids:
             if s in numbered.streams_written:
                 self._heads[s] = numbered.heads[s]
@@ -242,9 +261,46 @@ class PostgresEventStream(EventStream):
                 item.done.set_exception(
                     StreamNotFound(f"event stream {item.stream_id!r} is closed or unknown")
                 )
-        if self.db.listener is None or not self.db.listener.connected.is_set():
-            for s in numbered.streams_written:  # no NOTIFY reaches this process's subscribers: wake them here
-                self._waiters.wake(s)
+        for s in numbered.streams_written:  # this process's own subscribers need no NOTIFY round trip
+            self._waiters.wake(s)
+
+    def _notify_now(self, stream_ids: list[str]) -> list[str]:
+        """Streams whose subscribers elsewhere hear about this batch now; the rest wait for the trailer."""
+        now = time.monotonic()
+        return [
+            s
+            for s in stream_ids
+            if s not in self._trailing and now - self._notified_at.get(s, -1.0) >= NOTIFY_DEBOUNCE_S
+        ]
+
+    def _after_write(self, numbered: _Numbered) -> None:
+        now = time.monotonic()
+        told = set(numbered.columns["notify_ids"])
+        for s in numbered.streams_written:
+            if s in told:
+                self._notified_at[s] = now
+                self.notifies += 1
+            else:
+                self._trailing.add(s)
+        if len(self._notified_at) > MAX_COUNTERS:
+            self._notified_at.clear()
+        if self._trailing and (self._trailer is None or self._trailer.done()):
+            self._trailer = asyncio.create_task(self._trail(), name="agentd-notify-trailer")
+
+    async def _trail(self) -> None:
+        """One NOTIFY per stream for everything written in the debounce window without one."""
+        while self._trailing:
+            await asyncio.sleep(NOTIFY_DEBOUNCE_S)
+            ids, self._trailing = sorted(self._trailing), set()
+            now = time.monotonic()
+            for s in ids:  # before the await: batches written meanwhile belong to the next window
+                self._notified_at[s] = now
+            try:
+                await self._all("notify_streams", {"stream_ids": ids})
+            except Exception as e:  # storage down: subscribers elsewhere fall back to polling
+                log.warning("events.notify_failed", error=str(e))
+                return
+            self.notifies += len(ids)
 
     async def close_stream(self, stream_id: str) -> None:
         mine = [item.done for item in self._inflight + self._pending if item.stream_id == stream_id]

@@ -141,7 +141,8 @@ WITH lost AS (
 SELECT upd.* FROM upd WHERE (SELECT count(*) FROM wake) >= 0 ORDER BY seq;
 
 -- name: create_stream
-INSERT INTO agentd_streams (stream_id) VALUES (%(stream_id)s) ON CONFLICT (stream_id) DO NOTHING;
+INSERT INTO agentd_streams (stream_id) VALUES (%(stream_id)s) ON CONFLICT (stream_id) DO NOTHING
+RETURNING stream_id;
 
 -- name: stream_state
 -- Whether the stream exists, is closed, and its highest sequence number.
@@ -177,7 +178,10 @@ WITH locked AS (
      WHERE (SELECT count(*) FROM locked) >= 0
     RETURNING stream_id, seq
 ), wake AS (
-    SELECT pg_notify('agentd_events', d.stream_id) FROM (SELECT DISTINCT stream_id FROM ins) AS d
+    -- Debounced: only the streams the writer chose (not notified in the last few ms); the others get one
+    -- trailing `notify_streams` when the window closes.
+    SELECT pg_notify('agentd_events', d.stream_id)
+      FROM (SELECT DISTINCT stream_id FROM ins WHERE stream_id = ANY(%(notify_ids)s::text[])) AS d
 )
 SELECT stream_id, max(seq) AS head FROM ins WHERE (SELECT count(*) FROM wake) >= 0 GROUP BY stream_id;
 
@@ -215,3 +219,6 @@ WITH dead AS (
     DELETE FROM agentd_events e USING dead WHERE e.stream_id = dead.stream_id RETURNING 1
 )
 SELECT count(*) AS pruned, (SELECT count(*) FROM gone) AS events FROM dead;
+
+-- name: notify_streams
+SELECT pg_notify('agentd_events', sid) FROM unnest(%(stream_ids)s::text[]) AS sid;
