@@ -1,7 +1,8 @@
 """Submit → first event latency through the HTTP API, with an instantly answering agent.
 
-For each storage (the embedded SQLite queue + memory streams, and PostgreSQL queue + event log) it runs
-one agentd (API + workers in one process) on loopback and submits N jobs one after another. A client
+Three set-ups on loopback: the embedded default (`agentd serve`: SQLite queue + memory streams, API and
+workers in one process); PostgreSQL as a fleet runs it (an API process, and an `agentd worker` process);
+and PostgreSQL with API and workers in one process. N jobs are submitted one after another. A client
 times, from the start of the POST: the first streamed event (`queued`, written by the API), the first
 event written by the worker (`running`), the agent's first event, and `done`. Prints p50/p99.
 
@@ -41,8 +42,17 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
-async def run(settings: Settings, n: int) -> dict[str, list[float]]:
-    container = await build(settings, agents=[ScriptedCodeAgent()])
+async def run(settings: Settings, n: int, *, worker_process: bool = False) -> dict[str, list[float]]:
+    container = await build(settings, agents=[ScriptedCodeAgent()], with_workers=not worker_process)
+    worker = None
+    if worker_process:
+        env = {
+            **os.environ, "AGENTD_DATABASE_URL": settings.database_url or "", "AGENTD_PROVIDERS": "scripted",
+            "AGENTD_DATA_DIR": str(settings.data_dir / "worker"), "AGENTD_LOG_LEVEL": "warning",
+            "PYTHONPATH": str(ROOT),
+        }
+        worker = await asyncio.create_subprocess_exec(sys.executable, "-m", "agentd.cli", "worker", env=env)
+        await asyncio.sleep(2.0)
     runner = web.AppRunner(container.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -70,6 +80,9 @@ async def run(settings: Settings, n: int) -> dict[str, list[float]]:
                 for k in MARKS:
                     out[k].append(seen[k])
     await runner.cleanup()
+    if worker is not None:
+        worker.terminate()
+        await worker.wait()
     return out
 
 
@@ -93,6 +106,11 @@ async def main() -> None:
         dsn = psycopg.conninfo.make_conninfo(args.dsn, dbname=name)
         try:
             await migrate(dsn)
+            fleet = await run(
+                Settings(data_dir=Path(d) / "fleet", database_url=dsn, log_level="warning"),
+                args.jobs,
+                worker_process=True,
+            )
             pg = await run(
                 Settings(data_dir=Path(d) / "pg", database_url=dsn, log_level="warning"), args.jobs
             )
@@ -101,7 +119,8 @@ async def main() -> None:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     print(f"{args.jobs} jobs one after another, instantly answering agent, HTTP + SSE on loopback\n")
     report("embedded (SQLite queue, memory streams)", embedded)
-    report("PostgreSQL (queue + event log)", pg)
+    report("PostgreSQL, fleet layout (API process + `agentd worker` process)", fleet)
+    report("PostgreSQL, API and workers in one process", pg)
     print("\ngoal: p50 <= 5 ms, p99 <= 20 ms")
 
 

@@ -20,8 +20,9 @@ class EventStream(Protocol):
     """
 
     @abstractmethod
-    async def create(self, stream_id: str) -> None:
-        """Make the stream exist (empty, open). Idempotent."""
+    async def create(self, stream_id: str, first: Sequence[AgentEvent] = ()) -> None:
+        """Make the stream exist (open). Idempotent. `first` events (numbered 1, 2, …) are written in the
+        same step, only when this call creates the stream."""
         ...
 
     @abstractmethod

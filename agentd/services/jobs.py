@@ -34,8 +34,7 @@ class JobService:
         provider = self.registry.resolve(request.provider)
         job_id, stream_id = new_job_ids()
         # The stream exists before the job can be claimed, so "queued" is always its first event.
-        await self.streams.create(stream_id)
-        await self.streams.publish(stream_id, [StatusEvent(status="queued", detail=f"provider {provider}")])
+        await self.streams.create(stream_id, [StatusEvent(status="queued", detail=f"provider {provider}")])
         try:
             job, created = await self.queue.enqueue(
                 request,

@@ -196,3 +196,14 @@ async def test_prune_forgets_closed_streams_after_retention(streams: EventStream
     with pytest.raises(StreamNotFound):
         await drain(streams, "old")
     assert await streams.last_seq("open") == 0
+
+
+async def test_create_with_first_events_writes_them_only_once(streams: EventStream) -> None:
+    first = [StatusEvent(status="queued"), StatusEvent(status="hello")]
+    await streams.create("s", first)
+    assert await streams.last_seq("s") == 2
+    await streams.create("s", first)  # idempotent: nothing more
+    assert await streams.publish("s", [StatusEvent(status="next")]) == [3]
+    await streams.close_stream("s")
+    got = [e async for e in streams.subscribe("s")]
+    assert [(e.seq, e.event) for e in got] == [(1, first[0]), (2, first[1]), (3, StatusEvent(status="next"))]

@@ -41,8 +41,11 @@ class MemoryEventStream(EventStream):
             raise StreamNotFound(f"no event stream {stream_id!r} (unknown, or its retention period is over)")
         return log
 
-    async def create(self, stream_id: str) -> None:
-        self._logs.setdefault(stream_id, _Log())
+    async def create(self, stream_id: str, first: Sequence[AgentEvent] = ()) -> None:
+        if stream_id not in self._logs:
+            self._logs[stream_id] = _Log()
+            if first:
+                await self.publish(stream_id, first)
 
     async def publish(self, stream_id: str, events: Sequence[AgentEvent]) -> list[int]:
         log = self._log(stream_id)

@@ -37,9 +37,12 @@ from agentd.ports.event_stream import EventStream
 PAGE = 500
 log = structlog.get_logger(__name__)
 MAX_COUNTERS = 10_000
-# A stream's subscribers in other processes are woken at most this often (first batch at once, then one
-# trailing NOTIFY per window): a fast token stream costs a few NOTIFYs per second, not one per event.
+# NOTIFY is rate-limited per stream with a token bucket: a burst of NOTIFY_BURST batches (a job's first
+# events: running, session, first text) wakes other processes at once; after that at most one NOTIFY per
+# NOTIFY_DEBOUNCE_S, the batches in between covered by one trailing NOTIFY. A token stream costs ~50
+# NOTIFYs per second, never one per event.
 NOTIFY_DEBOUNCE_S = 0.02
+NOTIFY_BURST = 4.0
 RENUMBER_TRIES = 5
 PRUNE_BATCH = 1000
 
@@ -135,7 +138,7 @@ class PostgresEventStream(EventStream):
         self._waiters = _Waiters()
         self.batches = 0  # statements written (observability and tests)
         self.notifies = 0  # NOTIFYs sent by this process (observability and tests)
-        self._notified_at: dict[str, float] = {}
+        self._bucket: dict[str, tuple[float, float]] = {}  # stream → (tokens, when counted)
         self._trailing: set[str] = set()
         self._trailer: asyncio.Task[None] | None = None
         db.on_notify(EVENTS_CHANNEL, self._waiters.wake)
@@ -157,12 +160,21 @@ class PostgresEventStream(EventStream):
             cur = await conn.execute(QUERIES[query], params)
             return await cur.fetchall()
 
-    async def create(self, stream_id: str) -> None:
+    async def create(self, stream_id: str, first: Sequence[AgentEvent] = ()) -> None:
+        rows = [(ev.event, ev.model_dump_json(exclude={"event"})) for ev in first]
+        params = {
+            "stream_id": stream_id,
+            "types": [t for t, _ in rows],
+            "datas": [d for _, d in rows],
+        }
         async with self.db.connection() as conn:
-            cur = await conn.execute(QUERIES["create_stream"], {"stream_id": stream_id})
+            # One statement: the stream row and its first events (when new), so a submit costs one trip.
+            cur = await conn.execute(QUERIES["create_stream"], params)
             if await cur.fetchone() is not None:
-                self._heads[stream_id] = 0  # new: its numbering starts here, no need to ask the table
+                self._heads[stream_id] = len(rows)  # new: numbering continues here without asking
                 self._heads.move_to_end(stream_id)
+                if rows:
+                    self._spend(stream_id, time.monotonic())
 
     async def _state(self, stream_id: str) -> DictRow:
         rows = await self._all("stream_state", {"stream_id": stream_id})
@@ -267,23 +279,26 @@ class PostgresEventStream(EventStream):
     def _notify_now(self, stream_ids: list[str]) -> list[str]:
         """Streams whose subscribers elsewhere hear about this batch now; the rest wait for the trailer."""
         now = time.monotonic()
-        return [
-            s
-            for s in stream_ids
-            if s not in self._trailing and now - self._notified_at.get(s, -1.0) >= NOTIFY_DEBOUNCE_S
-        ]
+        return [s for s in stream_ids if s not in self._trailing and self._tokens(s, now) >= 1.0]
+
+    def _tokens(self, stream_id: str, now: float) -> float:
+        tokens, then = self._bucket.get(stream_id, (NOTIFY_BURST, now))
+        return min(NOTIFY_BURST, tokens + (now - then) / NOTIFY_DEBOUNCE_S)
+
+    def _spend(self, stream_id: str, now: float) -> None:
+        self._bucket[stream_id] = (max(0.0, self._tokens(stream_id, now) - 1.0), now)
 
     def _after_write(self, numbered: _Numbered) -> None:
         now = time.monotonic()
         told = set(numbered.columns["notify_ids"])
         for s in numbered.streams_written:
             if s in told:
-                self._notified_at[s] = now
+                self._spend(s, now)
                 self.notifies += 1
             else:
                 self._trailing.add(s)
-        if len(self._notified_at) > MAX_COUNTERS:
-            self._notified_at.clear()
+        if len(self._bucket) > MAX_COUNTERS:
+            self._bucket.clear()
         if self._trailing and (self._trailer is None or self._trailer.done()):
             self._trailer = asyncio.create_task(self._trail(), name="agentd-notify-trailer")
 
@@ -294,7 +309,7 @@ class PostgresEventStream(EventStream):
             ids, self._trailing = sorted(self._trailing), set()
             now = time.monotonic()
             for s in ids:  # before the await: batches written meanwhile belong to the next window
-                self._notified_at[s] = now
+                self._spend(s, now)
             try:
                 await self._all("notify_streams", {"stream_ids": ids})
             except Exception as e:  # storage down: subscribers elsewhere fall back to polling

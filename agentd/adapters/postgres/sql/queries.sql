@@ -141,8 +141,19 @@ WITH lost AS (
 SELECT upd.* FROM upd WHERE (SELECT count(*) FROM wake) >= 0 ORDER BY seq;
 
 -- name: create_stream
-INSERT INTO agentd_streams (stream_id) VALUES (%(stream_id)s) ON CONFLICT (stream_id) DO NOTHING
-RETURNING stream_id;
+-- The stream and, only when this statement creates it, its first events (numbered 1, 2, …) with one NOTIFY.
+WITH s AS (
+    INSERT INTO agentd_streams (stream_id) VALUES (%(stream_id)s) ON CONFLICT (stream_id) DO NOTHING
+    RETURNING stream_id
+), ins AS (
+    INSERT INTO agentd_events (stream_id, seq, type, data)
+    SELECT s.stream_id, u.ord, u.type, u.data::jsonb
+      FROM s, unnest(%(types)s::text[], %(datas)s::text[]) WITH ORDINALITY AS u(type, data, ord)
+    RETURNING stream_id
+), wake AS (
+    SELECT pg_notify('agentd_events', d.stream_id) FROM (SELECT DISTINCT stream_id FROM ins) AS d
+)
+SELECT stream_id FROM s WHERE (SELECT count(*) FROM wake) >= 0;
 
 -- name: stream_state
 -- Whether the stream exists, is closed, and its highest sequence number.
