@@ -69,6 +69,12 @@ class WorkQueue(Protocol):
         ...
 
     @abstractmethod
+    async def claim_many(self, worker_id: str, n: int, *, limits: Limits | None = None) -> list[Job]:
+        """Up to `n` jobs at once (same rules as `claim`, never two of one project): how a worker process
+        fills its free slots with one round trip."""
+        ...
+
+    @abstractmethod
     async def wait_for_work(self, timeout: float) -> None:
         """Return when a job may have become runnable, or after `timeout` seconds."""
         ...

@@ -13,7 +13,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -57,6 +57,8 @@ class Runner:
         self.recover_all_at_start = recover_all_at_start
         self.worker_prefix = f"{socket.gethostname()}:{os.getpid()}"
         self._tasks: list[asyncio.Task[None]] = []
+        self._running: set[asyncio.Task[None]] = set()
+        self._slot_free = asyncio.Event()
         self._active: dict[str, tuple[Job, CodeAgent]] = {}
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()  # set whenever no job runs in this process
@@ -73,8 +75,7 @@ class Runner:
             self._log_recovered(recovered)
             for job in recovered:
                 await self._announce_recovered(job)
-        for i in range(self.workers):
-            self._tasks.append(asyncio.create_task(self._work(f"{self.worker_prefix}:{i}")))
+        self._tasks.append(asyncio.create_task(self._dispatch(self.worker_prefix)))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
 
     @staticmethod
@@ -97,10 +98,11 @@ class Runner:
         for job_id in list(self._active):
             log.warning("job.cancel_on_shutdown", job_id=job_id)
             await self.cancel_local(job_id, reason="agentd is shutting down")
-        _, pending = await asyncio.wait(self._tasks, timeout=SAFETY_GRACE_S) if self._tasks else ((), ())
+        everything = self._tasks + list(self._running)
+        _, pending = await asyncio.wait(everything, timeout=SAFETY_GRACE_S) if everything else ((), ())
         for t in pending:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*everything, return_exceptions=True)
         self._tasks.clear()
 
     async def cancel_local(self, job_id: str, reason: str | None = None) -> bool:
@@ -109,26 +111,46 @@ class Runner:
             return False
         return await entry[1].cancel(job_id)
 
-    async def _work(self, worker_id: str) -> None:
+    async def _dispatch(self, worker_id: str) -> None:
+        """Fill free slots: one claim for as many jobs as there is room for, each run in its own task."""
         while not self._stopping.is_set():
-            try:
-                job = await self.queue.claim(worker_id, limits=self.limits)
-            except AgentdError as e:  # storage down: wait and retry, never die
-                log.error("worker.claim_failed", worker_id=worker_id, error=str(e))
-                await asyncio.sleep(self.poll_s)
-                continue
-            if job is None:
-                waiter = asyncio.create_task(self.queue.wait_for_work(self.poll_s))
-                stop = asyncio.create_task(self._stopping.wait())
-                await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
-                for t in (waiter, stop):
-                    t.cancel()
-                await asyncio.gather(waiter, stop, return_exceptions=True)
-                continue
-            try:
-                await self.run_job(job, worker_id)
-            except Exception:  # a bug in one job must not kill the worker
-                log.exception("job.crashed", job_id=job.id)
+            self._slot_free.clear()
+            free = self.workers - len(self._running)
+            jobs: list[Job] = []
+            if free > 0:
+                try:
+                    jobs = await self.queue.claim_many(worker_id, free, limits=self.limits)
+                except AgentdError as e:  # storage down: wait and retry, never die
+                    log.error("worker.claim_failed", worker_id=worker_id, error=str(e))
+                    await asyncio.sleep(self.poll_s)
+                    continue
+            for job in jobs:
+                task = asyncio.create_task(self._run_guarded(job, worker_id))
+                self._running.add(task)
+                task.add_done_callback(self._slot_freed)
+            if jobs:
+                continue  # look again right away: more may be runnable, or the slots are full now
+            # Nothing to claim (or no free slot): sleep until new work, a free slot, or shutdown.
+            waits: list[asyncio.Task[Any]] = [
+                asyncio.create_task(self._stopping.wait()),
+                asyncio.create_task(self._slot_free.wait()),
+            ]
+            if free > 0:
+                waits.append(asyncio.create_task(self.queue.wait_for_work(self.poll_s)))
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED, timeout=self.poll_s)
+            for t in waits:
+                t.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    def _slot_freed(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._slot_free.set()
+
+    async def _run_guarded(self, job: Job, worker_id: str) -> None:
+        try:
+            await self.run_job(job, worker_id)
+        except Exception:  # a bug in one job must not kill the worker
+            log.exception("job.crashed", job_id=job.id)
 
     async def run_job(self, job: Job, worker_id: str) -> AgentResult:
         structlog.contextvars.bind_contextvars(job_id=job.id, project_id=job.project_id)

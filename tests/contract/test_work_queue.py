@@ -224,3 +224,13 @@ async def test_non_retryable_and_cancelled_results_are_final(queue: WorkQueue) -
     assert ended.status == JobStatus.failed  # a cancel request wins over a retry
     ok = await queue.finish(plain.id, AgentResult(status="succeeded", retryable=True))
     assert ok.status == JobStatus.failed  # final stays final
+
+
+async def test_claim_many_fills_slots_but_never_two_of_a_project(queue: WorkQueue) -> None:
+    a1, _a2, b1, c1, d1 = [await put(queue, project=p) for p in ("a", "a", "b", "c", "d")]
+    got = await queue.claim_many("w", 3)
+    assert [j.id for j in got] == [a1.id, b1.id, c1.id]
+    assert all(j.status == JobStatus.running and j.worker_id == "w" for j in got)
+    rest = await queue.claim_many("w", 10)
+    assert [j.id for j in rest] == [d1.id]  # a2 waits for a1
+    assert await queue.claim_many("w", 10) == []

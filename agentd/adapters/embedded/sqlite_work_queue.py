@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agentd.domain.errors import IdempotencyConflict, JobNotFound, ProjectBusy
+from agentd.domain.errors import IdempotencyConflict, JobNotFound, ProjectBusy, QueueUnavailable
 from agentd.domain.models import AgentRequest, AgentResult, Job, JobStatus
 from agentd.ports.work_queue import BusyPolicy, JobFilter, Limits, WorkQueue
 
@@ -108,6 +108,7 @@ class SqliteWorkQueue(WorkQueue):
         # power loss can lose the last commits. FULL would fsync every enqueue (~3 ms each).
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._lock = threading.Lock()
+        self._closed = False
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.retry_base_s = retry_base_s
@@ -135,6 +136,8 @@ class SqliteWorkQueue(WorkQueue):
 
     def _tx(self, fn: Callable[[], T]) -> T:
         with self._lock:
+            if self._closed:
+                raise QueueUnavailable("the embedded queue is closed (agentd is shutting down)")
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 out = fn()
@@ -211,8 +214,18 @@ class SqliteWorkQueue(WorkQueue):
         return job, created
 
     async def claim(self, worker_id: str, *, limits: Limits | None = None) -> Job | None:
+        jobs = await self.claim_many(worker_id, 1, limits=limits)
+        return jobs[0] if jobs else None
+
+    async def claim_many(self, worker_id: str, n: int, *, limits: Limits | None = None) -> list[Job]:
         _seen_generation.set((id(self), self._generation))
         lim = limits or Limits()
+
+        def many() -> list[Job]:
+            out: list[Job] = []
+            while len(out) < n and (job := op()) is not None:
+                out.append(job)
+            return out
 
         def op() -> Job | None:
             counts = dict(
@@ -240,7 +253,7 @@ class SqliteWorkQueue(WorkQueue):
             )
             return self._job(row["id"])
 
-        return await self._run(op)
+        return await self._run(many)
 
     async def wait_for_work(self, timeout: float) -> None:
         seen = _seen_generation.get()
@@ -372,4 +385,11 @@ class SqliteWorkQueue(WorkQueue):
         return jobs
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._db.close)
+        def shut() -> None:
+            # Under the lock: a thread still running an operation (its task was cancelled, the thread
+            # was not) must finish before the connection goes away, or sqlite crashes the process.
+            with self._lock:
+                self._closed = True
+                self._db.close()
+
+        await asyncio.to_thread(shut)

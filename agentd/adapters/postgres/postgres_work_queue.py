@@ -177,10 +177,7 @@ class PostgresWorkQueue(WorkQueue):
         return jobs[0] if jobs else None
 
     async def claim_many(self, worker_id: str, n: int, *, limits: Limits | None = None) -> list[Job]:
-        """Up to `n` jobs in one statement (each under its own lease, never two of one project).
-
-        Not part of the port: for a worker process that fills several free slots at once.
-        """
+        """Up to `n` jobs in one statement (each under its own lease, never two of one project)."""
         _seen_generation.set((id(self), self._generation))
         caps = limits.per_provider if limits is not None else {}
         global_max = limits.global_max if limits is not None else None
