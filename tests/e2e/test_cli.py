@@ -18,16 +18,10 @@ import pytest
 
 from tests.support import fake_anthropic as fa
 from tests.support.fake_anthropic import FakeAnthropic
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.e2e
 AGENTD = [sys.executable, "-m", "agentd.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Server:

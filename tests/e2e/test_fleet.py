@@ -10,7 +10,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,19 +21,13 @@ import aiohttp
 import pytest
 
 from agentd.client import AgentdClient, StreamItem
+from tests.support.net import free_port
 from tests.support.postgres import pg_dsn, pg_template  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 ROOT = Path(__file__).resolve().parents[2]
 AGENTD = [sys.executable, "-m", "agentd.cli"]
 LEASE_S = 2.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Proc:

@@ -156,21 +156,28 @@ class ClaudeCodeAgent(CodeAgent):
             f'exec env {remote_env} "$@"'
         )
         argv = [
-            self.config.kubectl,
-            "exec",
-            "-i",
-            str(self.config.pod),
-            "-n",
-            self.config.namespace,
-            "--",
-            "sh",
-            "-c",
-            script,
+            *self._kubectl_sh(script, stdin=True),
             "agentd",
             self.config.binary,
             *args,
         ]
         return argv, env, stdin
+
+    def _kubectl_sh(self, script: str, *, stdin: bool = False) -> list[str]:
+        """`kubectl exec [-i] <pod> -n <ns> -- sh -c <script>`."""
+        pod, ns = str(self.config.pod), self.config.namespace
+        return [
+            self.config.kubectl,
+            "exec",
+            *(["-i"] if stdin else []),
+            pod,
+            "-n",
+            ns,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]
 
     def _remote_pidfile(self, run_id: str) -> str:
         return f"{self.config.tmpdir}/agentd-{run_id}.pid"
@@ -246,15 +253,7 @@ class ClaudeCodeAgent(CodeAgent):
             pidfile = shlex.quote(self._remote_pidfile(run.run_id))
             with contextlib.suppress(OSError):
                 p = await asyncio.create_subprocess_exec(
-                    self.config.kubectl,
-                    "exec",
-                    str(self.config.pod),
-                    "-n",
-                    self.config.namespace,
-                    "--",
-                    "sh",
-                    "-c",
-                    f"kill -{int(sig)} $(cat {pidfile})",
+                    *self._kubectl_sh(f"kill -{int(sig)} $(cat {pidfile})"),
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=asyncio.subprocess.DEVNULL,
                 )
