@@ -80,8 +80,13 @@ def _migrate(settings: Settings) -> int:
     if not _need_database(settings, "migrate"):
         return 2
     from agentd.adapters.postgres.migrate import migrate
+    from agentd.domain.errors import AgentdError
 
-    applied = asyncio.run(migrate(settings.database_url or ""))
+    try:
+        applied = asyncio.run(migrate(settings.database_url or ""))
+    except AgentdError as e:
+        print(f"agentd migrate: {e.message}", file=sys.stderr)
+        return 2
     print(f"agentd migrate: applied {applied}" if applied else "agentd migrate: schema is up to date")
     return 0
 

@@ -177,3 +177,14 @@ def test_no_job_is_lost_when_the_process_is_killed(serve: Any) -> None:
     assert out["second"]["status"] == "succeeded"
     assert out["first"]["status"] == "succeeded" and out["first"]["attempts"] == 2
     assert srv.stop() == 0
+
+
+def test_clear_errors_for_an_unreachable_or_unmigrated_database(base_env: dict[str, str]) -> None:
+    down = {**base_env, "AGENTD_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nothing"}
+    res = subprocess.run([*AGENTD, "migrate"], env=down, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 2 and "unavailable" in res.stderr and "Traceback" not in res.stderr
+    res = subprocess.run(
+        [*AGENTD, "worker"], env={**down, "AGENTD_PROVIDERS": "scripted"}, capture_output=True, text=True,
+        timeout=30,
+    )
+    assert res.returncode == 2 and "unavailable" in res.stderr and "Traceback" not in res.stderr
