@@ -6,8 +6,10 @@ worker has its own connection(s), as separate processes would. pgqueuer runs as 
 `tools/benchmark.py --strategy drain` (PgQueuer over a PsycopgDriver, dequeue batch 10, completions
 acknowledged in buffered batches); its drain mode needs seconds to notice the end, so it is timed until its
 queue table is empty (the "until drain returns" figure is printed too). agentd runs
-  - its port, as the runner uses it: `claim` one job, `finish` it (two commits per job);
-  - `claim_many` / `finish_many` (PostgresWorkQueue only, not in the port), batch 10 like pgqueuer.
+  - one job at a time: `claim` one job, `finish` it (two commits per job);
+  - as the runner does: `claim_many` for the free slots, then one `finish` per job as each ends;
+  - fully batched: `claim_many` + `finish_many` (finish_many is PostgresWorkQueue only), batch 10 like
+    pgqueuer's.
 Every agentd job has its own project (pgqueuer has no per-project exclusion); `--all` adds runs with 50 busy
 projects and with `Limits`.
 
@@ -57,7 +59,14 @@ async def scratch_database(kind: str) -> AsyncIterator[str]:
 
 
 async def run_agentd(
-    dsn: str, jobs: int, workers: int, *, projects: int = 0, limits: Limits | None = None, batch: int = 1
+    dsn: str,
+    jobs: int,
+    workers: int,
+    *,
+    projects: int = 0,
+    limits: Limits | None = None,
+    batch: int = 1,
+    finish_each: bool = False,
 ) -> float:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await conn.execute("TRUNCATE agentd_jobs")
@@ -95,6 +104,10 @@ async def run_agentd(
                     continue
             else:
                 claimed = await q.claim_many(me, batch, limits=limits)
+                if claimed and finish_each:  # the runner: each job's task finishes it on its own
+                    await asyncio.gather(*(q.finish(j.id, DONE, worker_id=me) for j in claimed))
+                    done += len(claimed)
+                    continue
                 if claimed:
                     await q.finish_many([(j.id, DONE) for j in claimed], worker_id=me)
                     done += len(claimed)
@@ -191,7 +204,11 @@ async def main() -> None:
         print(f"  {f'pgqueuer 1.6.0 (PsycopgDriver, batch {b})':<46} {base:7.0f} jobs/s")
         print(f"  {'  (until its drain mode returns)':<46} {returned:7.0f} jobs/s")
         rows: list[tuple[str, Callable[[], Awaitable[float]]]] = [
-            ("agentd port: claim + finish, one job each", lambda: run_agentd(dsn, n, k)),
+            ("agentd claim + finish, one job each", lambda: run_agentd(dsn, n, k)),
+            (
+                f"agentd as the runner: claim_many {b} + finish each",
+                lambda: run_agentd(dsn, n, k, batch=b, finish_each=True),
+            ),
             (f"agentd claim_many + finish_many, batch {b}", lambda: run_agentd(dsn, n, k, batch=b)),
         ]
         if args.all:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
@@ -92,6 +93,13 @@ class WorkQueue(Protocol):
         `retryable` failed result with attempts left re-queues the job (status queued, run after a
         backoff) and returns it queued. With `worker_id`, only that worker's running job is changed.
         """
+        ...
+
+    @abstractmethod
+    async def finish_many(
+        self, results: Sequence[tuple[str, AgentResult]], *, worker_id: str | None = None
+    ) -> list[Job]:
+        """`finish` for several jobs in one step; the jobs come back in the order given."""
         ...
 
     @abstractmethod

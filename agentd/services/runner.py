@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import time
@@ -58,6 +59,8 @@ class Runner:
         self.worker_prefix = f"{socket.gethostname()}:{os.getpid()}"
         self._tasks: list[asyncio.Task[None]] = []
         self._running: set[asyncio.Task[None]] = set()
+        self._to_finish: list[tuple[str, AgentResult, str, asyncio.Future[Job]]] = []
+        self._finisher: asyncio.Task[None] | None = None
         self._slot_free = asyncio.Event()
         self._active: dict[str, tuple[Job, CodeAgent]] = {}
         self._stopping = asyncio.Event()
@@ -170,9 +173,7 @@ class Runner:
                     self._active.pop(job.id, None)
                     if not self._active:
                         self._idle.set()
-            stored = await self._durably(
-                lambda: self.queue.finish(job.id, result, worker_id=worker_id), "finish"
-            )
+            stored = await self._finish(job.id, result, worker_id)
             if stored.status == JobStatus.queued:
                 # A retryable failure (rate limit, overload): the queue runs it again after a backoff.
                 await self._publish(
@@ -237,6 +238,36 @@ class Runner:
         if done is None:
             return AgentResult(status="failed", error=f"provider {job.provider} ended without a result")
         return done.to_result()
+
+    async def _finish(self, job_id: str, result: AgentResult, worker_id: str) -> Job:
+        """Record a result. Results that arrive while one write is in flight go out together in the next
+        `finish_many` (no added delay): many short jobs cost a round trip per batch, not per job."""
+        done: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        self._to_finish.append((job_id, result, worker_id, done))
+        if self._finisher is None or self._finisher.done():
+            self._finisher = asyncio.create_task(self._flush_finished())
+        return await done
+
+    async def _flush_finished(self) -> None:
+        while self._to_finish:
+            batch, self._to_finish = self._to_finish, []
+            by_worker: dict[str, list[tuple[str, AgentResult, asyncio.Future[Job]]]] = {}
+            for job_id, result, worker_id, fut in batch:
+                by_worker.setdefault(worker_id, []).append((job_id, result, fut))
+            for worker_id, items in by_worker.items():
+                pairs = [(job_id, result) for job_id, result, _ in items]
+                try:
+                    jobs = await self._durably(
+                        functools.partial(self.queue.finish_many, pairs, worker_id=worker_id), "finish"
+                    )
+                except Exception as e:
+                    for *_, fut in items:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    continue
+                for (*_, fut), job in zip(items, jobs, strict=True):
+                    if not fut.done():
+                        fut.set_result(job)
 
     async def _publish(self, job: Job, ev: AgentEvent) -> None:
         await self._durably(lambda: self.streams.publish(job.stream_id, [ev]), "publish")

@@ -15,7 +15,7 @@ import hashlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -276,7 +276,19 @@ class SqliteWorkQueue(WorkQueue):
         return await self._run(op)
 
     async def finish(self, job_id: str, result: AgentResult, *, worker_id: str | None = None) -> Job:
-        def op() -> Job:
+        return (await self.finish_many([(job_id, result)], worker_id=worker_id))[0]
+
+    async def finish_many(
+        self, results: Sequence[tuple[str, AgentResult]], *, worker_id: str | None = None
+    ) -> list[Job]:
+        ids = [job_id for job_id, _ in results]
+        if len(set(ids)) != len(ids):
+            raise ValueError("finish_many: each job may appear once")
+
+        def many() -> list[Job]:
+            return [op(job_id, result) for job_id, result in results]
+
+        def op(job_id: str, result: AgentResult) -> Job:
             row = self._fetch(job_id)
             if row is None:
                 raise JobNotFound(f"no job {job_id!r}")
@@ -306,9 +318,9 @@ class SqliteWorkQueue(WorkQueue):
                 )
             return self._job(job_id)
 
-        job = await self._run(op)
+        jobs = await self._run(many)
         self._notify()  # the project (or a limit slot) may be free for the next job
-        return job
+        return jobs
 
     async def request_cancel(self, project_id: str, job_id: str) -> tuple[Job, bool]:
         def op() -> tuple[Job, bool]:

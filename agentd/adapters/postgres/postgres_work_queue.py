@@ -216,10 +216,7 @@ class PostgresWorkQueue(WorkQueue):
     async def finish_many(
         self, results: Sequence[tuple[str, AgentResult]], *, worker_id: str | None = None
     ) -> list[Job]:
-        """`finish` for several jobs in one statement; the jobs come back in the order given.
-
-        Not part of the port: for a worker process that reports several results at once.
-        """
+        """`finish` for several jobs in one statement; the jobs come back in the order given."""
         ids = [job_id for job_id, _ in results]
         if len(set(ids)) != len(ids):
             raise ValueError("finish_many: each job may appear once")
