@@ -137,14 +137,22 @@ async def test_killed_worker_job_is_recovered_and_ends_once(fleet: Any) -> None:
     doomed = await fleet("worker")
     async with AgentdClient(api.url) as c:
         job = await c.submit("proj", "sleep:3")
-        for _ in range(50):
+        for _ in range(150):
             if (await c.job("proj", job["job_id"]))["status"] == "running":
                 break
             await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the job never started: " + doomed.log.read_text()[-2000:])
         doomed.stop(signal.SIGKILL)
         killed_at = time.monotonic()
-        await fleet("worker")
-        items = await asyncio.wait_for(follow(job["stream_url"]), 30)
+        rescuer = await fleet("worker")
+        try:
+            items = await asyncio.wait_for(follow(job["stream_url"]), 60)
+        except TimeoutError:
+            state = await c.job("proj", job["job_id"])
+            raise AssertionError(
+                f"no done: job {state}; worker log: {rescuer.log.read_text()[-3000:]}"
+            ) from None
         recovered_after = time.monotonic() - killed_at
         state = await c.job("proj", job["job_id"])
     assert [i.event for i in items].count("done") == 1
