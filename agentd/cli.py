@@ -91,6 +91,16 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
+def _dump_tasks() -> None:
+    """SIGUSR1: write every asyncio task's stack to stderr (what is this worker waiting for?)."""
+    import io
+
+    for task in asyncio.all_tasks():
+        buf = io.StringIO()
+        task.print_stack(file=buf)
+        print(f"--- {task.get_name()}\n{buf.getvalue()}", file=sys.stderr, flush=True)
+
+
 def _worker(settings: Settings) -> int:
     if not _need_database(settings, "worker"):
         return 2
@@ -111,6 +121,7 @@ async def _run_worker(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
     reap_stale()
     await container.start()
     log.info("agentd.worker_started", workers=settings.workers, providers=container.registry.names())

@@ -7,9 +7,10 @@ worker has its own connection(s), as separate processes would. pgqueuer runs as 
 acknowledged in buffered batches); its drain mode needs seconds to notice the end, so it is timed until its
 queue table is empty (the "until drain returns" figure is printed too). agentd runs
   - one job at a time: `claim` one job, `finish` it (two commits per job);
-  - as the runner does: `claim_many` for the free slots, then one `finish` per job as each ends;
-  - fully batched: `claim_many` + `finish_many` (finish_many is PostgresWorkQueue only), batch 10 like
-    pgqueuer's.
+  - `claim_many` for the free slots, then one `finish` per job as each ends;
+  - `claim_many` + `finish_many`, batch 10 like pgqueuer's. This is what the runner does: it claims for
+    all its free slots at once, and results that end while a write is in flight go out in one
+    `finish_many`.
 Every agentd job has its own project (pgqueuer has no per-project exclusion); `--all` adds runs with 50 busy
 projects and with `Limits`.
 
@@ -206,10 +207,10 @@ async def main() -> None:
         rows: list[tuple[str, Callable[[], Awaitable[float]]]] = [
             ("agentd claim + finish, one job each", lambda: run_agentd(dsn, n, k)),
             (
-                f"agentd as the runner: claim_many {b} + finish each",
+                f"agentd claim_many {b} + one finish per job",
                 lambda: run_agentd(dsn, n, k, batch=b, finish_each=True),
             ),
-            (f"agentd claim_many + finish_many, batch {b}", lambda: run_agentd(dsn, n, k, batch=b)),
+            (f"agentd claim_many + finish_many, batch {b} (runner)", lambda: run_agentd(dsn, n, k, batch=b)),
         ]
         if args.all:
             limits = Limits(global_max=2 * k)

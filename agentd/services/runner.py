@@ -127,6 +127,10 @@ class Runner:
                     log.error("worker.claim_failed", worker_id=worker_id, error=str(e))
                     await asyncio.sleep(self.poll_s)
                     continue
+                except Exception:  # a bug must not stop this process from ever claiming again
+                    log.exception("worker.claim_crashed", worker_id=worker_id)
+                    await asyncio.sleep(self.poll_s)
+                    continue
             for job in jobs:
                 task = asyncio.create_task(self._run_guarded(job, worker_id))
                 self._running.add(task)
@@ -335,13 +339,20 @@ class Runner:
                         log.info("streams.pruned", count=n)
             except AgentdError as e:
                 log.error("housekeeping.failed", error=str(e))
+            except Exception:
+                log.exception("housekeeping.crashed")
 
     async def _announce_recovered(self, job: Job) -> None:
-        with contextlib.suppress(AgentdError):
-            if job.status == JobStatus.queued:
-                await self.streams.publish(
-                    job.stream_id, [StatusEvent(status="requeued", detail="its worker was lost; will retry")]
-                )
-            elif job.result is not None:
-                await self.streams.publish(job.stream_id, [DoneEvent.from_result(job.result)])
-                await self.streams.close_stream(job.stream_id)
+        # Bounded: the sweeper must keep sweeping even if one stream cannot be written right now.
+        with contextlib.suppress(AgentdError, TimeoutError):
+            async with asyncio.timeout(10):
+                await self._announce(job)
+
+    async def _announce(self, job: Job) -> None:
+        if job.status == JobStatus.queued:
+            await self.streams.publish(
+                job.stream_id, [StatusEvent(status="requeued", detail="its worker was lost; will retry")]
+            )
+        elif job.result is not None:
+            await self.streams.publish(job.stream_id, [DoneEvent.from_result(job.result)])
+            await self.streams.close_stream(job.stream_id)

@@ -150,6 +150,20 @@ async def test_killed_worker_job_is_recovered_and_ends_once(fleet: Any) -> None:
             items = await asyncio.wait_for(follow(job["stream_url"]), 60)
         except TimeoutError:
             state = await c.job("proj", job["job_id"])
+            import psycopg
+
+            async with await psycopg.AsyncConnection.connect(api.env["AGENTD_DATABASE_URL"]) as conn:
+                cur = await conn.execute(
+                    "SELECT pid, state, wait_event_type, wait_event, left(query, 120) FROM pg_stat_activity"
+                    " WHERE datname = current_database()"
+                )
+                acts = await cur.fetchall()
+                cur = await conn.execute("SELECT locktype, objid, pid, granted, mode FROM pg_locks")
+                locks = [r for r in await cur.fetchall() if r[0] == "advisory"]
+            print("ACTIVITY", acts, "LOCKS", locks)
+            rescuer.proc.send_signal(signal.SIGUSR1)
+            await asyncio.sleep(1)
+            print("TASKS", rescuer.log.read_text()[-8000:])
             raise AssertionError(
                 f"no done: job {state}; worker log: {rescuer.log.read_text()[-3000:]}"
             ) from None

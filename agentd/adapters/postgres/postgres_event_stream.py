@@ -205,6 +205,12 @@ class PostgresEventStream(EventStream):
                 for item in self._inflight:
                     if not item.done.done():
                         item.done.set_exception(e)
+            except BaseException:  # cancelled: no publisher may wait forever for an answer
+                for item in self._inflight + self._pending:
+                    if not item.done.done():
+                        item.done.set_exception(QueueUnavailable("the event writer was stopped"))
+                self._pending = []
+                raise
             finally:
                 self._inflight = []
 
