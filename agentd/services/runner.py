@@ -213,7 +213,8 @@ class Runner:
         await self._publish(
             job, StatusEvent(status="running", detail=f"worker {worker_id}, attempt {job.attempts}")
         )
-        watcher = asyncio.create_task(self._watch(job, agent, worker_id))
+        run_over = asyncio.Event()
+        watcher = asyncio.create_task(self._watch(job, agent, worker_id, run_over))
         done: DoneEvent | None = None
         try:
             async with asyncio.timeout(job.request.timeout_s + SAFETY_GRACE_S * 2):
@@ -237,8 +238,12 @@ class Runner:
             log.exception("job.provider_error", provider=job.provider)
             return AgentResult(status="failed", error=f"provider {job.provider} failed: {e}")
         finally:
+            # Stop the watcher by its own flag, not only by cancellation: a cancel that lands while one of
+            # its queries completes can be swallowed (asyncio.wait_for in 3.11), and then a watcher that
+            # loops on would heartbeat a finished run forever.
+            run_over.set()
             watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            await asyncio.wait({watcher}, timeout=10)
         if done is None:
             return AgentResult(status="failed", error=f"provider {job.provider} ended without a result")
         return done.to_result()
@@ -291,13 +296,16 @@ class Runner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _watch(self, job: Job, agent: CodeAgent, worker_id: str) -> None:
+    async def _watch(self, job: Job, agent: CodeAgent, worker_id: str, run_over: asyncio.Event) -> None:
         """Poll for cancel requests, renew the lease, and enforce the deadline as a safety net."""
         last_beat = time.monotonic()
         deadline = time.monotonic() + job.request.timeout_s + SAFETY_GRACE_S
         cancelled = False
-        while True:
-            await asyncio.sleep(self.poll_s)
+        while not run_over.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run_over.wait(), self.poll_s)
+            if run_over.is_set():
+                return
             now = time.monotonic()
             with contextlib.suppress(AgentdError):
                 if not cancelled:

@@ -332,7 +332,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     finally:
         request.app[STATE].streams_open.discard(buf)
         producer.cancel()
-        await asyncio.gather(producer, return_exceptions=True)
+        await asyncio.wait({producer}, timeout=5)  # never hang a finished response on a stuck reader
     with contextlib.suppress(ConnectionResetError):
         await resp.write_eof()
     return resp
