@@ -100,15 +100,16 @@ class Runner:
                 await asyncio.wait_for(self._idle.wait(), grace_s)
         for job_id in list(self._active):
             log.warning("job.cancel_on_shutdown", job_id=job_id)
-            await self.cancel_local(job_id, reason="agentd is shutting down")
+            await self.cancel_local(job_id)
         everything = self._tasks + list(self._running)
         _, pending = await asyncio.wait(everything, timeout=SAFETY_GRACE_S) if everything else ((), ())
         for t in pending:
             t.cancel()
-        await asyncio.gather(*everything, return_exceptions=True)
+        if pending:
+            await asyncio.wait(pending, timeout=5)
         self._tasks.clear()
 
-    async def cancel_local(self, job_id: str, reason: str | None = None) -> bool:
+    async def cancel_local(self, job_id: str) -> bool:
         entry = self._active.get(job_id)
         if entry is None:
             return False
