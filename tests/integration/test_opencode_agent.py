@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -29,6 +28,7 @@ from agentd.domain.models import (
     ToolResultEvent,
     ToolUseEvent,
 )
+from tests.conftest import tool_path
 from tests.support import fake_openai
 from tests.support.fake_openai import FakeOpenAI
 
@@ -37,9 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def opencode_bin() -> str | None:
-    local = ROOT / ".tools/node/node_modules/.bin/opencode"
-    found = str(local) if local.exists() else shutil.which("opencode")
-    return os.environ.get("AGENTD_OPENCODE_BIN") or found
+    return tool_path("AGENTD_OPENCODE_BIN", "opencode")
 
 
 class Hook:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 
 from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig
 from agentd.config import Settings
+from tests.conftest import tool_path
 from tests.support import fake_openai
 from tests.support.fake_openai import FakeOpenAI
 
@@ -20,10 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def opencode_bin() -> str | None:
-    local = ROOT / ".tools" / "node" / "node_modules" / ".bin" / "opencode"
-    return os.environ.get("AGENTD_OPENCODE_BIN") or (
-        str(local) if local.exists() else shutil.which("opencode")
-    )
+    return tool_path("AGENTD_OPENCODE_BIN", "opencode")
 
 
 async def test_jobs_through_the_api(agentd_factory: Any, tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig
 from agentd.domain.models import AgentEvent, AgentRequest, DoneEvent, ErrorEvent, StatusEvent, ToolResultEvent
+from tests.conftest import tool_path
 from tests.support import fake_openai
 from tests.support.fake_openai import FakeOpenAI
 
@@ -23,9 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def opencode_bin() -> str | None:
-    local = ROOT / ".tools/node/node_modules/.bin/opencode"
-    found = str(local) if local.exists() else shutil.which("opencode")
-    return os.environ.get("AGENTD_OPENCODE_BIN") or found
+    return tool_path("AGENTD_OPENCODE_BIN", "opencode")
 
 
 async def test_permission_asks_are_answered(tmp_path: Path) -> None:
