@@ -234,3 +234,26 @@ async def test_claim_many_fills_slots_but_never_two_of_a_project(queue: WorkQueu
     rest = await queue.claim_many("w", 10)
     assert [j.id for j in rest] == [d1.id]  # a2 waits for a1
     assert await queue.claim_many("w", 10) == []
+
+
+async def test_a_projects_jobs_start_in_submission_order(make_queue: QueueFactory) -> None:
+    queue = await make_queue(retry_base_s=0.3, max_attempts=2)
+    first, second = await put(queue, project="ordered"), await put(queue, project="ordered")
+    other = await put(queue, project="elsewhere")
+    got = await queue.claim("w1")
+    assert got is not None and got.id == first.id
+    await queue.finish(
+        first.id, AgentResult(status="failed", error="rate limited", retryable=True), worker_id="w1"
+    )
+    # The first job backs off before its retry: the second waits its turn, other projects go on.
+    nxt = await queue.claim("w2")
+    assert nxt is not None and nxt.id == other.id
+    assert await queue.claim("w2") is None
+    started = time.monotonic()
+    while (again := await queue.claim("w3")) is None:
+        assert time.monotonic() - started < 3
+        await asyncio.sleep(0.05)
+    assert again.id == first.id
+    await queue.finish(first.id, AgentResult(status="succeeded"), worker_id="w3")
+    last = await queue.claim("w3")
+    assert last is not None and last.id == second.id

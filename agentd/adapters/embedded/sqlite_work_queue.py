@@ -241,6 +241,9 @@ class SqliteWorkQueue(WorkQueue):
                 "SELECT id FROM jobs WHERE status = 'queued' AND run_after <= ? "
                 f"AND provider NOT IN ({', '.join('?' * len(full))}) "
                 "AND project_id NOT IN (SELECT project_id FROM jobs WHERE status = 'running') "
+                # a project's jobs start in submission order (an older one backing off holds the turn)
+                "AND NOT EXISTS (SELECT 1 FROM jobs o WHERE o.project_id = jobs.project_id "
+                "AND o.status = 'queued' AND o.seq < jobs.seq) "
                 "ORDER BY seq LIMIT 1",
                 (now, *full),
             ).fetchone()

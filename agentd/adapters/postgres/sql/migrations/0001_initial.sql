@@ -80,6 +80,11 @@ BEGIN
                AND coalesce((v_room ->> j.provider)::integer, 1) > 0
                AND NOT EXISTS (
                    SELECT 1 FROM agentd_jobs r WHERE r.project_id = j.project_id AND r.status = 'running')
+               -- A project's jobs start in submission order: while an older one waits (locked by another
+               -- claimer, or backing off before a retry), the newer ones wait too.
+               AND NOT EXISTS (
+                   SELECT 1 FROM agentd_jobs o
+                    WHERE o.project_id = j.project_id AND o.status = 'queued' AND o.seq < j.seq)
              ORDER BY j.seq
              LIMIT v_want
                FOR UPDATE SKIP LOCKED
