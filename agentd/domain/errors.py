@@ -120,3 +120,34 @@ class SchemaMismatch(AgentdError):
     """The database schema is missing or newer than this agentd: run `agentd migrate` or upgrade."""
 
     code = "schema_mismatch"
+
+
+class InvalidSecretName(InvalidRequest):
+    """A secret name must be an environment variable name that agentd does not reserve."""
+
+    code = "invalid_secret_name"
+
+
+class InvalidSecretValue(InvalidRequest):
+    """A secret value must be a string of 8 to 65536 characters."""
+
+    code = "invalid_secret_value"
+
+
+class SecretNotFound(AgentdError):
+    """No such secret."""
+
+    code = "secret_not_found"
+
+
+class SecretsUnavailable(AgentdError):
+    """Secrets need a master key: set AGENTD_MASTER_KEY (or AGENTD_MASTER_KEY_FILE) to the output of
+    `agentd secrets new-master-key`, then restart agentd."""
+
+    code = "secrets_unavailable"
+
+
+class SandboxUnavailable(AgentdError):
+    """AGENTD_SANDBOX=bwrap, but bubblewrap cannot start a sandbox here."""
+
+    code = "sandbox_unavailable"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Protocol, runtime_checkable
 
 from agentd.domain.models import AgentEvent, AgentRequest, Availability, Capabilities
@@ -28,7 +28,12 @@ class CodeAgent(Protocol):
     async def is_available(self) -> Availability: ...
 
     @abstractmethod
-    def execute(self, request: AgentRequest, *, run_id: str) -> AsyncIterator[AgentEvent]: ...
+    def execute(
+        self, request: AgentRequest, *, run_id: str, env: Mapping[str, str] | None = None
+    ) -> AsyncIterator[AgentEvent]:
+        """Run `request`. `env` holds the run's secrets: extra environment variables for the agent
+        process only (never logged, stored or put on a command line)."""
+        ...
 
     @abstractmethod
     async def cancel(self, run_id: str) -> bool:

@@ -10,7 +10,7 @@ import shutil
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -262,7 +262,9 @@ class ClaudeCodeAgent(CodeAgent):
         with contextlib.suppress(ProcessLookupError):
             run.proc.send_signal(sig)
 
-    async def execute(self, request: AgentRequest, *, run_id: str) -> AsyncIterator[AgentEvent]:
+    async def execute(
+        self, request: AgentRequest, *, run_id: str, env: Mapping[str, str] | None = None
+    ) -> AsyncIterator[AgentEvent]:
         run = _Run(run_id=run_id)
         self._runs[run_id] = run
         started = time.monotonic()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Literal
 
 from agentd.domain.models import (
@@ -45,7 +45,9 @@ class ScriptedCodeAgent(CodeAgent):
         ev.set()
         return True
 
-    async def execute(self, request: AgentRequest, *, run_id: str) -> AsyncIterator[AgentEvent]:
+    async def execute(
+        self, request: AgentRequest, *, run_id: str, env: Mapping[str, str] | None = None
+    ) -> AsyncIterator[AgentEvent]:
         self.runs.append(request)
         started = time.monotonic()
         cancel = self._cancels.setdefault(run_id, asyncio.Event())

@@ -195,6 +195,7 @@ class OpenCodeAgent(CodeAgent):
         request: AgentRequest,
         *,
         run_id: str,
+        env: Mapping[str, str] | None = None,
         files: Sequence[FileAttachment] = (),
         mentions: Sequence[str] = (),
     ) -> AsyncIterator[AgentEvent]:
