@@ -1,10 +1,6 @@
 -- Named queries, loaded by agentd.adapters.postgres.queries. A block starts with `-- name: <name>`;
 -- the comment lines right after it say what it does. Parameters are psycopg %(name)s placeholders.
 
--- name: schema_version
--- The newest applied migration, or NULL when the table is empty.
-SELECT max(version) AS version FROM agentd_schema_version;
-
 -- name: enqueue
 -- A new queued job, and one wake-up for idle workers in the same transaction.
 WITH job AS (
