@@ -20,7 +20,7 @@ from agentd.domain.errors import QueueUnavailable
 
 T = TypeVar("T")
 SQL_DIR = Path(__file__).parent / "sql"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _statements(script: str) -> list[str]:
@@ -82,7 +82,7 @@ class SqliteDatabase:
     async def close(self) -> None:
         """The last user closes the file."""
         self._users -= 1
-        if self._users > 0:
+        if self._users > 0 or self._closed:
             return
 
         def shut() -> None:

@@ -1,6 +1,7 @@
--- The embedded queue's schema, applied at open by agentd.adapters.embedded.database (every statement is
--- idempotent; PRAGMA user_version records the version). Times the queue compares (run_after,
--- lease_expires_at) are epoch seconds; the others are ISO 8601 text in UTC.
+-- The embedded database's schema (queue and secrets), applied at open by agentd.adapters.embedded.database
+-- (every statement is idempotent: a file of an older version gets what it lacks; PRAGMA user_version
+-- records the version). Times the queue compares (run_after, lease_expires_at) are epoch seconds; the
+-- others are ISO 8601 text in UTC.
 
 CREATE TABLE IF NOT EXISTS jobs (
     seq              INTEGER PRIMARY KEY AUTOINCREMENT,  -- FIFO order and paging
@@ -29,3 +30,13 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
 CREATE INDEX IF NOT EXISTS jobs_project ON jobs(project_id, seq);
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(project_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
+
+-- Schema 2: secrets (agentd.adapters.embedded.sqlite_secret_store), encrypted with
+-- agentd.adapters.secret_crypto. `scope` is the project id, or '' for a global secret.
+CREATE TABLE IF NOT EXISTS secrets (
+    scope      TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    value      BLOB NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (scope, name)
+);
