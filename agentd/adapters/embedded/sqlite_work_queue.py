@@ -97,6 +97,8 @@ def _row_to_job(row: sqlite3.Row) -> Job:
 
 
 class SqliteWorkQueue(WorkQueue):
+    recover_all_at_start = True
+
     def __init__(
         self, path: Path, *, lease_s: float = 30.0, max_attempts: int = 3, retry_base_s: float = 2.0
     ) -> None:
