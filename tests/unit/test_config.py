@@ -156,9 +156,9 @@ def test_database_password(dsn: str | None, password: str | None) -> None:
 
 def test_service_secrets_are_the_long_enough_keys() -> None:
     s = Settings(
-        api_key="api-key-123456",  # type: ignore[arg-type]
+        api_key="api-key-123456",
         database_url="postgresql://u:database-pw@h/d",
-        opencode_password="short",  # type: ignore[arg-type]
+        opencode_password="short",
     )
     assert service_secrets(s, KEY.encode()) == {
         "AGENTD_API_KEY": "api-key-123456",
