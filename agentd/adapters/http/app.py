@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import hmac
 import json
+import time
 from asyncio import FIRST_COMPLETED
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -333,57 +334,82 @@ async def _send(
     closing: asyncio.Event,
     stream_id: str,
 ) -> None:
-    """Write events (and heartbeat comments while idle) until the stream ends, fails or the client goes."""
-    sent = 0
-    try:
-        async with contextlib.aclosing(_with_heartbeats(subscription, cfg.heartbeat_s, closing)) as items:
-            async for item in items:
-                frame = sse.encode_comment("heartbeat") if item is None else _frame(item)
-                await asyncio.wait_for(resp.write(frame), cfg.write_timeout_s)
-                sent += item is not None
-    except errors.AgentdError as e:  # too slow, shutting down, storage trouble: the client resumes
-        if isinstance(e, errors.SubscriberTooSlow):
-            log.warning("sse.subscriber_too_slow", stream_id=stream_id, sent=sent)
-        payload = json.dumps({"code": e.code, "message": e.message, "retryable": True})
-        with contextlib.suppress(ConnectionResetError, TimeoutError):
-            await asyncio.wait_for(resp.write(sse.encode_event(payload, event="error")), cfg.write_timeout_s)
-    except (ConnectionResetError, TimeoutError) as e:
-        log.info("sse.client_gone", stream_id=stream_id, sent=sent, reason=type(e).__name__)
-
-
-async def _with_heartbeats(
-    events: AsyncIterator[StoredEvent], interval_s: float, closing: asyncio.Event
-) -> AsyncGenerator[StoredEvent | None, None]:
-    """The events, with None after every `interval_s` of silence; ServerShuttingDown once `closing` is set.
-
-    The pending read is never cancelled by a heartbeat: it stays one task until an event arrives.
-    """
-    closed: asyncio.Future[Any] = asyncio.ensure_future(closing.wait())
-    pending: asyncio.Future[Any] | None = None
+    """Write events until the stream ends, fails or the client goes; a heartbeat comment after each
+    `heartbeat_s` without a write; on shutdown an `error` event (clients resume with Last-Event-ID)."""
+    out = _Out(resp)
+    pump = asyncio.create_task(out.events(subscription))
+    closed = asyncio.create_task(closing.wait())
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(events))
-            done, _ = await asyncio.wait({pending, closed}, timeout=interval_s, return_when=FIRST_COMPLETED)
-            if pending in done:
-                try:
-                    item = pending.result()
-                except StopAsyncIteration:
-                    return
-                pending = None
-                yield item
-            elif closed in done:
+            wait = out.next_check(cfg)
+            if wait <= 0:
+                async with asyncio.timeout(cfg.write_timeout_s):
+                    await out.write(HEARTBEAT)
+                continue
+            done, _ = await asyncio.wait({pump, closed}, timeout=wait, return_when=FIRST_COMPLETED)
+            if pump in done:
+                pump.result()  # the stream's end, or how it failed
+                return
+            if closed in done:
                 raise ServerShuttingDown()
-            else:
-                yield None
+    except (ConnectionResetError, TimeoutError) as e:
+        log.info("sse.client_gone", stream_id=stream_id, sent=out.sent, reason=type(e).__name__)
+    except Exception as e:  # too slow, shutting down, storage trouble: the client resumes
+        if isinstance(e, errors.SubscriberTooSlow):
+            log.warning("sse.subscriber_too_slow", stream_id=stream_id, sent=out.sent)
+        elif not isinstance(e, errors.AgentdError):
+            log.exception("sse.stream_failed", stream_id=stream_id)
+        code = e.code if isinstance(e, errors.AgentdError) else "stream_error"
+        payload = json.dumps({"code": code, "message": str(e), "retryable": True})
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            async with asyncio.timeout(cfg.write_timeout_s):
+                await out.write(sse.encode_event(payload, event="error"))
     finally:
         closed.cancel()
-        if pending is not None:
-            pending.cancel()
-            await asyncio.wait({pending}, timeout=5)  # never hang a finished response on a stuck reader
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None and (pending is None or pending.done()):
-            await aclose()
+        pump.cancel()
+        await asyncio.wait({pump}, timeout=5)  # never hang a finished response on a stuck reader
+
+
+HEARTBEAT = sse.encode_comment("heartbeat")
+
+
+class _Out:
+    """One SSE response. Events are written as they come; the handler watches the clock: a write that
+    waits longer than the write timeout means the client is gone, a quiet connection gets a heartbeat.
+
+    A write puts its whole frame on the transport before it waits for the client, so a heartbeat and an
+    event never interleave within a frame.
+    """
+
+    def __init__(self, resp: web.StreamResponse) -> None:
+        self._resp = resp
+        self.last = time.monotonic()  # when the last write ended
+        self.busy_since: float | None = None  # when the write in progress began
+        self.sent = 0
+
+    def next_check(self, cfg: ApiConfig) -> float:
+        """Seconds until the next look (<= 0: a heartbeat is due now); TimeoutError when a write has
+        waited longer than the write timeout (noticed within two write timeouts)."""
+        now = time.monotonic()
+        if self.busy_since is None:  # a write may begin meanwhile: look again within the write timeout
+            return min(self.last + cfg.heartbeat_s - now, cfg.write_timeout_s)
+        if now - self.busy_since >= cfg.write_timeout_s:
+            raise TimeoutError()
+        return min(cfg.heartbeat_s, self.busy_since + cfg.write_timeout_s - now)
+
+    async def write(self, data: bytes) -> None:
+        self.busy_since = self.busy_since or time.monotonic()
+        try:
+            await self._resp.write(data)
+        finally:
+            self.busy_since = None
+            self.last = time.monotonic()
+
+    async def events(self, subscription: AsyncIterator[StoredEvent]) -> None:
+        async with contextlib.aclosing(subscription) as events:  # type: ignore[type-var]
+            async for stored in events:
+                await self.write(_frame(stored))
+                self.sent += 1
 
 
 class ServerShuttingDown(errors.AgentdError):
