@@ -47,6 +47,8 @@ class WorkQueue(Protocol):
     - nothing is lost when a process restarts.
     """
 
+    recover_all_at_start: bool = False  # one process owns every job: at its start, "running" ones are orphans
+
     @abstractmethod
     async def enqueue(
         self,

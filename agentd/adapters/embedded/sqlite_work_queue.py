@@ -83,6 +83,8 @@ def _job(db: sqlite3.Connection, job_id: str) -> Job:
 
 
 class SqliteWorkQueue(WorkQueue):
+    recover_all_at_start = True
+
     def __init__(
         self,
         path: Path | SqliteDatabase,
