@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -390,3 +391,48 @@ def test_an_installed_cli_runs_in_the_jail(sandbox: Sandbox, layout: Layout, tmp
     )  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode != 0 and "Read-only" in done.stderr
+
+
+# -- the real Claude Code CLI in the jail ----------------------------------------------------------------
+
+CLAUDE_BIN = Path(__file__).resolve().parents[2] / ".tools/node/node_modules/.bin/claude"
+
+
+@needs_bwrap
+@pytest.mark.e2e
+async def test_the_real_claude_cli_runs_a_tool_in_the_jail(sandbox: Sandbox, layout: Layout) -> None:
+    """Claude Code with its Bash tool, its own session (--new-session) and PID namespace, no capabilities."""
+    binary = os.environ.get("AGENTD_CLAUDE_BIN") or str(CLAUDE_BIN)
+    if not os.access(binary, os.X_OK):
+        pytest.skip(f"claude CLI not found at {binary}: run scripts/setup")
+    from tests.support.fake_anthropic import FakeAnthropic
+
+    async with FakeAnthropic() as fake:
+        env = {
+            **layout.env,
+            "ANTHROPIC_BASE_URL": fake.base_url,
+            "ANTHROPIC_API_KEY": "sk-fake-in-jail",
+            "CLAUDE_CODE_TMPDIR": str(layout.home / "tmp"),
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_AUTOUPDATER": "1",
+            "IS_SANDBOX": "1",
+            "CLAUDE_CODE_MAX_RETRIES": "1",
+        }
+        argv = [binary, "-p", "--output-format=stream-json", "--verbose",
+                "--permission-mode=bypassPermissions", "SCENARIO:tool_bash"]  # fmt: skip
+        cmd, env = sandbox.wrap(argv, env, layout.jail(ro_paths=install_paths(binary)))
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, limit=64 * 1024 * 1024,
+        )  # fmt: skip
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            if proc.returncode is None:
+                sandbox.kill_tree(proc.pid)
+                await proc.wait()
+    lines = [json.loads(line) for line in out.decode().splitlines() if line.strip()]
+    result = [line for line in lines if line.get("type") == "result"]
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert result and result[-1]["result"] == "Done: created out.txt."
+    assert (layout.workspace / "out.txt").read_text() == "hello\n"  # the tool ran in the workspace
