@@ -227,6 +227,8 @@ class Sandbox:
             args += ["--bind", str(p), str(p)]
         for p in jail.extra_rw:
             args += ["--bind-try", str(p), str(p)]
+        for p in self.hide:  # read-only too, so nothing can be written there that looks like data
+            args += ["--remount-ro", str(p)]
         args += ["--chdir", str(jail.cwd or jail.workspace)]
         return args
 

@@ -80,13 +80,28 @@ def ls(p):
         return sorted(os.listdir(p))
     except OSError as e:
         return type(e).__name__
+def write(p):
+    try:
+        with open(p, "w") as f:
+            f.write("planted")
+        return "written"
+    except OSError as e:
+        return type(e).__name__
+def holds(p, needle):
+    # whether the file holds the needle, or the error: never the content (the machine's environment)
+    try:
+        with open(p, "rb") as f:
+            return needle.encode() in f.read()
+    except OSError as e:
+        return type(e).__name__
 owner, data, other, other_home = sys.argv[1:5]
+secret = sys.stdin.read()  # not in argv: that is /proc/1/cmdline
 out = {
     "cwd": os.getcwd(),
     "pid": os.getpid(),
     "ws_read": read("mine.txt"),
     "home_read": read(os.path.join(os.environ["HOME"], "settings.json")),
-    "owner_environ": read(f"/proc/{owner}/environ"),
+    "owner_environ": holds(f"/proc/{owner}/environ", secret),
     "pid1_environ": read("/proc/1/environ"),
     "pid1_cmdline": read("/proc/1/cmdline"),
     "data_dir": ls(data),
@@ -96,6 +111,7 @@ out = {
     "other_secret": read(os.path.join(other, "secret.txt")),
     "other_home": read(os.path.join(other_home, "settings.json")),
     "shadow": read("/etc/shadow"),
+    "data_write": write(os.path.join(data, "planted.txt")),
     "ps": subprocess.run(["ps", "-e", "-o", "pid=,comm="], capture_output=True, text=True).stdout,
     "environ": dict(os.environ),
 }
@@ -111,7 +127,9 @@ def run_spy(sandbox: Sandbox, layout: Layout) -> dict[str, object]:
     argv = [PY, "-c", SPY, str(os.getpid()), str(layout.data), str(layout.other_workspace),
             str(layout.other_home)]  # fmt: skip
     cmd, env = sandbox.wrap(argv, layout.env, layout.jail())
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        cmd, env=env, input=SERVICE_SECRET, capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stderr
     result: dict[str, object] = json.loads(done.stdout)
     return result
@@ -135,6 +153,7 @@ def test_a_jailed_run_sees_its_workspace_and_home_and_nothing_else(sandbox: Sand
     assert got["other_secret"] == "FileNotFoundError"
     assert got["other_home"] == "FileNotFoundError"
     assert got["shadow"] in ("", "PermissionError")
+    assert got["data_write"] == "OSError" and not (layout.data / "planted.txt").exists()  # read-only
     assert got["environ"] == {**layout.env, "PWD": str(layout.workspace)}  # bwrap adds PWD, nothing else
     assert SERVICE_SECRET not in json.dumps(got)
 
@@ -147,7 +166,8 @@ def test_pid_1_inside_holds_only_the_run_environment_and_no_secret_in_argv(
     pid1_env = dict(kv.split("=", 1) for kv in str(got["pid1_environ"]).split("\0") if kv)
     assert pid1_env == layout.env  # bwrap's own environment: the run's, not agentd's
     assert RUN_SECRET not in str(got["pid1_cmdline"])
-    assert SERVICE_SECRET not in str(got["pid1_cmdline"]) + str(got["owner_environ"])
+    assert SERVICE_SECRET not in str(got["pid1_cmdline"])
+    assert got["owner_environ"] in (False, "FileNotFoundError", "PermissionError")
     cmd, env = sandbox.wrap(["/bin/true"], layout.env, layout.jail())
     assert RUN_SECRET not in " ".join(cmd) and SERVICE_SECRET not in " ".join(cmd)
     assert env == layout.env
@@ -162,7 +182,7 @@ def test_the_run_has_its_own_pid_namespace(sandbox: Sandbox, layout: Layout) -> 
     assert {int(pid) for pid, _ in rows} <= {1, 2, 3, 4, 5}
     assert got["pid"] == 2
     # agentd's pid is either unused inside or someone else's: never agentd's environment.
-    assert SERVICE_SECRET not in str(got["owner_environ"])
+    assert got["owner_environ"] in (False, "FileNotFoundError")
 
 
 def _gone(pid: int) -> bool:
