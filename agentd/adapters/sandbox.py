@@ -31,7 +31,8 @@ Processes and signals (checked in tests/integration/test_sandbox.py):
 
 With mode "off" (`AGENTD_SANDBOX=off`, or `auto` where bwrap does not work), `wrap()` returns argv and env
 unchanged. `kill_tree`/`signal_command`/`alive` then act on the process, its process group and its
-descendants (best effort: a process that left its group and was re-parented is not found).
+descendants (best effort: a process that left its group and was re-parented is not found). They do the
+same in "bwrap" mode for a pid that is not a bwrap (a process started without `wrap()`, e.g. kubectl).
 """
 
 from __future__ import annotations
@@ -237,7 +238,7 @@ class Sandbox:
     def kill_tree(self, pid: int) -> None:
         """SIGKILL everything started from `pid` (the pid `wrap()`'s command was spawned as). The caller
         still reaps `pid` itself (await proc.wait())."""
-        if self.mode == "bwrap":
+        if self._jailed(pid):
             inner = _children(pid)
             for p in inner:
                 _kill(p, signal.SIGKILL)  # PID 1 of the namespace: the kernel kills every member
@@ -251,7 +252,7 @@ class Sandbox:
 
     def signal_command(self, pid: int, sig: int) -> None:
         """Send `sig` to the agent command itself (inside the sandbox: PID 2, bwrap's grandchild)."""
-        if self.mode == "bwrap":
+        if self._jailed(pid):
             targets = [c for inner in _children(pid) for c in _children(inner)]
             for p in targets:
                 _kill(p, sig)
@@ -259,14 +260,15 @@ class Sandbox:
         _kill(pid, sig)
 
     def alive(self, pid: int) -> bool:
-        """Whether `pid` or anything it started (in bwrap mode: anything in its namespace) still runs."""
+        """Whether `pid` or anything it started (in bwrap mode: anything in its namespace) still runs.
+        Ask before reaping `pid`: after that its number may belong to someone else."""
         return any(_running(p) for p in self.members(pid))
 
     def members(self, pid: int) -> set[int]:
         """`pid` and the processes that belong to it, as pids seen from agentd. In bwrap mode these are
         the outer bwrap and every process in the sandbox's PID namespace."""
         found = {pid} if _running(pid) else set()
-        if self.mode == "off":
+        if not self._jailed(pid):
             return found | _descendants(pid)
         namespaces = set()
         for inner in _children(pid):
@@ -279,6 +281,15 @@ class Sandbox:
                 if os.readlink(f"/proc/{name}/ns/pid") in namespaces:
                     found.add(name)
         return found
+
+    def _jailed(self, pid: int) -> bool:
+        """Whether `pid` is a bwrap we started (a process spawned without `wrap()`, e.g. kubectl, is not)."""
+        if self.mode != "bwrap":
+            return False
+        try:
+            return os.readlink(f"/proc/{pid}/exe") == os.path.realpath(self.bwrap)
+        except OSError:
+            return False
 
 
 def probe(bwrap: str = "bwrap") -> tuple[str | None, str]:

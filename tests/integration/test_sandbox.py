@@ -456,3 +456,27 @@ async def test_the_real_claude_cli_runs_a_tool_in_the_jail(sandbox: Sandbox, lay
     assert proc.returncode == 0, err.decode()[-2000:]
     assert result and result[-1]["result"] == "Done: created out.txt."
     assert (layout.workspace / "out.txt").read_text() == "hello\n"  # the tool ran in the workspace
+
+
+@needs_bwrap
+def test_the_process_helpers_also_work_for_a_process_started_without_the_jail(sandbox: Sandbox) -> None:
+    """In bwrap mode, kill_tree on e.g. a kubectl process (not wrapped) still ends it and its children."""
+    proc = subprocess.Popen(["/bin/sh", "-c", "sleep 1000 & sleep 1000"], start_new_session=True)
+    try:
+        assert _wait_for(lambda: len(sandbox.members(proc.pid)) == 3)
+        members = sandbox.members(proc.pid)
+        sandbox.signal_command(proc.pid, signal.SIGSTOP)  # the process itself, not its children
+        assert _wait_for(lambda: _state(proc.pid) == "T")
+        assert all(_state(p) == "S" for p in members - {proc.pid})
+        sandbox.kill_tree(proc.pid)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+        assert _wait_for(lambda: not any(_alive_nonzombie(p) for p in members))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "agentd"
-SHARED = {"agentd", "agentd.sse", "agentd.config"}  # cross-cutting modules any adapter may use
+# Cross-cutting modules any adapter may use (the sandbox jails every local agent process).
+SHARED = {"agentd", "agentd.sse", "agentd.config", "agentd.adapters.sandbox"}
 
 
 def imports_of(path: Path) -> set[str]:
