@@ -94,7 +94,9 @@ class Jail:
     """What one run may see. The workspace and home are mounted read-write at their own paths.
 
     `ro_paths` (e.g. `install_paths(binary)`) are mounted read-only and skipped when missing. `extra_rw`
-    paths are mounted read-write and skipped when missing. `cwd` defaults to the workspace.
+    paths are mounted read-write and skipped when missing. `cwd` defaults to the workspace. The
+    sandbox's hidden paths (the data dir) win over `ro_paths`, even a folder that contains the data dir;
+    the workspace, the home and `extra_rw` win over the hidden paths.
     """
 
     workspace: Path

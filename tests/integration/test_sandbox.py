@@ -480,3 +480,18 @@ def test_the_process_helpers_also_work_for_a_process_started_without_the_jail(sa
 def _state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@needs_bwrap
+def test_a_read_only_path_around_the_data_dir_does_not_expose_it(sandbox: Sandbox, layout: Layout) -> None:
+    """The data dir stays hidden even when a mounted install folder contains it (the hide wins)."""
+    parent = layout.data.parent
+    cmd, env = sandbox.wrap(
+        ["/bin/sh", "-c", f"ls {parent}; ls {layout.data}; cat {layout.data}/queue.db"],
+        layout.env,
+        layout.jail(ro_paths=(parent,)),
+    )
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert "data" in done.stdout.split()  # the parent is there...
+    assert "queue.db" not in done.stdout and SERVICE_SECRET not in done.stdout  # ...its data dir is not
+    assert "No such file" in done.stderr
