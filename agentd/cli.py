@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_secrets_parser(sub)
 
     args = parser.parse_args(argv)
+    if args.command in ("serve", "api", "worker"):
+        os.umask(0o077)  # everything agentd and its runs create: 0600 files, 0700 folders
     try:
         settings = load_settings(os.environ)
     except ConfigError as e:

@@ -65,6 +65,8 @@ class Settings(BaseModel):
 
     # Providers, in registration order (the first is the default): "claude-code,opencode".
     providers: tuple[str, ...] = ("claude-code", "opencode")
+    # Jail agent processes with bubblewrap: auto = when it works, bwrap = required, off = never.
+    sandbox: Literal["auto", "bwrap", "off"] = "auto"
 
     # Claude Code
     claude_bin: str = "claude"
