@@ -17,7 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from agentd.adapters.sandbox import Jail, Sandbox, install_paths, probe
-from agentd.config import Settings
+from agentd.config import ConfigError, load_settings
 from agentd.domain.errors import SandboxUnavailable
 
 PY = "/usr/bin/python3"  # the system interpreter: mounted in every jail (a venv's may not be)
@@ -348,13 +348,11 @@ def test_off_mode_does_not_probe_and_wraps_nothing(tmp_path: Path) -> None:
     assert sb.wrap(["x"], {"A": "1"}, Jail(tmp_path, tmp_path)) == (["x"], {"A": "1"})
 
 
-def test_settings_read_agentd_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert Settings().sandbox == "auto"
-    monkeypatch.setenv("AGENTD_SANDBOX", "off")
-    assert Settings().sandbox == "off"
-    monkeypatch.setenv("AGENTD_SANDBOX", "maybe")
-    with pytest.raises(ValueError, match="sandbox"):
-        Settings()
+def test_settings_read_agentd_sandbox() -> None:
+    assert load_settings({}).sandbox == "auto"
+    assert load_settings({"AGENTD_SANDBOX": "off"}).sandbox == "off"
+    with pytest.raises(ConfigError, match="AGENTD_SANDBOX"):
+        load_settings({"AGENTD_SANDBOX": "maybe"})
 
 
 def test_off_mode_kill_tree_ends_the_process_group(tmp_path: Path) -> None:
