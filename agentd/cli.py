@@ -1,10 +1,10 @@
-"""Command line: `agentd serve` runs the service; `agentd submit` sends a prompt and follows it."""
+"""Command line: `agentd serve` runs the service; the client commands (submit, follow, jobs, cancel) are in
+agentd.cli_jobs."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from agentd import __version__
+from agentd import __version__, cli_jobs
 from agentd.config import ConfigError, Settings, check_master_key, load_settings
 
 log = structlog.get_logger("agentd.cli")
@@ -36,21 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("worker", help="run only workers (needs AGENTD_DATABASE_URL)")
     sub.add_parser("migrate", help="apply database migrations (AGENTD_DATABASE_URL)")
 
-    submit = sub.add_parser("submit", help="submit a prompt; with --follow print its stream")
-    submit.add_argument("--project", required=True, help="project id, e.g. my-repo")
-    submit.add_argument("--provider", help="claude-code | opencode (default: the server's default)")
-    submit.add_argument("--model")
-    submit.add_argument("--session-id", help="continue this agent session")
-    submit.add_argument("--timeout", type=float, dest="timeout_s", help="seconds before the job times out")
-    submit.add_argument("--max-turns", type=int)
-    submit.add_argument("--follow", action="store_true", help="print the events until the job ends")
-    submit.add_argument("--json", action="store_true", help="with --follow: print raw events as JSON lines")
-    submit.add_argument(
-        "--server",
-        default=os.environ.get("AGENTD_URL"),
-        help="agentd URL (AGENTD_URL, default from settings)",
-    )
-    submit.add_argument("prompt", help="the prompt; '-' reads it from stdin")
+    cli_jobs.add_parsers(sub)  # submit, follow, jobs, cancel
     _add_secrets_parser(sub)
 
     args = parser.parse_args(argv)
@@ -80,7 +66,9 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         return _migrate(settings)
     if args.command == "secrets":
         return asyncio.run(_secrets(settings, args))
-    return asyncio.run(_submit(settings, args))
+    if args.command in cli_jobs.COMMANDS:
+        return cli_jobs.run(args, default_server=f"http://{settings.host}:{settings.port}")
+    raise AssertionError(f"unhandled command {args.command}")
 
 
 def _add_secrets_parser(sub: Any) -> None:
@@ -301,97 +289,6 @@ def _serve(settings: Settings, host: str | None, port: int | None, *, workers: b
         print(f"agentd: {e.message}", file=sys.stderr)
         return 2
     return 0
-
-
-async def _submit(settings: Settings, args: argparse.Namespace) -> int:
-    from agentd.client import AgentdClient, ApiError
-
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    server = args.server or f"http://{settings.host}:{settings.port}"
-    key = settings.api_key.get_secret_value() if settings.api_key else None
-    async with AgentdClient(server, api_key=key) as client:
-        try:
-            job = await client.submit(
-                args.project,
-                prompt,
-                provider=args.provider,
-                model=args.model,
-                session_id=args.session_id,
-                timeout_s=args.timeout_s,
-                max_turns=args.max_turns,
-            )
-        except ApiError as e:
-            print(f"agentd: {e.message} ({e.code}, HTTP {e.status})", file=sys.stderr)
-            return 2
-        if not args.follow:
-            print(json.dumps(job, indent=2))
-            return 0
-        print(f"job {job['job_id']} ({job['provider']}) → {job['stream_url']}", file=sys.stderr)
-        loop = asyncio.get_running_loop()
-        cancel_sent = False
-        pending: set[asyncio.Task[Any]] = set()
-
-        def on_sigint() -> None:
-            nonlocal cancel_sent
-            if not cancel_sent:
-                cancel_sent = True
-                print("\nagentd: cancelling the job (Ctrl-C again to quit)…", file=sys.stderr)
-                task = loop.create_task(client.cancel(args.project, job["job_id"]))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            else:
-                raise KeyboardInterrupt
-
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
-        status = "failed"
-        try:
-            async for item in client.follow(job["stream_url"]):
-                if args.json:
-                    print(json.dumps({"id": item.seq, "event": item.event, "data": item.data}), flush=True)
-                else:
-                    _print_event(item.event, item.data)
-                if item.event == "done":
-                    status = item.data.get("status", "failed")
-        except ApiError as e:
-            print(f"agentd: {e.message}", file=sys.stderr)
-            return 3
-        finally:
-            loop.remove_signal_handler(signal.SIGINT)
-        return 0 if status == "succeeded" else 1
-
-
-def _print_event(event: str, d: dict[str, Any]) -> None:
-    err = sys.stderr
-    if event in ("text",):
-        if d.get("abandoned"):
-            print("\n[previous message abandoned by the agent]", file=err)
-        sys.stdout.write(d.get("chunk", ""))
-        if d.get("is_complete"):
-            sys.stdout.write("\n")
-        sys.stdout.flush()
-    elif event == "reasoning":
-        err.write(d.get("chunk", ""))
-    elif event == "tool_use":
-        print(f"→ {d.get('name')} {json.dumps(d.get('input'), ensure_ascii=False)[:500]}", file=err)
-    elif event == "tool_result":
-        mark = "✗" if d.get("is_error") else "←"
-        print(f"{mark} {str(d.get('output', ''))[:500]}", file=err)
-    elif event == "status":
-        print(f"[{d.get('status')}] {d.get('detail') or ''}".rstrip(), file=err)
-    elif event == "session":
-        print(f"[session {d.get('session_id')} model {d.get('model')}]", file=err)
-    elif event == "error":
-        print(f"[error {d.get('code')}] {d.get('message')}", file=err)
-    elif event == "output":
-        print(f"[{d.get('type')}] {d.get('content')}", file=err)
-    elif event == "done":
-        cost = d.get("cost_usd")
-        extra = f", ${cost:.4f}" if isinstance(cost, int | float) else ""
-        print(
-            f"[done {d.get('status')} in {d.get('duration_ms')} ms, session {d.get('session_id')}{extra}]"
-            + (f" {d['error']}" if d.get("error") else ""),
-            file=err,
-        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,158 @@
+"""The JSON shapes of the HTTP API: what handlers answer, what the SDK parses, what /openapi.json describes.
+
+One source of truth: the HTTP adapter builds its answers with these models, `agentd.client` parses them,
+and agentd.adapters.http.openapi turns them (with the domain's event models) into the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentd.domain.models import JobStatus, PromptFile, ResultStatus
+from agentd.domain.webhooks import WebhookSpec
+
+
+class _Answer(BaseModel):
+    """An API answer. Unknown fields are kept (a newer server may add some); `answer["field"]` works
+    too, for callers written against the dict-returning client."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return getattr(self, name)
+        except AttributeError:
+            raise KeyError(name) from None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self, name, default)
+
+
+class SubmitBody(BaseModel):
+    """POST /projects/{project_id}/jobs (and /claude): one prompt for the project."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description="what the agent should do")
+    provider: str | None = Field(None, description="claude-code, opencode, … (default: the server's)")
+    model: str | None = None
+    session_id: str | None = Field(None, description="continue this agent session")
+    timeout_s: float | None = Field(None, description="seconds before the job times out (1-86400)")
+    max_turns: int | None = Field(None, description="1-1000")
+    agent: str | None = Field(None, description="the provider's agent (OpenCode)")
+    files: list[PromptFile] | None = None
+    mentions: list[str] | None = None
+    busy: Literal["enqueue", "reject"] | None = Field(
+        None, description="when the project has a job queued or running: wait (default) or answer 409"
+    )
+    webhook: WebhookSpec | None = Field(None, description="where to POST when the job ends (signed)")
+
+
+class Submitted(_Answer):
+    job_id: str
+    stream_id: str
+    stream_url: str = Field(description="the job's event stream (Server-Sent Events)")
+    status_url: str
+    status: JobStatus
+    project_id: str
+    provider: str
+
+
+class JobRequestView(_Answer):
+    prompt: str
+    model: str | None = None
+    session_id: str | None = None
+    timeout_s: float
+    max_turns: int | None = None
+
+
+class JobResult(_Answer):
+    status: ResultStatus
+    exit_code: int | None = None
+    duration_ms: int = 0
+    session_id: str | None = None
+    result: str | None = None
+    usage: dict[str, Any] = Field(default_factory=dict)
+    cost_usd: float | None = None
+    error: str | None = None
+
+
+class JobInfo(_Answer):
+    job_id: str
+    project_id: str
+    provider: str
+    stream_id: str
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    cancel_requested: bool = False
+    request: JobRequestView
+    result: JobResult | None = None
+
+
+class JobPage(_Answer):
+    jobs: list[JobInfo]
+    next_before: str | None = Field(None, description="pass as ?before= for the next (older) page")
+
+
+class ErrorBody(_Answer):
+    error: str = Field(description="a stable code, e.g. invalid_request")
+    message: str = Field(description="what went wrong and what to fix")
+
+
+class Health(_Answer):
+    status: Literal["ok"]
+    version: str
+
+
+class ProviderInfo(_Answer):
+    name: str
+    default: bool
+    capabilities: dict[str, Any]
+    availability: dict[str, Any]
+
+
+class Providers(_Answer):
+    default: str | None
+    providers: list[ProviderInfo]
+
+
+class SecretView(_Answer):
+    name: str
+    updated_at: datetime
+
+
+class SecretList(_Answer):
+    secrets: list[SecretView]
+
+
+class SecretValue(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    value: str
+
+
+class Delivery(_Answer):
+    """One webhook delivery: what was (or will be) sent, and every attempt's outcome."""
+
+    delivery_id: str
+    job_id: str
+    event: str
+    url: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    created_at: datetime
+    next_attempt_at: datetime | None = None
+    delivered_at: datetime | None = None
+    last_status_code: int | None = None
+    last_error: str | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class DeliveryList(_Answer):
+    deliveries: list[Delivery]
