@@ -9,21 +9,25 @@ import structlog
 from aiohttp import web
 
 from agentd.adapters.claude_code.agent import ClaudeCodeAgent, ClaudeCodeConfig, reap_stale
+from agentd.adapters.embedded.sqlite_webhook_outbox import SqliteWebhookOutbox
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
 from agentd.adapters.http.app import ApiConfig, create_app
 from agentd.adapters.memory.memory_event_stream import MemoryEventStream
 from agentd.adapters.memory.memory_secret_store import MemorySecretStore
 from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
+from agentd.adapters.webhook_sender import AiohttpWebhookSender
 from agentd.config import ConfigError, Settings, load_master_key, service_secrets
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
 from agentd.ports.secret_store import SecretStore
+from agentd.ports.webhook_outbox import WebhookOutbox
 from agentd.ports.work_queue import Limits, WorkQueue
 from agentd.services.jobs import JobService
 from agentd.services.redaction import LOG_SECRETS
 from agentd.services.registry import ProviderRegistry
 from agentd.services.runner import Runner
 from agentd.services.secrets import SecretService
+from agentd.services.webhooks import WebhookService
 
 log = structlog.get_logger(__name__)
 
@@ -37,6 +41,7 @@ class Container:
     runner: Runner | None
     service: JobService
     secrets: SecretService
+    webhooks: WebhookService | None = None
 
     def app(self) -> web.Application:
         api_key = self.settings.api_key.get_secret_value() if self.settings.api_key else None
@@ -63,6 +68,11 @@ class Container:
             await self.runner.stop(self.settings.shutdown_grace_s)
         for _, agent in self.registry.items():
             await agent.close()
+        if self.webhooks is not None:
+            await self.webhooks.outbox.close()
+            sender = self.webhooks.sender
+            if isinstance(sender, AiohttpWebhookSender):
+                await sender.close()
         await self.streams.close()
         await self.queue.close()
 
@@ -129,6 +139,31 @@ async def open_secret_store(settings: Settings) -> SecretStore:
     return MemorySecretStore(load_master_key(settings))
 
 
+async def open_webhooks(settings: Settings, queue: WorkQueue, secrets: SecretStore) -> WebhookService | None:
+    """Webhook deliveries live in the queue's database: SQLite beside the embedded queue, PostgreSQL
+    beside the PostgreSQL queue; another queue (a test's) has none."""
+    outbox: WebhookOutbox
+    if isinstance(queue, SqliteWorkQueue):
+        outbox = SqliteWebhookOutbox(queue.db)
+    else:
+        from agentd.adapters.postgres import PostgresWorkQueue
+        from agentd.adapters.postgres.postgres_webhook_outbox import PostgresWebhookOutbox
+
+        if not isinstance(queue, PostgresWorkQueue):
+            return None
+        pg = PostgresWebhookOutbox(queue.db)
+        await pg.open()
+        outbox = pg
+    fallback = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+    return WebhookService(
+        outbox,
+        AiohttpWebhookSender(),
+        secrets=secrets,
+        fallback_secret=fallback,
+        retry_base_s=settings.webhook_retry_base_s,
+    )
+
+
 async def build(
     settings: Settings,
     *,
@@ -149,6 +184,7 @@ async def build(
     secrets = secrets or await open_secret_store(settings)
     own_keys = service_secrets(settings, load_master_key(settings))
     LOG_SECRETS.add(own_keys)
+    webhooks = await open_webhooks(settings, queue, secrets)
     runner = None
     if with_workers:
         runner = Runner(
@@ -161,6 +197,7 @@ async def build(
             limits=Limits(global_max=settings.max_running, per_provider=settings.provider_limits),
             secrets=secrets,
             service_secrets=own_keys,
+            webhooks=webhooks,
         )
-    service = JobService(queue, streams, registry, runner)
-    return Container(settings, queue, streams, registry, runner, service, SecretService(secrets))
+    service = JobService(queue, streams, registry, runner, webhooks)
+    return Container(settings, queue, streams, registry, runner, service, SecretService(secrets), webhooks)

@@ -63,6 +63,10 @@ class Settings(BaseModel):
     master_key: SecretStr | None = None
     master_key_file: Path | None = None
 
+    # Webhooks: the signing secret when a project has no WEBHOOK_SECRET secret; the first retry's delay.
+    webhook_secret: SecretStr | None = None
+    webhook_retry_base_s: float = Field(10.0, gt=0)
+
     # Providers, in registration order (the first is the default): "claude-code,opencode".
     providers: tuple[str, ...] = ("claude-code", "opencode")
     # Jail agent processes with bubblewrap: auto = when it works, bwrap = required, off = never.
@@ -216,6 +220,8 @@ def service_secrets(settings: Settings, master_key: bytes | None = None) -> dict
         out["AGENTD_API_KEY"] = settings.api_key.get_secret_value()
     if master_key is not None:
         out["AGENTD_MASTER_KEY"] = master_key.decode("ascii")
+    if settings.webhook_secret is not None:
+        out["AGENTD_WEBHOOK_SECRET"] = settings.webhook_secret.get_secret_value()
     if settings.opencode_password is not None:
         out["AGENTD_OPENCODE_PASSWORD"] = settings.opencode_password.get_secret_value()
     password = database_password(settings.database_url)

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from agentd.domain import errors
+from agentd.domain.webhooks import WebhookSpec
 
 PROJECT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -72,6 +73,7 @@ class AgentRequest(BaseModel):
     agent: str | None = None
     files: tuple[PromptFile, ...] = ()
     mentions: tuple[str, ...] = ()
+    webhook: WebhookSpec | None = None  # where to POST when the job ends (agentd.domain.webhooks)
 
     @field_validator("project_id")
     @classmethod

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Literal
+import secrets
+from datetime import datetime
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -75,11 +77,66 @@ def verify(secret: str, header: str, body: bytes, *, now: float, tolerance_s: fl
     return hmac.compare_digest(sign(secret, t, body), f"t={t},v1={fields.get('v1', '')}")
 
 
-def retry_delay_s(attempts: int) -> float:
-    """Seconds to wait after the `attempts`-th failed attempt."""
-    return min(RETRY_BASE_S * 2.0 ** max(attempts - 1, 0), RETRY_MAX_DELAY_S)
+def retry_delay_s(attempts: int, base_s: float = RETRY_BASE_S, max_s: float = RETRY_MAX_DELAY_S) -> float:
+    """Seconds to wait after the `attempts`-th failed attempt: base, 2 x base, 4 x base … capped."""
+    return min(base_s * 2.0 ** max(attempts - 1, 0), max_s)
 
 
 def should_retry(status_code: int | None) -> bool:
     """Connection errors (None) and 5xx are retried; 4xx and other answers are final."""
     return status_code is None or status_code >= 500
+
+
+DeliveryStatus = Literal["pending", "delivered", "failed"]
+
+
+class DeliveryAttempt(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    at: datetime
+    status_code: int | None = None  # None: no answer (connection error, timeout)
+    error: str | None = None
+    duration_ms: int = 0
+
+
+class Delivery(BaseModel):
+    """One POST to make, durable in the queue's database: the body is fixed when it is created, so every
+    retry sends the same bytes (signed anew, with a fresh timestamp)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    project_id: str
+    job_id: str
+    event: WebhookEvent
+    url: str
+    body: str
+    status: DeliveryStatus = "pending"
+    attempts: int = 0
+    created_at: datetime
+    next_attempt_at: datetime | None = None
+    delivered_at: datetime | None = None
+    last_status_code: int | None = None
+    last_error: str | None = None
+    history: tuple[DeliveryAttempt, ...] = ()
+
+    def public(self) -> dict[str, Any]:
+        """What GET /projects/{project_id}/jobs/{job_id}/deliveries shows (agentd.wire.Delivery)."""
+        return {
+            "delivery_id": self.id,
+            "job_id": self.job_id,
+            "event": self.event,
+            "url": self.url,
+            "status": self.status,
+            "attempts": self.attempts,
+            "created_at": self.created_at.isoformat(),
+            "next_attempt_at": self.next_attempt_at.isoformat() if self.next_attempt_at else None,
+            "delivered_at": self.delivered_at.isoformat() if self.delivered_at else None,
+            "last_status_code": self.last_status_code,
+            "last_error": self.last_error,
+            "history": [a.model_dump(mode="json") for a in self.history],
+        }
+
+
+def new_delivery_id() -> str:
+    return "dlv_" + secrets.token_hex(12)

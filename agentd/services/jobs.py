@@ -10,11 +10,13 @@ import structlog
 
 from agentd.domain.ids import job_id_for_stream, new_job_ids
 from agentd.domain.models import AgentRequest, DoneEvent, Job, JobStatus, StatusEvent, StoredEvent
+from agentd.domain.webhooks import Delivery
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
 from agentd.ports.work_queue import BusyPolicy, JobFilter, WorkQueue
 from agentd.services.registry import ProviderRegistry
 from agentd.services.runner import Runner
+from agentd.services.webhooks import WebhookService
 
 log = structlog.get_logger(__name__)
 
@@ -28,11 +30,13 @@ class JobService:
         streams: EventStream,
         registry: ProviderRegistry,
         runner: Runner | None = None,
+        webhooks: WebhookService | None = None,
     ) -> None:
         self.queue = queue
         self.streams = streams
         self.registry = registry
         self.runner = runner
+        self.webhooks = webhooks
 
     async def submit(
         self, request: AgentRequest, *, idempotency_key: str | None = None, busy: BusyPolicy = "enqueue"
@@ -64,8 +68,11 @@ class JobService:
     async def cancel(self, project_id: str, job_id: str) -> Job:
         job, ended = await self.queue.request_cancel(project_id, job_id)
         if ended and job.result is not None:
-            await self.streams.publish(job.stream_id, [DoneEvent.from_result(job.result)])
+            done = DoneEvent.from_result(job.result)
+            await self.streams.publish(job.stream_id, [done])
             await self.streams.close_stream(job.stream_id)
+            if self.webhooks is not None:
+                await self.webhooks.notify(job, done)
             log.info("job.cancelled", job_id=job.id, while_status="queued")
         elif job.status == JobStatus.running and self.runner is not None:
             # Fast path when this process runs it; other processes see cancel_requested when they poll.
@@ -75,6 +82,11 @@ class JobService:
 
     async def get(self, project_id: str, job_id: str) -> Job:
         return await self.queue.get(project_id, job_id)
+
+    async def deliveries(self, project_id: str, job_id: str) -> list[Delivery]:
+        """The job's webhook deliveries (JobNotFound unless the job is this project's)."""
+        await self.queue.get(project_id, job_id)
+        return await self.webhooks.deliveries(job_id) if self.webhooks is not None else []
 
     async def list_jobs(self, project_id: str, flt: JobFilter) -> list[Job]:
         return await self.queue.list_jobs(project_id, flt)

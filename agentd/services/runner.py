@@ -20,12 +20,14 @@ import structlog
 
 from agentd.domain.errors import AgentdError, QueueUnavailable, SecretsUnavailable
 from agentd.domain.models import AgentEvent, AgentResult, DoneEvent, Job, JobStatus, StatusEvent
+from agentd.domain.webhooks import PROJECT_SECRET_NAME as WEBHOOK_SECRET_NAME
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
 from agentd.ports.secret_store import SecretStore
 from agentd.ports.work_queue import Limits, WorkQueue
 from agentd.services.redaction import LOG_SECRETS, RunRedactor
 from agentd.services.registry import ProviderRegistry
+from agentd.services.webhooks import WebhookService
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +50,7 @@ class Runner:
         limits: Limits | None = None,
         secrets: SecretStore | None = None,
         service_secrets: Mapping[str, str] | None = None,
+        webhooks: WebhookService | None = None,
     ) -> None:
         self.queue = queue
         self.streams = streams
@@ -60,6 +63,7 @@ class Runner:
         self.limits = limits
         self.secrets = secrets
         self.service_secrets = dict(service_secrets or {})  # redacted from every run's output
+        self.webhooks = webhooks  # deliveries enqueued on status changes and at the end (if asked)
         self.worker_prefix = f"{socket.gethostname()}:{os.getpid()}"
         self._tasks: list[asyncio.Task[None]] = []
         self._running: set[asyncio.Task[None]] = set()
@@ -80,6 +84,8 @@ class Runner:
                 await self._announce_recovered(job)
         self._tasks.append(asyncio.create_task(self._dispatch(self.worker_prefix)))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        if self.webhooks is not None:
+            self._tasks.append(asyncio.create_task(self.webhooks.run(self.worker_prefix, self._stopping)))
 
     @staticmethod
     def _log_recovered(jobs: list[Job]) -> None:
@@ -230,9 +236,11 @@ class Runner:
         if self.secrets is None:
             return {}
         try:
-            return await self.secrets.resolve(job.project_id)
+            env = await self.secrets.resolve(job.project_id)
         except SecretsUnavailable:  # no master key: there are no secrets to give
             return {}
+        env.pop(WEBHOOK_SECRET_NAME, None)  # signs the project's webhooks: never the run's to see
+        return env
 
     async def _supervise(
         self, job: Job, agent: CodeAgent, worker_id: str, env: dict[str, str], redactor: RunRedactor
@@ -313,6 +321,18 @@ class Runner:
 
     async def _publish(self, job: Job, ev: AgentEvent) -> None:
         await self._durably(lambda: self.streams.publish(job.stream_id, [ev]), "publish")
+        if isinstance(ev, StatusEvent | DoneEvent):
+            await self._notify(job, ev)
+
+    async def _notify(self, job: Job, ev: StatusEvent | DoneEvent) -> None:
+        """The job's webhook, if it asked for this event: stored durably, sent by the dispatcher."""
+        webhooks = self.webhooks
+        if webhooks is None or job.request.webhook is None:
+            return
+        try:
+            await self._durably(lambda: webhooks.notify(job, ev), "webhook")
+        except Exception:  # never let a webhook break the job
+            log.exception("webhook.enqueue_failed", event=ev.event)
 
     async def _durably(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         """Retry `op` while storage is unreachable (a database restart): the run waits, nothing is lost.
@@ -395,5 +415,7 @@ class Runner:
                 job.stream_id, [StatusEvent(status="requeued", detail="its worker was lost; will retry")]
             )
         elif job.result is not None:
-            await self.streams.publish(job.stream_id, [DoneEvent.from_result(job.result)])
+            done = DoneEvent.from_result(job.result)
+            await self.streams.publish(job.stream_id, [done])
             await self.streams.close_stream(job.stream_id)
+            await self._notify(job, done)

@@ -45,6 +45,7 @@ REQUEST_FIELDS = {
     "files",
     "mentions",
     "busy",
+    "webhook",
 }
 MAX_IDEMPOTENCY_KEY = 200
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -82,6 +83,7 @@ def create_app(service: JobService, config: ApiConfig, secrets: SecretService) -
     app.router.add_get("/projects/{project_id}/jobs", list_jobs)
     app.router.add_get("/projects/{project_id}/jobs/{job_id}", get_job)
     app.router.add_post("/projects/{project_id}/jobs/{job_id}/cancel", cancel_job)
+    app.router.add_get("/projects/{project_id}/jobs/{job_id}/deliveries", list_deliveries)
     app.router.add_get("/projects/{project_id}/events/{stream_id}", events)
     for prefix in ("/projects/{project_id}/secrets", "/secrets"):
         app.router.add_get(prefix, list_secrets)
@@ -242,6 +244,12 @@ async def cancel_job(request: web.Request) -> web.Response:
     project_id = validate_project_id(request.match_info["project_id"])
     job = await request.app[SERVICE].cancel(project_id, request.match_info["job_id"])
     return web.json_response(job.public(), status=202 if job.status == JobStatus.running else 200)
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    project_id = validate_project_id(request.match_info["project_id"])
+    found = await request.app[SERVICE].deliveries(project_id, request.match_info["job_id"])
+    return web.json_response({"deliveries": [d.public() for d in found]})
 
 
 def _time_param(raw: str | None, name: str) -> datetime | None:
