@@ -27,20 +27,49 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
-from agentd.domain.models import AgentResult, DoneEvent, StoredEvent, event_from_data
+from agentd.domain.models import (
+    AgentEvent,
+    AgentResult,
+    DoneEvent,
+    ErrorEvent,
+    OutputEvent,
+    ReasoningEvent,
+    SessionEvent,
+    StatusEvent,
+    StoredEvent,
+    TextEvent,
+    ToolResultEvent,
+    ToolUseEvent,
+    event_from_data,
+)
 from agentd.sse import aiter_sse
 from agentd.wire import JobInfo, JobPage, Submitted
 
-__all__ = [
+__all__ = [  # the event models are the domain's own, re-exported for SDK users
+    "AgentEvent",
+    "AgentResult",
     "AgentdClient",
     "AgentdClientError",
     "ApiError",
     "Client",
     "ConnectionFailed",
+    "DoneEvent",
+    "ErrorEvent",
+    "JobInfo",
+    "JobPage",
     "JobRef",
+    "OutputEvent",
+    "ReasoningEvent",
     "RequestTimeout",
+    "SessionEvent",
+    "StatusEvent",
+    "StoredEvent",
     "StreamItem",
     "StreamLost",
+    "Submitted",
+    "TextEvent",
+    "ToolResultEvent",
+    "ToolUseEvent",
     "WaitTimeout",
 ]
 
