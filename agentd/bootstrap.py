@@ -12,14 +12,18 @@ from agentd.adapters.claude_code.agent import ClaudeCodeAgent, ClaudeCodeConfig,
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
 from agentd.adapters.http.app import ApiConfig, create_app
 from agentd.adapters.memory.memory_event_stream import MemoryEventStream
+from agentd.adapters.memory.memory_secret_store import MemorySecretStore
 from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
-from agentd.config import Settings
+from agentd.config import ConfigError, Settings, load_master_key, service_secrets
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
+from agentd.ports.secret_store import SecretStore
 from agentd.ports.work_queue import Limits, WorkQueue
 from agentd.services.jobs import JobService
+from agentd.services.redaction import LOG_SECRETS
 from agentd.services.registry import ProviderRegistry
 from agentd.services.runner import Runner
+from agentd.services.secrets import SecretService
 
 log = structlog.get_logger(__name__)
 
@@ -32,16 +36,12 @@ class Container:
     registry: ProviderRegistry
     runner: Runner | None
     service: JobService
+    secrets: SecretService
 
     def app(self) -> web.Application:
         api_key = self.settings.api_key.get_secret_value() if self.settings.api_key else None
         app = create_app(
-            self.service,
-            ApiConfig(
-                api_key=api_key,
-                subscriber_buffer=self.settings.subscriber_buffer,
-                heartbeat_s=self.settings.sse_heartbeat_s,
-            ),
+            self.service, ApiConfig(api_key=api_key, heartbeat_s=self.settings.sse_heartbeat_s), self.secrets
         )
         app.cleanup_ctx.append(self._lifecycle)
         return app
@@ -78,13 +78,13 @@ def claude_config(settings: Settings) -> ClaudeCodeConfig:
         permission_mode=settings.claude_permission_mode,
         setting_sources=settings.claude_setting_sources,
         idle_timeout_s=settings.claude_idle_timeout_s,
-        extra_args=tuple(settings.claude_extra_args.split()),
+        extra_args=settings.claude_extra_args,
     )
 
 
 def build_agents(settings: Settings) -> list[CodeAgent]:
     agents: list[CodeAgent] = []
-    for name in settings.provider_names():
+    for name in settings.providers:
         if name == "claude-code":
             agents.append(ClaudeCodeAgent(claude_config(settings)))
         elif name == "opencode":
@@ -94,8 +94,8 @@ def build_agents(settings: Settings) -> list[CodeAgent]:
         elif name == "scripted":
             agents.append(ScriptedCodeAgent())
         else:
-            raise ValueError(
-                f"AGENTD_PROVIDERS names unknown provider {name!r}; known: claude-code, opencode, scripted"
+            raise ConfigError(
+                f"AGENTD_PROVIDERS: unknown provider {name!r}; known: claude-code, opencode, scripted"
             )
     return agents
 
@@ -120,21 +120,35 @@ async def open_storage(settings: Settings) -> tuple[WorkQueue, EventStream]:
     return queue, streams
 
 
+async def open_secret_store(settings: Settings) -> SecretStore:
+    """The secret store (for `agentd serve` and the `agentd secrets` commands). Without a master key every
+    call answers SecretsUnavailable, which says how to set one.
+
+    For now an in-memory store: the SQLite and PostgreSQL stores come with the queue's database.
+    """
+    return MemorySecretStore(load_master_key(settings))
+
+
 async def build(
     settings: Settings,
     *,
     agents: list[CodeAgent] | None = None,
     queue: WorkQueue | None = None,
     streams: EventStream | None = None,
+    secrets: SecretStore | None = None,
     with_workers: bool = True,
 ) -> Container:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    settings.data_dir.chmod(0o700)  # also an older, wider one: nothing beneath it is reachable by others
     registry = ProviderRegistry()
     for agent in agents if agents is not None else build_agents(settings):
         registry.register(agent)
     if queue is None or streams is None:
         q, s = await open_storage(settings)
         queue, streams = queue or q, streams or s
+    secrets = secrets or await open_secret_store(settings)
+    own_keys = service_secrets(settings, load_master_key(settings))
+    LOG_SECRETS.add(own_keys)
     runner = None
     if with_workers:
         runner = Runner(
@@ -144,8 +158,9 @@ async def build(
             workers=settings.workers,
             heartbeat_s=settings.heartbeat_s,
             sweep_s=max(1.0, settings.lease_s / 3),
-            limits=Limits(global_max=settings.max_running, per_provider=settings.limits_per_provider()),
-            recover_all_at_start=not settings.database_url,
+            limits=Limits(global_max=settings.max_running, per_provider=settings.provider_limits),
+            secrets=secrets,
+            service_secrets=own_keys,
         )
     service = JobService(queue, streams, registry, runner)
-    return Container(settings, queue, streams, registry, runner, service)
+    return Container(settings, queue, streams, registry, runner, service, SecretService(secrets))

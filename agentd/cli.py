@@ -8,13 +8,14 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from agentd import __version__
-from agentd.config import Settings
+from agentd.config import ConfigError, Settings, check_master_key, load_settings
 
 log = structlog.get_logger("agentd.cli")
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -50,19 +51,133 @@ def main(argv: list[str] | None = None) -> int:
         help="agentd URL (AGENTD_URL, default from settings)",
     )
     submit.add_argument("prompt", help="the prompt; '-' reads it from stdin")
+    _add_secrets_parser(sub)
 
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
+    if args.command in ("serve", "api", "worker"):
+        os.umask(0o077)  # everything agentd and its runs create: 0600 files, 0700 folders
+    try:
+        settings = load_settings(os.environ)
+    except ConfigError as e:
+        print(f"agentd: {e}", file=sys.stderr)
+        return 2
     from agentd.logging import configure
 
     configure(settings.log_level, settings.log_format)
+    try:
+        return _run(settings, args)
+    except ConfigError as e:  # found while building (an unknown provider, an unreadable key file)
+        print(f"agentd: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
     if args.command in ("serve", "api"):
         return _serve(settings, args.host, args.port, workers=args.command == "serve")
     if args.command == "worker":
         return _worker(settings)
     if args.command == "migrate":
         return _migrate(settings)
+    if args.command == "secrets":
+        return asyncio.run(_secrets(settings, args))
     return asyncio.run(_submit(settings, args))
+
+
+def _add_secrets_parser(sub: Any) -> None:
+    p = sub.add_parser("secrets", help="set, list and delete the secrets runs get; manage the master key")
+    cmds = p.add_subparsers(dest="secrets_command", required=True)
+    scope = argparse.ArgumentParser(add_help=False)
+    scope.add_argument("--project", help="the project's own secrets (default: the global ones)")
+    s = cmds.add_parser("set", parents=[scope], help="create or replace a secret")
+    s.add_argument("name", help="an environment variable name, e.g. GITHUB_TOKEN")
+    s.add_argument("--value", help="the value (default: read from stdin, so it stays out of shell history)")
+    cmds.add_parser("list", parents=[scope], help="names and update times (never values)")
+    d = cmds.add_parser("delete", parents=[scope], help="delete a secret")
+    d.add_argument("name")
+    cmds.add_parser("new-master-key", help="print a new master key for AGENTD_MASTER_KEY")
+    r = cmds.add_parser("rotate", help="re-encrypt every secret under a new master key")
+    r.add_argument("--new-key-file", help="file holding the new key (default: AGENTD_NEW_MASTER_KEY)")
+
+
+def _new_master_key() -> str:
+    """32 random bytes, url-safe base64: what cryptography's Fernet.generate_key() returns."""
+    import base64
+    import secrets
+
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
+def _read_secret_value(name: str) -> str:
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(f"value for {name}: ")
+    value = sys.stdin.read()
+    return value.removesuffix("\n").removesuffix("\r")  # what `echo` or a file adds
+
+
+def _read_new_master_key(args: argparse.Namespace) -> bytes:
+    if args.new_key_file:
+        where = args.new_key_file
+        try:
+            text = Path(args.new_key_file).read_text()
+        except OSError as e:
+            raise ConfigError(f"--new-key-file: cannot read {args.new_key_file}: {e.strerror}") from None
+    else:
+        where = "AGENTD_NEW_MASTER_KEY"
+        text = os.environ.get("AGENTD_NEW_MASTER_KEY", "")
+        if not text:
+            raise ConfigError(
+                "set AGENTD_NEW_MASTER_KEY (or pass --new-key-file) to the new key from "
+                "`agentd secrets new-master-key`"
+            )
+    try:
+        return check_master_key(text)
+    except ValueError as e:
+        raise ConfigError(f"{where}: the new key {e}") from None
+
+
+async def _secrets(settings: Settings, args: argparse.Namespace) -> int:
+    """Administrative commands: they talk to the store directly, beside a running server."""
+    from agentd.bootstrap import open_secret_store
+    from agentd.domain.errors import AgentdError, SecretNotFound
+    from agentd.services.secrets import SecretService
+
+    cmd = args.secrets_command
+    if cmd == "new-master-key":
+        print(_new_master_key())
+        return 0
+    new_key = _read_new_master_key(args) if cmd == "rotate" else None
+    service = SecretService(await open_secret_store(settings))
+    project = getattr(args, "project", None)
+    try:
+        if cmd == "set":
+            value = args.value if args.value is not None else _read_secret_value(args.name)
+            await service.put(project, args.name, value)
+            print(f"agentd secrets: set {args.name} for {_scope_text(project)}", file=sys.stderr)
+        elif cmd == "list":
+            for info in await service.list(project):
+                print(f"{info.name}\t{info.updated_at.isoformat()}")
+        elif cmd == "delete":
+            await service.delete(project, args.name)
+            print(f"agentd secrets: deleted {args.name} from {_scope_text(project)}", file=sys.stderr)
+        elif new_key is not None:
+            n = await service.store.rotate(new_key)
+            print(
+                f"agentd secrets: re-encrypted {n} secret(s) under the new key. Next: set AGENTD_MASTER_KEY "
+                "(or AGENTD_MASTER_KEY_FILE) to the new key, unset AGENTD_NEW_MASTER_KEY, restart agentd."
+            )
+    except SecretNotFound as e:
+        print(f"agentd secrets: {e.message}", file=sys.stderr)
+        return 1
+    except AgentdError as e:
+        print(f"agentd secrets: {e.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _scope_text(project: str | None) -> str:
+    return f"project {project}" if project else "every project (global)"
 
 
 def _need_database(settings: Settings, role: str) -> bool:

@@ -1,43 +1,72 @@
-"""Settings, loaded from AGENTD_* environment variables (pydantic-settings).
+"""Settings: a plain typed model, and `load_settings(environ)`, the one place that reads AGENTD_* variables.
 
-The settings model is plain data; `Settings.from_env()` is the one place that reads the environment.
+Tests build `Settings(...)` directly and never see the developer's environment. A bad value stops agentd at
+start with a one-line `ConfigError` that names the variable (`agentd` prints it and exits 2).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
+import shlex
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from agentd.domain.secrets import MIN_SECRET_LEN
+
+ENV_PREFIX = "AGENTD_"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AGENTD_", extra="ignore")
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the AGENTD_* variable and what to fix."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = Field(8080, ge=0, le=65535)
     data_dir: Path = Field(default_factory=lambda: Path.home() / ".local/share/agentd")
     api_key: SecretStr | None = None
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
-    # Queue / stream storage. Empty database_url = embedded SQLite queue + in-memory event streams.
+    # Queue / stream storage. No database_url = embedded SQLite queue + in-memory event streams.
     database_url: str | None = None
-    workers: int = 2
-    stream_retention_s: float = 3600.0
-    subscriber_buffer: int = 1000
-    sse_heartbeat_s: float = 15.0
-    heartbeat_s: float = 10.0
-    lease_s: float = 30.0
-    max_attempts: int = 3
-    max_running: int | None = None
-    provider_limits: str = ""
-    shutdown_grace_s: float = 30.0
-    db_pool_size: int = 10
+    workers: int = Field(2, ge=1)
+    stream_retention_s: float = Field(3600.0, ge=0)
+    subscriber_buffer: int = Field(1000, ge=1)
+    sse_heartbeat_s: float = Field(15.0, gt=0)
+    heartbeat_s: float = Field(10.0, gt=0)
+    lease_s: float = Field(30.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    max_running: int | None = Field(None, ge=1)
+    provider_limits: dict[str, int] = Field(default_factory=dict)  # "claude-code=4,opencode=2"
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    db_pool_size: int = Field(10, ge=1)
 
-    # Providers, in registration order (the first is the default).
-    providers: str = "claude-code,opencode"
+    # Secrets: the master key (url-safe base64 of 32 bytes), inline or in a file.
+    master_key: SecretStr | None = None
+    master_key_file: Path | None = None
+
+    # Providers, in registration order (the first is the default): "claude-code,opencode".
+    providers: tuple[str, ...] = ("claude-code", "opencode")
+    # Jail agent processes with bubblewrap: auto = when it works, bwrap = required, off = never.
+    sandbox: Literal["auto", "bwrap", "off"] = "auto"
 
     # Claude Code
     claude_bin: str = "claude"
@@ -47,22 +76,99 @@ class Settings(BaseSettings):
     claude_namespace: str = "default"
     claude_permission_mode: str = "bypassPermissions"
     claude_setting_sources: str = "user"
-    claude_idle_timeout_s: float = 300.0
-    claude_extra_args: str = ""
+    claude_idle_timeout_s: float = Field(300.0, gt=0)
+    claude_extra_args: tuple[str, ...] = ()  # shell words: '--append-system-prompt "be brief"'
 
     # OpenCode
     opencode_bin: str = "opencode"
     opencode_url: str | None = None
     opencode_password: SecretStr | None = None
     opencode_mode: Literal["auto", "server", "cli"] = "auto"
-    opencode_idle_timeout_s: float = 300.0
+    opencode_idle_timeout_s: float = Field(300.0, gt=0)
     opencode_username: str = "opencode"
-    opencode_env_passthrough: str = ""
+    opencode_env_passthrough: tuple[str, ...] = ()  # "GITHUB_TOKEN,NPM_TOKEN"
     opencode_permission_reply: Literal["once", "always", "reject"] = "reject"
 
+    @field_validator("log_level", mode="before")
     @classmethod
-    def from_env(cls) -> Settings:
-        return cls()
+    def _log_level(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.lower() in LOG_LEVELS:
+            return v.lower()
+        raise ValueError(f"use one of {', '.join(LOG_LEVELS)}, got {v!r}")
+
+    @field_validator("database_url", "opencode_url", "claude_pod", "max_running", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("providers", "opencode_env_passthrough", mode="before")
+    @classmethod
+    def _comma_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return tuple(p.strip() for p in v.split(",") if p.strip())
+        return v
+
+    @field_validator("providers")
+    @classmethod
+    def _some_provider(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("name at least one provider, e.g. claude-code,opencode")
+        if len(set(v)) != len(v):
+            raise ValueError(f"a provider is named twice: {','.join(v)}")
+        return v
+
+    @field_validator("claude_extra_args", mode="before")
+    @classmethod
+    def _shell_words(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                return tuple(shlex.split(v))
+            except ValueError as e:  # an unclosed quote
+                raise ValueError(f"cannot split {v!r} into arguments: {e}") from None
+        return v
+
+    @field_validator("provider_limits", mode="before")
+    @classmethod
+    def _name_number_map(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        out: dict[str, int] = {}
+        for part in v.split(","):
+            if not part.strip():
+                continue
+            name, sep, n = part.partition("=")
+            if not sep or not name.strip() or not n.strip().isdigit() or int(n) < 1:
+                raise ValueError(
+                    f"expected name=number (number >= 1), e.g. claude-code=4, got {part.strip()!r}"
+                )
+            out[name.strip()] = int(n)
+        return out
+
+    @field_validator("provider_limits")
+    @classmethod
+    def _positive_limits(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = [f"{k}={n}" for k, n in v.items() if n < 1]
+        if bad:
+            raise ValueError(f"limits must be >= 1, got {', '.join(bad)}")
+        return v
+
+    @field_validator("master_key")
+    @classmethod
+    def _master_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            check_master_key(v.get_secret_value())
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.heartbeat_s >= self.lease_s:
+            raise ValueError(
+                f"AGENTD_HEARTBEAT_S ({self.heartbeat_s:g}) must be less than AGENTD_LEASE_S "
+                f"({self.lease_s:g}), or every running job loses its lease"
+            )
+        if self.master_key is not None and self.master_key_file is not None:
+            raise ValueError("set AGENTD_MASTER_KEY or AGENTD_MASTER_KEY_FILE, not both")
+        return self
 
     @property
     def workspaces_dir(self) -> Path:
@@ -71,17 +177,100 @@ class Settings(BaseSettings):
     def workspace(self, project_id: str) -> Path:
         return self.workspaces_dir / project_id
 
-    def limits_per_provider(self) -> dict[str, int]:
-        """AGENTD_PROVIDER_LIMITS="claude-code=4,opencode=2" → {"claude-code": 4, "opencode": 2}."""
-        out: dict[str, int] = {}
-        for part in self.provider_limits.split(","):
-            if not part.strip():
-                continue
-            name, sep, n = part.partition("=")
-            if not sep or not n.strip().isdigit():
-                raise ValueError(f"AGENTD_PROVIDER_LIMITS: expected name=number, got {part.strip()!r}")
-            out[name.strip()] = int(n)
-        return out
 
-    def provider_names(self) -> list[str]:
-        return [p.strip() for p in self.providers.split(",") if p.strip()]
+def check_master_key(key: str) -> bytes:
+    """A master key is 32 random bytes in url-safe base64 (what `agentd secrets new-master-key` prints)."""
+    try:
+        raw = base64.urlsafe_b64decode(key.strip().encode("ascii"))
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError(
+            "must be 32 bytes in url-safe base64; create one with `agentd secrets new-master-key`"
+        )
+    return key.strip().encode("ascii")
+
+
+def load_master_key(settings: Settings) -> bytes | None:
+    """The master key (its base64 text as bytes) from AGENTD_MASTER_KEY or AGENTD_MASTER_KEY_FILE."""
+    if settings.master_key is not None:
+        return settings.master_key.get_secret_value().strip().encode("ascii")
+    if settings.master_key_file is None:
+        return None
+    try:
+        text = settings.master_key_file.read_text().strip()
+    except OSError as e:
+        raise ConfigError(
+            f"AGENTD_MASTER_KEY_FILE: cannot read {settings.master_key_file}: {e.strerror}"
+        ) from None
+    try:
+        return check_master_key(text)
+    except ValueError as e:
+        raise ConfigError(f"AGENTD_MASTER_KEY_FILE: the key in {settings.master_key_file} {e}") from None
+
+
+def service_secrets(settings: Settings, master_key: bytes | None = None) -> dict[str, str]:
+    """The service's own keys, redacted wherever a run's output could show them."""
+    out: dict[str, str] = {}
+    if settings.api_key is not None:
+        out["AGENTD_API_KEY"] = settings.api_key.get_secret_value()
+    if master_key is not None:
+        out["AGENTD_MASTER_KEY"] = master_key.decode("ascii")
+    if settings.opencode_password is not None:
+        out["AGENTD_OPENCODE_PASSWORD"] = settings.opencode_password.get_secret_value()
+    password = database_password(settings.database_url)
+    if password:
+        out["AGENTD_DATABASE_PASSWORD"] = password
+    # Redacting a short key would blank ordinary words from every run's output (and reveal the key).
+    return {name: value for name, value in out.items() if len(value) >= MIN_SECRET_LEN}
+
+
+_CONNINFO_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)")
+
+
+def database_password(dsn: str | None) -> str | None:
+    """The password in a PostgreSQL URL or key=value connection string, if any."""
+    if not dsn:
+        return None
+    if "://" in dsn:
+        try:
+            return urlsplit(dsn).password
+        except ValueError:
+            return None
+    m = _CONNINFO_PASSWORD.search(dsn)
+    if m is None:
+        return None
+    value = m.group(1)
+    if value.startswith("'"):
+        value = re.sub(r"\\(.)", r"\1", value[1:-1])
+    return value
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Settings from AGENTD_* variables. Other AGENTD_* names are left to their readers (AGENTD_URL)."""
+    fields = Settings.model_fields
+    values = {
+        key[len(ENV_PREFIX) :].lower(): value
+        for key, value in environ.items()
+        if key.startswith(ENV_PREFIX) and key[len(ENV_PREFIX) :].lower() in fields
+    }
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as e:
+        raise ConfigError(describe(e)) from None
+
+
+def describe(e: ValidationError) -> str:
+    """One line naming each bad variable: `AGENTD_PORT: Input should be a valid integer (got 'x')`."""
+    parts = []
+    for err in e.errors():
+        loc = [str(x) for x in err.get("loc", ())]
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if not loc:  # a model-level rule: the message names its variables
+            parts.append(msg)
+            continue
+        shown = err.get("input")
+        secret = loc[0] in ("api_key", "master_key", "opencode_password", "database_url")
+        got = "" if secret or "got " in msg or isinstance(shown, dict) else f" (got {shown!r})"
+        parts.append(f"{ENV_PREFIX}{loc[0].upper()}: {msg}{got}")
+    return "; ".join(parts)

@@ -1,4 +1,4 @@
-"""structlog, configured once: contextvars first, JSON when not a TTY, stable dotted event names."""
+"""structlog, configured once: contextvars first, secrets redacted, JSON when not a TTY."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import logging
 import sys
 
 import structlog
+
+from agentd.services.redaction import LOG_SECRETS
 
 
 def configure(level: str = "info", fmt: str = "auto") -> None:
@@ -20,6 +22,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            LOG_SECRETS,  # secret values out of every field, the traceback included
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),

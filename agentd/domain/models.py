@@ -257,17 +257,6 @@ AgentEvent = Annotated[
     Field(discriminator="event"),
 ]
 EVENT_ADAPTER: TypeAdapter[AgentEvent] = TypeAdapter(AgentEvent)
-EVENT_TYPES = (
-    "status",
-    "session",
-    "text",
-    "reasoning",
-    "tool_use",
-    "tool_result",
-    "output",
-    "error",
-    "done",
-)
 
 
 def event_from_data(event_type: str, data: dict[str, Any]) -> AgentEvent:

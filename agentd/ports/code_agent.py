@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Mapping
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from agentd.domain.models import AgentEvent, AgentRequest, Availability, Capabilities
 
 
-@runtime_checkable
 class CodeAgent(Protocol):
     """Runs one request and streams what happens.
 

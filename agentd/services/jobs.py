@@ -1,17 +1,24 @@
-"""Use cases the API offers: submit, cancel, look up jobs."""
+"""Use cases the API offers: submit, cancel, look up jobs, follow their streams, list the providers."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
 import structlog
 
-from agentd.domain.ids import new_job_ids
-from agentd.domain.models import AgentRequest, DoneEvent, Job, JobStatus, StatusEvent
+from agentd.domain.ids import job_id_for_stream, new_job_ids
+from agentd.domain.models import AgentRequest, DoneEvent, Job, JobStatus, StatusEvent, StoredEvent
+from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
 from agentd.ports.work_queue import BusyPolicy, JobFilter, WorkQueue
 from agentd.services.registry import ProviderRegistry
 from agentd.services.runner import Runner
 
 log = structlog.get_logger(__name__)
+
+AVAILABILITY_TIMEOUT_S = 10.0
 
 
 class JobService:
@@ -71,3 +78,47 @@ class JobService:
 
     async def list_jobs(self, project_id: str, flt: JobFilter) -> list[Job]:
         return await self.queue.list_jobs(project_id, flt)
+
+    async def subscribe(
+        self, project_id: str, stream_id: str, *, after: int = 0
+    ) -> AsyncIterator[StoredEvent]:
+        """A job's events with seq > `after` (replay, then live), ending after the last one.
+
+        Checked before the first event: the stream exists and belongs to a job of this project
+        (JobNotFound / StreamNotFound otherwise). A subscriber that falls too far behind gets
+        SubscriberTooSlow from the stream (it resumes with `after=<last seq it saw>`).
+        """
+        await asyncio.gather(
+            self.queue.get(project_id, job_id_for_stream(stream_id)), self.streams.last_seq(stream_id)
+        )
+        return self.streams.subscribe(stream_id, after=after)
+
+    def check_provider(self, name: str) -> None:
+        """UnknownProvider (listing the known ones) unless a provider of that name is registered."""
+        self.registry.get(name)
+
+    async def providers(self) -> dict[str, Any]:
+        """Every provider with its capabilities and availability (probed at once, each bounded)."""
+        default = self.registry.default if self.registry.names() else None
+        items = self.registry.items()
+        probes = await asyncio.gather(*(_availability(agent) for _, agent in items))
+        return {
+            "default": default,
+            "providers": [
+                {
+                    "name": name,
+                    "default": name == default,
+                    "capabilities": agent.capabilities().model_dump(),
+                    "availability": availability,
+                }
+                for (name, agent), availability in zip(items, probes, strict=True)
+            ],
+        }
+
+
+async def _availability(agent: CodeAgent) -> dict[str, Any]:
+    try:
+        avail = await asyncio.wait_for(agent.is_available(), AVAILABILITY_TIMEOUT_S)
+        return avail.model_dump()
+    except Exception as e:  # availability probes must never break the listing
+        return {"available": False, "detail": f"availability check failed: {e}", "version": None}

@@ -1,8 +1,9 @@
-"""The provider registry: name → CodeAgent. The first provider registered is the default."""
+"""The provider registry: name → CodeAgent. The first provider registered is the default.
+
+Filled once by the composition root before anything runs, then only read: no lock needed.
+"""
 
 from __future__ import annotations
-
-import threading
 
 from agentd.domain.errors import UnknownProvider
 from agentd.ports.code_agent import CodeAgent
@@ -10,26 +11,22 @@ from agentd.ports.code_agent import CodeAgent
 
 class ProviderRegistry:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._agents: dict[str, CodeAgent] = {}
 
     def register(self, agent: CodeAgent, *, name: str | None = None) -> None:
         key = name or agent.name
-        with self._lock:
-            if key in self._agents:
-                raise ValueError(f"provider {key!r} is already registered")
-            self._agents[key] = agent
+        if key in self._agents:
+            raise ValueError(f"provider {key!r} is already registered")
+        self._agents[key] = agent
 
     @property
     def default(self) -> str:
-        with self._lock:
-            if not self._agents:
-                raise UnknownProvider("no provider is registered")
-            return next(iter(self._agents))
+        if not self._agents:
+            raise UnknownProvider("no provider is registered")
+        return next(iter(self._agents))
 
     def names(self) -> list[str]:
-        with self._lock:
-            return list(self._agents)
+        return list(self._agents)
 
     def resolve(self, name: str | None) -> str:
         """The provider name a request will use (its own, or the default); UnknownProvider if unknown."""
@@ -39,17 +36,11 @@ class ProviderRegistry:
         return name
 
     def get(self, name: str | None = None) -> CodeAgent:
-        with self._lock:
-            if name is None:
-                if not self._agents:
-                    raise UnknownProvider("no provider is registered")
-                return next(iter(self._agents.values()))
-            agent = self._agents.get(name)
-            known = ", ".join(self._agents) or "none"
+        agent = self._agents.get(name if name is not None else self.default)
         if agent is None:
+            known = ", ".join(self._agents) or "none"
             raise UnknownProvider(f"unknown provider {name!r}; known providers: {known}", known=known)
         return agent
 
     def items(self) -> list[tuple[str, CodeAgent]]:
-        with self._lock:
-            return list(self._agents.items())
+        return list(self._agents.items())

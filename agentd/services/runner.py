@@ -13,16 +13,18 @@ import functools
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import structlog
 
-from agentd.domain.errors import AgentdError, QueueUnavailable
+from agentd.domain.errors import AgentdError, QueueUnavailable, SecretsUnavailable
 from agentd.domain.models import AgentEvent, AgentResult, DoneEvent, Job, JobStatus, StatusEvent
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
+from agentd.ports.secret_store import SecretStore
 from agentd.ports.work_queue import Limits, WorkQueue
+from agentd.services.redaction import LOG_SECRETS, RunRedactor
 from agentd.services.registry import ProviderRegistry
 
 log = structlog.get_logger(__name__)
@@ -44,7 +46,8 @@ class Runner:
         prune_s: float = 60.0,
         sweep_s: float = 10.0,
         limits: Limits | None = None,
-        recover_all_at_start: bool = False,
+        secrets: SecretStore | None = None,
+        service_secrets: Mapping[str, str] | None = None,
     ) -> None:
         self.queue = queue
         self.streams = streams
@@ -55,7 +58,8 @@ class Runner:
         self.prune_s = prune_s
         self.sweep_s = sweep_s
         self.limits = limits
-        self.recover_all_at_start = recover_all_at_start
+        self.secrets = secrets
+        self.service_secrets = dict(service_secrets or {})  # redacted from every run's output
         self.worker_prefix = f"{socket.gethostname()}:{os.getpid()}"
         self._tasks: list[asyncio.Task[None]] = []
         self._running: set[asyncio.Task[None]] = set()
@@ -67,12 +71,8 @@ class Runner:
         self._idle = asyncio.Event()  # set whenever no job runs in this process
         self._idle.set()
 
-    @property
-    def active_jobs(self) -> list[str]:
-        return list(self._active)
-
     async def start(self) -> None:
-        if self.recover_all_at_start:
+        if self.queue.recover_all_at_start:
             # Single-process queue: every job still "running" lost its worker with the last process.
             recovered = await self.queue.recover(all_running=True)
             self._log_recovered(recovered)
@@ -214,23 +214,34 @@ class Runner:
         await self._publish(
             job, StatusEvent(status="running", detail=f"worker {worker_id}, attempt {job.attempts}")
         )
+        try:
+            env = await self._run_env(job)
+        except Exception as e:  # storage trouble: try again later rather than run without the secrets
+            log.exception("job.secrets_failed")
+            return AgentResult(
+                status="failed", error=f"could not read the project's secrets: {e}", retryable=True
+            )
+        redactor = RunRedactor({**self.service_secrets, **env})
+        with LOG_SECRETS.holding(env):
+            return redactor.result(await self._supervise(job, agent, worker_id, env, redactor))
+
+    async def _run_env(self, job: Job) -> dict[str, str]:
+        """The project's secrets (over the global ones), for the agent process's environment only."""
+        if self.secrets is None:
+            return {}
+        try:
+            return await self.secrets.resolve(job.project_id)
+        except SecretsUnavailable:  # no master key: there are no secrets to give
+            return {}
+
+    async def _supervise(
+        self, job: Job, agent: CodeAgent, worker_id: str, env: dict[str, str], redactor: RunRedactor
+    ) -> AgentResult:
         run_over = asyncio.Event()
         watcher = asyncio.create_task(self._watch(job, agent, worker_id, run_over))
-        done: DoneEvent | None = None
         try:
             async with asyncio.timeout(job.request.timeout_s + SAFETY_GRACE_S * 2):
-                events = agent.execute(job.request, run_id=job.id)
-                try:
-                    async for ev in events:
-                        if isinstance(ev, DoneEvent):
-                            done = ev
-                            break
-                        await self._publish(job, ev)
-                finally:
-                    # Closing the iterator makes the adapter clean up (processes, sessions) right away.
-                    aclose = getattr(events, "aclose", None)
-                    if aclose is not None:
-                        await aclose()
+                done = await self._stream(job, agent, env, redactor)
         except TimeoutError:
             return AgentResult(
                 status="timed_out", error=f"the provider did not stop within {job.request.timeout_s:g} s"
@@ -248,6 +259,27 @@ class Runner:
         if done is None:
             return AgentResult(status="failed", error=f"provider {job.provider} ended without a result")
         return done.to_result()
+
+    async def _stream(
+        self, job: Job, agent: CodeAgent, env: dict[str, str], redactor: RunRedactor
+    ) -> DoneEvent | None:
+        """Publish the run's events, redacted, until its `done` (returned, not published: the runner
+        publishes the stored result)."""
+        events = agent.execute(job.request, run_id=job.id, env=env or None)
+        try:
+            async for ev in events:
+                if isinstance(ev, DoneEvent):
+                    return ev
+                for out in redactor.feed(ev):
+                    await self._publish(job, out)
+            return None
+        finally:
+            for out in redactor.flush():  # text held back at the end of an unfinished message
+                await self._publish(job, out)
+            # Closing the iterator makes the adapter clean up (processes, sessions) right away.
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     async def _finish(self, job_id: str, result: AgentResult, worker_id: str) -> Job:
         """Record a result. Results that arrive while one write is in flight go out together in the next

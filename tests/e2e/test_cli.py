@@ -184,7 +184,10 @@ def test_clear_errors_for_an_unreachable_or_unmigrated_database(base_env: dict[s
     res = subprocess.run([*AGENTD, "migrate"], env=down, capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and "unavailable" in res.stderr and "Traceback" not in res.stderr
     res = subprocess.run(
-        [*AGENTD, "worker"], env={**down, "AGENTD_PROVIDERS": "scripted"}, capture_output=True, text=True,
+        [*AGENTD, "worker"],
+        env={**down, "AGENTD_PROVIDERS": "scripted"},
+        capture_output=True,
+        text=True,
         timeout=30,
     )
     assert res.returncode == 2 and "unavailable" in res.stderr and "Traceback" not in res.stderr

@@ -10,10 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agentd.adapters.http.app import _produce
-from agentd.adapters.memory.memory_event_stream import MemoryEventStream
 from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
-from agentd.domain.errors import SubscriberTooSlow
 from agentd.domain.models import TextEvent
 from agentd.sse import aiter_sse
 from tests.conftest import RunningAgentd
@@ -180,7 +177,11 @@ async def test_providers_and_healthz(srv: RunningAgentd) -> None:
 async def test_cancel_queued_and_running_jobs(srv: RunningAgentd) -> None:
     _, running, _ = await call(srv, "POST", "/projects/p/jobs", json={"prompt": "sleep:30"})
     _, queued, _ = await call(srv, "POST", "/projects/p/jobs", json={"prompt": "after"})
-    await asyncio.sleep(0.3)
+    await until_event(srv, running["stream_url"], "session")  # the first job runs now
+    # A later job of another project runs to its end: the workers (one slot still free) have looked at
+    # the queue since, and passed over the busy project's second job.
+    _, other, _ = await call(srv, "POST", "/projects/other/jobs", json={"prompt": "x"})
+    assert (await events_of(srv, other["stream_url"]))[-1][1] == "done"
     status, job, _ = await call(srv, "GET", f"/projects/p/jobs/{queued['job_id']}")
     assert job["status"] == "queued"  # one running job per project: this one waits
     status, job, _ = await call(srv, "POST", f"/projects/p/jobs/{queued['job_id']}/cancel")
@@ -219,8 +220,8 @@ async def test_list_jobs_with_filters_and_paging(srv: RunningAgentd) -> None:
         _, j, _ = await call(srv, "POST", "/projects/l/jobs", json={"prompt": f"job {i}"})
         ids.append(j["job_id"])
     for j in ids:
-        await srv.client.follow(f"/projects/l/events/{j.replace('job_', 'stm_')}").__anext__()
-    await asyncio.sleep(0.3)
+        items = [it async for it in srv.client.follow(f"/projects/l/events/{j.replace('job_', 'stm_')}")]
+        assert items[-1].event == "done"  # every job has ended (and `done` comes after the stored result)
     status, data, _ = await call(srv, "GET", "/projects/l/jobs", params={"limit": "2"})
     assert status == 200 and [j["job_id"] for j in data["jobs"]] == ids[::-1][:2]
     status, data2, _ = await call(
@@ -230,7 +231,10 @@ async def test_list_jobs_with_filters_and_paging(srv: RunningAgentd) -> None:
     status, data, _ = await call(
         srv, "GET", "/projects/l/jobs", params={"status": "succeeded", "provider": "scripted"}
     )
-    assert status == 200 and all(j["status"] == "succeeded" for j in data["jobs"])
+    assert status == 200 and sorted(j["job_id"] for j in data["jobs"]) == sorted(ids)
+    assert {j["status"] for j in data["jobs"]} == {"succeeded"}
+    status, data, _ = await call(srv, "GET", "/projects/l/jobs", params={"status": "failed"})
+    assert status == 200 and data["jobs"] == []
     for bad in (
         {"status": "done-ish"},
         {"limit": "0"},
@@ -267,20 +271,54 @@ async def test_heartbeat_comments_while_idle(agentd_factory: Any) -> None:
     assert raw.rstrip().endswith(b"}")  # ...and still ends with the done event's data
 
 
-async def test_a_subscriber_that_cannot_keep_up_is_cut_off() -> None:
-    streams = MemoryEventStream(buffer=10_000)
-    await streams.create("s")
-    await streams.publish("s", [TextEvent(message_id="m", chunk=str(i)) for i in range(50)])
-    await streams.close_stream("s")
+async def until_event(srv: RunningAgentd, stream_url: str, event: str) -> list[tuple[int, str]]:
+    """Read a stream until `event` arrives; the (seq, event) pairs seen so far."""
+    seen: list[tuple[int, str]] = []
+    async with aiohttp.ClientSession() as s, s.get(stream_url) as r:
+        async for ev in aiter_sse(r.content.iter_any()):
+            seen.append((int(ev.id), ev.event))
+            if ev.event == event:
+                return seen
+    raise AssertionError(f"the stream ended without {event!r}: {seen}")
 
-    class _Svc:
-        pass
 
-    svc: Any = _Svc()
-    svc.streams = streams
-    buf: asyncio.Queue[Any] = asyncio.Queue(maxsize=5)
-    await _produce(svc, "s", 0, buf)  # nobody drains the buffer
-    items = []
-    while not buf.empty():
-        items.append(buf.get_nowait())
-    assert len(items) == 1 and isinstance(items[0], SubscriberTooSlow)
+async def test_resume_after_last_event_id_or_after_param(srv: RunningAgentd) -> None:
+    _, job, _ = await call(srv, "POST", "/projects/p/jobs", json={"prompt": "hello there"})
+    full = await events_of(srv, job["stream_url"])
+    assert len(full) == 6
+    assert await events_of(srv, job["stream_url"], headers={"Last-Event-ID": "3"}) == full[3:]
+    assert await events_of(srv, job["stream_url"], params={"after": "4"}) == full[4:]
+    # The header wins over the parameter (it is what a reconnecting EventSource sends).
+    assert (
+        await events_of(srv, job["stream_url"], headers={"Last-Event-ID": "5"}, params={"after": "1"})
+        == (full[5:])
+    )
+
+
+async def test_a_subscriber_that_falls_behind_is_cut_off_and_can_resume(agentd_factory: Any) -> None:
+    srv = await agentd_factory([ScriptedCodeAgent()], subscriber_buffer=5)
+    _, job, _ = await call(srv, "POST", "/projects/p/jobs", json={"prompt": "sleep:30"})
+    stream_id = job["stream_id"]
+    seen: list[tuple[str, str, dict[str, Any]]] = []
+    async with aiohttp.ClientSession() as s, s.get(job["stream_url"]) as r:
+        async for ev in aiter_sse(r.content.iter_any()):
+            seen.append((ev.id, ev.event, json.loads(ev.data)))
+            if ev.event == "session":  # following live now: 20 events at once put it 20 behind
+                await srv.container.streams.publish(
+                    stream_id, [TextEvent(message_id="m", chunk=str(i)) for i in range(20)]
+                )
+    assert [e[1] for e in seen[:3]] == ["status", "status", "session"]
+    assert len(seen) == 4, seen  # nothing after the session: the 20 never reached this connection
+    _, event, data = seen[-1]
+    assert event == "error" and data["code"] == "subscriber_too_slow" and data["retryable"] is True
+    assert "Last-Event-ID: 3" in data["message"]
+    # Resuming from the last event it saw, it gets the 20 in order.
+    resumed: list[int] = []
+    async with aiohttp.ClientSession() as s, s.get(job["stream_url"], headers={"Last-Event-ID": "3"}) as r:
+        async for ev in aiter_sse(r.content.iter_any()):
+            resumed.append(int(ev.id))
+            if len(resumed) == 20:
+                break
+    assert resumed == list(range(4, 24))
+    status, cancelled, _ = await call(srv, "POST", f"/projects/p/jobs/{job['job_id']}/cancel")
+    assert status == 202 and cancelled["cancel_requested"] is True

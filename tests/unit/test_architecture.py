@@ -15,7 +15,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-LINT = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())"]
+LINT = [
+    sys.executable,
+    "-c",
+    "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())",
+]
 
 
 def lint(tree: Path) -> subprocess.CompletedProcess[str]:
@@ -48,7 +52,11 @@ PLANTED = [
     ("domain/errors.py", "from psycopg import sql", "The domain and the ports know no framework"),
     ("ports/work_queue.py", "import structlog", "The domain and the ports know no framework"),
     ("domain/ids.py", "from agentd.services import jobs", "Entrypoints, composition root"),
-    ("adapters/memory/memory_event_stream.py", "from agentd import bootstrap", "Entrypoints, composition root"),
+    (
+        "adapters/memory/memory_event_stream.py",
+        "from agentd import bootstrap",
+        "Entrypoints, composition root",
+    ),
     ("adapters/embedded/sqlite_work_queue.py", "from ..postgres import database", "Adapter packages do not"),
     ("adapters/http/app.py", "from agentd.adapters.claude_code import protocol", "Adapter packages do not"),
     ("services/jobs.py", "from agentd import adapters", "Entrypoints, composition root"),

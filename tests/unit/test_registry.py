@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
@@ -41,22 +39,3 @@ def test_duplicate_names_are_refused() -> None:
     reg.register(ScriptedCodeAgent("alpha"))
     with pytest.raises(ValueError, match="already registered"):
         reg.register(ScriptedCodeAgent("alpha"))
-
-
-def test_concurrent_registration_is_safe() -> None:
-    reg = ProviderRegistry()
-    start = threading.Barrier(8)
-
-    def add(i: int) -> None:
-        start.wait()
-        for j in range(50):
-            reg.register(ScriptedCodeAgent(f"p{i}-{j}"))
-            reg.names()
-
-    threads = [threading.Thread(target=add, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(reg.names()) == 400
-    assert reg.default in reg.names()

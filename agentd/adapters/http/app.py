@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import hmac
 import json
-from collections.abc import Awaitable, Callable
+import time
+from asyncio import FIRST_COMPLETED
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,10 +20,10 @@ from pydantic import ValidationError
 from agentd import __version__, sse
 from agentd.adapters.http import errors as http_errors
 from agentd.domain import errors
-from agentd.domain.ids import job_id_for_stream
 from agentd.domain.models import AgentRequest, JobStatus, StoredEvent, validate_project_id
 from agentd.ports.work_queue import BusyPolicy, JobFilter
 from agentd.services.jobs import JobService
+from agentd.services.secrets import SecretService
 
 log = structlog.get_logger(__name__)
 
@@ -53,24 +55,25 @@ class ApiConfig:
     api_key: str | None = None
     heartbeat_s: float = 15.0
     retry_ms: int = 2000
-    subscriber_buffer: int = 1000
     write_timeout_s: float = 30.0
 
 
 @dataclass
 class _State:
-    streams_open: set[asyncio.Queue[Any]] = field(default_factory=set)
+    closing: asyncio.Event = field(default_factory=asyncio.Event)  # set on shutdown: end every stream
 
 
 SERVICE = web.AppKey("service", JobService)
+SECRETS = web.AppKey("secrets", SecretService)
 CONFIG = web.AppKey("config", ApiConfig)
 STATE = web.AppKey("state", _State)
 
 
-def create_app(service: JobService, config: ApiConfig | None = None) -> web.Application:
+def create_app(service: JobService, config: ApiConfig, secrets: SecretService) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors_middleware, _auth_middleware])
     app[SERVICE] = service
-    app[CONFIG] = config or ApiConfig()
+    app[SECRETS] = secrets
+    app[CONFIG] = config
     app[STATE] = _State()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/providers", providers)
@@ -80,6 +83,10 @@ def create_app(service: JobService, config: ApiConfig | None = None) -> web.Appl
     app.router.add_get("/projects/{project_id}/jobs/{job_id}", get_job)
     app.router.add_post("/projects/{project_id}/jobs/{job_id}/cancel", cancel_job)
     app.router.add_get("/projects/{project_id}/events/{stream_id}", events)
+    for prefix in ("/projects/{project_id}/secrets", "/secrets"):
+        app.router.add_get(prefix, list_secrets)
+        app.router.add_put(prefix + "/{name}", put_secret)
+        app.router.add_delete(prefix + "/{name}", delete_secret)
     app.on_shutdown.append(_close_streams)
     return app
 
@@ -132,24 +139,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def providers(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    default = service.registry.default if service.registry.names() else None
-    out: list[dict[str, Any]] = []
-    for name, agent in service.registry.items():
-        try:
-            avail = await asyncio.wait_for(agent.is_available(), 10)
-            availability: dict[str, Any] = avail.model_dump()
-        except Exception as e:  # availability probes must never break the listing
-            availability = {"available": False, "detail": f"availability check failed: {e}", "version": None}
-        out.append(
-            {
-                "name": name,
-                "default": name == default,
-                "capabilities": agent.capabilities().model_dump(),
-                "availability": availability,
-            }
-        )
-    return web.json_response({"default": default, "providers": out})
+    return web.json_response(await request.app[SERVICE].providers())
 
 
 async def _read_body(request: web.Request) -> dict[str, Any]:
@@ -234,7 +224,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     limit = _int_param(q.get("limit"), "limit", default=50, lo=1, hi=500)
     provider = q.get("provider") or None
     if provider is not None:
-        request.app[SERVICE].registry.get(provider)  # unknown → 400 listing the known ones
+        request.app[SERVICE].check_provider(provider)  # unknown → 400 listing the known ones
     flt = JobFilter(
         status=status,
         provider=provider,
@@ -272,74 +262,160 @@ def _int_param(raw: str | None, name: str, *, default: int, lo: int, hi: int) ->
     return int(raw)
 
 
+# --- secrets (values go in, never out) -----------------------------------------------------------------
+
+
+def _secret_scope(request: web.Request) -> str | None:
+    """The project of a /projects/{project_id}/secrets route; None for the global /secrets routes."""
+    project_id = request.match_info.get("project_id")
+    return validate_project_id(project_id) if project_id is not None else None
+
+
+async def put_secret(request: web.Request) -> web.Response:
+    project_id = _secret_scope(request)
+    raw = await request.read()
+    try:
+        body = json.loads(raw) if raw.strip() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = None
+    if not isinstance(body, dict) or set(body) != {"value"}:
+        raise errors.InvalidRequest('send a JSON object with one field, e.g. {"value": "..."}')
+    await request.app[SECRETS].put(project_id, request.match_info["name"], body["value"])
+    return web.Response(status=204)
+
+
+async def list_secrets(request: web.Request) -> web.Response:
+    infos = await request.app[SECRETS].list(_secret_scope(request))
+    return web.json_response(
+        {"secrets": [{"name": i.name, "updated_at": i.updated_at.isoformat()} for i in infos]}
+    )
+
+
+async def delete_secret(request: web.Request) -> web.Response:
+    await request.app[SECRETS].delete(_secret_scope(request), request.match_info["name"])
+    return web.Response(status=204)
+
+
 # --- the event stream ---------------------------------------------------------------------------------
+# One back-pressure layer: the stream's own subscriber. The handler writes each event as it comes; while a
+# write waits for a slow client the subscriber falls behind, and past `subscriber_buffer` events the stream
+# raises SubscriberTooSlow: the client gets an `error` event and resumes with Last-Event-ID.
 
 
 async def events(request: web.Request) -> web.StreamResponse:
     project_id = validate_project_id(request.match_info["project_id"])
+    after = _resume_point(request)
     stream_id = request.match_info["stream_id"]
-    service = request.app[SERVICE]
+    subscription = await request.app[SERVICE].subscribe(project_id, stream_id, after=after)
     cfg = request.app[CONFIG]
-    # The stream must belong to the project (the job check); both lookups at once.
-    await asyncio.gather(
-        service.get(project_id, job_id_for_stream(stream_id)), service.streams.last_seq(stream_id)
-    )
-    last_id = request.headers.get("Last-Event-ID", "").strip()
-    if last_id:
-        if not last_id.isdigit():
-            raise errors.InvalidRequest(f"Last-Event-ID must be an event sequence number, got {last_id!r}")
-        after = int(last_id)
-    else:
-        after = _int_param(request.query.get("after"), "after", default=0, lo=0, hi=2**62)
-
     resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
     await resp.prepare(request)
     await resp.write(sse.encode_retry(cfg.retry_ms))
-    buf: _Buffer = asyncio.Queue(maxsize=cfg.subscriber_buffer)
-    request.app[STATE].streams_open.add(buf)
-    producer = asyncio.create_task(_produce(service, stream_id, after, buf))
-    sent = 0
-    try:
-        while True:
-            try:
-                item = await asyncio.wait_for(buf.get(), cfg.heartbeat_s)
-            except TimeoutError:
-                await asyncio.wait_for(resp.write(sse.encode_comment("heartbeat")), cfg.write_timeout_s)
-                continue
-            # Send what is already waiting in one write, then yield so other streams get their turn.
-            chunk: list[bytes] = []
-            while isinstance(item, StoredEvent):
-                chunk.append(_frame(item))
-                if buf.empty() or len(chunk) >= 256:
-                    item = _CONTINUE
-                    break
-                item = buf.get_nowait()
-            if chunk:
-                sent += len(chunk)
-                await asyncio.wait_for(resp.write(b"".join(chunk)), cfg.write_timeout_s)
-                await asyncio.sleep(0)
-            if item is _CONTINUE:
-                continue
-            if item is None:
-                break
-            if isinstance(item, BaseException):
-                code = item.code if isinstance(item, errors.AgentdError) else "stream_error"
-                payload = json.dumps({"code": code, "message": str(item), "retryable": True})
-                await resp.write(sse.encode_event(payload, event="error"))
-                break
-    except (ConnectionResetError, TimeoutError) as e:
-        log.info("sse.client_gone", stream_id=stream_id, sent=sent, reason=type(e).__name__)
-    finally:
-        request.app[STATE].streams_open.discard(buf)
-        producer.cancel()
-        await asyncio.wait({producer}, timeout=5)  # never hang a finished response on a stuck reader
+    await _send(resp, subscription, cfg, request.app[STATE].closing, stream_id)
     with contextlib.suppress(ConnectionResetError):
         await resp.write_eof()
     return resp
 
 
-_CONTINUE = errors.AgentdError("continue")  # sentinel: the batch ended, the stream goes on
-_Buffer = asyncio.Queue[StoredEvent | BaseException | None]
+def _resume_point(request: web.Request) -> int:
+    """Resume after the Last-Event-ID header (a reconnecting EventSource), else `?after=`, else 0."""
+    last_id = request.headers.get("Last-Event-ID", "").strip()
+    if not last_id:
+        return _int_param(request.query.get("after"), "after", default=0, lo=0, hi=2**62)
+    if not last_id.isdigit():
+        raise errors.InvalidRequest(f"Last-Event-ID must be an event sequence number, got {last_id!r}")
+    return int(last_id)
+
+
+async def _send(
+    resp: web.StreamResponse,
+    subscription: AsyncIterator[StoredEvent],
+    cfg: ApiConfig,
+    closing: asyncio.Event,
+    stream_id: str,
+) -> None:
+    """Write events until the stream ends, fails or the client goes; a heartbeat comment after each
+    `heartbeat_s` without a write; on shutdown an `error` event (clients resume with Last-Event-ID)."""
+    out = _Out(resp)
+    pump = asyncio.create_task(out.events(subscription))
+    closed = asyncio.create_task(closing.wait())
+    try:
+        while True:
+            wait = out.next_check(cfg)
+            if wait <= 0:
+                async with asyncio.timeout(cfg.write_timeout_s):
+                    await out.write(HEARTBEAT)
+                continue
+            done, _ = await asyncio.wait({pump, closed}, timeout=wait, return_when=FIRST_COMPLETED)
+            if pump in done:
+                pump.result()  # the stream's end, or how it failed
+                return
+            if closed in done:
+                raise ServerShuttingDown()
+    except (ConnectionResetError, TimeoutError) as e:
+        log.info("sse.client_gone", stream_id=stream_id, sent=out.sent, reason=type(e).__name__)
+    except Exception as e:  # too slow, shutting down, storage trouble: the client resumes
+        if isinstance(e, errors.SubscriberTooSlow):
+            log.warning("sse.subscriber_too_slow", stream_id=stream_id, sent=out.sent)
+        elif not isinstance(e, errors.AgentdError):
+            log.exception("sse.stream_failed", stream_id=stream_id)
+        code = e.code if isinstance(e, errors.AgentdError) else "stream_error"
+        payload = json.dumps({"code": code, "message": str(e), "retryable": True})
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            async with asyncio.timeout(cfg.write_timeout_s):
+                await out.write(sse.encode_event(payload, event="error"))
+    finally:
+        closed.cancel()
+        pump.cancel()
+        await asyncio.wait({pump}, timeout=5)  # never hang a finished response on a stuck reader
+
+
+HEARTBEAT = sse.encode_comment("heartbeat")
+
+
+class _Out:
+    """One SSE response. Events are written as they come; the handler watches the clock: a write that
+    waits longer than the write timeout means the client is gone, a quiet connection gets a heartbeat.
+
+    A write puts its whole frame on the transport before it waits for the client, so a heartbeat and an
+    event never interleave within a frame.
+    """
+
+    def __init__(self, resp: web.StreamResponse) -> None:
+        self._resp = resp
+        self.last = time.monotonic()  # when the last write ended
+        self.busy_since: float | None = None  # when the write in progress began
+        self.sent = 0
+
+    def next_check(self, cfg: ApiConfig) -> float:
+        """Seconds until the next look (<= 0: a heartbeat is due now); TimeoutError when a write has
+        waited longer than the write timeout (noticed within two write timeouts)."""
+        now = time.monotonic()
+        if self.busy_since is None:  # a write may begin meanwhile: look again within the write timeout
+            return min(self.last + cfg.heartbeat_s - now, cfg.write_timeout_s)
+        if now - self.busy_since >= cfg.write_timeout_s:
+            raise TimeoutError()
+        return min(cfg.heartbeat_s, self.busy_since + cfg.write_timeout_s - now)
+
+    async def write(self, data: bytes) -> None:
+        self.busy_since = self.busy_since or time.monotonic()
+        try:
+            await self._resp.write(data)
+        finally:
+            self.busy_since = None
+            self.last = time.monotonic()
+
+    async def events(self, subscription: AsyncIterator[StoredEvent]) -> None:
+        async with contextlib.aclosing(subscription) as events:  # type: ignore[type-var]
+            async for stored in events:
+                await self.write(_frame(stored))
+                self.sent += 1
+
+
+class ServerShuttingDown(errors.AgentdError):
+    """The server is shutting down; reconnect with Last-Event-ID."""
+
+    code = "shutting_down"
 
 
 def _frame(stored: StoredEvent) -> bytes:
@@ -347,28 +423,6 @@ def _frame(stored: StoredEvent) -> bytes:
     return sse.encode_event(json.dumps(ev.data(), separators=(",", ":")), event=ev.event, id=stored.seq)
 
 
-async def _produce(service: JobService, stream_id: str, after: int, buf: _Buffer) -> None:
-    """Feed one subscriber's bounded buffer; if the client cannot keep up, disconnect it (it resumes)."""
-    last = after
-    try:
-        async for stored in service.streams.subscribe(stream_id, after=after):
-            try:
-                buf.put_nowait(stored)
-            except asyncio.QueueFull:
-                log.warning("sse.subscriber_too_slow", stream_id=stream_id, last_seq=last)
-                # Make room for the error marker: the client resumes from `last` with Last-Event-ID.
-                while not buf.empty():
-                    buf.get_nowait()
-                raise errors.SubscriberTooSlow() from None
-            last = stored.seq
-        await buf.put(None)
-    except errors.AgentdError as e:
-        await buf.put(e)
-
-
 async def _close_streams(app: web.Application) -> None:
     """On shutdown, end every open event stream (clients reconnect elsewhere with Last-Event-ID)."""
-    for buf in list(app[STATE].streams_open):
-        while not buf.empty():
-            buf.get_nowait()
-        buf.put_nowait(errors.AgentdError("the server is shutting down; reconnect with Last-Event-ID"))
+    app[STATE].closing.set()

@@ -18,8 +18,10 @@ STATUS: dict[type[errors.AgentdError], int] = {
     errors.JobAlreadyFinished: 409,
     errors.ProjectBusy: 409,
     errors.IdempotencyConflict: 409,
+    errors.SecretNotFound: 404,
     errors.ProviderUnavailable: 503,
     errors.QueueUnavailable: 503,
+    errors.SecretsUnavailable: 503,
 }
 
 

@@ -27,7 +27,7 @@ def opencode_config(settings: Settings) -> OpenCodeConfig:
         mode=settings.opencode_mode,
         idle_timeout_s=settings.opencode_idle_timeout_s,
         username=settings.opencode_username,
-        passthrough=tuple(n.strip() for n in settings.opencode_env_passthrough.split(",") if n.strip()),
+        passthrough=settings.opencode_env_passthrough,
         permission_reply=settings.opencode_permission_reply,
     )
 
