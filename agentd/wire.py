@@ -11,7 +11,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentd.domain.models import JobStatus, PromptFile, ResultStatus
+from agentd.domain.models import (
+    MAX_TIMEOUT_S,
+    MAX_TURNS_LIMIT,
+    MIN_TIMEOUT_S,
+    SESSION_ID_RE,
+    JobStatus,
+    PromptFile,
+    ResultStatus,
+)
+from agentd.domain.secrets import MAX_SECRET_LEN, MIN_SECRET_LEN
 from agentd.domain.webhooks import WebhookSpec
 
 
@@ -31,17 +40,25 @@ class _Answer(BaseModel):
         return getattr(self, name, default)
 
 
+def _limits(**schema: Any) -> Any:
+    """Limits the domain enforces (with its own error codes), shown in the schema only."""
+    return Field(None, json_schema_extra=schema)
+
+
 class SubmitBody(BaseModel):
-    """POST /projects/{project_id}/jobs (and /claude): one prompt for the project."""
+    """POST /projects/{project_id}/jobs (and /claude): one prompt for the project. The handler takes
+    exactly these fields; the domain (AgentRequest) checks the values."""
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(description="what the agent should do")
+    prompt: str = Field(description="what the agent should do", json_schema_extra={"pattern": "\\S"})
     provider: str | None = Field(None, description="claude-code, opencode, … (default: the server's)")
     model: str | None = None
-    session_id: str | None = Field(None, description="continue this agent session")
-    timeout_s: float | None = Field(None, description="seconds before the job times out (1-86400)")
-    max_turns: int | None = Field(None, description="1-1000")
+    session_id: str | None = _limits(pattern=SESSION_ID_RE.pattern, description="continue this session")
+    timeout_s: float | None = _limits(
+        minimum=MIN_TIMEOUT_S, maximum=MAX_TIMEOUT_S, description="seconds before the job times out"
+    )
+    max_turns: int | None = _limits(minimum=1, maximum=MAX_TURNS_LIMIT)
     agent: str | None = Field(None, description="the provider's agent (OpenCode)")
     files: list[PromptFile] | None = None
     mentions: list[str] | None = None
@@ -134,7 +151,13 @@ class SecretList(_Answer):
 class SecretValue(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    value: str
+    value: str = Field(
+        json_schema_extra={
+            "minLength": MIN_SECRET_LEN,
+            "maxLength": MAX_SECRET_LEN,
+            "pattern": "^[^\\u0000]*$",
+        }
+    )
 
 
 class Delivery(_Answer):

@@ -35,10 +35,27 @@ def validate_project_id(project_id: str) -> str:
     return project_id
 
 
+# What _one_source checks, as a JSON schema (the OpenAPI document shows it): exactly one of a relative
+# `path` (no leading slash, no '..' part, not blank, no NUL) or `content`.
+_RELATIVE_PATH = r"^(?![/\\])(?!(.*[/\\])?\.\.([/\\]|$))(?=.*\S)[^\x00]+$"
+_ONE_SOURCE_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        {
+            "required": ["path"],
+            "properties": {
+                "path": {"type": "string", "pattern": _RELATIVE_PATH},
+                "content": {"type": "null"},
+            },
+        },
+        {"required": ["content"], "properties": {"content": {"type": "string"}, "path": {"type": "null"}}},
+    ]
+}
+
+
 class PromptFile(BaseModel):
     """A file given with the prompt: a `path` inside the project's workspace, or inline `content`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_ONE_SOURCE_SCHEMA)
 
     path: str | None = None
     content: str | None = None

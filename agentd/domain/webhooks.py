@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from datetime import datetime
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -20,6 +20,9 @@ from agentd.domain import errors
 
 WebhookEvent = Literal["done", "status"]
 MAX_URL = 2000
+# What WebhookSpec._url accepts, as a JSON-schema pattern (for the OpenAPI document).
+URL_PATTERN = r"^https?://([A-Za-z0-9._~%!$&'()*+,;=-]+)(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?([/?#]\S*)?$"
+URL_RE = re.compile(URL_PATTERN)
 SIGNATURE_HEADER = "X-Agentd-Signature"
 DELIVERY_HEADER = "X-Agentd-Delivery"
 EVENT_HEADER = "X-Agentd-Event"
@@ -36,19 +39,23 @@ class WebhookSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    url: str = Field(description="http(s) URL that receives the POSTs")
-    events: tuple[WebhookEvent, ...] = Field(("done",), description='"done" and/or "status"')
+    url: str = Field(
+        description="http(s) URL that receives the POSTs",
+        json_schema_extra={"pattern": URL_PATTERN, "maxLength": MAX_URL},
+    )
+    events: tuple[WebhookEvent, ...] = Field(
+        ("done",), description='"done" and/or "status"', json_schema_extra={"minItems": 1}
+    )
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if len(v) > MAX_URL or parts.scheme not in ("http", "https") or not parts.hostname:
+        # The OpenAPI document shows URL_PATTERN: one rule, checked here and described there.
+        if len(v) > MAX_URL or not URL_RE.fullmatch(v):
             raise errors.InvalidRequest(
-                f"webhook.url must be an http(s) URL with a host (at most {MAX_URL} characters), got {v!r}"
+                f"webhook.url must be an http(s) URL with a host name or IPv4 address (at most {MAX_URL} "
+                f"characters, no spaces, no user:password@), got {v[:200]!r}"
             )
-        if parts.username or parts.password:
-            raise errors.InvalidRequest("webhook.url must not carry credentials; agentd signs each body")
         return v
 
     @field_validator("events")

@@ -19,11 +19,13 @@ from pydantic import ValidationError
 
 from agentd import __version__, sse
 from agentd.adapters.http import errors as http_errors
+from agentd.adapters.http import openapi
 from agentd.domain import errors
 from agentd.domain.models import AgentRequest, JobStatus, StoredEvent, validate_project_id
 from agentd.ports.work_queue import BusyPolicy, JobFilter
 from agentd.services.jobs import JobService
 from agentd.services.secrets import SecretService
+from agentd.wire import SubmitBody
 
 log = structlog.get_logger(__name__)
 
@@ -34,19 +36,8 @@ SSE_HEADERS = {
     "Connection": "keep-alive",
     "X-Accel-Buffering": "no",
 }
-REQUEST_FIELDS = {
-    "prompt",
-    "provider",
-    "model",
-    "session_id",
-    "timeout_s",
-    "max_turns",
-    "agent",
-    "files",
-    "mentions",
-    "busy",
-    "webhook",
-}
+REQUEST_FIELDS = set(SubmitBody.model_fields)  # the body the OpenAPI document describes
+PUBLIC_PATHS = {op.path for op in openapi.ROUTES if op.public}  # no API key needed
 MAX_IDEMPOTENCY_KEY = 200
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -89,6 +80,7 @@ def create_app(service: JobService, config: ApiConfig, secrets: SecretService) -
         app.router.add_get(prefix, list_secrets)
         app.router.add_put(prefix + "/{name}", put_secret)
         app.router.add_delete(prefix + "/{name}", delete_secret)
+    openapi.install(app, providers=service.registry.names)
     app.on_shutdown.append(_close_streams)
     return app
 
@@ -115,7 +107,10 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
             405: f"{request.method} is not allowed on {request.path}",
             413: f"request body larger than {MAX_BODY} bytes",
         }.get(e.status, e.reason)
-        return http_errors.error_response(e.status, code, msg)
+        resp = http_errors.error_response(e.status, code, msg)
+        if "Allow" in e.headers:  # a 405 says which methods are (RFC 9110)
+            resp.headers["Allow"] = e.headers["Allow"]
+        return resp
     except Exception:
         log.exception("http.unhandled", method=request.method, path=request.path)
         return http_errors.error_response(500, "internal_error", "internal error; see the server log")
@@ -124,7 +119,7 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
 @web.middleware
 async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     key = request.app[CONFIG].api_key
-    if key and request.path != "/healthz":
+    if key and request.path not in PUBLIC_PATHS:
         given = request.headers.get("X-API-Key", "")
         if not hmac.compare_digest(given.encode(), key.encode()):
             raise errors.Unauthorized(
@@ -166,7 +161,8 @@ async def _read_body(request: web.Request) -> dict[str, Any]:
 
 async def _submit(request: web.Request, provider: str | None) -> web.Response:
     project_id = validate_project_id(request.match_info["project_id"])
-    body = await _read_body(request)
+    body = {k: v for k, v in (await _read_body(request)).items() if v is not None}  # null: not given
+    SubmitBody.model_validate(body)  # the types the OpenAPI document promises; the domain checks values
     if provider is not None:
         body["provider"] = provider
     if body.get("provider") is not None and not isinstance(body["provider"], str):
