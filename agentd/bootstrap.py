@@ -142,7 +142,8 @@ async def build(
     streams: EventStream | None = None,
     with_workers: bool = True,
 ) -> Container:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    settings.data_dir.chmod(0o700)  # also an older, wider one: nothing beneath it is reachable by others
     registry = ProviderRegistry()
     for agent in agents if agents is not None else build_agents(settings):
         registry.register(agent)

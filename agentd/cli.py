@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     submit.add_argument("prompt", help="the prompt; '-' reads it from stdin")
 
     args = parser.parse_args(argv)
+    if args.command in ("serve", "api", "worker"):
+        os.umask(0o077)  # everything agentd and its runs create: 0600 files, 0700 folders
     settings = Settings.from_env()
     from agentd.logging import configure
 

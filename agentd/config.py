@@ -38,6 +38,8 @@ class Settings(BaseSettings):
 
     # Providers, in registration order (the first is the default).
     providers: str = "claude-code,opencode"
+    # Jail agent processes with bubblewrap: auto = when it works, bwrap = required, off = never.
+    sandbox: Literal["auto", "bwrap", "off"] = "auto"
 
     # Claude Code
     claude_bin: str = "claude"
