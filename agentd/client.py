@@ -353,9 +353,9 @@ async def _api_error(r: aiohttp.ClientResponse) -> ApiError:
 class Client:
     """The synchronous SDK: the same calls as `AgentdClient`, run on a private event loop thread.
 
-        with Client("http://127.0.0.1:8080") as agentd:
-            job = agentd.submit("my-repo", "hello", provider="scripted")
-            print(agentd.wait(job).status)
+    with Client("http://127.0.0.1:8080") as agentd:
+        job = agentd.submit("my-repo", "hello", provider="scripted")
+        print(agentd.wait(job).status)
     """
 
     def __init__(self, base_url: str, **kw: Any) -> None:
@@ -414,4 +414,3 @@ class Client:
         finally:
             with contextlib.suppress(Exception):
                 self._call(it.aclose())  # type: ignore[attr-defined]
-
