@@ -21,7 +21,7 @@ from agentd.domain import errors
 WebhookEvent = Literal["done", "status"]
 MAX_URL = 2000
 # What WebhookSpec._url accepts, as a JSON-schema pattern (for the OpenAPI document).
-URL_PATTERN = r"^https?://([A-Za-z0-9._~%!$&'()*+,;=-]+)(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?([/?#]\S*)?$"
+URL_PATTERN = r"^https?://([A-Za-z0-9._~%!$&'()*+,;=-]+)(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?([/?#][\x21-\x7e]*)?$"
 URL_RE = re.compile(URL_PATTERN)
 SIGNATURE_HEADER = "X-Agentd-Signature"
 DELIVERY_HEADER = "X-Agentd-Delivery"
@@ -54,7 +54,7 @@ class WebhookSpec(BaseModel):
         if len(v) > MAX_URL or not URL_RE.fullmatch(v):
             raise errors.InvalidRequest(
                 f"webhook.url must be an http(s) URL with a host name or IPv4 address (at most {MAX_URL} "
-                f"characters, no spaces, no user:password@), got {v[:200]!r}"
+                f"characters of printable ASCII, no spaces, no user:password@), got {v[:200]!r}"
             )
         return v
 

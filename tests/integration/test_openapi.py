@@ -120,7 +120,10 @@ def live_url(live: Server) -> str:
 
 
 @schema.parametrize()
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+# Bounded and repeatable in CI: the same 15 examples per operation on every run (raise locally to explore).
+@settings(
+    max_examples=15, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
 def test_the_live_app_matches_its_document(case: Any, live_url: str) -> None:
     # This server has no claude-code provider (no real agent runs under the fuzzer), so POST .../claude
     # rightly answers 400 unknown_provider to a valid body: skip only that one check there.
