@@ -126,7 +126,8 @@ def run(args: argparse.Namespace, default_server: str) -> int:
         code = EXIT_USAGE
         if isinstance(e, ApiError) and e.status == 409 and args.command == "cancel":
             code = EXIT_FAILED  # the job already ended
-        print(f"agentd {args.command}: {e.message}", file=sys.stderr)
+        detail = f" ({e.code}, HTTP {e.status})" if isinstance(e, ApiError) else ""
+        print(f"agentd {args.command}: {e.message}{detail}", file=sys.stderr)
         return code
 
 

@@ -9,7 +9,8 @@
 `stream()` reconnects by itself with Last-Event-ID when a connection drops: each event is yielded once,
 in order, without a gap, ending with `done`. Errors are typed (`AgentdClientError` and subclasses);
 timeouts are `RequestTimeout` / `WaitTimeout`. The API key is sent only to the origin (scheme, host, port)
-of `base_url`: a URL the server hands out (stream_url) is followed on that origin, never elsewhere.
+of `base_url`: a URL from an answer (stream_url) that names another origin is refused (`ForeignOrigin`),
+and redirects are not followed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 from pydantic import BaseModel, ValidationError
@@ -55,6 +56,7 @@ __all__ = [  # the event models are the domain's own, re-exported for SDK users
     "ConnectionFailed",
     "DoneEvent",
     "ErrorEvent",
+    "ForeignOrigin",
     "JobInfo",
     "JobPage",
     "JobRef",
@@ -106,6 +108,13 @@ class RequestTimeout(AgentdClientError, TimeoutError):
     """A request got no answer within the client's `timeout_s`."""
 
     code = "request_timeout"
+
+
+class ForeignOrigin(AgentdClientError):
+    """A URL (e.g. a stream_url from an answer) names another origin than the client's: refused, so the
+    API key never goes there."""
+
+    code = "foreign_origin"
 
 
 class StreamLost(AgentdClientError):
@@ -176,15 +185,17 @@ class AgentdClient:
     # --- plumbing -------------------------------------------------------------------------------------
 
     def url_for(self, path_or_url: str) -> str:
-        """An absolute URL on the base origin: a path is joined to `base_url`; an absolute URL on another
-        origin keeps its path and query but is sent to `base_url`'s origin (that is where the key goes)."""
-        if not path_or_url.startswith(("http://", "https://")):
-            return f"{self.base_url}{path_or_url}"
-        if same_origin(path_or_url, self.base_url):
-            return path_or_url
-        p = urlsplit(path_or_url)
-        b = urlsplit(self.base_url)
-        return urlunsplit((b.scheme, b.netloc, p.path, p.query, ""))
+        """An absolute URL on the base origin (a path is joined to `base_url`); ForeignOrigin for an
+        absolute URL on any other origin."""
+        if "://" not in path_or_url:
+            return f"{self.base_url}/{path_or_url.lstrip('/')}"
+        if not same_origin(path_or_url, self.base_url):
+            where = "://".join(urlsplit(path_or_url)[:2])
+            raise ForeignOrigin(
+                f"refusing to send the API key to {where}: this client talks to {self.base_url} only "
+                "(the server may need to be told the URL its clients use)"
+            )
+        return path_or_url
 
     def headers_for(self, url: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The request headers for `url`: the key only when `url` is on `base_url`'s origin."""
@@ -196,6 +207,8 @@ class AgentdClient:
     async def _request(self, method: str, path: str, **kw: Any) -> Any:
         url = self.url_for(path)
         headers = self.headers_for(url, kw.pop("headers", None))
+        if method != "GET" and "json" not in kw:
+            headers.setdefault("Content-Type", "application/json")  # writes are JSON, even empty ones
         try:
             async with self._session.request(
                 method,
