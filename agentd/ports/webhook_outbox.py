@@ -43,6 +43,10 @@ class WebhookOutbox(Protocol):
         """A job's deliveries, oldest first."""
         ...
 
+    async def prune(self, created_before: datetime) -> int:
+        """Delete finished (delivered or failed) deliveries created before that time; how many."""
+        ...
+
     async def close(self) -> None: ...
 
 

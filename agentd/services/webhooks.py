@@ -57,6 +57,8 @@ class WebhookService:
         timeout_s: float = 10.0,
         poll_s: float = 1.0,
         batch: int = 20,
+        keep_s: float = 7 * 24 * 3600.0,
+        prune_every_s: float = 3600.0,
     ) -> None:
         self.outbox = outbox
         self.sender = sender
@@ -69,6 +71,9 @@ class WebhookService:
         self.timeout_s = timeout_s
         self.poll_s = poll_s
         self.batch = batch
+        self.keep_s = keep_s  # finished deliveries are kept this long (GET …/deliveries shows them)
+        self.prune_every_s = prune_every_s
+        self._last_prune: float | None = None
         self._wake = asyncio.Event()
 
     # --- enqueueing -----------------------------------------------------------------------------------
@@ -117,6 +122,7 @@ class WebhookService:
             sent = 0
             try:
                 sent = await self.deliver_due(worker_id)
+                await self._prune_now_and_then()
             except AgentdError as e:
                 log.warning("webhook.claim_failed", error=str(e))
             except Exception:
@@ -128,6 +134,14 @@ class WebhookService:
             for t in waits:
                 t.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
+
+    async def _prune_now_and_then(self) -> None:
+        if self._last_prune is not None and time.monotonic() - self._last_prune < self.prune_every_s:
+            return
+        self._last_prune = time.monotonic()
+        n = await self.outbox.prune(datetime.now(UTC) - timedelta(seconds=self.keep_s))
+        if n:
+            log.info("webhook.pruned", count=n)
 
     async def deliver_due(self, worker_id: str) -> int:
         """One round: claim what is due and send it (concurrently). Returns how many were attempted."""

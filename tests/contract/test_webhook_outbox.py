@@ -110,6 +110,17 @@ async def test_a_dead_workers_lease_expires(make_outbox: OutboxFactory) -> None:
     assert not await a.record(d.id, attempt(200), worker_id="dead", delivered=True, retry_at=None)
 
 
+async def test_prune_deletes_only_finished_old_deliveries(make_outbox: OutboxFactory) -> None:
+    box = await make_outbox()
+    done, pending = delivery("job_a"), delivery("job_b")
+    await box.add([done, pending])
+    await box.claim_due("w", 5, lease_s=30)
+    await box.record(done.id, attempt(200), worker_id="w", delivered=True, retry_at=None)
+    assert await box.prune(datetime.now(UTC) - timedelta(hours=1)) == 0  # not old enough
+    assert await box.prune(datetime.now(UTC) + timedelta(seconds=1)) == 1
+    assert await box.list_for_job("job_a") == [] and len(await box.list_for_job("job_b")) == 1
+
+
 async def test_deliveries_survive_a_reopen(make_outbox: OutboxFactory) -> None:
     first = await make_outbox()
     d = delivery()

@@ -116,5 +116,9 @@ class SqliteWebhookOutbox(WebhookOutbox):
         rows = await self.db.run(lambda db: db.execute(Q["for_job"], {"job_id": job_id}).fetchall())
         return [_row(r) for r in rows]
 
+    async def prune(self, created_before: datetime) -> int:
+        before = _iso(created_before)
+        return await self.db.run(lambda db: db.execute(Q["prune"], {"before": before}).rowcount)
+
     async def close(self) -> None:
         await self.db.close()

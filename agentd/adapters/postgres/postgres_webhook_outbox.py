@@ -99,6 +99,11 @@ class PostgresWebhookOutbox(WebhookOutbox):
             )
             return cur.rowcount == 1
 
+    async def prune(self, created_before: datetime) -> int:
+        async with self.db.connection() as conn:
+            cur = await conn.execute(Q["prune"], {"before": created_before})
+            return cur.rowcount
+
     async def list_for_job(self, job_id: str) -> list[Delivery]:
         async with self.db.connection() as conn:
             cur = await conn.execute(Q["for_job"], {"job_id": job_id})

@@ -28,3 +28,7 @@ WHERE id = :id AND worker_id = :worker_id AND status = 'pending';
 
 -- name: for_job
 SELECT * FROM webhook_deliveries WHERE job_id = :job_id ORDER BY rowid;
+
+-- name: prune
+-- Finished deliveries older than the retention (pending ones stay until they end).
+DELETE FROM webhook_deliveries WHERE status != 'pending' AND created_at < :before;

@@ -31,3 +31,7 @@ WHERE id = %(id)s AND worker_id = %(worker_id)s AND status = 'pending';
 
 -- name: for_job
 SELECT * FROM agentd_webhook_deliveries WHERE job_id = %(job_id)s ORDER BY seq;
+
+-- name: prune
+-- Finished deliveries older than the retention (pending ones stay until they end).
+DELETE FROM agentd_webhook_deliveries WHERE status <> 'pending' AND created_at < %(before)s;
