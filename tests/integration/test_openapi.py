@@ -131,3 +131,59 @@ def test_the_live_app_matches_its_document(case: Any, live_url: str) -> None:
     case.call_and_validate(
         base_url=live_url, headers={"X-API-Key": KEY}, timeout=10, excluded_checks=excluded
     )
+
+
+DOM_SHIM = """
+const made = [];
+class El {
+  constructor(tag) { this.tag = tag; this.attrs = {}; this.kids = []; this._text = ""; made.push(this); }
+  setAttribute(k, v) { this.attrs[k] = v; }
+  append(...ks) { this.kids.push(...ks); }
+  set textContent(t) { this._text = t; }
+  get textContent() {
+    return this._text + this.kids.map((k) => (typeof k === "string" ? k : k.textContent)).join("");
+  }
+}
+const byId = { info: new El("p"), ops: new El("div"), schemas: new El("div") };
+globalThis.document = {
+  createElement: (t) => new El(t), getElementById: (i) => byId[i], querySelector: () => null,
+};
+globalThis.location = { hash: "" };
+const doc = JSON.parse(require("fs").readFileSync(process.argv[2], "utf8"));
+globalThis.fetch = async () => ({ ok: true, json: async () => doc });
+"""
+DOM_REPORT = """
+setTimeout(() => {
+  const ops = byId.ops.kids.map((d) => d.kids[0].textContent.replace(/\\s+/g, " ").trim());
+  console.log(JSON.stringify({ info: byId.info.textContent, ops, schemas: byId.schemas.kids.length }));
+}, 50);
+"""
+
+
+def test_the_docs_page_renders_every_operation_and_schema(tmp_path: Path) -> None:
+    """The page's own script, run in node against a tiny DOM: one entry per operation and schema."""
+    import json
+    import re
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    html = (Path(__file__).resolve().parents[2] / "agentd/adapters/http/docs.html").read_text()
+    script = re.search(r"<script>(.*)</script>", html, re.S)
+    assert script
+    (tmp_path / "page.js").write_text(DOM_SHIM + script.group(1) + DOM_REPORT)
+    (tmp_path / "openapi.json").write_text(json.dumps(LIVE_DOC))
+    res = subprocess.run(
+        [node, str(tmp_path / "page.js"), str(tmp_path / "openapi.json")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 0, res.stderr
+    shown = json.loads(res.stdout)
+    want = [f"{m.upper()} {p}" for p, ops in LIVE_DOC["paths"].items() for m in ops]
+    assert [" ".join(o.split()[:2]) for o in shown["ops"]] == want
+    assert shown["schemas"] == len(LIVE_DOC["components"]["schemas"])
+    assert shown["info"].startswith("agentd ") and "OpenAPI 3.1.0" in shown["info"]
