@@ -33,6 +33,12 @@ TOOL_INPUT_KEYS = ("command", "file_path", "path", "pattern", "url", "query", "d
 class Renderer(Protocol):
     def event(self, stored: StoredEvent) -> None: ...
 
+    def _width(self) -> int:
+        try:
+            return os.get_terminal_size(self.out.fileno()).columns or 80
+        except (OSError, ValueError, AttributeError):
+            return 80
+
     def tick(self) -> None: ...
 
     def note(self, text: str) -> None: ...
@@ -51,6 +57,12 @@ class JsonLinesRenderer:
         line = {"id": stored.seq, "event": ev.event, "data": ev.data()}
         self.out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
         self.out.flush()
+
+    def _width(self) -> int:
+        try:
+            return os.get_terminal_size(self.out.fileno()).columns or 80
+        except (OSError, ValueError, AttributeError):
+            return 80
 
     def tick(self) -> None:
         pass
@@ -123,8 +135,15 @@ class TerminalRenderer:
         if self.tools:
             doing = f"running {next(iter(self.tools.values()))[0][:60]}"
         spin = SPINNER[self.frame % len(SPINNER)]
-        self.out.write(self._style(f"{spin} {doing} · {elapsed} · {self.job_id}", "2"))
+        line = f"{spin} {doing} · {elapsed} · {self.job_id}"
+        self.out.write(self._style(line[: self._width() - 1], "2"))  # one row, or \r cannot erase it
         self.status_drawn = True
+
+    def _width(self) -> int:
+        try:
+            return os.get_terminal_size(self.out.fileno()).columns or 80
+        except (OSError, ValueError, AttributeError):
+            return 80
 
     def tick(self) -> None:
         self.frame += 1
