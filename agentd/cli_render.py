@@ -33,12 +33,6 @@ TOOL_INPUT_KEYS = ("command", "file_path", "path", "pattern", "url", "query", "d
 class Renderer(Protocol):
     def event(self, stored: StoredEvent) -> None: ...
 
-    def _width(self) -> int:
-        try:
-            return os.get_terminal_size(self.out.fileno()).columns or 80
-        except (OSError, ValueError, AttributeError):
-            return 80
-
     def tick(self) -> None: ...
 
     def note(self, text: str) -> None: ...
@@ -57,12 +51,6 @@ class JsonLinesRenderer:
         line = {"id": stored.seq, "event": ev.event, "data": ev.data()}
         self.out.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
         self.out.flush()
-
-    def _width(self) -> int:
-        try:
-            return os.get_terminal_size(self.out.fileno()).columns or 80
-        except (OSError, ValueError, AttributeError):
-            return 80
 
     def tick(self) -> None:
         pass
