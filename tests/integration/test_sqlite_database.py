@@ -38,7 +38,7 @@ async def test_a_schema_1_file_gets_the_secrets_table_and_keeps_its_jobs(tmp_pat
     await store.put("p", "TOKEN", "a-secret-value")
     assert await store.resolve("p") == {"TOKEN": "a-secret-value"}
     await store.close()
-    assert user_version(path) == SCHEMA_VERSION == 2
+    assert user_version(path) == SCHEMA_VERSION >= 2
     reopened = SqliteWorkQueue(path)
     assert (await reopened.get("p", job.id)).id == "j1"
     await reopened.close()
@@ -53,3 +53,23 @@ async def test_the_queue_and_the_secrets_share_one_file_until_the_last_close(tmp
     await store.close()
     with pytest.raises(QueueUnavailable, match="closed"):
         await store.resolve("p")
+
+
+async def test_a_schema_2_file_gets_the_webhook_table_and_keeps_its_jobs(tmp_path: Path) -> None:
+    from agentd.adapters.embedded.sqlite_webhook_outbox import SqliteWebhookOutbox
+
+    path = tmp_path / "queue.sqlite3"
+    queue = SqliteWorkQueue(path)
+    await queue.enqueue(AgentRequest(project_id="p", prompt="x"), provider="s", job_id="j1", stream_id="s1")
+    await queue.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:  # as agentd before webhooks left it
+        db.execute("DROP TABLE webhook_deliveries")
+        db.execute("PRAGMA user_version = 2")
+        db.commit()
+    outbox = SqliteWebhookOutbox(path)
+    assert await outbox.list_for_job("j1") == []
+    await outbox.close()
+    assert user_version(path) == SCHEMA_VERSION >= 3
+    reopened = SqliteWorkQueue(path)
+    assert (await reopened.get("p", "j1")).id == "j1"
+    await reopened.close()
