@@ -132,6 +132,7 @@ class SessionMapper:
         self.tools: dict[str, _Part] = {}
         self.finished = False
         self.busy = False
+        self.last_error: str | None = None
         self.cost = 0.0
         self.tokens = _tokens({})
 
@@ -164,6 +165,7 @@ class SessionMapper:
             "slug": job.id,
             "projectID": job.project_id,
             "directory": job.project_id,
+            "path": "",
             "title": title,
             "version": __version__,
             "agent": job.request.agent or DEFAULT_AGENT,
@@ -237,7 +239,7 @@ class SessionMapper:
         elif isinstance(ev, ToolResultEvent):
             out += self._tool_result(ev)
         elif isinstance(ev, ErrorEvent) and not ev.retryable:
-            out.append(self._session_error("UnknownError", f"{ev.code}: {ev.message}"))
+            self.last_error = ev.message  # reported once, with the end of the run
         elif isinstance(ev, DoneEvent):
             out += self._done(ev)
         return out
@@ -354,9 +356,6 @@ class SessionMapper:
             }
         return {**base, "state": state}
 
-    def _session_error(self, name: str, message: str) -> OpencodeEvent:
-        return self._event("session.error", {"error": {"name": name, "data": {"message": message}}})
-
     def _done(self, ev: DoneEvent) -> list[OpencodeEvent]:
         self.finished = True
         out = self._ensure_assistant()
@@ -382,7 +381,7 @@ class SessionMapper:
         out.append(self._part_event(step))
         end = self.clock()
         extra: dict[str, Any] = {"time": {"completed": end}}
-        error = _error(ev)
+        error = _error(ev, self.last_error)
         if error is None:
             extra["finish"] = finish
         else:
@@ -402,10 +401,10 @@ def _title(ev: ToolUseEvent) -> str:
     return desc if isinstance(desc, str) and desc else ev.name
 
 
-def _error(ev: DoneEvent) -> dict[str, Any] | None:
+def _error(ev: DoneEvent, last_error: str | None) -> dict[str, Any] | None:
     if ev.status == "succeeded":
         return None
-    message = ev.error or ev.status
+    message = ev.error or last_error or ev.status
     if ev.status == "cancelled":
         return {"name": "MessageAbortedError", "data": {"message": message}}
     return {"name": "UnknownError", "data": {"message": message}}
