@@ -50,6 +50,7 @@ REQUEST_FIELDS = {
 }
 MAX_IDEMPOTENCY_KEY = 200
 DASHBOARD_DIR = Path(__file__).parent / "dashboard"
+DASHBOARD_FILES = frozenset(p.name for p in DASHBOARD_DIR.iterdir() if p.is_file())
 DASHBOARD_HEADERS = {
     "Cache-Control": "no-cache",
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
@@ -95,7 +96,7 @@ def create_app(service: JobService, config: ApiConfig, secrets: SecretService) -
     app.router.add_get("/projects/{project_id}/opencode/event", opencode_event)
     app.router.add_get("/opencode/event", opencode_event)
     app.router.add_get("/", dashboard_page)
-    app.router.add_static("/dashboard", DASHBOARD_DIR)
+    app.router.add_get("/dashboard/{name}", dashboard_file)
     for prefix in ("/projects/{project_id}/secrets", "/secrets"):
         app.router.add_get(prefix, list_secrets)
         app.router.add_put(prefix + "/{name}", put_secret)
@@ -294,6 +295,13 @@ def _int_param(raw: str | None, name: str, *, default: int, lo: int, hi: int) ->
 
 async def dashboard_page(request: web.Request) -> web.FileResponse:
     return web.FileResponse(DASHBOARD_DIR / "index.html", headers=DASHBOARD_HEADERS)
+
+
+async def dashboard_file(request: web.Request) -> web.FileResponse:
+    name = request.match_info["name"]
+    if name not in DASHBOARD_FILES:
+        raise web.HTTPNotFound()
+    return web.FileResponse(DASHBOARD_DIR / name, headers=DASHBOARD_HEADERS)
 
 
 async def opencode_event(request: web.Request) -> web.StreamResponse:
