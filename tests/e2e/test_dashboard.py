@@ -160,3 +160,27 @@ async def test_tool_call_and_reasoning(page: Any, srv: RunningAgentd, tmp_path: 
     summary = await page.text_content("#summary")
     assert summary is not None and "status succeeded" in summary and "cost $0." in summary
     await page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=False)
+
+
+async def test_with_keys_on_the_page_asks_once(page: Any, agentd_factory: Any) -> None:
+    from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
+
+    srv = await agentd_factory([ScriptedCodeAgent("scripted")], api_key="s3cret")
+    await page.goto(srv.base_url + "/")
+    await page.wait_for_selector("#key-dialog[open]")
+    await page.fill("#key-input", "wrong")
+    await page.click("#key-form button")
+    await page.wait_for_selector("#key-dialog[open]")  # refused: asked again
+    await page.fill("#key-input", "s3cret")
+    await page.click("#key-form button")
+    await page.wait_for_selector("#f-provider option[value='scripted']", state="attached")
+    await page.fill("#f-project", "keyed")
+    await page.fill("#f-prompt", "hello with a key")
+    await page.click("#f-submit")
+    await page.wait_for_selector("#job:not([hidden])")
+    job_id = await page.text_content("#job-id")
+    await page.wait_for_selector(f"#jobs li[data-job='{job_id}']")
+    # The key is kept for the tab: a reload does not ask again.
+    await page.reload()
+    await page.wait_for_selector(f"#jobs li[data-job='{job_id}']")
+    assert not await page.is_visible("#key-dialog")

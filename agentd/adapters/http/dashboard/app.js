@@ -145,6 +145,7 @@ function renderJobs(jobs) {
   if (current) {
     const mine = jobs.find((j) => j.job_id === current.jobId);
     if (mine && !current.done) showStatus(mine.status);
+    else if (current.done) showStatus(current.status); // the listing may lag behind the stream
   }
 }
 
@@ -324,6 +325,12 @@ function showStatus(status) {
   if (!current) return;
   current.status = status;
   setBadge($("job-status"), status);
+  // The list is polled; the open job's row follows its stream at once.
+  const row = [...$("jobs").children].find((li) => li.dataset.job === current.jobId);
+  if (row && (status === "running" || FINAL.has(status))) {
+    row.dataset.status = status;
+    setBadge(row.firstChild, status);
+  }
   $("cancel").disabled = FINAL.has(status) || current.done;
 }
 
