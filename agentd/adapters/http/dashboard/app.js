@@ -233,13 +233,31 @@ function connect(job) {
   }
   source.addEventListener("error", (e) => {
     if (current !== state || e.data) return;
-    if (source.readyState === EventSource.CLOSED) {
-      $("conn").textContent = "stream closed: reopen the job to retry";
-    } else {
-      $("conn").textContent = "reconnecting…";
+    if (source.readyState !== EventSource.CLOSED) {
+      $("conn").textContent = "reconnecting…"; // EventSource resumes on its own (Last-Event-ID)
+      return;
     }
+    // Refused (e.g. an expired stream token): ask the API for the job again, which gives a fresh
+    // stream_url, and resume after the last event shown.
+    state.failures = (state.failures || 0) + 1;
+    if (state.failures > 5) {
+      $("conn").textContent = "the stream was refused: reopen the job to retry";
+      return;
+    }
+    $("conn").textContent = "reconnecting…";
+    setTimeout(() => reopen(state), 1000 * state.failures);
   });
-  source.addEventListener("open", () => { $("conn").textContent = ""; });
+  source.addEventListener("open", () => { $("conn").textContent = ""; state.failures = 0; });
+}
+
+async function reopen(state) {
+  if (current !== state || state.done) return;
+  try {
+    const job = await api("GET", `/projects/${encodeURIComponent(state.project)}/jobs/${encodeURIComponent(state.jobId)}`);
+    if (current === state) connect(job);
+  } catch (e) {
+    $("conn").textContent = `stream: ${e.message}`;
+  }
 }
 
 function handle(seq, type, data) {
