@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 from aiohttp import web
@@ -91,8 +92,12 @@ async def serve(
         closed.cancel()
         watch.cancel()
         await watcher.stop()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await watch
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("opencode_stream.watch_failed", project_id=project_id)
     with contextlib.suppress(ConnectionResetError):
         await resp.write_eof()
     return resp
@@ -119,6 +124,7 @@ class _Watcher:
         self.poll_s = poll_s
         self.seen: set[str] = set()
         self.first: list[Job] = []
+        self.since: datetime | None = None
         self.followers: dict[str, asyncio.Task[None]] = {}
 
     async def _newest(self) -> list[Job]:
@@ -129,6 +135,8 @@ class _Watcher:
         jobs = await self._newest()
         self.seen = {j.id for j in jobs}
         self.first = [j for j in reversed(jobs) if not j.status.is_final]
+        # Jobs created later are at least this new (the queue's own clock: no skew with ours).
+        self.since = max((j.created_at for j in jobs), default=None)
 
     async def run(self) -> None:
         for job in self.first:
@@ -141,9 +149,10 @@ class _Watcher:
                 log.warning("opencode_stream.list_failed", error=str(e))
                 continue
             for job in reversed(jobs):  # oldest first
-                if job.id not in self.seen:
-                    self.seen.add(job.id)
+                if job.id not in self.seen and (self.since is None or job.created_at >= self.since):
                     self._follow(job)
+            # Only the listed window can hold a new job: remembering more would only grow.
+            self.seen = {j.id for j in jobs}
 
     def _follow(self, job: Job) -> None:
         task = asyncio.create_task(self._pump(job))
