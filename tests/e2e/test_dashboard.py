@@ -137,6 +137,10 @@ async def test_watch_cancel_and_reload(page: Any, srv: RunningAgentd, tmp_path: 
     await page.wait_for_selector(row, state="detached")
     await page.select_option("#filter-status", "cancelled")
     await page.wait_for_selector(row)
+    await page.fill("#filter-project", "other")
+    await page.wait_for_selector(row, state="detached")
+    await page.fill("#filter-project", "demo")
+    await page.wait_for_selector(row)
 
     # A reload resumes from the last event: the same text, once.
     await page.reload()

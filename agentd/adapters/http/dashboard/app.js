@@ -113,10 +113,11 @@ async function refreshJobs() {
   const params = new URLSearchParams({ limit: "50" });
   const project = $("filter-project").value.trim();
   const status = $("filter-status").value;
-  if (project) params.set("project_id", project);
   if (status) params.set("status", status);
+  // One project: its own route (what a key scoped to that project may read); else every project's jobs.
+  const path = project ? `/projects/${encodeURIComponent(project)}/jobs` : "/jobs";
   try {
-    const data = await api("GET", `/jobs?${params}`);
+    const data = await api("GET", `${path}?${params}`);
     $("jobs-error").textContent = "";
     renderJobs(data.jobs);
   } catch (e) {
