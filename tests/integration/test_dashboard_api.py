@@ -88,6 +88,9 @@ async def test_list_jobs_across_projects_with_filters(srv: RunningAgentd) -> Non
     assert status == 400 and "unknown status 'done'" in body["message"]
     status, body, _ = await call(srv, "GET", "/jobs?project_id=Bad..Id")
     assert status == 400 and body["error"] == "invalid_project_id"
+    # A job's own JSON says where to follow it (the dashboard opens jobs it did not submit).
+    _, one, _ = await call(srv, "GET", f"/projects/alpha/jobs/{c['job_id']}")
+    assert one["stream_url"] == c["stream_url"] == f"{srv.base_url}/projects/alpha/events/{c['stream_id']}"
     await call(srv, "POST", f"/projects/alpha/jobs/{c['job_id']}/cancel")
 
 

@@ -226,7 +226,9 @@ async def submit_claude(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     project_id = validate_project_id(request.match_info["project_id"])
     job = await request.app[SERVICE].get(project_id, request.match_info["job_id"])
-    return web.json_response(job.public())
+    # The URL to follow it (what the dashboard opens with EventSource; with stream tokens, it carries one).
+    stream_url = f"{request.url.origin()}/projects/{project_id}/events/{job.stream_id}"
+    return web.json_response({**job.public(), "stream_url": stream_url})
 
 
 async def list_jobs(request: web.Request) -> web.Response:
