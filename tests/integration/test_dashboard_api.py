@@ -202,3 +202,25 @@ async def test_cancel_shows_as_an_abort(srv: RunningAgentd) -> None:
 async def test_opencode_stream_rejects_a_bad_project(srv: RunningAgentd) -> None:
     status, body, _ = await call(srv, "GET", "/projects/Bad..Id/opencode/event")
     assert status == 400 and body["error"] == "invalid_project_id"
+
+
+def _watch_tasks() -> list[asyncio.Task[Any]]:
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if not t.done() and "_Watcher." in getattr(t.get_coro(), "__qualname__", "")
+    ]
+
+
+async def test_a_client_that_goes_leaves_nothing_running(srv: RunningAgentd) -> None:
+    async with watching(f"{srv.base_url}/projects/demo/opencode/event") as w:
+        job = await submit(srv, "demo", "sleep:30")
+        await w.until(lambda evs: any(e["type"] == "session.created" for e in evs))
+        assert len(_watch_tasks()) == 2  # the watcher and the job's follower
+    # The server notices at its next write (a heartbeat within 0.3 s here) and stops both.
+    for _ in range(100):
+        if not _watch_tasks():
+            break
+        await asyncio.sleep(0.05)
+    assert _watch_tasks() == []
+    await call(srv, "POST", f"/projects/demo/jobs/{job['job_id']}/cancel")
