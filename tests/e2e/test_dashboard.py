@@ -95,6 +95,20 @@ async def _longer(page: Any, n: int) -> bool:
     return len(await answer_text(page)) > n
 
 
+async def list_follows(page: Any, job_id: str | None) -> None:
+    """The job list shows the job cancelled, and the status and project filters keep or drop it."""
+    row = f"#jobs li[data-job='{job_id}']"
+    await page.wait_for_selector(f"{row}[data-status='cancelled']")
+    await page.select_option("#filter-status", "running")
+    await page.wait_for_selector(row, state="detached")
+    await page.select_option("#filter-status", "cancelled")
+    await page.wait_for_selector(row)
+    await page.fill("#filter-project", "other")
+    await page.wait_for_selector(row, state="detached")
+    await page.fill("#filter-project", "demo")
+    await page.wait_for_selector(row)
+
+
 async def test_watch_cancel_and_reload(page: Any, srv: RunningAgentd, tmp_path: Path) -> None:
     await submit_from_page(page, srv, "SCENARIO:slow delay_ms=150 chunks=200")
     # Text appears while the run goes on, and keeps growing.
@@ -129,18 +143,7 @@ async def test_watch_cancel_and_reload(page: Any, srv: RunningAgentd, tmp_path: 
     blocks = await page.eval_on_selector_all("#transcript .text", "els => els.length")
     await page.screenshot(path=str(tmp_path / "dashboard-cancelled.png"), full_page=True)
 
-    # The job list follows: the job shows cancelled, and the status filter keeps it.
-    job_id = await page.text_content("#job-id")
-    row = f"#jobs li[data-job='{job_id}']"
-    await page.wait_for_selector(f"{row}[data-status='cancelled']")
-    await page.select_option("#filter-status", "running")
-    await page.wait_for_selector(row, state="detached")
-    await page.select_option("#filter-status", "cancelled")
-    await page.wait_for_selector(row)
-    await page.fill("#filter-project", "other")
-    await page.wait_for_selector(row, state="detached")
-    await page.fill("#filter-project", "demo")
-    await page.wait_for_selector(row)
+    await list_follows(page, await page.text_content("#job-id"))
 
     # A reload resumes from the last event: the same text, once.
     await page.reload()
