@@ -15,6 +15,7 @@ from agentd.adapters.http.app import ApiConfig, create_app
 from agentd.adapters.memory.memory_event_stream import MemoryEventStream
 from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
 from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig
+from agentd.adapters.sandbox import Sandbox
 from agentd.config import Settings
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
@@ -34,6 +35,7 @@ class Container:
     registry: ProviderRegistry
     runner: Runner | None
     service: JobService
+    sandbox: Sandbox
 
     def app(self) -> web.Application:
         api_key = self.settings.api_key.get_secret_value() if self.settings.api_key else None
@@ -43,6 +45,7 @@ class Container:
                 api_key=api_key,
                 subscriber_buffer=self.settings.subscriber_buffer,
                 heartbeat_s=self.settings.sse_heartbeat_s,
+                sandbox=self.sandbox.mode,
             ),
         )
         app.cleanup_ctx.append(self._lifecycle)
@@ -69,8 +72,14 @@ class Container:
         await self.queue.close()
 
 
-def claude_config(settings: Settings) -> ClaudeCodeConfig:
+def open_sandbox(settings: Settings) -> Sandbox:
+    """AGENTD_SANDBOX, probed once at start; the data dir is hidden from every jail."""
+    return Sandbox.start(settings.sandbox, hide=(settings.data_dir,))
+
+
+def claude_config(settings: Settings, sandbox: Sandbox | None = None) -> ClaudeCodeConfig:
     return ClaudeCodeConfig(
+        sandbox=sandbox,
         data_dir=settings.data_dir,
         binary=settings.claude_bin,
         transport=settings.claude_transport,
@@ -84,8 +93,11 @@ def claude_config(settings: Settings) -> ClaudeCodeConfig:
     )
 
 
-def opencode_config(settings: Settings) -> OpenCodeConfig:
+def opencode_config(settings: Settings, sandbox: Sandbox | None = None) -> OpenCodeConfig:
     return OpenCodeConfig(
+        sandbox=sandbox,
+        max_servers=settings.opencode_max_servers,
+        idle_stop_s=settings.opencode_idle_stop_s,
         data_dir=settings.data_dir,
         binary=settings.opencode_bin,
         url=settings.opencode_url or None,
@@ -98,13 +110,13 @@ def opencode_config(settings: Settings) -> OpenCodeConfig:
     )
 
 
-def build_agents(settings: Settings) -> list[CodeAgent]:
+def build_agents(settings: Settings, sandbox: Sandbox | None = None) -> list[CodeAgent]:
     agents: list[CodeAgent] = []
     for name in settings.provider_names():
         if name == "claude-code":
-            agents.append(ClaudeCodeAgent(claude_config(settings)))
+            agents.append(ClaudeCodeAgent(claude_config(settings, sandbox)))
         elif name == "opencode":
-            agents.append(OpenCodeAgent(opencode_config(settings)))
+            agents.append(OpenCodeAgent(opencode_config(settings, sandbox)))
         elif name == "scripted":
             agents.append(ScriptedCodeAgent())
         else:
@@ -144,8 +156,9 @@ async def build(
 ) -> Container:
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings.data_dir.chmod(0o700)  # also an older, wider one: nothing beneath it is reachable by others
+    sandbox = open_sandbox(settings)
     registry = ProviderRegistry()
-    for agent in agents if agents is not None else build_agents(settings):
+    for agent in agents if agents is not None else build_agents(settings, sandbox):
         registry.register(agent)
     if queue is None or streams is None:
         q, s = await open_storage(settings)
@@ -163,4 +176,4 @@ async def build(
             recover_all_at_start=not settings.database_url,
         )
     service = JobService(queue, streams, registry, runner)
-    return Container(settings, queue, streams, registry, runner, service)
+    return Container(settings, queue, streams, registry, runner, service, sandbox)

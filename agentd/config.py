@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     opencode_username: str = "opencode"
     opencode_env_passthrough: str = ""
     opencode_permission_reply: Literal["once", "always", "reject"] = "reject"
+    opencode_max_servers: int = 4  # managed servers, one per project; the least recently used one yields
+    opencode_idle_stop_s: float = 600.0  # a managed server without a run for this long is stopped
 
     @classmethod
     def from_env(cls) -> Settings:

@@ -50,7 +50,6 @@ from typing import Literal
 
 import structlog
 
-from agentd.config import Settings
 from agentd.domain.errors import SandboxUnavailable
 
 log = structlog.get_logger(__name__)
@@ -196,11 +195,6 @@ class Sandbox:
             "or set AGENTD_SANDBOX=off to silence this",
         )
         return cls("off", bwrap=bwrap, hide=hide)
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Sandbox:
-        """AGENTD_SANDBOX, with the data dir hidden from every jail."""
-        return cls.start(settings.sandbox, hide=(settings.data_dir,))
 
     # -- building the command -------------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ class ApiConfig:
     retry_ms: int = 2000
     subscriber_buffer: int = 1000
     write_timeout_s: float = 30.0
+    sandbox: str = "off"  # "bwrap" when agent runs are jailed
 
 
 @dataclass
@@ -128,7 +129,7 @@ async def _auth_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "version": __version__})
+    return web.json_response({"status": "ok", "version": __version__, "sandbox": request.app[CONFIG].sandbox})
 
 
 async def providers(request: web.Request) -> web.Response:
@@ -149,7 +150,7 @@ async def providers(request: web.Request) -> web.Response:
                 "availability": availability,
             }
         )
-    return web.json_response({"default": default, "providers": out})
+    return web.json_response({"default": default, "providers": out, "sandbox": request.app[CONFIG].sandbox})
 
 
 async def _read_body(request: web.Request) -> dict[str, Any]:
