@@ -302,7 +302,8 @@ async def test_external_server(oc: OC, tmp_path: Path) -> None:
     server = oc.agent.server_for("p1")
     assert server is not None
     url, password = oc.agent.client_for("p1").base_url, server.config.password
-    ext = OpenCodeAgent(replace(oc.config, data_dir=tmp_path, url=url, password=password))
+    # The managed server is jailed to its project: as an external server, it serves the same workspace.
+    ext = OpenCodeAgent(replace(oc.config, url=url, password=password))
     wrong = OpenCodeAgent(replace(oc.config, data_dir=tmp_path, url=url, password="nope"))
     down = OpenCodeAgent(replace(oc.config, data_dir=tmp_path, url="http://127.0.0.1:9"))
     try:
