@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import time
 from collections import deque
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import structlog
 
-from agentd.adapters.sandbox import Jail, Sandbox
+from agentd.adapters.sandbox import Jail, Sandbox, install_paths
 from agentd.domain.models import Forced
 
 log = structlog.get_logger(__name__)
@@ -65,6 +66,26 @@ def pick_env(
     wanted = set(names)
     env.update({k: v for k, v in source.items() if k in wanted or (prefixes and k.startswith(prefixes))})
     return env
+
+
+def runtime_paths(binary: str, path: str | None = None) -> tuple[Path, ...]:
+    """What a jail must mount read-only to run `binary`: its install and, for a script, its interpreter's
+    (`#!/usr/bin/env node` finds node on PATH, which may live outside the system directories)."""
+    paths = list(install_paths(binary, path))
+    found = binary if os.sep in binary else shutil.which(binary, path=path)
+    interpreter = None
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        with open(found or "", "rb") as f:
+            first = f.readline(256).decode()
+        if first.startswith("#!"):
+            words = first[2:].split()
+            if words and os.path.basename(words[0]) == "env":
+                interpreter = next((w for w in words[1:] if not w.startswith("-")), None)
+            elif words:
+                interpreter = words[0]
+    if interpreter:
+        paths += [p for p in install_paths(interpreter, path) if p not in paths]
+    return tuple(paths)
 
 
 # --- line framing -------------------------------------------------------------------------------------

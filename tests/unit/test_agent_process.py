@@ -310,3 +310,15 @@ async def test_jailed_agent_gets_sigint_not_bwrap(tmp_path: Path) -> None:
             proc.stop("cancelled", "cancelled by request")
     assert items[-1] == ("stdout", "interrupted: final result") and await proc.wait() == 0
     await proc.close()
+
+
+def test_runtime_paths_include_a_scripts_interpreter(tmp_path: Path) -> None:
+    runtime, cli = tmp_path / "runtime" / "bin", tmp_path / "cli"
+    runtime.mkdir(parents=True)
+    cli.mkdir()
+    (runtime / "mynode").write_text("#!/bin/sh\n")
+    (runtime / "mynode").chmod(0o755)
+    (cli / "agent").write_text("#!/usr/bin/env mynode\nconsole.log(1)\n")
+    (cli / "agent").chmod(0o755)
+    assert ap.runtime_paths(str(cli / "agent"), path=str(runtime)) == (cli, runtime)
+    assert ap.runtime_paths(str(runtime / "mynode")) == (runtime,)  # /bin/sh: a system directory

@@ -18,7 +18,7 @@ import structlog
 
 import agentd.adapters.agent_process as ap
 from agentd.adapters.claude_code import protocol
-from agentd.adapters.sandbox import Jail, Sandbox, install_paths
+from agentd.adapters.sandbox import Jail, Sandbox
 from agentd.domain.models import (
     AgentEvent,
     AgentRequest,
@@ -34,7 +34,9 @@ log = structlog.get_logger(__name__)
 
 STDIN_PROMPT_BYTES = 64 * 1024  # larger prompts go on stdin (argv limits; 200 KB fails with E2BIG)
 PASS_PREFIXES = ("ANTHROPIC_", "CLAUDE_CODE_")
-PASS_NAMES = ("IS_SANDBOX", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS")
+PROXY_NAMES = ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS")
+PASS_NAMES = ("IS_SANDBOX", *PROXY_NAMES)
+KUBECTL_NAMES = ("HOME", "KUBECONFIG", *PROXY_NAMES)  # kubectl itself gets no secret either
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ class ClaudeCodeAgent(CodeAgent):
         )
         header = "".join(f"{k}={_escape(v)}\n" for k, v in env.items() if k != "PATH") + "\n"
         argv = [*self._kubectl_sh(script, stdin=True), "agentd", self.config.binary, *args]
-        local = ap.pick_env(self.config.environ, names=("HOME", "KUBECONFIG", *PASS_NAMES[1:]))
+        local = ap.pick_env(self.config.environ, names=KUBECTL_NAMES)
         return argv, local, header.encode() + (stdin or b"")
 
     def _kubectl_sh(self, script: str, *, stdin: bool = False) -> list[str]:
@@ -226,7 +228,9 @@ class ClaudeCodeAgent(CodeAgent):
         cwd, home = cfg.workspace(request.project_id), cfg.home(request.project_id)
         jail = None
         if cfg.transport == "local":
-            jail = Jail(workspace=cwd, home=home, ro_paths=install_paths(cfg.binary, cfg.environ.get("PATH")))
+            jail = Jail(
+                workspace=cwd, home=home, ro_paths=ap.runtime_paths(cfg.binary, cfg.environ.get("PATH"))
+            )
         run = ap.AgentProcess(
             run_id,
             escalation=((signal.SIGINT, cfg.sigint_grace_s), (signal.SIGTERM, cfg.sigterm_grace_s)),
@@ -305,4 +309,3 @@ def with_files(request: AgentRequest) -> str:
     if request.mentions:
         prompt += "\n\nUse these agents: " + ", ".join(request.mentions)
     return prompt
-

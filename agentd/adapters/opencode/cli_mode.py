@@ -181,4 +181,3 @@ def _as_event(obj: dict[str, Any]) -> dict[str, Any]:
     if kind in _LINE_TYPES and isinstance(obj.get("part"), dict):
         return {"type": _LINE_TYPES[kind], "properties": {"sessionID": sid, "part": obj["part"]}}
     return {"type": f"cli.{kind}", "properties": {"sessionID": sid}}
-
