@@ -22,18 +22,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
-from agentd.adapters.sandbox import Jail, Sandbox, install_paths
 from agentd.domain.models import Forced
+
+if TYPE_CHECKING:
+    from agentd.adapters.sandbox import Jail, Sandbox
 
 log = structlog.get_logger(__name__)
 
@@ -66,26 +68,6 @@ def pick_env(
     wanted = set(names)
     env.update({k: v for k, v in source.items() if k in wanted or (prefixes and k.startswith(prefixes))})
     return env
-
-
-def runtime_paths(binary: str, path: str | None = None) -> tuple[Path, ...]:
-    """What a jail must mount read-only to run `binary`: its install and, for a script, its interpreter's
-    (`#!/usr/bin/env node` finds node on PATH, which may live outside the system directories)."""
-    paths = list(install_paths(binary, path))
-    found = binary if os.sep in binary else shutil.which(binary, path=path)
-    interpreter = None
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        with open(found or "", "rb") as f:
-            first = f.readline(256).decode()
-        if first.startswith("#!"):
-            words = first[2:].split()
-            if words and os.path.basename(words[0]) == "env":
-                interpreter = next((w for w in words[1:] if not w.startswith("-")), None)
-            elif words:
-                interpreter = words[0]
-    if interpreter:
-        paths += [p for p in install_paths(interpreter, path) if p not in paths]
-    return tuple(paths)
 
 
 # --- line framing -------------------------------------------------------------------------------------
@@ -141,7 +123,15 @@ async def iter_lines(reader: asyncio.StreamReader, framer: LineFramer | None = N
 # --- the process tree (Linux /proc) -------------------------------------------------------------------
 
 
-def _stat_fields(pid: int | str) -> list[str] | None:
+def proc_pids() -> list[int]:
+    try:
+        return [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return []
+
+
+def stat_fields(pid: int | str) -> list[str] | None:
+    """The fields after "(comm)" of /proc/<pid>/stat: [state, ppid, pgrp, ...]."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read().decode(errors="replace")
@@ -153,11 +143,19 @@ def _stat_fields(pid: int | str) -> list[str] | None:
 
 def _children_map() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
-    with contextlib.suppress(OSError):
-        for name in os.listdir("/proc"):
-            if name.isdigit() and (fields := _stat_fields(name)) is not None and len(fields) > 1:
-                kids.setdefault(int(fields[1]), []).append(int(name))
+    for pid in proc_pids():
+        if (fields := stat_fields(pid)) is not None and len(fields) > 1:
+            kids.setdefault(int(fields[1]), []).append(pid)
     return kids
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of `pid`."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return sorted(_children_map().get(pid, []))
 
 
 def descendants(pid: int) -> list[int]:
@@ -179,7 +177,7 @@ def tree(root: int) -> set[int]:
 
 
 def alive(pid: int) -> bool:
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return bool(fields) and fields[0] not in ("Z", "X")  # type: ignore[index]
 
 
@@ -188,6 +186,14 @@ def command_name(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
+
+
+def kill_group(pid: int, sig: int) -> None:
+    """Signal the process group `pid` leads (start_new_session), if it leads one."""
+    fields = stat_fields(pid)
+    if fields and len(fields) > 2 and fields[2] == str(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
 
 
 def kill_all(pids: Iterable[int], sig: int = signal.SIGKILL) -> int:

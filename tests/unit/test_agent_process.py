@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import agentd.adapters.agent_process as ap
-from agentd.adapters.sandbox import Jail, Sandbox
+from agentd.adapters.sandbox import Jail, Sandbox, runtime_paths
 
 PY = sys.executable
 
@@ -320,5 +320,5 @@ def test_runtime_paths_include_a_scripts_interpreter(tmp_path: Path) -> None:
     (runtime / "mynode").chmod(0o755)
     (cli / "agent").write_text("#!/usr/bin/env mynode\nconsole.log(1)\n")
     (cli / "agent").chmod(0o755)
-    assert ap.runtime_paths(str(cli / "agent"), path=str(runtime)) == (cli, runtime)
-    assert ap.runtime_paths(str(runtime / "mynode")) == (runtime,)  # /bin/sh: a system directory
+    assert runtime_paths(str(cli / "agent"), path=str(runtime)) == (cli, runtime)
+    assert runtime_paths(str(runtime / "mynode")) == (runtime,)  # /bin/sh: a system directory

@@ -18,7 +18,7 @@ import structlog
 
 import agentd.adapters.agent_process as ap
 from agentd.adapters.claude_code import protocol
-from agentd.adapters.sandbox import Jail, Sandbox
+from agentd.adapters.sandbox import Jail, Sandbox, runtime_paths
 from agentd.domain.models import (
     AgentEvent,
     AgentRequest,
@@ -228,9 +228,7 @@ class ClaudeCodeAgent(CodeAgent):
         cwd, home = cfg.workspace(request.project_id), cfg.home(request.project_id)
         jail = None
         if cfg.transport == "local":
-            jail = Jail(
-                workspace=cwd, home=home, ro_paths=ap.runtime_paths(cfg.binary, cfg.environ.get("PATH"))
-            )
+            jail = Jail(workspace=cwd, home=home, ro_paths=runtime_paths(cfg.binary, cfg.environ.get("PATH")))
         run = ap.AgentProcess(
             run_id,
             escalation=((signal.SIGINT, cfg.sigint_grace_s), (signal.SIGTERM, cfg.sigterm_grace_s)),

@@ -24,7 +24,7 @@ from agentd.adapters.opencode.client import OpenCodeClient, OpenCodeHTTPError, O
 from agentd.adapters.opencode.pool import ServerPool, Slot
 from agentd.adapters.opencode.run import RunControl, RunOptions, ServerRun
 from agentd.adapters.opencode.server import ManagedServer, ServerConfig
-from agentd.adapters.sandbox import Jail, Sandbox
+from agentd.adapters.sandbox import Jail, Sandbox, runtime_paths
 from agentd.domain.models import (
     AgentEvent,
     AgentRequest,
@@ -76,7 +76,7 @@ class OpenCodeConfig:
         jail = Jail(
             workspace=self.workspace(project_id),
             home=home,
-            ro_paths=ap.runtime_paths(binary, self.environ.get("PATH")),
+            ro_paths=runtime_paths(binary, self.environ.get("PATH")),
         )
         return ServerConfig(
             binary=binary,
