@@ -86,6 +86,10 @@ async def oc(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[OC]:
         server = agent.server_for("p1")
         assert server is not None and server.pid is not None
         pid = server.pid
+        assert server.proc is not None and server.proc.pid is not None
+        if config.sandbox is not None and config.sandbox.mode == "bwrap":  # jailed: below bwrap, no marker
+            assert procs.command_name(server.proc.pid) == "bwrap" and pid != server.proc.pid
+            assert not procs.marked_processes(str(os.getpid()), key=procs.OWNER_MARKER)
         try:
             yield OC(fake, agent, config, hook)
         finally:
