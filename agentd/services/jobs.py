@@ -88,7 +88,8 @@ class JobService:
         await self.queue.get(project_id, job_id)
         return await self.webhooks.deliveries(job_id) if self.webhooks is not None else []
 
-    async def list_jobs(self, project_id: str, flt: JobFilter) -> list[Job]:
+    async def list_jobs(self, project_id: str | None, flt: JobFilter) -> list[Job]:
+        """A project's jobs, newest first; with `project_id` None, every project's."""
         return await self.queue.list_jobs(project_id, flt)
 
     async def subscribe(
