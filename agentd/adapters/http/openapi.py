@@ -55,11 +55,13 @@ EVENT_MODELS: list[type[BaseModel]] = [
     ErrorEvent,
     DoneEvent,
 ]
-Special = Literal["sse", "html", "prometheus", "json-object"]
+Special = Literal["sse", "html", "prometheus", "json-object", "static", "opencode-sse"]
 SSE: Special = "sse"
 HTML: Special = "html"
 PROM: Special = "prometheus"
 JSON_OBJECT: Special = "json-object"
+STATIC: Special = "static"
+OPENCODE_SSE: Special = "opencode-sse"
 Answer = type[BaseModel] | Special | None
 Refs = dict[tuple[Any, str], Any]
 
@@ -103,6 +105,13 @@ IDEMPOTENCY = Param(
     {"type": "string", "pattern": "^[\\x21-\\x7e]([\\x20-\\x7e]{0,198}[\\x21-\\x7e])?$"},
     "the same key + body: same job",
 )
+FILE = Param("name", "path", {"type": "string"}, "app.js, style.css")
+PROJECT_FILTER = Param(
+    "project_id",
+    "query",
+    {"type": "string", "anyOf": [PROJECT.schema, {"maxLength": 0}]},
+    "only this project's",
+)
 LIST_QUERY = (
     Param("status", "query", {"type": "string", "enum": [s.value for s in JobStatus]}),
     Param("provider", "query", {"type": "string"}),
@@ -139,6 +148,38 @@ ROUTES: list[Op] = [
     Op("GET", "/metrics", "Prometheus metrics", {200: PROM}, tag="service", optional=True),
     Op(
         "GET", "/providers", "providers, their capabilities and availability", {200: Providers}, tag="service"
+    ),
+    Op("GET", "/", "the dashboard", {200: HTML}, tag="dashboard", public=True),
+    Op(
+        "GET",
+        "/dashboard/{name}",
+        "the dashboard's files",
+        {200: STATIC},
+        params=(FILE,),
+        tag="dashboard",
+        public=True,
+    ),
+    Op(
+        "GET",
+        "/jobs",
+        "every project's jobs, newest first",
+        {200: JobPage},
+        params=(PROJECT_FILTER, *LIST_QUERY),
+    ),
+    Op(
+        "GET",
+        "/opencode/event",
+        "OpenCode's /event stream, every project's jobs",
+        {200: OPENCODE_SSE},
+        tag="opencode",
+    ),
+    Op(
+        "GET",
+        "/projects/{project_id}/opencode/event",
+        "OpenCode's /event stream, one project's jobs",
+        {200: OPENCODE_SSE},
+        params=(PROJECT,),
+        tag="opencode",
     ),
     Op(
         "POST",
@@ -256,6 +297,18 @@ def _content(answer: Answer, refs: Refs) -> dict[str, Any] | None:
         }
     if answer == HTML:
         return {"text/html": {"schema": {"type": "string"}}}
+    if answer == STATIC:
+        types = ("text/html", "text/css", "text/javascript", "application/javascript")
+        return {t: {"schema": {"type": "string"}} for t in types}
+    if answer == OPENCODE_SSE:
+        return {
+            "text/event-stream": {
+                "schema": {
+                    "type": "string",
+                    "description": "OpenCode's /event protocol (its SDK's Event type)",
+                }
+            }
+        }
     if answer == PROM:
         return {"text/plain": {"schema": {"type": "string"}}}
     if answer == JSON_OBJECT:
@@ -335,10 +388,11 @@ def _provider_enum(defs: dict[str, Any], paths: dict[str, Any], names: list[str]
     enum = {"type": "string", "enum": list(names)}
     if "SubmitBody" in defs:
         defs["SubmitBody"]["properties"]["provider"]["anyOf"] = [enum, {"type": "null"}]
-    for op in paths.get("/projects/{project_id}/jobs", {}).values():
-        for p in op.get("parameters", []):
-            if p["name"] == "provider":
-                p["schema"] = enum
+    for ops in paths.values():
+        for op in ops.values():
+            for p in op.get("parameters", []):
+                if p["name"] == "provider" and p["in"] == "query":
+                    p["schema"] = {"type": "string", "enum": [*names, ""]}  # empty: any provider
 
 
 def routes_of(app: web.Application) -> set[tuple[str, str]]:
