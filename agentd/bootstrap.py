@@ -192,6 +192,7 @@ async def open_webhooks(settings: Settings, queue: WorkQueue, secrets: SecretSto
         secrets=secrets,
         fallback_secret=fallback,
         retry_base_s=settings.webhook_retry_base_s,
+        jobs=queue,
     )
 
 

@@ -147,3 +147,9 @@ class Delivery(BaseModel):
 
 def new_delivery_id() -> str:
     return "dlv_" + secrets.token_hex(12)
+
+
+def done_delivery_id(job_id: str) -> str:
+    """A job's `done` delivery has one id, whoever stores it (the runner, a cancel, the reconciler): it is
+    stored once, and sent at least once."""
+    return f"dlv_{job_id.removeprefix('job_')}_done"

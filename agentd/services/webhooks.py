@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from agentd.domain.errors import AgentdError, SecretsUnavailable
-from agentd.domain.models import DoneEvent, Job, StatusEvent
+from agentd.domain.models import MAX_TIMEOUT_S, DoneEvent, Job, StatusEvent
 from agentd.domain.webhooks import (
     DELIVERY_HEADER,
     EVENT_HEADER,
@@ -31,6 +31,7 @@ from agentd.domain.webhooks import (
     SIGNATURE_HEADER,
     Delivery,
     DeliveryAttempt,
+    done_delivery_id,
     new_delivery_id,
     retry_delay_s,
     should_retry,
@@ -38,6 +39,7 @@ from agentd.domain.webhooks import (
 )
 from agentd.ports.secret_store import SecretStore
 from agentd.ports.webhook_outbox import WebhookOutbox, WebhookSender
+from agentd.ports.work_queue import JobFilter, WorkQueue
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +61,7 @@ class WebhookService:
         batch: int = 20,
         keep_s: float = 7 * 24 * 3600.0,
         prune_every_s: float = 3600.0,
+        jobs: WorkQueue | None = None,
     ) -> None:
         self.outbox = outbox
         self.sender = sender
@@ -74,18 +77,30 @@ class WebhookService:
         self.keep_s = keep_s  # finished deliveries are kept this long (GET …/deliveries shows them)
         self.prune_every_s = prune_every_s
         self._last_prune: float | None = None
+        self.jobs = jobs  # for the reconciler: finished jobs whose `done` delivery was never stored
         self._wake = asyncio.Event()
 
     # --- enqueueing -----------------------------------------------------------------------------------
 
     async def notify(self, job: Job, event: StatusEvent | DoneEvent) -> Delivery | None:
         """Store a delivery when the job asked for this kind of event (else nothing)."""
+        delivery = self._delivery(job, event)
+        if delivery is None:
+            return None
+        await self.outbox.add([delivery])
+        self._wake.set()
+        log.info("webhook.enqueued", delivery_id=delivery.id, job_id=job.id, webhook_event=delivery.event)
+        return delivery
+
+    def _delivery(self, job: Job, event: StatusEvent | DoneEvent) -> Delivery | None:
         spec = job.request.webhook
         kind = "done" if isinstance(event, DoneEvent) else "status"
         if spec is None or kind not in spec.events:
             return None
         now = datetime.now(UTC)
-        delivery_id = new_delivery_id()
+        done = isinstance(event, DoneEvent)
+        delivery_id = done_delivery_id(job.id) if done else new_delivery_id()
+        occurred = job.finished_at if done and job.finished_at else now
         payload = {
             "event": kind,
             "delivery_id": delivery_id,
@@ -93,10 +108,10 @@ class WebhookService:
             "project_id": job.project_id,
             "provider": job.provider,
             "status": event.status,
-            "occurred_at": now.isoformat(),
+            "occurred_at": occurred.isoformat(),
             **({"result": event.data()} if isinstance(event, DoneEvent) else {"detail": event.detail}),
         }
-        delivery = Delivery(
+        return Delivery(
             id=delivery_id,
             project_id=job.project_id,
             job_id=job.id,
@@ -105,10 +120,6 @@ class WebhookService:
             body=json.dumps(payload, separators=(",", ":")),
             created_at=now,
         )
-        await self.outbox.add([delivery])
-        self._wake.set()
-        log.info("webhook.enqueued", delivery_id=delivery_id, job_id=job.id, webhook_event=kind)
-        return delivery
 
     async def deliveries(self, job_id: str) -> list[Delivery]:
         return await self.outbox.list_for_job(job_id)
@@ -136,12 +147,41 @@ class WebhookService:
             await asyncio.gather(*waits, return_exceptions=True)
 
     async def _prune_now_and_then(self) -> None:
+        """At start, then hourly: store `done` deliveries a crash lost, drop old finished ones."""
         if self._last_prune is not None and time.monotonic() - self._last_prune < self.prune_every_s:
             return
         self._last_prune = time.monotonic()
+        await self.reconcile()
         n = await self.outbox.prune(datetime.now(UTC) - timedelta(seconds=self.keep_s))
         if n:
             log.info("webhook.pruned", count=n)
+
+    async def reconcile(self, page_size: int = 500) -> int:
+        """Store the `done` delivery of every recently finished job that asked for one (a process that
+        died between storing a result and its delivery left it out; stored ones stay as they are: same
+        id). Returns how many finished jobs with a `done` webhook it looked at."""
+        if self.jobs is None:
+            return 0
+        since = datetime.now(UTC) - timedelta(seconds=self.retry_for_s + MAX_TIMEOUT_S)
+        seen, before = 0, None
+        while True:
+            page = await self.jobs.list_jobs(
+                None, JobFilter(created_after=since, limit=page_size, before=before)
+            )
+            found = [
+                d
+                for job in page
+                if job.status.is_final and job.result is not None
+                for d in [self._delivery(job, DoneEvent.from_result(job.result))]
+                if d is not None
+            ]
+            if found:
+                await self.outbox.add(found)  # the ones already stored stay as they are
+                self._wake.set()
+                seen += len(found)
+            if len(page) < page_size:
+                return seen
+            before = page[-1].id
 
     async def deliver_due(self, worker_id: str) -> int:
         """One round: claim what is due and send it (concurrently). Returns how many were attempted."""

@@ -152,10 +152,10 @@ class Receiver:
         return answer
 
 
-def job(events: tuple[str, ...] = ("done",)) -> Job:
+def job(events: tuple[str, ...] = ("done",), job_id: str = "job_w") -> Job:
     spec = WebhookSpec.model_validate({"url": "http://127.0.0.1:9/hook", "events": events})
     return Job(
-        id="job_w",
+        id=job_id,
         project_id="p",
         provider="scripted",
         stream_id="stm_w",
@@ -187,11 +187,11 @@ async def test_service_retries_5xx_and_connection_errors_with_backoff_but_not_4x
     assert body["event"] == "done" and body["job_id"] == "job_w" and body["result"]["result"] == "ok"
 
     rx.answers = [410]
-    await svc.notify(job(), DoneEvent(status="failed"))
+    await svc.notify(job(job_id="job_x"), DoneEvent(status="failed"))
     await svc.deliver_due("w")
     await asyncio.sleep(0.2)
     assert await svc.deliver_due("w") == 0  # no retry after a 4xx
-    assert (await svc.deliveries("job_w"))[-1].status == "failed"
+    assert (await svc.deliveries("job_x"))[-1].status == "failed"
 
 
 async def test_service_gives_up_after_the_retry_window(make_outbox: OutboxFactory) -> None:
@@ -235,3 +235,57 @@ async def test_no_secret_no_send(make_outbox: OutboxFactory) -> None:
     await svc.deliver_due("w")
     (d,) = await svc.deliveries("job_w")
     assert rx.got == [] and d.status == "pending" and "WEBHOOK_SECRET" in (d.last_error or "")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def queue_and_outbox(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Any, WebhookOutbox]]:
+    """A work queue and an outbox on one storage, as agentd wires them."""
+    from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
+    from agentd.adapters.postgres import PostgresWorkQueue
+
+    if request.param == "sqlite":
+        queue: Any = SqliteWorkQueue(tmp_path / "queue.sqlite3")
+        outbox: WebhookOutbox = SqliteWebhookOutbox(queue.db)
+    else:
+        queue = PostgresWorkQueue(PgDatabase(request.getfixturevalue("pg_dsn"), pool_size=4))
+        await queue.open()
+        pg = PostgresWebhookOutbox(queue.db)
+        await pg.open()
+        outbox = pg
+    yield queue, outbox
+    await outbox.close()
+    await queue.close()
+
+
+async def test_reconcile_stores_the_done_delivery_a_crash_lost_once(
+    queue_and_outbox: tuple[Any, WebhookOutbox],
+) -> None:
+    from agentd.domain.models import AgentResult
+    from agentd.domain.webhooks import done_delivery_id
+
+    queue, outbox = queue_and_outbox
+    spec = WebhookSpec.model_validate({"url": "http://127.0.0.1:9/hook"})
+    for i, hook in enumerate([spec, None]):
+        await queue.enqueue(
+            AgentRequest(project_id=f"p{i}", prompt="x", webhook=hook),
+            provider="scripted",
+            job_id=f"job_{i}",
+            stream_id=f"stm_{i}",
+        )
+    claimed = await queue.claim_many("w", 5)
+    assert len(claimed) == 2
+    # The result is stored, then the process dies before the runner stores the delivery.
+    await queue.finish_many(
+        [(j.id, AgentResult(status="succeeded", result="ok")) for j in claimed], worker_id="w"
+    )
+    svc = WebhookService(outbox, Receiver(), fallback_secret=SECRET, jobs=queue)
+    assert await svc.reconcile(page_size=1) == 1  # paging, and only the job that asked
+    (stored,) = await outbox.list_for_job("job_0")
+    assert stored.id == done_delivery_id("job_0") and json.loads(stored.body)["result"]["result"] == "ok"
+    assert await outbox.list_for_job("job_1") == []
+    # Again, or the runner's own notify: still one delivery.
+    await svc.reconcile()
+    await svc.notify(await queue.get("p0", "job_0"), DoneEvent(status="succeeded"))
+    assert [d.id for d in await outbox.list_for_job("job_0")] == [stored.id]
