@@ -9,6 +9,7 @@ import structlog
 from aiohttp import web
 
 from agentd.adapters.claude_code.agent import ClaudeCodeAgent, ClaudeCodeConfig, reap_stale
+from agentd.adapters.codex.agent import CodexAgent, CodexConfig
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
 from agentd.adapters.http.app import ApiConfig, create_app
 from agentd.adapters.memory.memory_event_stream import MemoryEventStream
@@ -82,6 +83,20 @@ def claude_config(settings: Settings) -> ClaudeCodeConfig:
     )
 
 
+def codex_config(settings: Settings) -> CodexConfig:
+    return CodexConfig(
+        data_dir=settings.data_dir,
+        binary=settings.codex_bin,
+        mode=settings.codex_mode,
+        base_url=settings.codex_base_url,
+        provider=settings.codex_provider,
+        model=settings.codex_model,
+        env_key=settings.codex_env_key,
+        max_retries=settings.codex_max_retries,
+        idle_timeout_s=settings.codex_idle_timeout_s,
+    )
+
+
 def build_agents(settings: Settings) -> list[CodeAgent]:
     agents: list[CodeAgent] = []
     for name in settings.providers:
@@ -91,11 +106,13 @@ def build_agents(settings: Settings) -> list[CodeAgent]:
             from agentd.adapters.opencode import build_opencode_agent
 
             agents.append(build_opencode_agent(settings))
+        elif name == "codex":
+            agents.append(CodexAgent(codex_config(settings)))
         elif name == "scripted":
             agents.append(ScriptedCodeAgent())
         else:
             raise ConfigError(
-                f"AGENTD_PROVIDERS: unknown provider {name!r}; known: claude-code, opencode, scripted"
+                f"AGENTD_PROVIDERS: unknown provider {name!r}; known: claude-code, opencode, codex, scripted"
             )
     return agents
 

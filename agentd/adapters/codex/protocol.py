@@ -72,6 +72,7 @@ USAGE_KEYS = (
     "reasoning_output_tokens",
     "total_tokens",
 )
+_RECONNECTING = re.compile(r"^Reconnecting\.\.\. \d+/\d+")
 # Items that are not tools: text, reasoning, the user's own message, warnings.
 _NOT_TOOLS = frozenset({"agent_message", "reasoning", "user_message", "error"})
 # app-server notifications with nothing for a run's stream.
@@ -351,7 +352,10 @@ def exec_line(state: TurnState, line: str) -> list[AgentEvent]:
             return _fail(state, text)
         return []
     if kind == "error":
-        return _fail(state, str(msg.get("message") or "unknown error"))
+        text = str(msg.get("message") or "unknown error")
+        if _RECONNECTING.match(text):  # a retry notice (stream retries, websocket fallback), not the end
+            return [StatusEvent(status="retrying", detail=text)]
+        return _fail(state, text)
     return [OutputEvent(type="stdout", content=line)]
 
 
@@ -461,11 +465,9 @@ _QUIET_PREFIXES = ("thread/", "account/", "mcpServer/", "fuzzyFileSearch/", "app
 
 
 def _error_kind(info: Any) -> str | None:
-    if isinstance(info, str):
-        return info
     if isinstance(info, dict) and info:
-        return str(next(iter(info)))
-    return None
+        info = str(next(iter(info)))
+    return info if isinstance(info, str) and info != "other" else None
 
 
 def _app_item(state: TurnState, done: bool, item: dict[str, Any]) -> list[AgentEvent]:
@@ -523,7 +525,7 @@ def outcome(
         return AgentResult(status="cancelled", error="the turn was interrupted", **common)
     reason = state.error
     if not reason:
-        tail = stderr_tail.strip()
+        tail = _errors_of(stderr_tail)
         reason = f"codex exited with code {exit_code} before the turn ended"
         if state.status == "completed":
             reason = f"codex exited with code {exit_code} after the turn"
@@ -532,3 +534,10 @@ def outcome(
     elif state.error_kind and state.error_kind not in reason:
         reason = f"{reason} [{state.error_kind}]"
     return AgentResult(status="failed", error=reason, retryable=state.error_kind in RETRYABLE_KINDS, **common)
+
+
+def _errors_of(stderr_tail: str) -> str:
+    """The `Error: ...` lines of Codex's stderr (it also warns there, e.g. about a CODEX_HOME in /tmp)."""
+    lines = [ln.strip() for ln in stderr_tail.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("Error") or " ERROR " in ln]
+    return "\n".join(errors or lines)
