@@ -120,7 +120,12 @@ def codex_agent(
     settings: Settings, codex_bin: str, model_url: str, *, mode: str = "app-server", **env: str
 ) -> CodexAgent:
     """A real Codex adapter pointed at a scripted Responses API server (tests/support/fake_responses.py)."""
-    base_env = {"PATH": os.environ.get("PATH", os.defpath), "LANG": "C.UTF-8", "OPENAI_API_KEY": "sk-fake", **env}
+    base_env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "LANG": "C.UTF-8",
+        "OPENAI_API_KEY": "sk-fake",
+        **env,
+    }
     cfg = replace(
         codex_config(settings),
         binary=codex_bin,

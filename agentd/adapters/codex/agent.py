@@ -347,24 +347,7 @@ class CodexAgent(CodeAgent):
         events: asyncio.Queue[AgentEvent | None] = asyncio.Queue()
         turn_done = asyncio.Event()
         watchdog = ap.Watchdog(request.timeout_s, self.config.idle_timeout_s, "codex")
-
-        async def pump() -> None:
-            try:
-                async for name, line in proc.lines(watchdog):
-                    if name == "stderr":
-                        if line.strip():
-                            await events.put(OutputEvent(type="stderr", content=line))
-                        continue
-                    for ev in await rpc.handle(state, line):
-                        await events.put(ev)
-                    if state.status is not None:
-                        turn_done.set()
-            finally:
-                rpc.closed()
-                turn_done.set()
-                await events.put(None)
-
-        reader = asyncio.create_task(pump())
+        reader = asyncio.create_task(self._pump(proc, rpc, state, watchdog, events, turn_done))
         driver: asyncio.Task[None] | None = None
         try:
             try:
@@ -388,6 +371,31 @@ class CodexAgent(CodeAgent):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
+
+    @staticmethod
+    async def _pump(
+        proc: ap.AgentProcess,
+        rpc: _Rpc,
+        state: protocol.TurnState,
+        watchdog: ap.Watchdog,
+        events: asyncio.Queue[AgentEvent | None],
+        turn_done: asyncio.Event,
+    ) -> None:
+        """Read the app-server until it exits: responses resolve calls, notifications become events."""
+        try:
+            async for name, line in proc.lines(watchdog):
+                if name == "stderr":
+                    if line.strip():
+                        await events.put(OutputEvent(type="stderr", content=line))
+                    continue
+                for ev in await rpc.handle(state, line):
+                    await events.put(ev)
+                if state.status is not None:
+                    turn_done.set()
+        finally:
+            rpc.closed()
+            turn_done.set()
+            await events.put(None)
 
     async def _drive(
         self,

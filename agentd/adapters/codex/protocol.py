@@ -330,33 +330,49 @@ def exec_line(state: TurnState, line: str) -> list[AgentEvent]:
         return [OutputEvent(type="stdout", content=line)]
     if not isinstance(msg, dict):
         return [OutputEvent(type="stdout", content=line)]
-    kind = msg.get("type")
-    if kind == "thread.started":
-        return session(state, str(msg.get("thread_id") or ""))
-    if kind == "turn.started":
-        return []
+    kind = str(msg.get("type") or "")
     if kind in ("item.started", "item.updated", "item.completed"):
         item = msg.get("item")
         if not isinstance(item, dict):
             return [OutputEvent(type="stdout", content=line)]
         return _exec_item(state, kind, item, line)
-    if kind == "turn.completed":
-        state.status = "completed"
-        state.total = normalize_usage(msg.get("usage"))
-        return []
-    if kind == "turn.failed":
-        state.status = "failed"
-        err = msg.get("error")
-        text = str(err.get("message") or "") if isinstance(err, dict) else str(err or "")
-        if state.error is None and text:
-            return _fail(state, text)
-        return []
-    if kind == "error":
-        text = str(msg.get("message") or "unknown error")
-        if _RECONNECTING.match(text):  # a retry notice (stream retries, websocket fallback), not the end
-            return [StatusEvent(status="retrying", detail=text)]
-        return _fail(state, text)
-    return [OutputEvent(type="stdout", content=line)]
+    handler = _EXEC_HANDLERS.get(kind)
+    if handler is None:
+        return [OutputEvent(type="stdout", content=line)]
+    return handler(state, msg)
+
+
+def _on_thread_started(state: TurnState, msg: dict[str, Any]) -> list[AgentEvent]:
+    return session(state, str(msg.get("thread_id") or ""))
+
+
+def _on_exec_turn_completed(state: TurnState, msg: dict[str, Any]) -> list[AgentEvent]:
+    state.status = "completed"
+    state.total = normalize_usage(msg.get("usage"))
+    return []
+
+
+def _on_exec_turn_failed(state: TurnState, msg: dict[str, Any]) -> list[AgentEvent]:
+    state.status = "failed"
+    err = msg.get("error")
+    text = str(err.get("message") or "") if isinstance(err, dict) else str(err or "")
+    return _fail(state, text) if state.error is None and text else []
+
+
+def _on_exec_error(state: TurnState, msg: dict[str, Any]) -> list[AgentEvent]:
+    text = str(msg.get("message") or "unknown error")
+    if _RECONNECTING.match(text):  # a retry notice (stream retries, websocket fallback), not the end
+        return [StatusEvent(status="retrying", detail=text)]
+    return _fail(state, text)
+
+
+_EXEC_HANDLERS: dict[str, Callable[[TurnState, dict[str, Any]], list[AgentEvent]]] = {
+    "thread.started": _on_thread_started,
+    "turn.started": lambda state, msg: [],
+    "turn.completed": _on_exec_turn_completed,
+    "turn.failed": _on_exec_turn_failed,
+    "error": _on_exec_error,
+}
 
 
 def _exec_item(state: TurnState, kind: str, item: dict[str, Any], line: str) -> list[AgentEvent]:
