@@ -313,6 +313,8 @@ def test_config_and_rollout_baseline(tmp_path: Path) -> None:
     assert (tmp_path / "h").stat().st_mode & 0o777 == 0o700
     plain = home.render_config(provider="openai")
     assert "model_providers" not in plain and 'model_provider = "openai"' in plain
+    builtin = home.render_config(provider="openai", base_url="http://y/v1")
+    assert 'openai_base_url = "http://y/v1"' in builtin and "model_providers" not in builtin
     day = tmp_path / "h" / "sessions" / "2026" / "12" / "01"
     day.mkdir(parents=True)
     usage = {"input_tokens": 100, "output_tokens": 20, "total_tokens": 120}

@@ -31,7 +31,8 @@ def render_config(
     stream_max_retries: int = 0,
 ) -> str:
     """config.toml text. With a base URL: a custom Responses API provider `provider` reading its key from
-    the `env_key` variable. Without one: Codex's built-in provider named `provider` (e.g. `openai`)."""
+    the `env_key` variable, or for `openai` (built in, its key in OPENAI_API_KEY) its `openai_base_url`.
+    Without one: Codex's provider named `provider` as Codex knows it."""
     lines = [
         "# Written by agentd before every run (AGENTD_CODEX_*); edits are overwritten.",
         "check_for_update_on_startup = false",
@@ -39,7 +40,9 @@ def render_config(
     if model:
         lines.append(f"model = {toml_str(model)}")
     lines.append(f"model_provider = {toml_str(provider)}")
-    if base_url:
+    if base_url and provider == "openai":
+        lines.append(f"openai_base_url = {toml_str(base_url)}")
+    elif base_url:
         lines += [
             "",
             f"[model_providers.{toml_str(provider)}]",
