@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     submit = sub.add_parser("submit", help="submit a prompt; with --follow print its stream")
     submit.add_argument("--project", required=True, help="project id, e.g. my-repo")
-    submit.add_argument("--provider", help="claude-code | opencode (default: the server's default)")
+    submit.add_argument("--provider", help="claude-code | opencode | codex (default: the server's default)")
     submit.add_argument("--model")
     submit.add_argument("--session-id", help="continue this agent session")
     submit.add_argument("--timeout", type=float, dest="timeout_s", help="seconds before the job times out")
