@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 
 from agentd.adapters import agent_process
+from agentd.adapters.codex.agent import native_binary
 from agentd.client import StreamItem
 from agentd.config import Settings
+from agentd.domain.models import AgentRequest, DoneEvent, ToolResultEvent
 from tests.conftest import RunningAgentd, codex_agent
 from tests.support import fake_responses as fr
 from tests.support.fake_responses import FakeResponses
@@ -255,3 +257,42 @@ async def test_bad_model_fails_with_the_providers_message(
     job = await srv.client.submit("demo", "SCENARIO:text", provider="codex", model=fr.BAD_MODEL)
     done = (await _collect(srv, job))[-1].data
     assert done["status"] == "failed" and fr.bad_model_message(fr.BAD_MODEL) in done["error"]
+
+
+async def test_auto_mode_falls_back_to_exec_when_the_app_server_cannot_start(
+    agentd_factory: Any, tmp_path: Path, codex_bin: str, model: FakeResponses
+) -> None:
+    # A codex whose app-server dies at once (as an older or broken install would); exec still works.
+    real = native_binary(codex_bin)
+    stand_in = tmp_path / "bin" / "codex"
+    stand_in.parent.mkdir()
+    script = f'if [ "$1" = app-server ]; then echo "no app-server here" >&2; exit 2; fi\nexec {real} "$@"\n'
+    stand_in.write_text("#!/bin/sh\n" + script)
+    stand_in.chmod(0o755)
+    data = tmp_path / "data"
+    agent = codex_agent(Settings(data_dir=data), str(stand_in), model.base_url, mode="auto")
+    assert agent.capabilities().streaming is True
+    srv = await agentd_factory([agent], data_dir=data)
+    items = await _collect(srv, await srv.client.submit("demo", "SCENARIO:text", provider="codex"))
+    assert items[-1].data["status"] == "succeeded" and items[-1].data["result"] == fr.TEXT_ANSWER
+    assert any(it.event == "status" and "exec mode" in str(it.data["detail"]) for it in items)
+    assert agent.capabilities().streaming is False  # from then on: exec
+
+
+async def test_run_env_reaches_the_tool_and_nothing_else_of_agentds(
+    agentd_factory: Any, tmp_path: Path, codex_bin: str, model: FakeResponses, mode: str
+) -> None:
+    data = tmp_path / "data"
+    agent = codex_agent(Settings(data_dir=data), codex_bin, model.base_url, mode=mode)
+    agent.config.environ["AGENTD_NOT_FOR_RUNS"] = "service-only"
+    prompt = "SCENARIO:shell echo run=$RUN_TOKEN svc=${AGENTD_NOT_FOR_RUNS:-none} home=$CODEX_HOME"
+    events = [
+        ev
+        async for ev in agent.execute(
+            AgentRequest(project_id="demo", prompt=prompt), run_id="r1", env={"RUN_TOKEN": "tok-123"}
+        )
+    ]
+    out = next(ev for ev in events if isinstance(ev, ToolResultEvent)).output
+    assert "run=tok-123" in out and "svc=none" in out
+    assert f"home={data}/homes/codex/demo/.codex" in out
+    assert isinstance(events[-1], DoneEvent) and events[-1].status == "succeeded"

@@ -23,6 +23,8 @@ and a resumed thread uses its new prompt). No keyword: ``text``.
   SCENARIO:error400        HTTP 400 invalid_request_error `ERROR400_MESSAGE`
   SCENARIO:error500        HTTP 500 server_error `ERROR500_MESSAGE`, every attempt
   SCENARIO:error500_once   HTTP 500 on the first attempt of a conversation, then `TEXT_ANSWER`
+  SCENARIO:shell COMMAND   turn 1: `exec_command` running COMMAND (the rest of the line); after its output:
+                           "ran: " + that output
   SCENARIO:remember WORD   "I will remember WORD."
   SCENARIO:recall          "You said WORD." (WORD from an earlier "SCENARIO:remember WORD" in the same
                            request's input), else "I don't remember anything."
@@ -88,6 +90,7 @@ class _Scenario:
     word: str | None = None
     opts: dict[str, str] = field(default_factory=dict)
     index: int = -1  # of the input item that carries it
+    rest: str = ""  # the rest of the line after the name
 
 
 def _text_of(content: Any) -> str:
@@ -117,7 +120,7 @@ def find_scenario(items: list[Any]) -> _Scenario:
                     opts[k] = v
                 elif word is None:
                     word = tok
-            return _Scenario(m.group(1), word, opts, i)
+            return _Scenario(m.group(1), word, opts, i, m.group(2).strip())
     return _Scenario("text")
 
 
@@ -227,6 +230,10 @@ class FakeResponses:
             n = int(sc.opts.get("chunks", "300"))
             delay = int(sc.opts.get("delay_ms", "100")) / 1000
             await s.message([f"tick{i} " for i in range(n)], delay=delay)
+        elif sc.name == "shell" and not after_tool:
+            await s.function_call("exec_command", {"cmd": sc.rest})
+        elif sc.name == "shell":
+            await s.message(["ran: ", _tool_output(items)])
         elif sc.name == "remember":
             await s.message(["I will ", f"remember {sc.word}."])
         elif sc.name == "recall":
@@ -239,6 +246,12 @@ class FakeResponses:
         else:
             await s.reasoning(REASONING_CHUNKS)
             await s.message(TEXT_CHUNKS)
+
+
+def _tool_output(items: list[Any]) -> str:
+    outs = [it for it in items if isinstance(it, dict) and it.get("type") == "function_call_output"]
+    out = outs[-1].get("output") if outs else ""
+    return out if isinstance(out, str) else json.dumps(out)
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:
