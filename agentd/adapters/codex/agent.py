@@ -40,6 +40,7 @@ from agentd.domain.models import (
     Availability,
     Capabilities,
     DoneEvent,
+    Forced,
     OutputEvent,
     StatusEvent,
 )
@@ -106,7 +107,7 @@ def native_binary(binary: str, path: str | None = None) -> str:
 class _Run:
     proc: ap.AgentProcess
     mode: Literal["app-server", "exec"]
-    forced: str | None = None  # set by an app-server interrupt (the process is not signalled)
+    forced: Forced | None = None  # set by an app-server interrupt (the process is not signalled)
     reason: str | None = None
     interrupt: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -444,7 +445,7 @@ class CodexAgent(CodeAgent):
         # The turn is over (or never started): closing stdin ends the app-server (in ~25 ms).
         rpc.close_stdin()
         if await proc.wait(self.config.sigint_grace_s) is None:
-            proc.stop(run.forced or "cancelled", run.reason or "codex app-server did not exit")  # type: ignore[arg-type]
+            proc.stop(run.forced or "cancelled", run.reason or "codex app-server did not exit")
 
     async def _await_turn(
         self, run: _Run, rpc: _Rpc, state: protocol.TurnState, turn_done: asyncio.Event

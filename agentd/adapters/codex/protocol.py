@@ -42,6 +42,7 @@ from agentd.domain.models import (
     AgentEvent,
     AgentResult,
     ErrorEvent,
+    Forced,
     OutputEvent,
     ReasoningEvent,
     SessionEvent,
@@ -520,36 +521,31 @@ def outcome(
     exit_code: int | None,
     duration_ms: int,
     stderr_tail: str = "",
-    forced: str | None = None,
+    forced: Forced | None = None,
     forced_reason: str | None = None,
 ) -> AgentResult:
-    """The run's result. `forced` is "cancelled" or "timed_out" when agentd ended the run itself."""
-    common: dict[str, Any] = dict(
+    """The run's result (the domain's one rule, `AgentResult.ended`). `forced` is "cancelled" or
+    "timed_out" when agentd ended the run itself."""
+    error = state.error
+    if error is not None and state.error_kind and state.error_kind not in error:
+        error = f"{error} [{state.error_kind}]"
+    if error is None and state.status not in ("completed", "interrupted"):
+        error = f"codex exited with code {exit_code} before the turn ended"
+        tail = _errors_of(stderr_tail)
+        if tail:
+            error += f": {tail}"
+    return AgentResult.ended(
+        forced=forced,
+        forced_reason=forced_reason,
+        error=error,
+        aborted="the turn was interrupted" if state.status == "interrupted" else None,
         exit_code=exit_code,
         duration_ms=duration_ms,
         session_id=state.thread_id,
         usage=turn_usage(state.total, state.baseline),
         result=state.last_text,
+        retryable=state.error_kind in RETRYABLE_KINDS,
     )
-    if forced == "cancelled":
-        return AgentResult(status="cancelled", error=forced_reason or "cancelled", **common)
-    if forced == "timed_out":
-        return AgentResult(status="timed_out", error=forced_reason or "timed out", **common)
-    if state.status == "completed" and exit_code in (0, None):
-        return AgentResult(status="succeeded", **common)
-    if state.status == "interrupted":
-        return AgentResult(status="cancelled", error="the turn was interrupted", **common)
-    reason = state.error
-    if not reason:
-        tail = _errors_of(stderr_tail)
-        reason = f"codex exited with code {exit_code} before the turn ended"
-        if state.status == "completed":
-            reason = f"codex exited with code {exit_code} after the turn"
-        if tail:
-            reason += f": {tail}"
-    elif state.error_kind and state.error_kind not in reason:
-        reason = f"{reason} [{state.error_kind}]"
-    return AgentResult(status="failed", error=reason, retryable=state.error_kind in RETRYABLE_KINDS, **common)
 
 
 def _errors_of(stderr_tail: str) -> str:
