@@ -267,6 +267,10 @@ def test_app_retry_notice_and_unknown_notifications() -> None:
         "params": {"turnId": "t0", "item": {"type": "agentMessage", "id": "x", "text": "old"}},
     }
     assert protocol.app_notification(state, other) == []  # another turn's item
+    warn = {"method": "warning", "params": {"threadId": "x", "message": "Model metadata for `m` not found."}}
+    assert protocol.app_notification(state, warn) == [
+        ErrorEvent(code="codex_warning", message="Model metadata for `m` not found.")
+    ]
     new = {"method": "brand/new", "params": {"turnId": "t1"}}
     assert protocol.app_notification(state, new)[0].event == "output"
     odd = {

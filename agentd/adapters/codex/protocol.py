@@ -410,8 +410,9 @@ def app_notification(state: TurnState, msg: dict[str, Any]) -> list[AgentEvent]:
     if handler is not None:
         return handler(state, params)
     if method in ("warning", "configWarning", "guardianWarning"):
+        # Non-fatal, like exec's `error` items (e.g. unknown model metadata): the same event in both modes.
         text = params.get("message") or params.get("summary") or json.dumps(params)
-        return [OutputEvent(type="stderr", content=f"codex warning: {text}")]
+        return [ErrorEvent(code="codex_warning", message=str(text))]
     if method in _QUIET or method.startswith(_QUIET_PREFIXES):
         return []
     return [OutputEvent(type="stdout", content=json.dumps(msg))]
