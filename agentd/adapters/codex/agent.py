@@ -1,10 +1,11 @@
 """The Codex adapter: OpenAI's Codex CLI (`@openai/codex`), one process per job, in one of two modes.
 
 - `app-server` (`codex app-server`, JSON-RPC over stdio): token deltas of text and reasoning, tool calls
-  with their output, and `turn/interrupt` for cancel. One process per job: it costs about 0.18 s more
-  per job than a long-lived one (measured: 0.24 s for spawn + initialize + thread + a short turn + exit,
-  against 0.06 s for thread + turn on a warm process), and it keeps what a run may see per run: the run's
-  own environment (its secrets), its own jail, its own process tree to stop.
+  with their output, and `turn/interrupt` for cancel. One process per job: it costs about 0.2 s more per
+  job than a long-lived one (bench/bench_codex.py: 0.24-0.34 s for spawn + initialize + thread + a short
+  turn + exit, against 0.06-0.10 s for thread + turn on a warm process; about 150 MB each), and it keeps
+  what a run may see per run: the run's own environment (its secrets), its own jail, its own process
+  tree to stop.
 - `exec` (`codex exec --json`, one process per turn): the text of a message arrives whole; cancel is
   SIGINT, then the escalation.
 - `auto`: app-server, and exec from then on when the app-server cannot start.
