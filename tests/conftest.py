@@ -14,6 +14,7 @@ from aiohttp import web
 
 from agentd.adapters.claude_code.agent import ClaudeCodeAgent
 from agentd.adapters.codex.agent import CodexAgent
+from agentd.adapters.sandbox import Sandbox
 from agentd.bootstrap import Container, build, claude_config, codex_config
 from agentd.client import AgentdClient
 from agentd.config import Settings
@@ -102,6 +103,13 @@ async def agentd_factory(
         await runner.cleanup()
 
 
+def jail_for_tests(data_dir: Path) -> Sandbox:
+    """The sandbox tests run agents in: on when bubblewrap works here (AGENTD_TEST_SANDBOX=off|bwrap|auto)."""
+    setting = os.environ.get("AGENTD_TEST_SANDBOX", "auto")
+    assert setting in ("auto", "bwrap", "off"), setting
+    return Sandbox.start(setting, hide=(data_dir,))  # type: ignore[arg-type]
+
+
 def claude_agent(settings: Settings, claude_bin: str, model_url: str, **env: str) -> ClaudeCodeAgent:
     """A real Claude Code adapter pointed at a scripted model server."""
     base_env = {
@@ -112,7 +120,9 @@ def claude_agent(settings: Settings, claude_bin: str, model_url: str, **env: str
         "CLAUDE_CODE_MAX_RETRIES": "1",
         **env,
     }
-    cfg = replace(claude_config(settings), binary=claude_bin, environ=base_env)
+    cfg = replace(
+        claude_config(settings, jail_for_tests(settings.data_dir)), binary=claude_bin, environ=base_env
+    )
     return ClaudeCodeAgent(cfg)
 
 
@@ -127,7 +137,7 @@ def codex_agent(
         **env,
     }
     cfg = replace(
-        codex_config(settings),
+        codex_config(settings, jail_for_tests(settings.data_dir)),
         binary=codex_bin,
         mode=mode,  # type: ignore[arg-type]
         base_url=model_url,

@@ -6,6 +6,7 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from agentd.adapters.codex.agent import native_binary
 from agentd.client import StreamItem
 from agentd.config import Settings
 from agentd.domain.models import AgentRequest, DoneEvent, ToolResultEvent
-from tests.conftest import RunningAgentd, codex_agent
+from tests.conftest import RunningAgentd, codex_agent, jail_for_tests
 from tests.support import fake_responses as fr
 from tests.support.fake_responses import FakeResponses
 
@@ -38,14 +39,18 @@ def mode(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(autouse=True)
 def no_orphans() -> Any:
     yield
-    # Every process a run started carries our pid as its owner marker; none may outlive its job.
+    # Every process a run started is below this test process (jailed or not); none may outlive its job.
     deadline = time.monotonic() + 5
     while True:
-        left = agent_process.marked_processes(str(os.getpid()), key=agent_process.OWNER_MARKER)
+        left = agent_process.descendants(os.getpid())
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     assert not left, f"processes left behind: {[_cmdline(p) for p in left]}"
+
+
+def _sleepers() -> list[int]:
+    return [p for p in agent_process.descendants(os.getpid()) if "sleep 300" in _cmdline(p)]
 
 
 def _cmdline(pid: int) -> str:
@@ -208,15 +213,18 @@ async def test_cancel_during_a_tool_leaves_no_process(
         items.append(it)
         if it.event == "tool_use":
             await asyncio.sleep(0.5)  # let `sleep 300` start
-            sleepers = [p for p in agent_process.marked_processes(job["job_id"]) if "sleep" in _cmdline(p)]
-            assert sleepers, "the command should be running"
+            assert _sleepers(), "the command should be running"
+            if jail_for_tests(srv.settings.data_dir).mode == "bwrap":  # it runs in the jail
+                assert any(
+                    agent_process.command_name(p) == "bwrap" for p in agent_process.descendants(os.getpid())
+                )
             await srv.client.cancel("demo", job["job_id"])
     assert items[-1].data["status"] == "cancelled"
     for _ in range(50):
-        if not agent_process.marked_processes(job["job_id"]):
+        if not _sleepers():
             break
         await asyncio.sleep(0.1)
-    assert not agent_process.marked_processes(job["job_id"])
+    assert not _sleepers()
 
 
 async def test_http_400_fails_with_the_providers_message(
@@ -271,6 +279,7 @@ async def test_auto_mode_falls_back_to_exec_when_the_app_server_cannot_start(
     stand_in.chmod(0o755)
     data = tmp_path / "data"
     agent = codex_agent(Settings(data_dir=data), str(stand_in), model.base_url, mode="auto")
+    agent.config = replace(agent.config, sandbox=None)  # the stand-in's target is not mounted in a jail
     assert agent.capabilities().streaming is True
     srv = await agentd_factory([agent], data_dir=data)
     items = await _collect(srv, await srv.client.submit("demo", "SCENARIO:text", provider="codex"))

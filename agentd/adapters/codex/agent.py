@@ -35,6 +35,7 @@ import structlog
 
 import agentd.adapters.agent_process as ap
 from agentd.adapters.codex import home, protocol
+from agentd.adapters.sandbox import Jail, Sandbox, runtime_paths
 from agentd.domain.models import (
     AgentEvent,
     AgentRequest,
@@ -73,6 +74,7 @@ class CodexConfig:
     sigint_grace_s: float = 3.0
     sigterm_grace_s: float = 2.0
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    sandbox: Sandbox | None = None  # None or mode "off": runs are not jailed
 
     def workspace(self, project_id: str) -> Path:
         return ap.workspace(self.data_dir, project_id)
@@ -120,9 +122,8 @@ class _AppServerDown(Exception):
 class CodexAgent(CodeAgent):
     name = PROVIDER
 
-    def __init__(self, config: CodexConfig, *, jail: Any = None) -> None:
+    def __init__(self, config: CodexConfig) -> None:
         self.config = config
-        self.jail = jail  # builds a per-run jail: jail(workspace, home, ro_paths) -> ap.Jail | None
         self._runs: dict[str, _Run] = {}
         self._version: str | None = None
         self._exec_only = config.mode == "exec"
@@ -215,10 +216,23 @@ class CodexAgent(CodeAgent):
             run.proc.stop("cancelled", "cancelled by request")
         return True
 
-    def _process(self, run_id: str) -> ap.AgentProcess:
+    def jail(self, project_id: str) -> Jail:
+        """What a run may see: its workspace, its project's home (CODEX_HOME inside), Codex's install."""
+        cfg = self.config
+        path = cfg.environ.get("PATH")
+        native = self.binary()
+        ro = (*runtime_paths(cfg.binary, path), *runtime_paths(native, path), Path(native).parent.parent)
+        return Jail(
+            workspace=cfg.workspace(project_id), home=cfg.home(project_id), ro_paths=tuple(dict.fromkeys(ro))
+        )
+
+    def _process(self, run_id: str, project_id: str) -> ap.AgentProcess:
         cfg = self.config
         return ap.AgentProcess(
-            run_id, escalation=((signal.SIGINT, cfg.sigint_grace_s), (signal.SIGTERM, cfg.sigterm_grace_s))
+            run_id,
+            escalation=((signal.SIGINT, cfg.sigint_grace_s), (signal.SIGTERM, cfg.sigterm_grace_s)),
+            sandbox=cfg.sandbox,
+            jail=self.jail(project_id),
         )
 
     async def execute(
@@ -231,7 +245,7 @@ class CodexAgent(CodeAgent):
         run_env = self.build_env(request.project_id, env)
         baseline = home.thread_usage_total(cfg.codex_home(request.project_id), request.session_id)
         if not self._exec_only:
-            run = _Run(self._process(run_id), "app-server")
+            run = _Run(self._process(run_id, request.project_id), "app-server")
             self._runs[run_id] = run
             try:
                 async for ev in self._app_server(run, request, cwd, run_env, baseline):
@@ -246,7 +260,7 @@ class CodexAgent(CodeAgent):
                 yield StatusEvent(status="running", detail=f"codex app-server unavailable ({e}): exec mode")
             finally:
                 await self._finish(run_id, run)
-        run = _Run(self._process(run_id), "exec")
+        run = _Run(self._process(run_id, request.project_id), "exec")
         self._runs[run_id] = run
         try:
             async for ev in self._exec(run, request, cwd, run_env, baseline):

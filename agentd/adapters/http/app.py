@@ -65,6 +65,7 @@ class ApiConfig:
     heartbeat_s: float = 15.0
     retry_ms: int = 2000
     write_timeout_s: float = 30.0
+    sandbox: str = "off"  # "bwrap" when agent runs are jailed
 
 
 @dataclass
@@ -154,11 +155,13 @@ def _is_dashboard_file(path: str) -> bool:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "version": __version__})
+    return web.json_response({"status": "ok", "version": __version__, "sandbox": request.app[CONFIG].sandbox})
 
 
 async def providers(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[SERVICE].providers())
+    body = await request.app[SERVICE].providers()
+    body["sandbox"] = request.app[CONFIG].sandbox
+    return web.json_response(body)
 
 
 async def _read_body(request: web.Request) -> dict[str, Any]:
