@@ -82,3 +82,20 @@ def test_capabilities_follow_the_mode(tmp_path: Path) -> None:
     assert agent(tmp_path, mode="app-server").capabilities().streaming is True
     assert agent(tmp_path, mode="exec").capabilities().streaming is False
     assert agent(tmp_path, mode="auto").capabilities().streaming is True
+
+
+def test_the_jail_mounts_the_install_once(tmp_path: Path) -> None:
+    nm = tmp_path / "tools" / "node_modules"
+    wrapper = nm / "@openai" / "codex" / "bin" / "codex.js"
+    native = nm / "@openai" / "codex-linux-x64" / "vendor" / "x86_64-unknown-linux-musl" / "bin" / "codex"
+    for f in (wrapper, native):
+        f.parent.mkdir(parents=True)
+        f.write_text("#!/bin/sh\n")
+        f.chmod(0o755)
+    (nm / ".bin").mkdir()
+    (nm / ".bin" / "codex").symlink_to(wrapper)
+    a = CodexAgent(CodexConfig(data_dir=tmp_path / "data", binary=str(nm / ".bin" / "codex"), environ={}))
+    jail = a.jail("proj")
+    assert jail.workspace == tmp_path / "data" / "workspaces" / "proj"
+    assert jail.home == tmp_path / "data" / "homes" / "codex" / "proj"
+    assert jail.ro_paths == (nm,)

@@ -217,14 +217,16 @@ class CodexAgent(CodeAgent):
         return True
 
     def jail(self, project_id: str) -> Jail:
-        """What a run may see: its workspace, its project's home (CODEX_HOME inside), Codex's install."""
+        """What a run may see: its workspace, its project's home (CODEX_HOME inside), Codex's install (the
+        native binary's vendor folder, with the ripgrep Codex ships)."""
         cfg = self.config
         path = cfg.environ.get("PATH")
         native = self.binary()
-        ro = (*runtime_paths(cfg.binary, path), *runtime_paths(native, path), Path(native).parent.parent)
-        return Jail(
-            workspace=cfg.workspace(project_id), home=cfg.home(project_id), ro_paths=tuple(dict.fromkeys(ro))
-        )
+        ro: list[Path] = []
+        for p in (*runtime_paths(cfg.binary, path), *runtime_paths(native, path), Path(native).parent.parent):
+            if not any(p == q or p.is_relative_to(q) for q in ro):
+                ro.append(p)
+        return Jail(workspace=cfg.workspace(project_id), home=cfg.home(project_id), ro_paths=tuple(ro))
 
     def _process(self, run_id: str, project_id: str) -> ap.AgentProcess:
         cfg = self.config
