@@ -22,6 +22,9 @@ STATUS: dict[type[errors.AgentdError], int] = {
     errors.ProviderUnavailable: 503,
     errors.QueueUnavailable: 503,
     errors.SecretsUnavailable: 503,
+    errors.ProjectNotFound: 404,
+    errors.PatchNotFound: 404,
+    errors.ProjectInUse: 409,
 }
 
 
