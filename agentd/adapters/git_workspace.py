@@ -32,6 +32,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 import structlog
@@ -187,7 +188,7 @@ class GitWorkspaces(Workspaces):
             tmp = Path(tempfile.mkdtemp(prefix=".mirror-", dir=self._project_dir(project_id)))
             await self._git("init", "-q", "--bare", str(tmp))
             await self._git("config", "core.logAllRefUpdates", "false", cwd=tmp)
-            tmp.rename(mirror)
+            os.rename(tmp, mirror)
         return mirror
 
     # --- the port -------------------------------------------------------------------------------------
@@ -204,21 +205,34 @@ class GitWorkspaces(Workspaces):
                 commit = await self._commit_files(tmp, files, f"Create {project.id} from template")
                 await self._git("update-ref", f"refs/heads/{branch}", commit, cwd=tmp)
                 await self._git("symbolic-ref", "HEAD", f"refs/heads/{branch}", cwd=tmp)
-                tmp.rename(origin)
+                os.rename(tmp, origin)
                 log.info("project.seeded", project_id=project.id, where="local", commit=commit)
                 return True
             url = project.git.url
             refs = await self._git(
-                *self._credential_args(token), "ls-remote", "--", url,
-                env=self._env(token=token, url=url), timeout=NETWORK_TIMEOUT_S, secret=token,
+                *self._credential_args(token),
+                "ls-remote",
+                "--",
+                url,
+                env=self._env(token=token, url=url),
+                timeout=NETWORK_TIMEOUT_S,
+                secret=token,
             )
             if refs.strip():
                 return False
             mirror = await self._ensure_mirror(project.id)
             commit = await self._commit_files(mirror, files, f"Create {project.id} from template")
             await self._git(
-                *self._credential_args(token), "push", "-q", "--", url, f"{commit}:refs/heads/{branch}",
-                cwd=mirror, env=self._env(token=token, url=url), timeout=NETWORK_TIMEOUT_S, secret=token,
+                *self._credential_args(token),
+                "push",
+                "-q",
+                "--",
+                url,
+                f"{commit}:refs/heads/{branch}",
+                cwd=mirror,
+                env=self._env(token=token, url=url),
+                timeout=NETWORK_TIMEOUT_S,
+                secret=token,
             )
             log.info("project.seeded", project_id=project.id, where=redact_url(url), commit=commit)
             return True
@@ -238,7 +252,9 @@ class GitWorkspaces(Workspaces):
         finally:
             shutil.rmtree(index.parent, ignore_errors=True)
 
-    async def prepare(self, project: Project, job_id: str, ref: str | None, *, token: str | None) -> Workspace:
+    async def prepare(
+        self, project: Project, job_id: str, ref: str | None, *, token: str | None
+    ) -> Workspace:
         url = self.origin_url(project)
         want = ref or (project.git.default_ref if project.git else None)
         async with self._locked(project.id):
@@ -247,8 +263,18 @@ class GitWorkspaces(Workspaces):
             if want is None:
                 refspecs.append("+HEAD:refs/agentd/remote-head")
             await self._git(
-                *self._credential_args(token), "fetch", "-q", "--prune", "--no-tags", "--", url, *refspecs,
-                cwd=mirror, env=self._env(token=token, url=url), timeout=NETWORK_TIMEOUT_S, secret=token,
+                *self._credential_args(token),
+                "fetch",
+                "-q",
+                "--prune",
+                "--no-tags",
+                "--",
+                url,
+                *refspecs,
+                cwd=mirror,
+                env=self._env(token=token, url=url),
+                timeout=NETWORK_TIMEOUT_S,
+                secret=token,
             )
             base = await self._resolve(mirror, want or "refs/agentd/remote-head")
             if base is None and want is not None:
@@ -256,8 +282,16 @@ class GitWorkspaces(Workspaces):
                 keep = f"refs/agentd/jobs/{job_id}"
                 with contextlib.suppress(WorkspaceFailed):
                     await self._git(
-                        *self._credential_args(token), "fetch", "-q", "--no-tags", "--", url, f"+{want}:{keep}",
-                        cwd=mirror, env=self._env(token=token, url=url), timeout=NETWORK_TIMEOUT_S,
+                        *self._credential_args(token),
+                        "fetch",
+                        "-q",
+                        "--no-tags",
+                        "--",
+                        url,
+                        f"+{want}:{keep}",
+                        cwd=mirror,
+                        env=self._env(token=token, url=url),
+                        timeout=NETWORK_TIMEOUT_S,
                         secret=token,
                     )
                     base = await self._resolve(mirror, keep)
@@ -314,11 +348,20 @@ class GitWorkspaces(Workspaces):
     ) -> PushResult:
         env = await self._stage(ws)
         tree = (await self._git("write-tree", env=env)).decode().strip()
-        commit = (await self._git("commit-tree", tree, "-p", ws.base, "-m", message, env=env)).decode().strip()
+        commit = (
+            (await self._git("commit-tree", tree, "-p", ws.base, "-m", message, env=env)).decode().strip()
+        )
         url = self.origin_url(project)
         await self._git(
-            *self._credential_args(token), "push", "-q", "--", url, f"{commit}:refs/heads/{branch}",
-            cwd=self._mirror(project.id), env=self._env(token=token, url=url), timeout=NETWORK_TIMEOUT_S,
+            *self._credential_args(token),
+            "push",
+            "-q",
+            "--",
+            url,
+            f"{commit}:refs/heads/{branch}",
+            cwd=self._mirror(project.id),
+            env=self._env(token=token, url=url),
+            timeout=NETWORK_TIMEOUT_S,
             secret=token,
         )
         log.info("workspace.pushed", project_id=project.id, branch=branch, commit=commit)
@@ -351,37 +394,49 @@ def _rm(p: Path) -> None:
         p.unlink()
 
 
+_STATUS: dict[str, Literal["added", "modified", "deleted", "renamed"]] = {
+    "A": "added",
+    "C": "added",
+    "D": "deleted",
+    "R": "renamed",
+}
+
+
+def _name(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")  # JSON-safe; the patch keeps the exact bytes
+
+
 def _changed_files(name_status: bytes, numstat: bytes) -> list[ChangedFile]:
     """Join `--name-status -z` and `--numstat -z` (both with -M) into one entry per path."""
     counts: dict[str, tuple[int | None, int | None]] = {}
     items = numstat.split(b"\0")
     i = 0
     while i < len(items) and items[i]:
-        added, removed, path = items[i].decode(errors="surrogateescape").split("\t", 2)
-        if path == "":  # a rename: the old and new paths follow
-            path = items[i + 2].decode(errors="surrogateescape")
+        plus, minus, path = _name(items[i]).split("\t", 2)
+        if path == "":  # a rename: the old and the new path follow
+            path = _name(items[i + 2])
             i += 3
         else:
             i += 1
-        counts[path] = (None, None) if added == "-" else (int(added), int(removed))
+        counts[path] = (None, None) if plus == "-" else (int(plus), int(minus))
     out: list[ChangedFile] = []
     parts = name_status.split(b"\0")
     i = 0
     while i < len(parts) and parts[i]:
-        code = parts[i].decode()
-        if code[0] in "RC":
-            old, new = (parts[i + 1].decode(errors="surrogateescape"), parts[i + 2].decode(errors="surrogateescape"))
+        code = parts[i].decode()[0]
+        old: str | None = None
+        if code in "RC":
+            old, new = _name(parts[i + 1]), _name(parts[i + 2])
             i += 3
         else:
-            old, new = None, parts[i + 1].decode(errors="surrogateescape")
+            new = _name(parts[i + 1])
             i += 2
         added, removed = counts.get(new, (None, None))
-        status = {"A": "added", "D": "deleted", "R": "renamed", "C": "added"}.get(code[0], "modified")
         out.append(
             ChangedFile(
                 path=new,
-                status=status,  # type: ignore[arg-type]
-                old_path=old if code[0] == "R" else None,
+                status=_STATUS.get(code, "modified"),
+                old_path=old if code == "R" else None,
                 added=added,
                 removed=removed,
                 binary=added is None,

@@ -41,7 +41,9 @@ class Workspaces(Protocol):
         ...
 
     @abstractmethod
-    async def prepare(self, project: Project, job_id: str, ref: str | None, *, token: str | None) -> Workspace:
+    async def prepare(
+        self, project: Project, job_id: str, ref: str | None, *, token: str | None
+    ) -> Workspace:
         """Fetch, then create the job's own working tree at `ref` (the project's default ref when None)."""
         ...
 

@@ -138,11 +138,11 @@ class ClaudeCodeAgent(CodeAgent):
         return [*args, prompt], None
 
     def build_argv(
-        self, request: AgentRequest, run_id: str
+        self, request: AgentRequest, run_id: str, cwd: Path | None = None
     ) -> tuple[list[str], dict[str, str], bytes | None]:
         args, stdin = self.build_args(request)
         env = self.build_env(run_id)
-        cwd = self.config.workspace(request.project_id)
+        cwd = cwd or self.config.workspace(request.project_id)
         if self.config.transport == "local":
             return [self.config.binary, *args], env, stdin
         # kubectl exec: the pod gets no environment from us except what the command line sets, so the
@@ -263,18 +263,23 @@ class ClaudeCodeAgent(CodeAgent):
             run.proc.send_signal(sig)
 
     async def execute(
-        self, request: AgentRequest, *, run_id: str, env: Mapping[str, str] | None = None
+        self,
+        request: AgentRequest,
+        *,
+        run_id: str,
+        env: Mapping[str, str] | None = None,
+        workdir: Path | None = None,
     ) -> AsyncIterator[AgentEvent]:
         run = _Run(run_id=run_id)
         self._runs[run_id] = run
         started = time.monotonic()
         state = protocol.StreamState()
         stderr_tail: deque[str] = deque(maxlen=20)
-        cwd = self.config.workspace(request.project_id)
+        cwd = workdir or self.config.workspace(request.project_id)
         try:
             for d in (cwd, self.config.home, self.config.tmpdir):
                 d.mkdir(parents=True, exist_ok=True)
-            argv, env, stdin = self.build_argv(request, run_id)
+            argv, env, stdin = self.build_argv(request, run_id, cwd)
             try:
                 run.proc = await process.spawn(argv, cwd=cwd, env=env, stdin_data=stdin)
             except OSError as e:

@@ -196,6 +196,7 @@ class OpenCodeAgent(CodeAgent):
         *,
         run_id: str,
         env: Mapping[str, str] | None = None,
+        workdir: Path | None = None,
         files: Sequence[FileAttachment] = (),
         mentions: Sequence[str] = (),
     ) -> AsyncIterator[AgentEvent]:
@@ -208,7 +209,7 @@ class OpenCodeAgent(CodeAgent):
         started = time.monotonic()
         control = RunControl(run_id)
         self._runs[run_id] = control
-        directory = self.config.workspace(request.project_id)
+        directory = workdir or self.config.workspace(request.project_id)
         scratch = self.config.base_dir / "tmp" / ("run-" + re.sub(r"[^A-Za-z0-9_.-]", "_", run_id))
         try:
             directory.mkdir(parents=True, exist_ok=True)
