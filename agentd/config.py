@@ -65,6 +65,9 @@ class Settings(BaseModel):
 
     # Providers, in registration order (the first is the default): "claude-code,opencode".
     providers: tuple[str, ...] = ("claude-code", "opencode")
+    # Projects: user templates (folders with a template.toml) beside the shipped ones; the git command.
+    templates_dir: Path | None = None
+    git_bin: str = "git"
     # Jail agent processes with bubblewrap: auto = when it works, bwrap = required, off = never.
     sandbox: Literal["auto", "bwrap", "off"] = "auto"
 
@@ -96,7 +99,9 @@ class Settings(BaseModel):
             return v.lower()
         raise ValueError(f"use one of {', '.join(LOG_LEVELS)}, got {v!r}")
 
-    @field_validator("database_url", "opencode_url", "claude_pod", "max_running", mode="before")
+    @field_validator(
+        "database_url", "opencode_url", "claude_pod", "max_running", "templates_dir", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v

@@ -25,6 +25,7 @@ STATUS: dict[type[errors.AgentdError], int] = {
     errors.ProjectNotFound: 404,
     errors.PatchNotFound: 404,
     errors.ProjectInUse: 409,
+    errors.WorkspaceFailed: 502,  # the git server refused or could not be reached
 }
 
 
