@@ -229,8 +229,9 @@ async def test_the_token_never_reaches_a_command_line(tmp_path: Path, workspaces
 
     async def watch() -> None:
         while not stop.is_set():
-            out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False).stdout
-            seen.append(out)
+            ps = ["ps", "-eo", "args"]
+            out = await asyncio.to_thread(subprocess.run, ps, capture_output=True, text=True, check=False)
+            seen.append(out.stdout)
             await asyncio.sleep(0.01)
 
     with serve_git(root, TOKEN) as server:

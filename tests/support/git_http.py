@@ -34,13 +34,13 @@ def _handler(server: GitHttpServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's name
+        def log_message(self, format: str, *args: object) -> None:
             return
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self._cgi()
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self._cgi()
 
         def _cgi(self) -> None:
@@ -81,17 +81,7 @@ def _handler(server: GitHttpServer) -> type[BaseHTTPRequestHandler]:
             out = subprocess.run(
                 ["git", "http-backend"], input=body, env=env, capture_output=True, timeout=60, check=False
             ).stdout
-            head, _, payload = out.partition(b"\r\n\r\n")
-            if not _:
-                head, _, payload = out.partition(b"\n\n")
-            status = 200
-            headers: list[tuple[str, str]] = []
-            for line in head.decode().splitlines():
-                name, _, value = line.partition(":")
-                if name.lower() == "status":
-                    status = int(value.strip().split()[0])
-                elif name:
-                    headers.append((name, value.strip()))
+            status, headers, payload = _cgi_response(out)
             server.requests.append(f"{self.command} {self.path} -> {status}")
             self.send_response(status)
             for name, value in headers:
@@ -101,6 +91,21 @@ def _handler(server: GitHttpServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(payload)
 
     return Handler
+
+
+def _cgi_response(out: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    head, sep, payload = out.partition(b"\r\n\r\n")
+    if not sep:
+        head, _, payload = out.partition(b"\n\n")
+    status = 200
+    headers: list[tuple[str, str]] = []
+    for line in head.decode().splitlines():
+        name, _, value = line.partition(":")
+        if name.lower() == "status":
+            status = int(value.strip().split()[0])
+        elif name:
+            headers.append((name, value.strip()))
+    return status, headers, payload
 
 
 @contextmanager
