@@ -48,7 +48,7 @@ def validate_git_url(url: str) -> str:
         )
     if parts.scheme != "file" and not parts.hostname:
         raise errors.InvalidProject(f"git.url {url!r} has no host")
-    if parts.scheme == "file" and not parts.path.startswith("/"):
+    if parts.scheme == "file" and (parts.netloc not in ("", "localhost") or not parts.path.startswith("/")):
         raise errors.InvalidProject("a file:// git.url needs an absolute path, e.g. file:///srv/git/repo.git")
     return url
 

@@ -72,17 +72,23 @@ class ProjectService:
             info = self.templates.info(spec.template)
             values = info.values(spec.variables, project_id)
             draft = Project(id=project_id, **spec.model_dump(), created_at=_now(), updated_at=_now())
-            token = await git_token(self.secrets, draft)
+            token = await self._token(draft)
             if old is None or old.template != spec.template or old.git != spec.git:
                 files = self.templates.render(spec.template, values)
                 seeded = await self.workspaces.seed(draft, files, token=token)
                 log.info("project.template", project_id=project_id, template=spec.template, seeded=seeded)
         elif spec.git is not None and spec.git.credentials is not None:
             draft = Project(id=project_id, **spec.model_dump(), created_at=_now(), updated_at=_now())
-            await git_token(self.secrets, draft)  # fail now, not in every job, when the secret is missing
+            await self._token(draft)  # fail now, not in every job, when the secret is missing
         project, created = await self.store.put(project_id, spec)
         log.info("project.saved", project_id=project_id, created=created)
         return project, created
+
+    async def _token(self, project: Project) -> str | None:
+        try:
+            return await git_token(self.secrets, project)
+        except WorkspaceFailed as e:  # the request names a secret that is not there: the caller's to fix
+            raise InvalidProject(e.message) from None
 
     async def get(self, project_id: str) -> Project:
         project = await self.store.find(validate_project_id(project_id))

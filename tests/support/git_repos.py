@@ -62,5 +62,5 @@ def rev(repo: Path, ref: str) -> str:
 def checkout(bare: Path, ref: str, dest: Path) -> Path:
     """A fresh working copy of `bare` at `ref` (to apply a patch to)."""
     git("clone", "-q", str(bare), str(dest))
-    git("checkout", "-q", "--detach", ref, cwd=dest)
+    git("checkout", "-q", "--detach", rev(bare, ref), cwd=dest)
     return dest

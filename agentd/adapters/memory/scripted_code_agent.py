@@ -37,6 +37,7 @@ class ScriptedCodeAgent(CodeAgent):
         self._cancels: dict[str, asyncio.Event] = {}
         self.runs: list[AgentRequest] = []
         self.workdirs: list[Path | None] = []
+        self.envs: list[dict[str, str]] = []
 
     def capabilities(self) -> Capabilities:
         return Capabilities(partial_text=True, tools=False, max_turns=False)
@@ -61,6 +62,7 @@ class ScriptedCodeAgent(CodeAgent):
     ) -> AsyncIterator[AgentEvent]:
         self.runs.append(request)
         self.workdirs.append(workdir)
+        self.envs.append(dict(env or {}))
         started = time.monotonic()
         cancel = self._cancels.setdefault(run_id, asyncio.Event())
         session = request.session_id or f"scripted-{uuid.uuid4().hex[:12]}"
