@@ -182,7 +182,7 @@ async def test_push_commits_and_pushes_the_jobs_branch(srv: RunningAgentd, remot
 
 async def test_a_failed_run_keeps_its_patch_but_pushes_nothing(srv: RunningAgentd, remote: Path) -> None:
     await srv.client.put_project("demo", git={"url": remote.as_uri()})
-    done, job = await run(srv, "demo", edit(write={"x.txt": "x\n"}, delete=["not-there"]), push={})
+    done, _ = await run(srv, "demo", edit(write={"x.txt": "x\n"}, delete=["not-there"]), push={})
     assert done["status"] == "failed" and "push" not in done
     assert "x.txt" in [f["path"] for f in done["changed_files"]]
     assert git("branch", "--list", "agentd/*", cwd=remote) == ""
@@ -202,8 +202,7 @@ async def test_jobs_of_one_project_run_together_up_to_max_running(
     results = await asyncio.gather(
         *(run(srv, "demo", edit(sleep=1.0, write={"README.md": f"# job {i}\n"})) for i in range(2))
     )
-    (done1, job1), (done2, job2) = results
-    assert overlap(job1, job2) is (max_running == 2)
+    assert overlap(results[0][1], results[1][1]) is (max_running == 2)
     for i, (done, job) in enumerate(results):
         assert done["status"] == "succeeded"
         patch = await srv.client.patch("demo", job["job_id"])
@@ -219,7 +218,7 @@ async def test_delete_is_refused_while_a_job_runs(srv: RunningAgentd, remote: Pa
         await asyncio.sleep(0.05)
     status, err, _ = await call(srv, "DELETE", "/projects/demo")
     assert status == 409 and err["error"] == "project_in_use" and job["job_id"] in err["message"]
-    async for item in srv.client.follow(job["stream_url"]):
+    async for _ in srv.client.follow(job["stream_url"]):
         pass
     assert (await call(srv, "DELETE", "/projects/demo"))[0] == 204
 
@@ -261,7 +260,7 @@ async def test_a_project_from_a_template_starts_with_its_files(srv: RunningAgent
     )
     assert status == 201 and body["git"] is None and body["template"] == "python-service"
     prompt = edit(write={"app/extra.py": "X = 1\n"}, rename={"README.md": "docs/README.md"})
-    done, job = await run(srv, "svc", prompt)
+    done, _ = await run(srv, "svc", prompt)
     assert done["status"] == "succeeded", done
     assert {f["path"]: f["status"] for f in done["changed_files"]} == {
         "app/extra.py": "added",

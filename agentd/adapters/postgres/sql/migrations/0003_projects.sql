@@ -18,6 +18,12 @@ CREATE TABLE agentd_job_patches (
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- A project may now run several jobs: the unique index of 0001 becomes a plain one (recover and the limits
+-- still scan running jobs through it). The claim keeps the limit race-free as before: it takes the
+-- project's advisory lock before it starts a job of that project, and counts again under it.
+DROP INDEX agentd_jobs_one_running_per_project;
+CREATE INDEX agentd_jobs_running_per_project ON agentd_jobs (project_id) WHERE status = 'running';
+
 -- Whether a project may start one more job: fewer running than its max_running (1 when not created).
 CREATE FUNCTION agentd_project_has_room(p_project_id text) RETURNS boolean LANGUAGE sql STABLE AS $$
     SELECT (SELECT count(*) FROM agentd_jobs r WHERE r.project_id = p_project_id AND r.status = 'running')
