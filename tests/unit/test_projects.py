@@ -71,7 +71,7 @@ def test_request_fields_ref_and_push() -> None:
     assert PushRequest().branch_for("job_9") == "agentd/job_9"
     with pytest.raises(InvalidRequest, match="full ref"):
         PushRequest(branch="refs/heads/x")
-    with pytest.raises(InvalidRequest, match="push.branch"):
+    with pytest.raises(InvalidRequest, match=r"push\.branch"):
         PushRequest(branch="bad..name")
 
 
@@ -115,7 +115,7 @@ def test_rendering_fills_variables_and_user_templates_win(tmp_path: Path) -> Non
     lib = DirectoryTemplateLibrary(DirectoryTemplateLibrary().dirs[0], user)
     info = lib.info("empty")
     assert info.description == "mine"
-    with pytest.raises(InvalidProject, match="needs variables.owner"):
+    with pytest.raises(InvalidProject, match=r"needs variables\.owner"):
         info.values({}, "p1")
     files = lib.render("empty", info.values({"owner": "ann"}, "p1"))
     assert files[".config/p1.txt"] == b"owner=ann ${{ keep }} {{ unknown }}\n"
