@@ -27,7 +27,8 @@ def agentd(server: Server, *args: str, timeout: float = 60) -> subprocess.Comple
 
 
 def test_a_pipeline_creates_a_project_runs_a_job_on_a_ref_and_applies_its_patch(
-    serve: Any, tmp_path: Path
+    serve: Any,  # noqa: F811 - the fixture of tests/e2e/test_cli.py
+    tmp_path: Path,
 ) -> None:
     remote = make_remote(tmp_path / "remotes")
     srv = serve(AGENTD_PROVIDERS="scripted")
