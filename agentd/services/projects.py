@@ -3,6 +3,7 @@ them, list the templates, and hand out a job's patch."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -141,7 +142,5 @@ class ProjectService:
             )
 
 
-def _now() -> Any:
-    from datetime import UTC, datetime
-
+def _now() -> datetime:
     return datetime.now(UTC)

@@ -226,7 +226,7 @@ class Runner:
                 status="failed", error=f"could not read the project's secrets: {e}", retryable=True
             )
         try:
-            git = await self.git_runs.open(job) if self.git_runs is not None else None
+            git = await self._leased(job, worker_id, self.git_runs.open(job)) if self.git_runs else None
         except WorkspaceFailed as e:
             log.error("job.workspace_failed", error=e.message, retryable=e.retryable)
             return AgentResult(status="failed", error=e.message, retryable=e.retryable)
@@ -252,8 +252,25 @@ class Runner:
             workdir = git.workdir if git is not None else None
             result = await self._supervise(job, agent, worker_id, env, redactor, workdir)
             if git is not None:
-                result = await git.record(job, result)
+                result = await self._leased(job, worker_id, git.record(job, result))
             return redactor.result(result)
+
+    async def _leased(self, job: Job, worker_id: str, work: Awaitable[T]) -> T:
+        """Await `work` (a fetch, recording a large patch) while renewing the job's lease, so a slow git
+        server never makes the fleet think this worker is gone."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.heartbeat_s)
+                with contextlib.suppress(AgentdError):
+                    await self.queue.heartbeat(job.id, worker_id)
+
+        beater = asyncio.create_task(beat())
+        try:
+            return await work
+        finally:
+            beater.cancel()
+            await asyncio.gather(beater, return_exceptions=True)
 
     async def _run_env(self, job: Job) -> dict[str, str]:
         """The project's secrets (over the global ones), for the agent process's environment only."""

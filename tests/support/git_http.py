@@ -11,6 +11,7 @@ import base64
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ class GitHttpServer:
     port: int = 0
     requests: list[str] = field(default_factory=list)  # "METHOD path -> status"
     users: list[str] = field(default_factory=list)
+    delay_s: float = 0.0  # a slow server: each request waits this long
 
     def url(self, repo: str) -> str:
         return f"http://127.0.0.1:{self.port}/{repo}"
@@ -58,6 +60,7 @@ def _handler(server: GitHttpServer) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 return
             server.users.append(user)
+            time.sleep(server.delay_s)
             path, _, query = self.path.partition("?")
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
