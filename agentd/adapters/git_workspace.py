@@ -308,6 +308,8 @@ class GitWorkspaces(Workspaces):
         await self._git("clone", "-q", "--shared", "--no-checkout", "--", str(mirror), str(path))
         await self._git("checkout", "-q", "--detach", base, cwd=path, env=self._env(**AUTHOR))
         await self._git("remote", "set-url", "origin", redact_url(url), cwd=path)
+        for key, value in (("user.name", "agentd"), ("user.email", "agentd@localhost")):
+            await self._git("config", key, value, cwd=path)  # so the agent can commit if it wants to
         log.info("workspace.prepared", project_id=project.id, ref=want, base=base)
         return Workspace(project.id, job_id, path, want or "HEAD", base)
 

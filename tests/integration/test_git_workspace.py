@@ -52,6 +52,7 @@ async def test_prepare_at_the_default_branch_a_branch_a_tag_and_a_commit(
     # The agent may use git in its tree; the origin it sees is the project's URL, not agentd's mirror.
     assert git("remote", "get-url", "origin", cwd=ws.path).strip() == remote.as_uri()
     assert git("status", "--porcelain", cwd=ws.path) == ""
+    assert git("config", "user.name", cwd=ws.path).strip() == "agentd"  # the agent may commit
     for w in (ws, feature, tag, by_sha):
         await workspaces.remove(w)
         assert not w.path.exists()
