@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agentd.domain import errors
 from agentd.domain.models import validate_project_id, validate_ref
@@ -108,6 +108,15 @@ class ProjectSpec(BaseModel):
         if not 1 <= v <= MAX_RUNNING_LIMIT:
             raise errors.InvalidProject(f"max_running must be between 1 and {MAX_RUNNING_LIMIT}, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _parallel_needs_a_repository(self) -> ProjectSpec:
+        if self.max_running > 1 and self.git is None and self.template is None:
+            raise errors.InvalidProject(
+                "max_running above 1 needs a git repository or a template: without one, the jobs of a "
+                "project share one workspace and must run one at a time"
+            )
+        return self
 
     @field_validator("description")
     @classmethod

@@ -28,7 +28,7 @@ async def store_for(q: WorkQueue) -> ProjectStore:
 async def test_a_project_runs_up_to_its_max_running(queue: WorkQueue) -> None:
     store = await store_for(queue)
     try:
-        await store.put("wide", ProjectSpec(max_running=3))
+        await store.put("wide", ProjectSpec(template="empty", max_running=3))
         wide = [await put(queue, project="wide") for _ in range(4)]
         plain = [await put(queue, project="plain") for _ in range(2)]
         got = [await claim_one(queue, f"w{i}") for i in range(6)]
@@ -50,7 +50,7 @@ async def test_max_running_holds_across_instances(make_queue: QueueFactory) -> N
     q1, q2 = await make_queue(), await make_queue()
     store = await store_for(q1)
     try:
-        await store.put("same", ProjectSpec(max_running=2))
+        await store.put("same", ProjectSpec(template="empty", max_running=2))
         jobs = [await put(q1, project="same") for _ in range(6)]
         for _ in range(3):  # several rounds of racing claimers
             got = await asyncio.gather(*(claim_one(q, f"w{i}") for i, q in enumerate([q1, q2, q1, q2])))

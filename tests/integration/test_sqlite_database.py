@@ -59,7 +59,7 @@ async def test_a_schema_2_file_gets_the_projects_tables_and_its_queue_still_clai
     queue = SqliteWorkQueue(path)
     store = SqliteProjectStore(queue.db)
     assert [j.id for j in await queue.claim_many("w", 5)] == ["j1"]  # the claim reads `projects`
-    await store.put("p", ProjectSpec(max_running=2))
+    await store.put("p", ProjectSpec(template="empty", max_running=2))
     await store.put_patch("p", "j1", b"diff")
     assert user_version(path) == SCHEMA_VERSION >= 3
     await store.close()

@@ -79,6 +79,9 @@ def test_git_source_and_spec_rules() -> None:
     assert GitSource(url="https://h/r.git", credentials="GITHUB_TOKEN").credentials == "GITHUB_TOKEN"
     with pytest.raises(InvalidProject, match="max_running"):
         ProjectSpec(max_running=101)
+    with pytest.raises(InvalidProject, match="share one workspace"):
+        ProjectSpec(max_running=2)
+    assert ProjectSpec(template="empty", max_running=2).max_running == 2
     with pytest.raises(InvalidProject, match="variable name"):
         ProjectSpec(template="empty", variables={"Bad-Name": "x"})
 
