@@ -99,9 +99,10 @@ class Runner:
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop claiming; let running jobs finish within `grace_s`, then cancel them."""
         self._stopping.set()
-        if self._active:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), grace_s)
+        if self._running:
+            # The job tasks, not only the active runs: a job claimed just before the stop may not have
+            # registered its run yet (it is creating its stream, or fetching its git tree).
+            await asyncio.wait(list(self._running), timeout=grace_s)
         for job_id in list(self._active):
             log.warning("job.cancel_on_shutdown", job_id=job_id)
             await self.cancel_local(job_id)
