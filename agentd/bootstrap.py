@@ -19,6 +19,7 @@ from agentd.adapters.memory.memory_project_store import MemoryProjectStore
 from agentd.adapters.memory.memory_secret_store import MemorySecretStore
 from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
 from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig
+from agentd.adapters.sandbox import Sandbox
 from agentd.adapters.template_library import SHIPPED, DirectoryTemplateLibrary
 from agentd.config import ConfigError, Settings, load_master_key, service_secrets
 from agentd.ports.code_agent import CodeAgent
@@ -47,13 +48,18 @@ class Container:
     runner: Runner | None
     service: JobService
     secrets: SecretService
+    sandbox: Sandbox
     projects: ProjectService
 
     def app(self) -> web.Application:
         api_key = self.settings.api_key.get_secret_value() if self.settings.api_key else None
         app = create_app(
             self.service,
-            ApiConfig(api_key=api_key, heartbeat_s=self.settings.sse_heartbeat_s),
+            ApiConfig(
+                api_key=api_key,
+                heartbeat_s=self.settings.sse_heartbeat_s,
+                sandbox=self.sandbox.mode,
+            ),
             self.secrets,
             projects=self.projects,
         )
@@ -82,8 +88,14 @@ class Container:
         await self.queue.close()
 
 
-def claude_config(settings: Settings) -> ClaudeCodeConfig:
+def open_sandbox(settings: Settings) -> Sandbox:
+    """AGENTD_SANDBOX, probed once at start; the data dir is hidden from every jail."""
+    return Sandbox.start(settings.sandbox, hide=(settings.data_dir,))
+
+
+def claude_config(settings: Settings, sandbox: Sandbox | None = None) -> ClaudeCodeConfig:
     return ClaudeCodeConfig(
+        sandbox=sandbox,
         data_dir=settings.data_dir,
         binary=settings.claude_bin,
         transport=settings.claude_transport,
@@ -97,8 +109,11 @@ def claude_config(settings: Settings) -> ClaudeCodeConfig:
     )
 
 
-def opencode_config(settings: Settings) -> OpenCodeConfig:
+def opencode_config(settings: Settings, sandbox: Sandbox | None = None) -> OpenCodeConfig:
     return OpenCodeConfig(
+        sandbox=sandbox,
+        max_servers=settings.opencode_max_servers,
+        idle_stop_s=settings.opencode_idle_stop_s,
         data_dir=settings.data_dir,
         binary=settings.opencode_bin,
         url=settings.opencode_url or None,
@@ -111,13 +126,13 @@ def opencode_config(settings: Settings) -> OpenCodeConfig:
     )
 
 
-def build_agents(settings: Settings) -> list[CodeAgent]:
+def build_agents(settings: Settings, sandbox: Sandbox | None = None) -> list[CodeAgent]:
     agents: list[CodeAgent] = []
     for name in settings.providers:
         if name == "claude-code":
-            agents.append(ClaudeCodeAgent(claude_config(settings)))
+            agents.append(ClaudeCodeAgent(claude_config(settings, sandbox)))
         elif name == "opencode":
-            agents.append(OpenCodeAgent(opencode_config(settings)))
+            agents.append(OpenCodeAgent(opencode_config(settings, sandbox)))
         elif name == "scripted":
             agents.append(ScriptedCodeAgent())
         else:
@@ -174,7 +189,7 @@ def template_library(settings: Settings) -> DirectoryTemplateLibrary:
 
 
 def git_workspaces(settings: Settings) -> GitWorkspaces:
-    return GitWorkspaces(settings.data_dir / "git", settings.data_dir / "worktrees", git=settings.git_bin)
+    return GitWorkspaces.in_data_dir(settings.data_dir, git=settings.git_bin)
 
 
 async def build(
@@ -191,8 +206,9 @@ async def build(
 ) -> Container:
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings.data_dir.chmod(0o700)  # also an older, wider one: nothing beneath it is reachable by others
+    sandbox = open_sandbox(settings)
     registry = ProviderRegistry()
-    for agent in agents if agents is not None else build_agents(settings):
+    for agent in agents if agents is not None else build_agents(settings, sandbox):
         registry.register(agent)
     if queue is None or streams is None:
         q, s = await open_storage(settings)
@@ -221,5 +237,5 @@ async def build(
         )
     service = JobService(queue, streams, registry, runner, projects=project_service)
     return Container(
-        settings, queue, streams, registry, runner, service, SecretService(secrets), project_service
+        settings, queue, streams, registry, runner, service, SecretService(secrets), sandbox, project_service
     )

@@ -67,7 +67,18 @@ _NOT_RETRYABLE = re.compile(
 )
 
 
+def job_tree_mounts(data_dir: Path, project_id: str) -> tuple[Path, Path]:
+    """What a jailed run of the project needs beyond its workspace: the folder of its jobs' trees
+    (read-write) and the mirror's objects, which those trees borrow (read-only)."""
+    return data_dir / "worktrees" / project_id, data_dir / "git" / project_id / "mirror.git" / "objects"
+
+
 class GitWorkspaces(Workspaces):
+    @classmethod
+    def in_data_dir(cls, data_dir: Path, *, git: str = "git") -> GitWorkspaces:
+        """The layout the agent adapters mount (`job_tree_mounts`)."""
+        return cls(data_dir / "git", data_dir / "worktrees", git=git)
+
     def __init__(self, git_dir: Path, work_dir: Path, *, git: str = "git") -> None:
         self.git_dir = git_dir
         self.work_dir = work_dir
