@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agentd.adapters.git_workspace import GitWorkspaces
+from agentd.adapters.git_workspace import GitWorkspaces, job_tree_mounts
+from agentd.adapters.sandbox import Jail, Sandbox, probe
 from agentd.domain.errors import WorkspaceFailed
 from agentd.domain.projects import GitSource, Project
 from tests.support.git_http import serve_git
@@ -243,3 +244,31 @@ async def test_the_token_never_reaches_a_command_line(tmp_path: Path, workspaces
         stop.set()
         await watcher
     assert seen and not any(TOKEN in s for s in seen)
+
+
+@pytest.mark.skipif(probe()[0] is None, reason="bubblewrap cannot start a sandbox on this machine")
+async def test_in_the_jail_the_agent_uses_git_in_its_tree_but_cannot_touch_the_mirror(
+    remote: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    workspaces = GitWorkspaces.in_data_dir(data)
+    ws = await workspaces.prepare(project(remote.as_uri()), "job-1", "main", token=None)
+    trees, objects = job_tree_mounts(data, "demo")
+    assert ws.path.parent == trees and objects.is_dir()
+    sandbox = Sandbox.start("bwrap", hide=(data,))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "GIT_CONFIG_NOSYSTEM": "1"}
+    script = (
+        "git log --format=%s -1 && echo change >> README.md && git commit -qam mine && git log --format=%s -1"
+        f" && (touch {objects}/x 2>/dev/null && echo WROTE || echo READONLY)"
+    )
+
+    def run(extra_ro: tuple[Path, ...]) -> subprocess.CompletedProcess[str]:
+        jail = Jail(workspace=ws.path, home=tmp_path / "home", extra_ro=extra_ro)
+        argv, jenv = sandbox.wrap(["/bin/sh", "-c", script], env, jail)
+        return subprocess.run(argv, env=jenv, capture_output=True, text=True, timeout=60, check=False)
+
+    ok = run((objects,))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.split() == ["second", "mine", "READONLY"]
+    without = run(())  # the mirror's objects hidden: the tree's git cannot read its history
+    assert without.returncode != 0
