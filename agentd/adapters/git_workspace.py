@@ -194,12 +194,12 @@ class GitWorkspaces(Workspaces):
                 os.close(fd)  # releases the flock
 
     async def _ensure_mirror(self, project_id: str) -> Path:
+        """Made in place (under the project's lock): its `objects` folder may exist already, made by an
+        agent adapter that mounts it into a jail; `git init` on a half-made one simply finishes it."""
         mirror = self._mirror(project_id)
         if not (mirror / "HEAD").exists():
-            tmp = Path(tempfile.mkdtemp(prefix=".mirror-", dir=self._project_dir(project_id)))
-            await self._git("init", "-q", "--bare", str(tmp))
-            await self._git("config", "core.logAllRefUpdates", "false", cwd=tmp)
-            os.rename(tmp, mirror)
+            await self._git("init", "-q", "--bare", str(mirror))
+            await self._git("config", "core.logAllRefUpdates", "false", cwd=mirror)
         return mirror
 
     # --- the port -------------------------------------------------------------------------------------

@@ -169,6 +169,17 @@ async def test_concurrent_jobs_of_one_project_get_their_own_trees(
         assert f"+# job {i}".encode() in c.patch
 
 
+async def test_a_mirror_folder_made_ahead_by_an_adapter_is_finished_not_refused(
+    remote: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    _, objects = job_tree_mounts(data, "demo")
+    objects.mkdir(parents=True)  # what the OpenCode adapter does before it starts a project's server
+    workspaces = GitWorkspaces.in_data_dir(data)
+    ws = await workspaces.prepare(project(remote.as_uri()), "job-1", None, token=None)
+    assert ws.base == rev(remote, "main") and any(objects.iterdir())
+
+
 async def test_a_template_project_without_url_gets_a_local_repository_with_a_first_commit(
     workspaces: GitWorkspaces,
 ) -> None:

@@ -75,6 +75,8 @@ class OpenCodeConfig:
         binary = binary or self.binary
         home = self.home(project_id)
         trees, objects = job_tree_mounts(self.data_dir, project_id)
+        for d in (trees, objects):  # a server outlives runs: mount them even before the first git job
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
         jail = Jail(
             workspace=self.workspace(project_id),
             home=home,
