@@ -11,19 +11,27 @@ from aiohttp import web
 from agentd.adapters.agent_process import reap_orphans
 from agentd.adapters.claude_code.agent import ClaudeCodeAgent, ClaudeCodeConfig
 from agentd.adapters.codex.agent import CodexAgent, CodexConfig
+from agentd.adapters.embedded.sqlite_project_store import SqliteProjectStore
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
+from agentd.adapters.git_workspace import GitWorkspaces
 from agentd.adapters.http.app import ApiConfig, create_app
 from agentd.adapters.memory.memory_event_stream import MemoryEventStream
+from agentd.adapters.memory.memory_project_store import MemoryProjectStore
 from agentd.adapters.memory.memory_secret_store import MemorySecretStore
 from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
 from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig
 from agentd.adapters.sandbox import Sandbox
+from agentd.adapters.template_library import SHIPPED, DirectoryTemplateLibrary
 from agentd.config import ConfigError, Settings, load_master_key, service_secrets
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
+from agentd.ports.project_store import ProjectStore
 from agentd.ports.secret_store import SecretStore
 from agentd.ports.work_queue import Limits, WorkQueue
+from agentd.ports.workspace import TemplateLibrary, Workspaces
+from agentd.services.git_runs import GitRuns
 from agentd.services.jobs import JobService
+from agentd.services.projects import ProjectService
 from agentd.services.redaction import LOG_SECRETS
 from agentd.services.registry import ProviderRegistry
 from agentd.services.runner import Runner
@@ -42,6 +50,7 @@ class Container:
     service: JobService
     secrets: SecretService
     sandbox: Sandbox
+    projects: ProjectService
 
     def app(self) -> web.Application:
         api_key = self.settings.api_key.get_secret_value() if self.settings.api_key else None
@@ -53,6 +62,7 @@ class Container:
                 sandbox=self.sandbox.mode,
             ),
             self.secrets,
+            projects=self.projects,
         )
         app.cleanup_ctx.append(self._lifecycle)
         return app
@@ -75,6 +85,7 @@ class Container:
         for _, agent in self.registry.items():
             await agent.close()
         await self.streams.close()
+        await self.projects.store.close()
         await self.queue.close()
 
 
@@ -178,6 +189,27 @@ async def open_secret_store(settings: Settings) -> SecretStore:
     return MemorySecretStore(load_master_key(settings))
 
 
+async def open_project_store(queue: WorkQueue) -> ProjectStore:
+    """Projects live in the queue's database (its claim reads their `max_running`)."""
+    if isinstance(queue, SqliteWorkQueue):
+        return SqliteProjectStore(queue.db)
+    from agentd.adapters.postgres import PostgresProjectStore, PostgresWorkQueue
+
+    if isinstance(queue, PostgresWorkQueue):
+        store = PostgresProjectStore(queue.db)
+        await store.open()
+        return store
+    return MemoryProjectStore()
+
+
+def template_library(settings: Settings) -> DirectoryTemplateLibrary:
+    return DirectoryTemplateLibrary(SHIPPED, settings.templates_dir)
+
+
+def git_workspaces(settings: Settings) -> GitWorkspaces:
+    return GitWorkspaces.in_data_dir(settings.data_dir, git=settings.git_bin)
+
+
 async def build(
     settings: Settings,
     *,
@@ -185,6 +217,9 @@ async def build(
     queue: WorkQueue | None = None,
     streams: EventStream | None = None,
     secrets: SecretStore | None = None,
+    projects: ProjectStore | None = None,
+    workspaces: Workspaces | None = None,
+    templates: TemplateLibrary | None = None,
     with_workers: bool = True,
 ) -> Container:
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -199,6 +234,11 @@ async def build(
     secrets = secrets or await open_secret_store(settings)
     own_keys = service_secrets(settings, load_master_key(settings))
     LOG_SECRETS.add(own_keys)
+    projects = projects or await open_project_store(queue)
+    workspaces = workspaces or git_workspaces(settings)
+    project_service = ProjectService(
+        projects, queue, templates or template_library(settings), workspaces, secrets
+    )
     runner = None
     if with_workers:
         runner = Runner(
@@ -211,6 +251,9 @@ async def build(
             limits=Limits(global_max=settings.max_running, per_provider=settings.provider_limits),
             secrets=secrets,
             service_secrets=own_keys,
+            git_runs=GitRuns(projects, workspaces, secrets),
         )
-    service = JobService(queue, streams, registry, runner)
-    return Container(settings, queue, streams, registry, runner, service, SecretService(secrets), sandbox)
+    service = JobService(queue, streams, registry, runner, projects=project_service)
+    return Container(
+        settings, queue, streams, registry, runner, service, SecretService(secrets), sandbox, project_service
+    )

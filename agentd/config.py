@@ -65,6 +65,9 @@ class Settings(BaseModel):
 
     # Providers, in registration order (the first is the default): "claude-code,opencode,codex".
     providers: tuple[str, ...] = ("claude-code", "opencode", "codex")
+    # Projects: user templates (folders with a template.toml) beside the shipped ones; the git command.
+    templates_dir: Path | None = None
+    git_bin: str = "git"
     # Jail agent processes with bubblewrap: auto = when it works, bwrap = required, off = never.
     sandbox: Literal["auto", "bwrap", "off"] = "auto"
 
@@ -115,6 +118,7 @@ class Settings(BaseModel):
         "max_running",
         "codex_base_url",
         "codex_model",
+        "templates_dir",
         mode="before",
     )
     @classmethod
