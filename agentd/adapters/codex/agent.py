@@ -35,6 +35,7 @@ import structlog
 
 import agentd.adapters.agent_process as ap
 from agentd.adapters.codex import home, protocol
+from agentd.adapters.git_workspace import job_tree_mounts
 from agentd.adapters.sandbox import Jail, Sandbox, runtime_paths
 from agentd.domain.models import (
     AgentEvent,
@@ -216,7 +217,7 @@ class CodexAgent(CodeAgent):
             run.proc.stop("cancelled", "cancelled by request")
         return True
 
-    def jail(self, project_id: str) -> Jail:
+    def jail(self, project_id: str, workdir: Path | None = None) -> Jail:
         """What a run may see: its workspace, its project's home (CODEX_HOME inside), Codex's install (the
         native binary's vendor folder, with the ripgrep Codex ships)."""
         cfg = self.config
@@ -226,28 +227,38 @@ class CodexAgent(CodeAgent):
         for p in (*runtime_paths(cfg.binary, path), *runtime_paths(native, path), Path(native).parent.parent):
             if not any(p == q or p.is_relative_to(q) for q in ro):
                 ro.append(p)
-        return Jail(workspace=cfg.workspace(project_id), home=cfg.home(project_id), ro_paths=tuple(ro))
+        return Jail(
+            workspace=workdir or cfg.workspace(project_id),
+            home=cfg.home(project_id),
+            ro_paths=tuple(ro),
+            extra_ro=job_tree_mounts(cfg.data_dir, project_id)[1:] if workdir else (),
+        )
 
-    def _process(self, run_id: str, project_id: str) -> ap.AgentProcess:
+    def _process(self, run_id: str, project_id: str, workdir: Path | None) -> ap.AgentProcess:
         cfg = self.config
         return ap.AgentProcess(
             run_id,
             escalation=((signal.SIGINT, cfg.sigint_grace_s), (signal.SIGTERM, cfg.sigterm_grace_s)),
             sandbox=cfg.sandbox,
-            jail=self.jail(project_id),
+            jail=self.jail(project_id, workdir),
         )
 
     async def execute(
-        self, request: AgentRequest, *, run_id: str, env: Mapping[str, str] | None = None
+        self,
+        request: AgentRequest,
+        *,
+        run_id: str,
+        env: Mapping[str, str] | None = None,
+        workdir: Path | None = None,
     ) -> AsyncIterator[AgentEvent]:
         cfg = self.config
-        cwd = cfg.workspace(request.project_id)
+        cwd = workdir or cfg.workspace(request.project_id)
         cwd.mkdir(parents=True, exist_ok=True)
         self.write_config(request.project_id)
         run_env = self.build_env(request.project_id, env)
         baseline = home.thread_usage_total(cfg.codex_home(request.project_id), request.session_id)
         if not self._exec_only:
-            run = _Run(self._process(run_id, request.project_id), "app-server")
+            run = _Run(self._process(run_id, request.project_id, workdir), "app-server")
             self._runs[run_id] = run
             try:
                 async for ev in self._app_server(run, request, cwd, run_env, baseline):
@@ -262,7 +273,7 @@ class CodexAgent(CodeAgent):
                 yield StatusEvent(status="running", detail=f"codex app-server unavailable ({e}): exec mode")
             finally:
                 await self._finish(run_id, run)
-        run = _Run(self._process(run_id, request.project_id), "exec")
+        run = _Run(self._process(run_id, request.project_id, workdir), "exec")
         self._runs[run_id] = run
         try:
             async for ev in self._exec(run, request, cwd, run_env, baseline):
