@@ -25,7 +25,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -434,7 +434,7 @@ class AgentProcess:
             self._start_stopper()
         return proc
 
-    async def lines(self, watchdog: Watchdog | None = None) -> AsyncIterator[tuple[str, str]]:
+    async def lines(self, watchdog: Watchdog | None = None) -> AsyncGenerator[tuple[str, str], None]:
         """("stdout" | "stderr", line) as they come, until both streams end. Non-empty stderr lines also go
         to `stderr_tail`. With a watchdog, the run is stopped as timed out when a clock runs out (the
         iterator then goes on draining until the tree is gone)."""

@@ -93,7 +93,7 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 
 
 def req(prompt: str, **kw: object) -> AgentRequest:
-    return AgentRequest(project_id="contract", prompt=prompt, **kw)  # type: ignore[arg-type]
+    return AgentRequest(project_id="contract", prompt=prompt, **kw)
 
 
 async def run(agent: CodeAgent, request: AgentRequest, run_id: str | None = None) -> list[AgentEvent]:
