@@ -10,22 +10,31 @@ from aiohttp import web
 
 from agentd.adapters.agent_process import reap_orphans
 from agentd.adapters.claude_code.agent import ClaudeCodeAgent, ClaudeCodeConfig
+from agentd.adapters.codex.agent import CodexAgent, CodexConfig
+from agentd.adapters.embedded.sqlite_project_store import SqliteProjectStore
 from agentd.adapters.embedded.sqlite_webhook_outbox import SqliteWebhookOutbox
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
+from agentd.adapters.git_workspace import GitWorkspaces
 from agentd.adapters.http.app import ApiConfig, create_app
 from agentd.adapters.memory.memory_event_stream import MemoryEventStream
+from agentd.adapters.memory.memory_project_store import MemoryProjectStore
 from agentd.adapters.memory.memory_secret_store import MemorySecretStore
 from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
 from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig
 from agentd.adapters.sandbox import Sandbox
+from agentd.adapters.template_library import SHIPPED, DirectoryTemplateLibrary
 from agentd.adapters.webhook_sender import AiohttpWebhookSender
 from agentd.config import ConfigError, Settings, load_master_key, service_secrets
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
+from agentd.ports.project_store import ProjectStore
 from agentd.ports.secret_store import SecretStore
 from agentd.ports.webhook_outbox import WebhookOutbox
 from agentd.ports.work_queue import Limits, WorkQueue
+from agentd.ports.workspace import TemplateLibrary, Workspaces
+from agentd.services.git_runs import GitRuns
 from agentd.services.jobs import JobService
+from agentd.services.projects import ProjectService
 from agentd.services.redaction import LOG_SECRETS
 from agentd.services.registry import ProviderRegistry
 from agentd.services.runner import Runner
@@ -45,6 +54,7 @@ class Container:
     service: JobService
     secrets: SecretService
     sandbox: Sandbox
+    projects: ProjectService
     webhooks: WebhookService | None = None
 
     def app(self) -> web.Application:
@@ -57,6 +67,7 @@ class Container:
                 sandbox=self.sandbox.mode,
             ),
             self.secrets,
+            projects=self.projects,
         )
         app.cleanup_ctx.append(self._lifecycle)
         return app
@@ -84,6 +95,7 @@ class Container:
             if isinstance(sender, AiohttpWebhookSender):
                 await sender.close()
         await self.streams.close()
+        await self.projects.store.close()
         await self.queue.close()
 
 
@@ -105,6 +117,21 @@ def claude_config(settings: Settings, sandbox: Sandbox | None = None) -> ClaudeC
         setting_sources=settings.claude_setting_sources,
         idle_timeout_s=settings.claude_idle_timeout_s,
         extra_args=settings.claude_extra_args,
+    )
+
+
+def codex_config(settings: Settings, sandbox: Sandbox | None = None) -> CodexConfig:
+    return CodexConfig(
+        sandbox=sandbox,
+        data_dir=settings.data_dir,
+        binary=settings.codex_bin,
+        mode=settings.codex_mode,
+        base_url=settings.codex_base_url,
+        provider=settings.codex_provider,
+        model=settings.codex_model,
+        env_key=settings.codex_env_key,
+        max_retries=settings.codex_max_retries,
+        idle_timeout_s=settings.codex_idle_timeout_s,
     )
 
 
@@ -132,11 +159,13 @@ def build_agents(settings: Settings, sandbox: Sandbox | None = None) -> list[Cod
             agents.append(ClaudeCodeAgent(claude_config(settings, sandbox)))
         elif name == "opencode":
             agents.append(OpenCodeAgent(opencode_config(settings, sandbox)))
+        elif name == "codex":
+            agents.append(CodexAgent(codex_config(settings, sandbox)))
         elif name == "scripted":
             agents.append(ScriptedCodeAgent())
         else:
             raise ConfigError(
-                f"AGENTD_PROVIDERS: unknown provider {name!r}; known: claude-code, opencode, scripted"
+                f"AGENTD_PROVIDERS: unknown provider {name!r}; known: claude-code, opencode, codex, scripted"
             )
     return agents
 
@@ -196,6 +225,27 @@ async def open_webhooks(settings: Settings, queue: WorkQueue, secrets: SecretSto
     )
 
 
+async def open_project_store(queue: WorkQueue) -> ProjectStore:
+    """Projects live in the queue's database (its claim reads their `max_running`)."""
+    if isinstance(queue, SqliteWorkQueue):
+        return SqliteProjectStore(queue.db)
+    from agentd.adapters.postgres import PostgresProjectStore, PostgresWorkQueue
+
+    if isinstance(queue, PostgresWorkQueue):
+        store = PostgresProjectStore(queue.db)
+        await store.open()
+        return store
+    return MemoryProjectStore()
+
+
+def template_library(settings: Settings) -> DirectoryTemplateLibrary:
+    return DirectoryTemplateLibrary(SHIPPED, settings.templates_dir)
+
+
+def git_workspaces(settings: Settings) -> GitWorkspaces:
+    return GitWorkspaces.in_data_dir(settings.data_dir, git=settings.git_bin)
+
+
 async def build(
     settings: Settings,
     *,
@@ -203,6 +253,9 @@ async def build(
     queue: WorkQueue | None = None,
     streams: EventStream | None = None,
     secrets: SecretStore | None = None,
+    projects: ProjectStore | None = None,
+    workspaces: Workspaces | None = None,
+    templates: TemplateLibrary | None = None,
     with_workers: bool = True,
 ) -> Container:
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -217,6 +270,11 @@ async def build(
     secrets = secrets or await open_secret_store(settings)
     own_keys = service_secrets(settings, load_master_key(settings))
     LOG_SECRETS.add(own_keys)
+    projects = projects or await open_project_store(queue)
+    workspaces = workspaces or git_workspaces(settings)
+    project_service = ProjectService(
+        projects, queue, templates or template_library(settings), workspaces, secrets
+    )
     webhooks = await open_webhooks(settings, queue, secrets)
     runner = None
     if with_workers:
@@ -231,8 +289,18 @@ async def build(
             secrets=secrets,
             service_secrets=own_keys,
             webhooks=webhooks,
+            git_runs=GitRuns(projects, workspaces, secrets),
         )
-    service = JobService(queue, streams, registry, runner, webhooks)
+    service = JobService(queue, streams, registry, runner, webhooks, projects=project_service)
     return Container(
-        settings, queue, streams, registry, runner, service, SecretService(secrets), sandbox, webhooks
+        settings,
+        queue,
+        streams,
+        registry,
+        runner,
+        service,
+        SecretService(secrets),
+        sandbox,
+        project_service,
+        webhooks,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cli_jobs.add_parsers(sub)  # submit, follow, jobs, cancel
     _add_secrets_parser(sub)
+    _add_projects_parser(sub)
 
     args = parser.parse_args(argv)
     if args.command in ("serve", "api", "worker"):
@@ -66,6 +68,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         return _migrate(settings)
     if args.command == "secrets":
         return asyncio.run(_secrets(settings, args))
+    if args.command == "projects":
+        return asyncio.run(_projects(settings, args))
     if args.command in cli_jobs.COMMANDS:
         return cli_jobs.run(args, default_server=f"http://{settings.host}:{settings.port}")
     raise AssertionError(f"unhandled command {args.command}")
@@ -85,6 +89,83 @@ def _add_secrets_parser(sub: Any) -> None:
     cmds.add_parser("new-master-key", help="print a new master key for AGENTD_MASTER_KEY")
     r = cmds.add_parser("rotate", help="re-encrypt every secret under a new master key")
     r.add_argument("--new-key-file", help="file holding the new key (default: AGENTD_NEW_MASTER_KEY)")
+
+
+def _add_projects_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "projects", help="create, list, show and delete projects (git repositories, templates)"
+    )
+    p.add_argument(
+        "--server",
+        default=os.environ.get("AGENTD_URL"),
+        help="agentd URL (AGENTD_URL, default from settings)",
+    )
+    cmds = p.add_subparsers(dest="projects_command", required=True)
+    c = cmds.add_parser("create", help="create or update a project")
+    c.add_argument("project", help="project id, e.g. my-repo")
+    c.add_argument("--git-url", help="the repository, e.g. https://github.com/org/repo.git")
+    c.add_argument("--default-ref", help="the branch jobs start from without a ref (default: the remote's)")
+    c.add_argument("--credentials", help="the secret holding a token for the repository, e.g. GITHUB_TOKEN")
+    c.add_argument("--template", help="start from a template (`agentd projects templates` lists them)")
+    c.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="a template variable")
+    c.add_argument("--description")
+    c.add_argument("--max-running", type=int, help="jobs of this project that may run at once (default 1)")
+    cmds.add_parser("list", help="every project")
+    s = cmds.add_parser("show", help="one project")
+    s.add_argument("project")
+    d = cmds.add_parser("delete", help="delete a project (refused while it has queued or running jobs)")
+    d.add_argument("project")
+    cmds.add_parser("templates", help="the templates projects can start from")
+
+
+async def _projects(settings: Settings, args: argparse.Namespace) -> int:
+    from agentd.client import AgentdClient, ApiError
+
+    server = args.server or f"http://{settings.host}:{settings.port}"
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    cmd = args.projects_command
+    async with AgentdClient(server, api_key=key) as client:
+        try:
+            out: Any
+            if cmd == "create":
+                variables = {}
+                for item in args.var:
+                    name, sep, value = item.partition("=")
+                    if not sep:
+                        print(f"agentd projects: --var {item!r}: use NAME=VALUE", file=sys.stderr)
+                        return 2
+                    variables[name] = value
+                git = None
+                if args.git_url:
+                    git = {
+                        "url": args.git_url,
+                        "default_ref": args.default_ref,
+                        "credentials": args.credentials,
+                    }
+                    git = {k: v for k, v in git.items() if v is not None}
+                out = await client.put_project(
+                    args.project,
+                    git=git,
+                    template=args.template,
+                    variables=variables or None,
+                    description=args.description,
+                    max_running=args.max_running,
+                )
+            elif cmd == "list":
+                out = await client.projects()
+            elif cmd == "show":
+                out = await client.project(args.project)
+            elif cmd == "delete":
+                await client.delete_project(args.project)
+                print(f"agentd projects: deleted {args.project}", file=sys.stderr)
+                return 0
+            else:
+                out = await client.templates()
+        except ApiError as e:
+            print(f"agentd projects: {e.message} ({e.code}, HTTP {e.status})", file=sys.stderr)
+            return 1 if e.status == 404 else 2
+    print(json.dumps(out, indent=2))
+    return 0
 
 
 def _new_master_key() -> str:

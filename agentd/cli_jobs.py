@@ -58,12 +58,23 @@ def add_parsers(sub: Any) -> None:
 
     s = sub.add_parser("submit", parents=[conn, view], help="submit a prompt; with --follow show the run")
     s.add_argument("--project", required=True, help="project id, e.g. my-repo")
-    s.add_argument("--provider", help="claude-code | opencode | scripted (default: the server's default)")
+    s.add_argument("--provider", help="claude-code | opencode | codex | scripted (default: the server's)")
     s.add_argument("--model")
     s.add_argument("--session-id", help="continue this agent session")
     s.add_argument("--timeout", type=float, dest="timeout_s", help="seconds before the job times out")
     s.add_argument("--max-turns", type=int)
     s.add_argument("--webhook", help="URL agentd POSTs to (signed) when the job ends")
+    s.add_argument("--ref", help="git projects: the branch, tag or commit to start from")
+    s.add_argument(
+        "--push",
+        nargs="?",
+        const="",
+        metavar="BRANCH",
+        help="git projects: commit and push the changes to BRANCH (default agentd/<job id>)",
+    )
+    s.add_argument(
+        "--patch", metavar="FILE", help="with --follow: write the job's patch to FILE when it ends"
+    )
     s.add_argument("--follow", action="store_true", help="show the run until it ends; exit with its outcome")
     s.add_argument("prompt", help="the prompt; '-' reads it from stdin")
 
@@ -160,12 +171,28 @@ async def _submit(client: AgentdClient, args: argparse.Namespace) -> int:
         timeout_s=args.timeout_s,
         max_turns=args.max_turns,
         webhook={"url": args.webhook} if args.webhook else None,
+        ref=args.ref,
+        push={"branch": args.push or None} if args.push is not None else None,
     )
     _save_state(job.job_id, job.project_id, 0)
     if not args.follow:
         print(job.model_dump_json(indent=2))
         return EXIT_OK
-    return await _follow(client, args, job, after=0)
+    code = await _follow(client, args, job, after=0)
+    if args.patch and code != EXIT_USAGE:
+        await _save_patch(client, job.project_id, job.job_id, args.patch)
+    return code
+
+
+async def _save_patch(client: AgentdClient, project: str, job_id: str, path: str) -> None:
+    """Write the job's patch to `path` (empty when the job has none, so CI steps can test `-s`)."""
+    try:
+        patch = await client.patch(project, job_id)
+    except AgentdClientError as e:
+        print(f"agentd: no patch: {e.message}", file=sys.stderr)
+        patch = b""
+    await asyncio.to_thread(Path(path).write_bytes, patch)
+    print(f"agentd: patch ({len(patch)} bytes) written to {path}", file=sys.stderr)
 
 
 async def _follow_cmd(client: AgentdClient, args: argparse.Namespace) -> int:

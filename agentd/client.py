@@ -16,6 +16,7 @@ and redirects are not followed.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import json
 import threading
@@ -204,7 +205,8 @@ class AgentdClient:
             headers["X-API-Key"] = self._key
         return headers
 
-    async def _request(self, method: str, path: str, **kw: Any) -> Any:
+    async def _request(self, method: str, path: str, *, raw: bool = False, **kw: Any) -> Any:
+        """The answer's JSON (or its bytes, `raw`); ApiError for an error answer."""
         url = self.url_for(path)
         headers = self.headers_for(url, kw.pop("headers", None))
         if method != "GET" and "json" not in kw:
@@ -232,7 +234,9 @@ class AgentdClient:
             d = data if isinstance(data, dict) else {}
             text = body[:300].decode("utf-8", "replace")
             raise ApiError(status, str(d.get("error", "http_error")), str(d.get("message", text)))
-        return data
+        return body if raw else data
+
+    _json = _request  # the older name
 
     async def _model(self, model: type[_BM], method: str, path: str, **kw: Any) -> _BM:
         data = await self._request(method, path, **kw)
@@ -279,6 +283,35 @@ class AgentdClient:
 
     async def cancel(self, project_id: str, job_id: str) -> JobInfo:
         return await self._model(JobInfo, "POST", f"/projects/{project_id}/jobs/{job_id}/cancel")
+
+    # --- projects (agentd.adapters.http.projects): plain JSON ----------------------------------------------
+
+    async def put_project(self, project_id: str, **fields: Any) -> dict[str, Any]:
+        """Create or update a project: git={"url", "default_ref", "credentials"}, template, variables,
+        description, max_running."""
+        body = {k: v for k, v in fields.items() if v is not None}
+        out: dict[str, Any] = await self._request("PUT", f"/projects/{project_id}", json=body)
+        return out
+
+    async def project(self, project_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = await self._request("GET", f"/projects/{project_id}")
+        return out
+
+    async def projects(self) -> builtins.list[dict[str, Any]]:
+        out: dict[str, Any] = await self._request("GET", "/projects")
+        return list(out["projects"])
+
+    async def delete_project(self, project_id: str) -> None:
+        await self._request("DELETE", f"/projects/{project_id}")
+
+    async def templates(self) -> builtins.list[dict[str, Any]]:
+        out: dict[str, Any] = await self._request("GET", "/templates")
+        return list(out["templates"])
+
+    async def patch(self, project_id: str, job_id: str) -> bytes:
+        """The job's patch (`git diff --binary`; apply it with `git apply`)."""
+        body: bytes = await self._request("GET", f"/projects/{project_id}/jobs/{job_id}/patch", raw=True)
+        return body
 
     # --- streams --------------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from agentd.domain.models import (
     SESSION_ID_RE,
     JobStatus,
     PromptFile,
+    PushRequest,
     ResultStatus,
 )
 from agentd.domain.secrets import MAX_SECRET_LEN, MIN_SECRET_LEN
@@ -66,6 +67,8 @@ class SubmitBody(BaseModel):
         None, description="when the project has a job queued or running: wait (default) or answer 409"
     )
     webhook: WebhookSpec | None = Field(None, description="where to POST when the job ends (signed)")
+    ref: str | None = Field(None, description="git projects: the branch, tag or commit to start from")
+    push: PushRequest | None = Field(None, description="git projects: commit and push the changes")
 
 
 class Submitted(_Answer):

@@ -14,6 +14,7 @@ from agentd.domain.webhooks import Delivery
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
 from agentd.ports.work_queue import BusyPolicy, JobFilter, WorkQueue
+from agentd.services.projects import ProjectService
 from agentd.services.registry import ProviderRegistry
 from agentd.services.runner import Runner
 from agentd.services.webhooks import WebhookService
@@ -31,7 +32,10 @@ class JobService:
         registry: ProviderRegistry,
         runner: Runner | None = None,
         webhooks: WebhookService | None = None,
+        *,
+        projects: ProjectService | None = None,
     ) -> None:
+        self.projects = projects
         self.queue = queue
         self.streams = streams
         self.registry = registry
@@ -43,6 +47,8 @@ class JobService:
     ) -> tuple[Job, bool]:
         """Queue a job. Returns (job, created): an idempotent repeat returns the first job, created=False."""
         provider = self.registry.resolve(request.provider)
+        if self.projects is not None:
+            await self.projects.check_request(request)  # `ref` / `push` need a repository
         job_id, stream_id = new_job_ids()
         # The stream exists before the job can be claimed, so "queued" is always its first event.
         await self.streams.create(stream_id, [StatusEvent(status="queued", detail=f"provider {provider}")])

@@ -17,6 +17,7 @@ import agentd.adapters.agent_process as process
 from agentd.client import StreamItem
 from agentd.config import Settings
 from agentd.sse import aiter_sse
+from agentd.wire import Submitted
 from tests.conftest import RunningAgentd, claude_agent, jail_for_tests
 from tests.support import fake_anthropic as fa
 from tests.support.fake_anthropic import FakeAnthropic
@@ -57,10 +58,11 @@ async def _start(
     cfg_kw = {k: kw.pop(k) for k in list(kw) if k.startswith("claude_")}
     settings = Settings(data_dir=data, **cfg_kw)
     agent = claude_agent(settings, claude_bin, model.base_url, **kw)
-    return await agentd_factory([agent], data_dir=data, **cfg_kw)
+    running: RunningAgentd = await agentd_factory([agent], data_dir=data, **cfg_kw)
+    return running
 
 
-async def _collect(srv: RunningAgentd, job: dict[str, Any]) -> list[StreamItem]:
+async def _collect(srv: RunningAgentd, job: Submitted) -> list[StreamItem]:
     return [item async for item in srv.client.follow(job["stream_url"])]
 
 

@@ -18,7 +18,7 @@ from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.e2e
-__all__ = ["base_env", "serve"]  # fixtures
+__all__ = ["AGENTD", "Server", "base_env", "serve"]  # fixtures and helpers other tests import
 
 
 def submit(server: Server, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -185,7 +185,7 @@ async def test_deliveries_survive_a_crash_and_reach_a_receiver_that_comes_back(s
 
         async def delivered() -> bool:
             found = await deliveries(srv, "crash", job["job_id"])
-            return found[0]["status"] == "delivered"
+            return bool(found[0]["status"] == "delivered")
 
         await until(delivered)
         assert len(rx.got) == 1 and verify(FALLBACK, rx.got[0]["signature"], rx.got[0]["raw"])

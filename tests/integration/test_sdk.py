@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,10 +45,15 @@ class ChattyAgent(ScriptedCodeAgent):
     """`chatty:N` streams N numbered text chunks, a few milliseconds apart; anything else as scripted."""
 
     async def execute(
-        self, request: AgentRequest, *, run_id: str, env: Mapping[str, str] | None = None
+        self,
+        request: AgentRequest,
+        *,
+        run_id: str,
+        env: Mapping[str, str] | None = None,
+        workdir: Path | None = None,
     ) -> AsyncIterator[AgentEvent]:
         if not request.prompt.startswith("chatty:"):
-            async for ev in super().execute(request, run_id=run_id, env=env):
+            async for ev in super().execute(request, run_id=run_id, env=env, workdir=workdir):
                 yield ev
             return
         n = int(request.prompt.split(":", 1)[1])

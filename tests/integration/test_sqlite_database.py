@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from agentd.adapters.embedded.database import SCHEMA_VERSION, SqliteDatabase
+from agentd.adapters.embedded.sqlite_project_store import SqliteProjectStore
 from agentd.adapters.embedded.sqlite_secret_store import SqliteSecretStore
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
 from agentd.domain.errors import QueueUnavailable
 from agentd.domain.models import AgentRequest
+from agentd.domain.projects import ProjectSpec
 
 KEY = os.urandom(32)
 
@@ -42,6 +44,26 @@ async def test_a_schema_1_file_gets_the_secrets_table_and_keeps_its_jobs(tmp_pat
     reopened = SqliteWorkQueue(path)
     assert (await reopened.get("p", job.id)).id == "j1"
     await reopened.close()
+
+
+async def test_a_schema_2_file_gets_the_projects_tables_and_its_queue_still_claims(tmp_path: Path) -> None:
+    path = tmp_path / "queue.sqlite3"
+    queue = SqliteWorkQueue(path)
+    await queue.enqueue(AgentRequest(project_id="p", prompt="x"), provider="s", job_id="j1", stream_id="s1")
+    await queue.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:  # as agentd before projects left it
+        db.execute("DROP TABLE projects")
+        db.execute("DROP TABLE job_patches")
+        db.execute("PRAGMA user_version = 2")
+        db.commit()
+    queue = SqliteWorkQueue(path)
+    store = SqliteProjectStore(queue.db)
+    assert [j.id for j in await queue.claim_many("w", 5)] == ["j1"]  # the claim reads `projects`
+    await store.put("p", ProjectSpec(template="empty", max_running=2))
+    await store.put_patch("p", "j1", b"diff")
+    assert user_version(path) == SCHEMA_VERSION >= 3
+    await store.close()
+    await queue.close()
 
 
 async def test_the_queue_and_the_secrets_share_one_file_until_the_last_close(tmp_path: Path) -> None:

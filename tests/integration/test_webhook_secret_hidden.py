@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
@@ -17,10 +18,15 @@ class EnvRecorder(ScriptedCodeAgent):
         self.envs: list[dict[str, str]] = []
 
     async def execute(
-        self, request: AgentRequest, *, run_id: str, env: Mapping[str, str] | None = None
+        self,
+        request: AgentRequest,
+        *,
+        run_id: str,
+        env: Mapping[str, str] | None = None,
+        workdir: Path | None = None,
     ) -> AsyncIterator[AgentEvent]:
         self.envs.append(dict(env or {}))
-        async for ev in super().execute(request, run_id=run_id, env=env):
+        async for ev in super().execute(request, run_id=run_id, env=env, workdir=workdir):
             yield ev
 
 

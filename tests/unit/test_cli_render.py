@@ -19,7 +19,7 @@ from agentd.domain.models import (
 
 def feed(r: TerminalRenderer | JsonLinesRenderer, *events: object) -> None:
     for i, ev in enumerate(events, 1):
-        r.event(StoredEvent(seq=i, event=ev))  # type: ignore[arg-type]
+        r.event(StoredEvent(seq=i, event=ev))
 
 
 def test_terminal_text_tools_and_summary() -> None:

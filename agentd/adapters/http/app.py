@@ -21,10 +21,12 @@ from pydantic import ValidationError
 from agentd import __version__, sse
 from agentd.adapters.http import errors as http_errors
 from agentd.adapters.http import openapi, opencode_stream
+from agentd.adapters.http.projects import add_project_routes
 from agentd.domain import errors
 from agentd.domain.models import AgentRequest, JobStatus, StoredEvent, validate_project_id
 from agentd.ports.work_queue import BusyPolicy, JobFilter
 from agentd.services.jobs import JobService
+from agentd.services.projects import ProjectService
 from agentd.services.secrets import SecretService
 from agentd.wire import SubmitBody
 
@@ -70,7 +72,13 @@ CONFIG = web.AppKey("config", ApiConfig)
 STATE = web.AppKey("state", _State)
 
 
-def create_app(service: JobService, config: ApiConfig, secrets: SecretService) -> web.Application:
+def create_app(
+    service: JobService,
+    config: ApiConfig,
+    secrets: SecretService,
+    *,
+    projects: ProjectService | None = None,
+) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors_middleware, _auth_middleware])
     app[SERVICE] = service
     app[SECRETS] = secrets
@@ -94,6 +102,8 @@ def create_app(service: JobService, config: ApiConfig, secrets: SecretService) -
         app.router.add_get(prefix, list_secrets)
         app.router.add_put(prefix + "/{name}", put_secret)
         app.router.add_delete(prefix + "/{name}", delete_secret)
+    if projects is not None:
+        add_project_routes(app, projects)
     openapi.install(app, providers=service.registry.names)
     app.on_shutdown.append(_close_streams)
     return app

@@ -41,7 +41,25 @@ CREATE TABLE IF NOT EXISTS secrets (
     PRIMARY KEY (scope, name)
 );
 
--- Schema 3: webhook deliveries (agentd.adapters.embedded.sqlite_webhook_outbox). Times the sender compares
+-- Schema 3: projects (agentd.adapters.embedded.sqlite_project_store). `spec` is the project's JSON
+-- (git source, template, description); `max_running` is also a column because the queue's claim reads it.
+CREATE TABLE IF NOT EXISTS projects (
+    id          TEXT PRIMARY KEY,
+    spec        TEXT NOT NULL,
+    max_running INTEGER NOT NULL DEFAULT 1,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+
+-- The patch each job of a git project produced (`git diff --binary`, bytes).
+CREATE TABLE IF NOT EXISTS job_patches (
+    job_id     TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    patch      BLOB NOT NULL,
+    created_at TEXT NOT NULL
+);
+
+-- Schema 4: webhook deliveries (agentd.adapters.embedded.sqlite_webhook_outbox). Times the sender compares
 -- (next_attempt_at, lease_expires_at) are epoch seconds.
 CREATE TABLE IF NOT EXISTS webhook_deliveries (
     id               TEXT PRIMARY KEY,
