@@ -21,6 +21,7 @@ from agentd.domain.models import (
     PushRequest,
     ResultStatus,
 )
+from agentd.domain.projects import GitSource, TemplateInfo
 from agentd.domain.secrets import MAX_SECRET_LEN, MIN_SECRET_LEN
 from agentd.domain.webhooks import WebhookSpec
 
@@ -182,3 +183,24 @@ class Delivery(_Answer):
 
 class DeliveryList(_Answer):
     deliveries: list[Delivery]
+
+
+class ProjectInfo(_Answer):
+    """A project (`Project.public()`): the credentials are a secret's name, never a value."""
+
+    project_id: str
+    git: GitSource | None = None
+    template: str | None = None
+    variables: dict[str, str] = Field(default_factory=dict)
+    description: str | None = None
+    max_running: int = 1
+    created_at: datetime
+    updated_at: datetime
+
+
+class ProjectList(_Answer):
+    projects: list[ProjectInfo]
+
+
+class TemplateList(_Answer):
+    templates: list[TemplateInfo]

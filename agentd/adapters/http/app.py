@@ -251,8 +251,24 @@ async def list_all_jobs(request: web.Request) -> web.Response:
     return await _list_jobs(request, validate_project_id(project_id) if project_id else None)
 
 
+LIST_QUERY = {"status", "provider", "created_after", "created_before", "limit", "before"}
+
+
+def _only_query(request: web.Request, allowed: set[str]) -> None:
+    """A misspelt filter (?stauts=) is an error that names it, not a silently unfiltered answer."""
+    unknown = sorted(set(request.query) - allowed)
+    if unknown:
+        raise errors.InvalidRequest(
+            f"unknown query parameter(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+
+
 async def _list_jobs(request: web.Request, project_id: str | None) -> web.Response:
     q = request.query
+    _only_query(
+        request, LIST_QUERY | ({"project_id"} if request.match_info.get("project_id") is None else set())
+    )
     status: JobStatus | None = None
     if q.get("status"):
         try:

@@ -31,17 +31,21 @@ from agentd.domain.models import (
     ToolResultEvent,
     ToolUseEvent,
 )
+from agentd.domain.projects import ProjectSpec
 from agentd.wire import (
     DeliveryList,
     ErrorBody,
     Health,
     JobInfo,
     JobPage,
+    ProjectInfo,
+    ProjectList,
     Providers,
     SecretList,
     SecretValue,
     SubmitBody,
     Submitted,
+    TemplateList,
 )
 
 EVENT_MODELS: list[type[BaseModel]] = [
@@ -55,13 +59,14 @@ EVENT_MODELS: list[type[BaseModel]] = [
     ErrorEvent,
     DoneEvent,
 ]
-Special = Literal["sse", "html", "prometheus", "json-object", "static", "opencode-sse"]
+Special = Literal["sse", "html", "prometheus", "json-object", "static", "opencode-sse", "diff"]
 SSE: Special = "sse"
 HTML: Special = "html"
 PROM: Special = "prometheus"
 JSON_OBJECT: Special = "json-object"
 STATIC: Special = "static"
 OPENCODE_SSE: Special = "opencode-sse"
+DIFF: Special = "diff"
 Answer = type[BaseModel] | Special | None
 Refs = dict[tuple[Any, str], Any]
 
@@ -227,6 +232,29 @@ ROUTES: list[Op] = [
         {200: SSE},
         params=(PROJECT, STREAM, *RESUME),
     ),
+    Op("GET", "/projects", "every project", {200: ProjectList}, tag="projects"),
+    Op(
+        "PUT",
+        "/projects/{project_id}",
+        "create (201) or update a project: a git repository, a template",
+        {200: ProjectInfo, 201: ProjectInfo},
+        body=ProjectSpec,
+        params=(PROJECT,),
+        tag="projects",
+    ),
+    Op("GET", "/projects/{project_id}", "one project", {200: ProjectInfo}, params=(PROJECT,), tag="projects"),
+    Op(
+        "DELETE", "/projects/{project_id}", "delete a project", {204: None}, params=(PROJECT,), tag="projects"
+    ),
+    Op(
+        "GET",
+        "/projects/{project_id}/jobs/{job_id}/patch",
+        "the job's changes as a patch",
+        {200: DIFF},
+        params=(PROJECT, JOB),
+        tag="projects",
+    ),
+    Op("GET", "/templates", "the project templates", {200: TemplateList}, tag="projects"),
     *(
         op
         for prefix, scope, whose in SECRETS
@@ -300,6 +328,10 @@ def _content(answer: Answer, refs: Refs) -> dict[str, Any] | None:
     if answer == STATIC:
         types = ("text/html", "text/css", "text/javascript", "application/javascript")
         return {t: {"schema": {"type": "string"}} for t in types}
+    if answer == DIFF:
+        return {
+            "text/x-diff": {"schema": {"type": "string", "description": "git diff --binary; git apply it"}}
+        }
     if answer == OPENCODE_SSE:
         return {
             "text/event-stream": {
