@@ -139,6 +139,8 @@ async def build(
     with_workers: bool = True,
 ) -> Container:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    own_keys = service_secrets(settings, load_master_key(settings))  # a bad key file fails here, first
+    LOG_SECRETS.add(own_keys)
     registry = ProviderRegistry()
     for agent in agents if agents is not None else build_agents(settings):
         registry.register(agent)
@@ -146,8 +148,6 @@ async def build(
         q, s = await open_storage(settings)
         queue, streams = queue or q, streams or s
     secrets = secrets or await open_secret_store(settings)
-    own_keys = service_secrets(settings, load_master_key(settings))
-    LOG_SECRETS.add(own_keys)
     runner = None
     if with_workers:
         runner = Runner(

@@ -94,7 +94,17 @@ class Settings(BaseModel):
             return v.lower()
         raise ValueError(f"use one of {', '.join(LOG_LEVELS)}, got {v!r}")
 
-    @field_validator("database_url", "opencode_url", "claude_pod", "max_running", mode="before")
+    @field_validator(
+        "api_key",
+        "database_url",
+        "master_key",
+        "master_key_file",
+        "opencode_url",
+        "opencode_password",
+        "claude_pod",
+        "max_running",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v

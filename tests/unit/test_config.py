@@ -114,8 +114,19 @@ def test_each_bad_value_names_its_variable(env: dict[str, str], fragment: str) -
 
 
 def test_empty_optional_values_mean_unset() -> None:
-    s = load(database_url="", max_running="", opencode_url=" ")
+    s = load(database_url="", max_running="", opencode_url=" ", master_key="", master_key_file="")
     assert s.database_url is None and s.max_running is None and s.opencode_url is None
+    assert s.master_key is None and s.master_key_file is None
+
+
+def test_an_empty_api_key_is_no_api_key() -> None:
+    # `agentd serve` refuses a non-loopback address without a key: an empty one must not pass for one.
+    assert load(api_key="").api_key is None and load(opencode_password="").opencode_password is None
+
+
+def test_limits_given_as_a_mapping_are_checked_too() -> None:
+    with pytest.raises(ValueError, match=r"limits must be >= 1, got x=0"):
+        Settings(provider_limits={"x": 0})
 
 
 def test_secret_values_are_not_echoed_in_errors() -> None:
