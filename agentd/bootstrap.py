@@ -9,10 +9,10 @@ import structlog
 from aiohttp import web
 
 from agentd.adapters.claude_code.agent import ClaudeCodeAgent, ClaudeCodeConfig, reap_stale
+from agentd.adapters.embedded.sqlite_secret_store import SqliteSecretStore
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
 from agentd.adapters.http.app import ApiConfig, create_app
 from agentd.adapters.memory.memory_event_stream import MemoryEventStream
-from agentd.adapters.memory.memory_secret_store import MemorySecretStore
 from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
 from agentd.config import ConfigError, Settings, load_master_key, service_secrets
 from agentd.ports.code_agent import CodeAgent
@@ -64,6 +64,9 @@ class Container:
         for _, agent in self.registry.items():
             await agent.close()
         await self.streams.close()
+        close_secrets = getattr(self.secrets.store, "close", None)
+        if close_secrets is not None:
+            await close_secrets()
         await self.queue.close()
 
 
@@ -120,13 +123,24 @@ async def open_storage(settings: Settings) -> tuple[WorkQueue, EventStream]:
     return queue, streams
 
 
-async def open_secret_store(settings: Settings) -> SecretStore:
-    """The secret store (for `agentd serve` and the `agentd secrets` commands). Without a master key every
-    call answers SecretsUnavailable, which says how to set one.
+async def open_secret_store(settings: Settings, queue: WorkQueue | None = None) -> SecretStore:
+    """The secret store, in the queue's database: the SQLite file of the embedded queue, or PostgreSQL.
 
-    For now an in-memory store: the SQLite and PostgreSQL stores come with the queue's database.
+    `queue`: the running process's queue, whose database (connection or pool) the store shares; without
+    one (the `agentd secrets` commands) the store opens the same database itself, so a command and a running
+    server see the same secrets. Without a master key every call answers SecretsUnavailable, which says how
+    to set one.
     """
-    return MemorySecretStore(load_master_key(settings))
+    key = load_master_key(settings)
+    if settings.database_url:
+        from agentd.adapters.postgres import PgDatabase, PostgresWorkQueue, open_postgres_secrets
+
+        db = queue.db if isinstance(queue, PostgresWorkQueue) else None
+        return await open_postgres_secrets(
+            db or PgDatabase(settings.database_url, pool_size=2, listen=False), key
+        )
+    db_or_path = queue.db if isinstance(queue, SqliteWorkQueue) else settings.data_dir / "queue.sqlite3"
+    return SqliteSecretStore(db_or_path, key)
 
 
 async def build(
@@ -138,7 +152,8 @@ async def build(
     secrets: SecretStore | None = None,
     with_workers: bool = True,
 ) -> Container:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    settings.data_dir.chmod(0o700)  # also an older, wider one: nothing beneath it is reachable by others
     own_keys = service_secrets(settings, load_master_key(settings))  # a bad key file fails here, first
     LOG_SECRETS.add(own_keys)
     registry = ProviderRegistry()
@@ -147,7 +162,7 @@ async def build(
     if queue is None or streams is None:
         q, s = await open_storage(settings)
         queue, streams = queue or q, streams or s
-    secrets = secrets or await open_secret_store(settings)
+    secrets = secrets or await open_secret_store(settings, queue)
     runner = None
     if with_workers:
         runner = Runner(

@@ -15,7 +15,9 @@ import structlog
 from aiohttp import web
 
 from agentd import __version__
-from agentd.config import ConfigError, Settings, check_master_key, load_settings
+from agentd.config import ConfigError, Settings, load_settings
+from agentd.domain.errors import InvalidMasterKey
+from agentd.domain.secrets import new_master_key, parse_master_key
 
 log = structlog.get_logger("agentd.cli")
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_secrets_parser(sub)
 
     args = parser.parse_args(argv)
+    if args.command in ("serve", "api", "worker"):
+        os.umask(0o077)  # everything agentd and its runs create: 0600 files, 0700 folders
     try:
         settings = load_settings(os.environ)
     except ConfigError as e:
@@ -97,14 +101,6 @@ def _add_secrets_parser(sub: Any) -> None:
     r.add_argument("--new-key-file", help="file holding the new key (default: AGENTD_NEW_MASTER_KEY)")
 
 
-def _new_master_key() -> str:
-    """32 random bytes, url-safe base64: what cryptography's Fernet.generate_key() returns."""
-    import base64
-    import secrets
-
-    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
-
-
 def _read_secret_value(name: str) -> str:
     if sys.stdin.isatty():
         import getpass
@@ -130,24 +126,36 @@ def _read_new_master_key(args: argparse.Namespace) -> bytes:
                 "`agentd secrets new-master-key`"
             )
     try:
-        return check_master_key(text)
-    except ValueError as e:
-        raise ConfigError(f"{where}: the new key {e}") from None
+        return parse_master_key(text, source=f"the new key ({where})")
+    except InvalidMasterKey as e:
+        raise ConfigError(e.message) from None
 
 
 async def _secrets(settings: Settings, args: argparse.Namespace) -> int:
     """Administrative commands: they talk to the store directly, beside a running server."""
     from agentd.bootstrap import open_secret_store
-    from agentd.domain.errors import AgentdError, SecretNotFound
     from agentd.services.secrets import SecretService
 
     cmd = args.secrets_command
     if cmd == "new-master-key":
-        print(_new_master_key())
+        print(new_master_key())
         return 0
     new_key = _read_new_master_key(args) if cmd == "rotate" else None
     service = SecretService(await open_secret_store(settings))
     project = getattr(args, "project", None)
+    try:
+        return await _secrets_command(service, cmd, args, project, new_key)
+    finally:
+        close = getattr(service.store, "close", None)
+        if close is not None:
+            await close()
+
+
+async def _secrets_command(
+    service: Any, cmd: str, args: argparse.Namespace, project: str | None, new_key: bytes | None
+) -> int:
+    from agentd.domain.errors import AgentdError, SecretNotFound
+
     try:
         if cmd == "set":
             value = args.value if args.value is not None else _read_secret_value(args.name)

@@ -7,7 +7,6 @@ start with a one-line `ConfigError` that names the variable (`agentd` prints it 
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 import shlex
 from collections.abc import Mapping
@@ -25,7 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from agentd.domain.secrets import MIN_SECRET_LEN
+from agentd.domain.errors import InvalidMasterKey
+from agentd.domain.secrets import MIN_SECRET_LEN, parse_master_key
 
 ENV_PREFIX = "AGENTD_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -65,6 +65,8 @@ class Settings(BaseModel):
 
     # Providers, in registration order (the first is the default): "claude-code,opencode".
     providers: tuple[str, ...] = ("claude-code", "opencode")
+    # Jail agent processes with bubblewrap: auto = when it works, bwrap = required, off = never.
+    sandbox: Literal["auto", "bwrap", "off"] = "auto"
 
     # Claude Code
     claude_bin: str = "claude"
@@ -94,8 +96,17 @@ class Settings(BaseModel):
             return v.lower()
         raise ValueError(f"use one of {', '.join(LOG_LEVELS)}, got {v!r}")
 
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _api_key_not_empty(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError(
+                "is set but empty, which would leave the API open to anyone who can reach it; set it to "
+                "a long random key (e.g. `openssl rand -hex 32`) or unset it"
+            )
+        return v
+
     @field_validator(
-        "api_key",
         "database_url",
         "master_key",
         "master_key_file",
@@ -164,7 +175,10 @@ class Settings(BaseModel):
     @classmethod
     def _master_key(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None:
-            check_master_key(v.get_secret_value())
+            try:
+                parse_master_key(v.get_secret_value(), source="the value")
+            except InvalidMasterKey as e:
+                raise ValueError(e.message) from None
         return v
 
     @model_validator(mode="after")
@@ -186,35 +200,32 @@ class Settings(BaseModel):
         return self.workspaces_dir / project_id
 
 
-def check_master_key(key: str) -> bytes:
-    """A master key is 32 random bytes in url-safe base64 (what `agentd secrets new-master-key` prints)."""
-    try:
-        raw = base64.urlsafe_b64decode(key.strip().encode("ascii"))
-    except (binascii.Error, ValueError, UnicodeEncodeError):
-        raw = b""
-    if len(raw) != 32:
-        raise ValueError(
-            "must be 32 bytes in url-safe base64; create one with `agentd secrets new-master-key`"
-        )
-    return key.strip().encode("ascii")
-
-
 def load_master_key(settings: Settings) -> bytes | None:
-    """The master key (its base64 text as bytes) from AGENTD_MASTER_KEY or AGENTD_MASTER_KEY_FILE."""
+    """The master key's 32 bytes from AGENTD_MASTER_KEY or AGENTD_MASTER_KEY_FILE (None: neither is set).
+
+    The one loader: `agentd serve`, the `agentd secrets` commands and every store get the key from here, in
+    the form `agentd.domain.secrets.parse_master_key` gives (the stores, `rotate` included, take it)."""
     if settings.master_key is not None:
-        return settings.master_key.get_secret_value().strip().encode("ascii")
+        return parse_master_key(settings.master_key.get_secret_value())
     if settings.master_key_file is None:
         return None
     try:
-        text = settings.master_key_file.read_text().strip()
-    except OSError as e:
+        text = settings.master_key_file.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not ASCII text"
         raise ConfigError(
-            f"AGENTD_MASTER_KEY_FILE: cannot read {settings.master_key_file}: {e.strerror}"
+            f"AGENTD_MASTER_KEY_FILE: cannot read {settings.master_key_file}: {reason}"
         ) from None
     try:
-        return check_master_key(text)
-    except ValueError as e:
-        raise ConfigError(f"AGENTD_MASTER_KEY_FILE: the key in {settings.master_key_file} {e}") from None
+        return parse_master_key(text, source=f"the key in {settings.master_key_file}")
+    except InvalidMasterKey as e:
+        raise ConfigError(f"AGENTD_MASTER_KEY_FILE: {e.message}") from None
+
+
+def master_key_text(key: bytes) -> str:
+    """The key as it is written in AGENTD_MASTER_KEY, without the `=` (for redaction: it matches the key
+    written with or without its padding)."""
+    return base64.urlsafe_b64encode(key).decode("ascii").rstrip("=")
 
 
 def service_secrets(settings: Settings, master_key: bytes | None = None) -> dict[str, str]:
@@ -223,7 +234,7 @@ def service_secrets(settings: Settings, master_key: bytes | None = None) -> dict
     if settings.api_key is not None:
         out["AGENTD_API_KEY"] = settings.api_key.get_secret_value()
     if master_key is not None:
-        out["AGENTD_MASTER_KEY"] = master_key.decode("ascii")
+        out["AGENTD_MASTER_KEY"] = master_key_text(master_key)
     if settings.opencode_password is not None:
         out["AGENTD_OPENCODE_PASSWORD"] = settings.opencode_password.get_secret_value()
     password = database_password(settings.database_url)

@@ -47,8 +47,11 @@ async def run(settings: Settings, n: int, *, worker_process: bool = False) -> di
     worker = None
     if worker_process:
         env = {
-            **os.environ, "AGENTD_DATABASE_URL": settings.database_url or "", "AGENTD_PROVIDERS": "scripted",
-            "AGENTD_DATA_DIR": str(settings.data_dir / "worker"), "AGENTD_LOG_LEVEL": "warning",
+            **os.environ,
+            "AGENTD_DATABASE_URL": settings.database_url or "",
+            "AGENTD_PROVIDERS": "scripted",
+            "AGENTD_DATA_DIR": str(settings.data_dir / "worker"),
+            "AGENTD_LOG_LEVEL": "warning",
             "PYTHONPATH": str(ROOT),
         }
         worker = await asyncio.create_subprocess_exec(sys.executable, "-m", "agentd.cli", "worker", env=env)
@@ -96,7 +99,9 @@ def report(name: str, res: dict[str, list[float]]) -> None:
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=300)
-    ap.add_argument("--dsn", default=os.environ.get("AGENTD_BENCH_DSN", "postgresql://postgres@127.0.0.1/postgres"))
+    ap.add_argument(
+        "--dsn", default=os.environ.get("AGENTD_BENCH_DSN", "postgresql://postgres@127.0.0.1/postgres")
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         embedded = await run(Settings(data_dir=Path(d) / "embedded", log_level="warning"), args.jobs)

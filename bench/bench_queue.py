@@ -97,16 +97,16 @@ async def run_agentd(
         nonlocal done
         me = f"w{n}"
         while done < jobs:
-            if batch == 1:  # the port
-                job = await q.claim(me, limits=limits)
-                if job is not None:
-                    await q.finish(job.id, DONE, worker_id=me)
+            if batch == 1:  # one job at a time
+                one = await q.claim_many(me, 1, limits=limits)
+                if one:
+                    await q.finish_many([(one[0].id, DONE)], worker_id=me)
                     done += 1
                     continue
             else:
                 claimed = await q.claim_many(me, batch, limits=limits)
                 if claimed and finish_each:  # the runner: each job's task finishes it on its own
-                    await asyncio.gather(*(q.finish(j.id, DONE, worker_id=me) for j in claimed))
+                    await asyncio.gather(*(q.finish_many([(j.id, DONE)], worker_id=me) for j in claimed))
                     done += len(claimed)
                     continue
                 if claimed:

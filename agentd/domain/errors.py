@@ -147,6 +147,13 @@ class SecretsUnavailable(AgentdError):
     code = "secrets_unavailable"
 
 
+class InvalidMasterKey(SecretsUnavailable):
+    """The master key is not 32 bytes in url-safe base64: set it to the output of
+    `agentd secrets new-master-key`."""
+
+    code = "invalid_master_key"
+
+
 class SandboxUnavailable(AgentdError):
     """AGENTD_SANDBOX=bwrap, but bubblewrap cannot start a sandbox here."""
 

@@ -35,12 +35,12 @@ class WorkQueue(Protocol):
     """Jobs in, jobs out. Every adapter passes tests/contract/test_work_queue.py.
 
     Rules every adapter keeps:
-    - a job is handed to at most one worker at a time (`claim`), under a lease the worker renews
+    - a job is handed to at most one worker at a time (`claim_many`), under a lease the worker renews
       (`heartbeat`); `recover` returns jobs whose lease expired to the queue (or fails them after
       `max_attempts`), so no job stays "running" with nobody running it;
     - at most one job per project runs at a time, fleet-wide (a busy project's jobs wait); `Limits`
       cap running jobs globally and per provider;
-    - `finish` records a final result once; a result marked `retryable` is instead re-queued with
+    - `finish_many` records a final result once; a result marked `retryable` is instead re-queued with
       backoff while attempts remain;
     - `enqueue` with an idempotency key returns the existing job for the same key and request, and
       raises IdempotencyConflict for the same key with a different request;
@@ -67,14 +67,9 @@ class WorkQueue(Protocol):
         ...
 
     @abstractmethod
-    async def claim(self, worker_id: str, *, limits: Limits | None = None) -> Job | None:
-        """Hand the oldest runnable queued job to `worker_id` (status → running, lease starts)."""
-        ...
-
-    @abstractmethod
     async def claim_many(self, worker_id: str, n: int, *, limits: Limits | None = None) -> list[Job]:
-        """Up to `n` jobs at once (same rules as `claim`, never two of one project): how a worker process
-        fills its free slots with one round trip."""
+        """Hand up to `n` of the oldest runnable queued jobs to `worker_id` (status → running, a lease each),
+        never two of one project: how a worker process fills its free slots with one round trip."""
         ...
 
     @abstractmethod
@@ -88,20 +83,16 @@ class WorkQueue(Protocol):
         ...
 
     @abstractmethod
-    async def finish(self, job_id: str, result: AgentResult, *, worker_id: str | None = None) -> Job:
-        """Record how a run ended.
-
-        A final result sets the job's final status (idempotent: a final job never changes again). A
-        `retryable` failed result with attempts left re-queues the job (status queued, run after a
-        backoff) and returns it queued. With `worker_id`, only that worker's running job is changed.
-        """
-        ...
-
-    @abstractmethod
     async def finish_many(
         self, results: Sequence[tuple[str, AgentResult]], *, worker_id: str | None = None
     ) -> list[Job]:
-        """`finish` for several jobs in one step; the jobs come back in the order given."""
+        """Record how runs ended, in one step; the jobs come back in the order given (JobNotFound for an
+        unknown one, ValueError when a job appears twice).
+
+        A final result sets the job's final status (idempotent: a final job never changes again). A
+        `retryable` failed result with attempts left re-queues the job (status queued, run after a
+        backoff) and returns it queued. With `worker_id`, only that worker's running jobs are changed.
+        """
         ...
 
     @abstractmethod

@@ -7,21 +7,38 @@ PostgreSQL instances each get their own pool and listener on a fresh database pe
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
+from agentd.adapters.embedded.sqlite_secret_store import SqliteSecretStore
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
 from agentd.adapters.memory.memory_event_stream import MemoryEventStream
-from agentd.adapters.postgres import PgDatabase, PostgresEventStream, PostgresWorkQueue
+from agentd.adapters.memory.memory_secret_store import MemorySecretStore
+from agentd.adapters.postgres import (
+    PgDatabase,
+    PostgresEventStream,
+    PostgresWorkQueue,
+    open_postgres_secrets,
+)
 from agentd.ports.event_stream import EventStream
+from agentd.ports.secret_store import SecretStore
 from agentd.ports.work_queue import WorkQueue
 from tests.support.postgres import pg_dsn, pg_template  # noqa: F401 - fixtures
 
 QUEUE_ADAPTERS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 STREAM_ADAPTERS = ["memory", pytest.param("postgres", marks=pytest.mark.postgres)]
+SECRET_ADAPTERS = [
+    "sqlite",
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    "memory",
+]
 
 QUEUE_DEFAULTS: dict[str, Any] = {"lease_s": 30.0, "max_attempts": 3, "retry_base_s": 0.2}
 STREAM_DEFAULTS: dict[str, Any] = {"retention_s": 0.2, "buffer": 50}
@@ -92,3 +109,51 @@ async def make_streams(request: pytest.FixtureRequest) -> AsyncIterator[StreamsF
 @pytest.fixture
 async def streams(make_streams: StreamsFactory) -> EventStream:
     return await make_streams()
+
+
+@dataclass
+class SecretStores:
+    """`open(key)` opens another instance on the SAME storage under master key `key` (None: no key).
+
+    `at_rest()` reads the stored values as the storage holds them (None for the memory adapter, which
+    keeps nothing at rest and cannot share storage between instances).
+    """
+
+    adapter: str
+    open: Callable[[bytes | None], Awaitable[SecretStore]]
+    at_rest: Callable[[], list[bytes]] | None
+
+
+@pytest.fixture(params=SECRET_ADAPTERS)
+async def secret_stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SecretStores]:
+    opened: list[Any] = []
+    adapter = request.param
+    dsn = request.getfixturevalue("pg_dsn") if adapter == "postgres" else ""
+    path = tmp_path / "queue.sqlite3"
+
+    async def open_store(key: bytes | None) -> SecretStore:
+        store: Any
+        if adapter == "sqlite":
+            store = SqliteSecretStore(path, key)
+        elif adapter == "postgres":
+            store = await open_postgres_secrets(PgDatabase(dsn, pool_size=2, listen=False), key)
+        elif adapter == "memory":
+            store = MemorySecretStore(key)
+        else:  # pragma: no cover - new adapters register above
+            raise AssertionError(adapter)
+        opened.append(store)
+        return store  # type: ignore[no-any-return]
+
+    def at_rest() -> list[bytes]:
+        if adapter == "sqlite":
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                return [bytes(v) for (v,) in db.execute("SELECT value FROM secrets ORDER BY scope, name")]
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute("SELECT value FROM agentd_secrets ORDER BY scope, name").fetchall()
+            return [bytes(v) for (v,) in rows]
+
+    yield SecretStores(adapter, open_store, None if adapter == "memory" else at_rest)
+    for store in reversed(opened):
+        close = getattr(store, "close", None)
+        if close is not None:
+            await close()

@@ -14,7 +14,7 @@ import pytest
 from agentd.domain.errors import JobNotFound
 from agentd.domain.ids import new_job_ids
 from agentd.domain.models import AgentRequest, AgentResult, Job, JobStatus
-from agentd.ports.work_queue import WorkQueue
+from agentd.ports.work_queue import Limits, WorkQueue
 from tests.contract.conftest import QueueFactory
 
 
@@ -27,9 +27,21 @@ async def put(q: WorkQueue, project: str = "p", prompt: str = "x", provider: str
     return job
 
 
+async def claim_one(q: WorkQueue, worker: str = "w", *, limits: Limits | None = None) -> Job | None:
+    """The oldest runnable job, or None (the port hands out jobs in batches: this is a batch of one)."""
+    jobs = await q.claim_many(worker, 1, limits=limits)
+    assert len(jobs) <= 1
+    return jobs[0] if jobs else None
+
+
 async def claim(q: WorkQueue, worker: str = "w") -> Job:
-    job = await q.claim(worker)
+    job = await claim_one(q, worker)
     assert job is not None
+    return job
+
+
+async def finish_one(q: WorkQueue, job_id: str, result: AgentResult, *, worker_id: str | None = None) -> Job:
+    (job,) = await q.finish_many([(job_id, result)], worker_id=worker_id)
     return job
 
 
@@ -51,34 +63,34 @@ async def test_get_checks_the_project(queue: WorkQueue) -> None:
 async def test_claim_is_fifo_and_marks_running(queue: WorkQueue) -> None:
     first = await put(queue, project="a")
     await put(queue, project="b")
-    job = await queue.claim("w1")
+    job = await claim_one(queue, "w1")
     assert job is not None and job.id == first.id
     assert job.status == JobStatus.running and job.worker_id == "w1" and job.attempts == 1
     assert job.started_at is not None and job.started_at >= job.created_at
 
 
 async def test_claim_on_empty_queue(queue: WorkQueue) -> None:
-    assert await queue.claim("w1") is None
+    assert await claim_one(queue, "w1") is None
 
 
 async def test_one_running_job_per_project(queue: WorkQueue) -> None:
     a1 = await put(queue, project="a")
     a2 = await put(queue, project="a")
     b1 = await put(queue, project="b")
-    got1 = await queue.claim("w1")
-    got2 = await queue.claim("w2")
+    got1 = await claim_one(queue, "w1")
+    got2 = await claim_one(queue, "w2")
     assert got1 is not None and got2 is not None
     assert (got1.id, got2.id) == (a1.id, b1.id)  # a2 waits: project a is busy
-    assert await queue.claim("w3") is None
-    await queue.finish(a1.id, AgentResult(status="succeeded"))
-    got3 = await queue.claim("w3")
+    assert await claim_one(queue, "w3") is None
+    await finish_one(queue, a1.id, AgentResult(status="succeeded"))
+    got3 = await claim_one(queue, "w3")
     assert got3 is not None and got3.id == a2.id
 
 
 async def test_one_running_job_per_project_across_instances(make_queue: QueueFactory) -> None:
     q1, q2 = await make_queue(), await make_queue()
     jobs = [await put(q1, project="same") for _ in range(4)]
-    got = await asyncio.gather(*(q.claim(f"w{i}") for i, q in enumerate([q1, q2, q1, q2])))
+    got = await asyncio.gather(*(claim_one(q, f"w{i}") for i, q in enumerate([q1, q2, q1, q2])))
     assert [j.id for j in got if j is not None] == [jobs[0].id]
 
 
@@ -87,7 +99,7 @@ async def test_concurrent_claims_never_hand_out_a_job_twice(queue: WorkQueue) ->
     claimed: list[str] = []
 
     async def worker(n: int) -> None:
-        while (job := await queue.claim(f"w{n}")) is not None:
+        while (job := await claim_one(queue, f"w{n}")) is not None:
             claimed.append(job.id)
 
     await asyncio.gather(*(worker(n) for n in range(6)))
@@ -97,21 +109,21 @@ async def test_concurrent_claims_never_hand_out_a_job_twice(queue: WorkQueue) ->
 async def test_finish_is_final(queue: WorkQueue) -> None:
     job = await put(queue)
     await claim(queue, "w1")
-    done = await queue.finish(job.id, AgentResult(status="failed", error="boom", exit_code=1))
+    done = await finish_one(queue, job.id, AgentResult(status="failed", error="boom", exit_code=1))
     assert done.status == JobStatus.failed and done.result is not None and done.result.error == "boom"
     assert done.finished_at is not None
-    again = await queue.finish(job.id, AgentResult(status="succeeded"))
+    again = await finish_one(queue, job.id, AgentResult(status="succeeded"))
     assert again.status == JobStatus.failed and again.result == done.result
     with pytest.raises(JobNotFound):
-        await queue.finish("job_missing", AgentResult(status="succeeded"))
+        await finish_one(queue, "job_missing", AgentResult(status="succeeded"))
 
 
 async def test_finish_with_worker_id_only_touches_that_workers_job(queue: WorkQueue) -> None:
     job = await put(queue)
     await claim(queue, "w1")
-    unchanged = await queue.finish(job.id, AgentResult(status="succeeded"), worker_id="w2")
+    unchanged = await finish_one(queue, job.id, AgentResult(status="succeeded"), worker_id="w2")
     assert unchanged.status == JobStatus.running and unchanged.result is None
-    done = await queue.finish(job.id, AgentResult(status="succeeded"), worker_id="w1")
+    done = await finish_one(queue, job.id, AgentResult(status="succeeded"), worker_id="w1")
     assert done.status == JobStatus.succeeded and done.worker_id == "w1"
 
 
@@ -122,7 +134,7 @@ async def test_cancel_queued_ends_it_once(queue: WorkQueue) -> None:
     assert got.result.status == "cancelled" and got.finished_at is not None
     got2, ended2 = await queue.request_cancel("p", job.id)
     assert not ended2 and got2.status == JobStatus.cancelled
-    assert await queue.claim("w") is None
+    assert await claim_one(queue, "w") is None
 
 
 async def test_cancel_running_sets_the_flag(queue: WorkQueue) -> None:
@@ -147,7 +159,7 @@ async def test_heartbeat_only_for_the_owner(queue: WorkQueue) -> None:
     await claim(queue, "w1")
     assert await queue.heartbeat(job.id, "w1")
     assert not await queue.heartbeat(job.id, "w2")
-    await queue.finish(job.id, AgentResult(status="succeeded"))
+    await finish_one(queue, job.id, AgentResult(status="succeeded"))
     assert not await queue.heartbeat(job.id, "w1")
 
 
@@ -190,7 +202,7 @@ async def test_attempt_limit_fails_the_job_with_the_reason(make_queue: QueueFact
     final = await queue.get("p", job.id)
     assert final.status == JobStatus.failed and final.result is not None and final.finished_at is not None
     assert final.result.error == "worker lost (lease expired) 3 times; giving up"
-    assert await queue.claim("w") is None
+    assert await claim_one(queue, "w") is None
 
 
 async def test_retryable_failure_is_requeued_after_backoff(make_queue: QueueFactory) -> None:
@@ -198,17 +210,17 @@ async def test_retryable_failure_is_requeued_after_backoff(make_queue: QueueFact
     job = await put(queue)
     await claim(queue, "w1")
     retry = AgentResult(status="failed", error="rate limited", retryable=True)
-    requeued = await queue.finish(job.id, retry, worker_id="w1")
+    requeued = await finish_one(queue, job.id, retry, worker_id="w1")
     assert requeued.status == JobStatus.queued and requeued.result is None and requeued.worker_id is None
-    assert await queue.claim("w2") is None  # backing off
+    assert await claim_one(queue, "w2") is None  # backing off
     started = time.monotonic()
-    while (again := await queue.claim("w2")) is None:
+    while (again := await claim_one(queue, "w2")) is None:
         assert time.monotonic() - started < 3
         await asyncio.sleep(0.05)
     assert again.id == job.id and again.attempts == 2
     assert time.monotonic() - started >= 0.1
     # The last attempt: a retryable failure is final now.
-    final = await queue.finish(job.id, retry, worker_id="w2")
+    final = await finish_one(queue, job.id, retry, worker_id="w2")
     assert final.status == JobStatus.failed and final.result is not None
     assert final.result.error == "rate limited"
 
@@ -217,12 +229,14 @@ async def test_non_retryable_and_cancelled_results_are_final(queue: WorkQueue) -
     plain, cancelled = await put(queue, project="a"), await put(queue, project="b")
     await claim(queue)
     await claim(queue)
-    done = await queue.finish(plain.id, AgentResult(status="failed", error="bad prompt"))
+    done = await finish_one(queue, plain.id, AgentResult(status="failed", error="bad prompt"))
     assert done.status == JobStatus.failed
     await queue.request_cancel("b", cancelled.id)
-    ended = await queue.finish(cancelled.id, AgentResult(status="failed", error="killed", retryable=True))
+    ended = await finish_one(
+        queue, cancelled.id, AgentResult(status="failed", error="killed", retryable=True)
+    )
     assert ended.status == JobStatus.failed  # a cancel request wins over a retry
-    ok = await queue.finish(plain.id, AgentResult(status="succeeded", retryable=True))
+    ok = await finish_one(queue, plain.id, AgentResult(status="succeeded", retryable=True))
     assert ok.status == JobStatus.failed  # final stays final
 
 
@@ -240,20 +254,20 @@ async def test_a_projects_jobs_start_in_submission_order(make_queue: QueueFactor
     queue = await make_queue(retry_base_s=0.3, max_attempts=2)
     first, second = await put(queue, project="ordered"), await put(queue, project="ordered")
     other = await put(queue, project="elsewhere")
-    got = await queue.claim("w1")
+    got = await claim_one(queue, "w1")
     assert got is not None and got.id == first.id
-    await queue.finish(
-        first.id, AgentResult(status="failed", error="rate limited", retryable=True), worker_id="w1"
+    await finish_one(
+        queue, first.id, AgentResult(status="failed", error="rate limited", retryable=True), worker_id="w1"
     )
     # The first job backs off before its retry: the second waits its turn, other projects go on.
-    nxt = await queue.claim("w2")
+    nxt = await claim_one(queue, "w2")
     assert nxt is not None and nxt.id == other.id
-    assert await queue.claim("w2") is None
+    assert await claim_one(queue, "w2") is None
     started = time.monotonic()
-    while (again := await queue.claim("w3")) is None:
+    while (again := await claim_one(queue, "w3")) is None:
         assert time.monotonic() - started < 3
         await asyncio.sleep(0.05)
     assert again.id == first.id
-    await queue.finish(first.id, AgentResult(status="succeeded"), worker_id="w3")
-    last = await queue.claim("w3")
+    await finish_one(queue, first.id, AgentResult(status="succeeded"), worker_id="w3")
+    last = await claim_one(queue, "w3")
     assert last is not None and last.id == second.id

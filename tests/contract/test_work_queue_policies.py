@@ -13,7 +13,7 @@ from agentd.domain.ids import new_job_ids
 from agentd.domain.models import AgentRequest, AgentResult, Job, JobStatus
 from agentd.ports.work_queue import JobFilter, Limits, WorkQueue
 from tests.contract.conftest import QueueFactory
-from tests.contract.test_work_queue import claim, put
+from tests.contract.test_work_queue import claim, claim_one, finish_one, put
 
 
 async def submit(
@@ -72,7 +72,7 @@ async def test_busy_reject(queue: WorkQueue) -> None:
     queued, created_enqueue = await submit(queue, "a")  # busy="enqueue" waits its turn
     assert created_enqueue and queued.status == JobStatus.queued
     await queue.request_cancel("a", queued.id)
-    await queue.finish(first.id, AgentResult(status="succeeded"))
+    await finish_one(queue, first.id, AgentResult(status="succeeded"))
     _, created_free = await submit(queue, "a", reject=True)
     assert created_free
 
@@ -86,11 +86,11 @@ async def test_idempotent_repeat_wins_over_busy_reject(queue: WorkQueue) -> None
 async def test_global_limit(queue: WorkQueue) -> None:
     jobs = [await put(queue, project=f"p{i}") for i in range(3)]
     limits = Limits(global_max=2)
-    assert (await queue.claim("w1", limits=limits)) is not None
-    assert (await queue.claim("w2", limits=limits)) is not None
-    assert await queue.claim("w3", limits=limits) is None
-    await queue.finish(jobs[0].id, AgentResult(status="succeeded"))
-    third = await queue.claim("w3", limits=limits)
+    assert (await claim_one(queue, "w1", limits=limits)) is not None
+    assert (await claim_one(queue, "w2", limits=limits)) is not None
+    assert await claim_one(queue, "w3", limits=limits) is None
+    await finish_one(queue, jobs[0].id, AgentResult(status="succeeded"))
+    third = await claim_one(queue, "w3", limits=limits)
     assert third is not None and third.id == jobs[2].id
 
 
@@ -99,10 +99,10 @@ async def test_per_provider_limit(queue: WorkQueue) -> None:
     a2 = await put(queue, project="p2", provider="alpha")
     b1 = await put(queue, project="p3", provider="beta")
     limits = Limits(per_provider={"alpha": 1})
-    got = [await queue.claim(f"w{i}", limits=limits) for i in range(3)]
+    got = [await claim_one(queue, f"w{i}", limits=limits) for i in range(3)]
     assert [j.id if j else None for j in got] == [a1.id, b1.id, None]  # a2 waits for alpha
-    await queue.finish(a1.id, AgentResult(status="succeeded"))
-    again = await queue.claim("w9", limits=limits)
+    await finish_one(queue, a1.id, AgentResult(status="succeeded"))
+    again = await claim_one(queue, "w9", limits=limits)
     assert again is not None and again.id == a2.id
 
 
@@ -120,10 +120,9 @@ async def test_list_newest_first_with_paging(queue: WorkQueue) -> None:
 
 async def test_list_filters(queue: WorkQueue) -> None:
     early = await put(queue, provider="alpha")
-    await asyncio.sleep(0.01)
     middle = await put(queue, provider="beta")
-    await asyncio.sleep(0.01)
     late = await put(queue, provider="alpha")
+    assert early.created_at < middle.created_at < late.created_at  # microseconds apart at least
     await claim(queue)
 
     async def ids(**flt: object) -> list[str]:
@@ -141,9 +140,16 @@ async def test_list_filters(queue: WorkQueue) -> None:
     assert len(await ids(created_before=naive_future)) == 3
 
 
+async def one_loop_turn() -> None:
+    """Lets a task just created run up to its first wait: `wait_for_work` does no I/O before it waits, so
+    one turn is enough (and a wait that returns at once is done after it)."""
+    await asyncio.sleep(0)
+
+
 async def test_wait_for_work_wakes_on_enqueue(queue: WorkQueue) -> None:
     waiter = asyncio.create_task(queue.wait_for_work(5))
-    await asyncio.sleep(0.05)
+    await one_loop_turn()
+    assert not waiter.done()
     await put(queue)
     await asyncio.wait_for(waiter, 2)
 
@@ -152,19 +158,21 @@ async def test_wait_for_work_wakes_when_a_busy_project_frees_up(queue: WorkQueue
     first = await put(queue)
     await put(queue)
     await claim(queue, "w1")
-    assert await queue.claim("w2") is None
+    assert await claim_one(queue, "w2") is None
     waiter = asyncio.create_task(queue.wait_for_work(5))
-    await asyncio.sleep(0.05)
+    await one_loop_turn()
     assert not waiter.done()
-    await queue.finish(first.id, AgentResult(status="succeeded"))
+    await finish_one(queue, first.id, AgentResult(status="succeeded"))
     await asyncio.wait_for(waiter, 2)
-    assert await queue.claim("w2") is not None
+    assert await claim_one(queue, "w2") is not None
 
 
 async def test_a_wake_up_between_claim_and_wait_is_not_lost(queue: WorkQueue) -> None:
-    assert await queue.claim("w1") is None
+    assert await claim_one(queue, "w1") is None
+    probe = asyncio.create_task(queue.wait_for_work(5))
+    await one_loop_turn()
     await put(queue)  # arrives after the claim looked, before the worker waits
-    await asyncio.sleep(0.1)
+    await asyncio.wait_for(probe, 4)  # the wake-up has arrived (PostgreSQL: the NOTIFY was heard)
     started = time.monotonic()
     await asyncio.create_task(queue.wait_for_work(5))  # the runner waits in a task, like this
     assert time.monotonic() - started < 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import os
 import signal
 import socket
@@ -133,6 +135,41 @@ def test_submit_follow_runs_the_real_claude_cli(serve: Any, claude_bin: str) -> 
     assert len(requests) == 2  # two model turns: tool call, then the answer
 
 
+def test_secrets_set_by_the_cli_reach_a_running_servers_runs_and_survive_a_restart(
+    serve: Any, base_env: dict[str, str]
+) -> None:
+    key = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    value = "ghp_from-the-cli-" + os.urandom(4).hex()
+    srv = serve(AGENTD_PROVIDERS="scripted", AGENTD_MASTER_KEY=key)
+    cli_env = {**base_env, "AGENTD_MASTER_KEY": key}
+    res = subprocess.run(
+        [*AGENTD, "secrets", "set", "GH_TOKEN", "--project", "demo"],
+        env=cli_env,
+        input=value + "\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )  # beside the running server, on the same database
+    assert res.returncode == 0, res.stderr
+    want = f"GH_TOKEN sha256 {hashlib.sha256(value.encode()).hexdigest()}"
+    ran = submit(srv, "--project", "demo", "--follow", "env:GH_TOKEN")
+    assert ran.returncode == 0 and want in ran.stdout, ran.stderr
+    assert srv.stop() == 0
+    srv.start()  # a restart keeps it
+    ran = submit(srv, "--project", "demo", "--follow", "env:GH_TOKEN")
+    assert ran.returncode == 0 and want in ran.stdout, ran.stderr
+    listed = subprocess.run(
+        [*AGENTD, "secrets", "list", "--project", "demo"], env=cli_env, capture_output=True, text=True
+    )
+    assert listed.stdout.startswith("GH_TOKEN\t") and value not in listed.stdout
+    deleted = subprocess.run(
+        [*AGENTD, "secrets", "delete", "GH_TOKEN", "--project", "demo"], env=cli_env, capture_output=True
+    )
+    assert deleted.returncode == 0
+    ran = submit(srv, "--project", "demo", "--follow", "env:GH_TOKEN")
+    assert "GH_TOKEN unset" in ran.stdout, ran.stderr
+
+
 def test_open_bind_without_api_key_is_refused(base_env: dict[str, str]) -> None:
     res = subprocess.run(
         [*AGENTD, "serve", "--host", "0.0.0.0", "--port", str(free_port())],
@@ -184,7 +221,10 @@ def test_clear_errors_for_an_unreachable_or_unmigrated_database(base_env: dict[s
     res = subprocess.run([*AGENTD, "migrate"], env=down, capture_output=True, text=True, timeout=30)
     assert res.returncode == 2 and "unavailable" in res.stderr and "Traceback" not in res.stderr
     res = subprocess.run(
-        [*AGENTD, "worker"], env={**down, "AGENTD_PROVIDERS": "scripted"}, capture_output=True, text=True,
+        [*AGENTD, "worker"],
+        env={**down, "AGENTD_PROVIDERS": "scripted"},
+        capture_output=True,
+        text=True,
         timeout=30,
     )
     assert res.returncode == 2 and "unavailable" in res.stderr and "Traceback" not in res.stderr

@@ -1,33 +1,52 @@
 """Many processes sharing one PostgreSQL: `agentd api` replicas and `agentd worker`s as real processes.
 
-Faults: a worker killed with SIGKILL mid-job, PostgreSQL restarted mid-run, and a stream served by an API
-replica that did not run the job.
+Faults: a worker killed with SIGKILL mid-job, PostgreSQL restarted mid-run (a throwaway cluster of the
+test's own, tests/support/pg_cluster.py: the machine's server is never touched), and a stream served by an
+API replica that did not run the job. Every wait is for a condition (a log line, a job status), with a
+deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from agentd.adapters.postgres import migrate
 from agentd.client import AgentdClient, StreamItem
 from tests.support.net import free_port
+from tests.support.pg_cluster import PgCluster, pg_cluster  # noqa: F401 - fixture
 from tests.support.postgres import pg_dsn, pg_template  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 ROOT = Path(__file__).resolve().parents[2]
 AGENTD = [sys.executable, "-m", "agentd.cli"]
 LEASE_S = 2.0
+WORKER_STARTED = b'"agentd.worker_started"'
+
+
+async def until(check: Callable[[], Awaitable[bool] | bool], what: str, timeout: float = 20) -> None:
+    """Poll `check` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if not isinstance(got, bool):
+            got = await got
+        if got:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
 
 
 class Proc:
@@ -41,23 +60,25 @@ class Proc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def logged(self, marker: bytes) -> bool:
+        assert self.proc.poll() is None, f"{self.role} exited: {self.log.read_text()[-3000:]}"
+        return marker in self.log.read_bytes()
+
     async def ready(self) -> None:
-        if self.port is None:
-            await asyncio.sleep(1.0)  # a worker has no port: give it a moment to connect
-            assert self.proc.poll() is None, self.log.read_text()
+        if self.port is None:  # a worker has no port: it logs when its runner has started
+            await until(lambda: self.logged(WORKER_STARTED), f"the {self.role} to start ({self.log})")
             return
-        deadline = time.monotonic() + 20
         async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
+
+            async def healthy() -> bool:
                 assert self.proc.poll() is None, self.log.read_text()
                 try:
                     async with http.get(f"{self.url}/healthz") as r:
-                        if r.status == 200:
-                            return
+                        return r.status == 200
                 except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"{self.role} did not start: {self.log.read_text()}")
+                    return False
+
+            await until(healthy, f"the {self.role} to answer /healthz ({self.log})")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.proc.poll() is None:
@@ -65,14 +86,15 @@ class Proc:
         return self.proc.wait(timeout=timeout)
 
 
-@pytest.fixture
-async def fleet(pg_dsn: str, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:  # noqa: F811
+@contextlib.asynccontextmanager
+async def running_fleet(dsn: str, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """`start(role, **env)` starts an `agentd api` or `agentd worker` on `dsn`; all are killed at the end."""
     procs: list[Proc] = []
     env = {
         "PATH": os.environ.get("PATH", os.defpath),
         "LANG": "C.UTF-8",
         "PYTHONPATH": str(ROOT),
-        "AGENTD_DATABASE_URL": pg_dsn,
+        "AGENTD_DATABASE_URL": dsn,
         "AGENTD_PROVIDERS": "scripted",
         "AGENTD_LEASE_S": str(LEASE_S),
         "AGENTD_HEARTBEAT_S": "0.5",
@@ -93,10 +115,25 @@ async def fleet(pg_dsn: str, tmp_path: Path) -> AsyncIterator[Callable[..., Any]
         await p.ready()
         return p
 
-    yield start
-    for p in procs:
-        if p.proc.poll() is None:
-            p.stop(signal.SIGKILL)
+    try:
+        yield start
+    finally:
+        for p in procs:
+            if p.proc.poll() is None:
+                p.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+async def fleet(pg_dsn: str, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:  # noqa: F811
+    async with running_fleet(pg_dsn, tmp_path) as start:
+        yield start
+
+
+async def wait_status(c: AgentdClient, job: dict[str, Any], status: str, log: Path) -> None:
+    async def reached() -> bool:
+        return bool((await c.job("proj", job["job_id"]))["status"] == status)
+
+    await until(reached, f"job {job['job_id']} to be {status} (worker log {log})")
 
 
 async def follow(url: str, **kw: Any) -> list[StreamItem]:
@@ -111,7 +148,7 @@ def on(api: Proc, stream_url: str) -> str:
 
 async def test_any_api_replica_serves_any_stream_and_cancel_crosses_processes(fleet: Any) -> None:
     api1, api2 = await fleet("api"), await fleet("api")
-    await fleet("worker")
+    worker = await fleet("worker")
     async with AgentdClient(api1.url) as c1:
         job = await c1.submit("proj", "hello fleet")
         live = await follow(on(api2, job["stream_url"]))  # api2 never saw the submit
@@ -122,7 +159,7 @@ async def test_any_api_replica_serves_any_stream_and_cancel_crosses_processes(fl
         assert [(i.seq, i.event, i.data) for i in tail] == [(i.seq, i.event, i.data) for i in live[2:]]
 
         slow = await c1.submit("proj", "sleep:60")
-        await asyncio.sleep(1.0)
+        await wait_status(c1, slow, "running", worker.log)
         t0 = time.monotonic()
         async with AgentdClient(api2.url) as c2:
             cancelled = await c2.cancel("proj", slow["job_id"])  # the worker is another process
@@ -137,12 +174,7 @@ async def test_killed_worker_job_is_recovered_and_ends_once(fleet: Any) -> None:
     doomed = await fleet("worker")
     async with AgentdClient(api.url) as c:
         job = await c.submit("proj", "sleep:3")
-        for _ in range(150):
-            if (await c.job("proj", job["job_id"]))["status"] == "running":
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("the job never started: " + doomed.log.read_text()[-2000:])
+        await wait_status(c, job, "running", doomed.log)
         doomed.stop(signal.SIGKILL)
         killed_at = time.monotonic()
         rescuer = await fleet("worker")
@@ -150,20 +182,6 @@ async def test_killed_worker_job_is_recovered_and_ends_once(fleet: Any) -> None:
             items = await asyncio.wait_for(follow(job["stream_url"]), 60)
         except TimeoutError:
             state = await c.job("proj", job["job_id"])
-            import psycopg
-
-            async with await psycopg.AsyncConnection.connect(api.env["AGENTD_DATABASE_URL"]) as conn:
-                cur = await conn.execute(
-                    "SELECT pid, state, wait_event_type, wait_event, left(query, 120) FROM pg_stat_activity"
-                    " WHERE datname = current_database()"
-                )
-                acts = await cur.fetchall()
-                cur = await conn.execute("SELECT locktype, objid, pid, granted, mode FROM pg_locks")
-                locks = [r for r in await cur.fetchall() if r[0] == "advisory"]
-            print("ACTIVITY", acts, "LOCKS", locks)
-            rescuer.proc.send_signal(signal.SIGUSR1)
-            await asyncio.sleep(1)
-            print("TASKS", rescuer.log.read_text()[-8000:])
             raise AssertionError(
                 f"no done: job {state}; worker log: {rescuer.log.read_text()[-3000:]}"
             ) from None
@@ -177,25 +195,17 @@ async def test_killed_worker_job_is_recovered_and_ends_once(fleet: Any) -> None:
     assert recovered_after < 2 * LEASE_S + 3 + 3, recovered_after
 
 
-def _pg_ctl(action: str) -> None:
-    if shutil.which("pg_ctlcluster") is None:
-        pytest.skip("pg_ctlcluster not available: cannot restart PostgreSQL here")
-    version = sorted(os.listdir("/etc/postgresql"))[0]
-    cmd = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action]
-    if action == "stop":
-        cmd += ["-m", "fast"]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+async def test_postgres_restart_mid_run(pg_cluster: PgCluster, tmp_path: Path) -> None:  # noqa: F811
+    await migrate(pg_cluster.dsn())
+    async with running_fleet(pg_cluster.dsn(), tmp_path) as fleet:
+        await _restart_mid_run(pg_cluster, await fleet("api"), await fleet("worker"))
 
 
-async def test_postgres_restart_mid_run(fleet: Any) -> None:
-    if os.geteuid() != 0 and not os.access("/etc/postgresql", os.W_OK):
-        pytest.skip("needs rights to restart the PostgreSQL cluster")
-    api = await fleet("api")
-    await fleet("worker")
+async def _restart_mid_run(cluster: PgCluster, api: Proc, worker: Proc) -> None:
     async with AgentdClient(api.url) as c:
         job = await c.submit("proj", "sleep:4")
-        await asyncio.sleep(1.0)
-        _pg_ctl("stop")
+        await wait_status(c, job, "running", worker.log)
+        cluster.stop()
         try:
             async with aiohttp.ClientSession() as http:
                 async with http.get(f"{api.url}/projects/proj/jobs/{job['job_id']}") as r:
@@ -206,9 +216,9 @@ async def test_postgres_restart_mid_run(fleet: Any) -> None:
                     assert r.status == 503
                 async with http.get(f"{api.url}/healthz") as r:
                     assert r.status == 200  # liveness is not storage
-            await asyncio.sleep(2.0)
+            await until(lambda: worker.logged(b'"postgres.listener_lost"'), "the worker to notice the outage")
         finally:
-            _pg_ctl("start")
+            cluster.start()
         items = await asyncio.wait_for(follow(job["stream_url"]), 60)
         assert [i.event for i in items].count("done") == 1
         assert items[-1].data["status"] == "succeeded"
@@ -222,7 +232,7 @@ async def test_graceful_worker_shutdown_cancels_after_the_grace_period(fleet: An
     worker = await fleet("worker")
     async with AgentdClient(api.url) as c:
         job = await c.submit("proj", "sleep:60")
-        await asyncio.sleep(1.0)
+        await wait_status(c, job, "running", worker.log)
         t0 = time.monotonic()
         assert worker.stop(signal.SIGTERM) == 0
         assert time.monotonic() - t0 < 3 + 5  # grace (3 s) + cancel

@@ -15,6 +15,7 @@ from agentd.domain.errors import QueueUnavailable
 from agentd.domain.ids import new_job_ids
 from agentd.domain.models import AgentRequest, AgentResult, Job
 from agentd.ports.work_queue import Limits
+from tests.contract.test_work_queue import claim_one, finish_one
 from tests.support.postgres import pg_dsn, pg_template  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.postgres
@@ -63,7 +64,7 @@ async def drain_with_workers(
     async def worker(n: int, q: PostgresWorkQueue) -> None:
         nonlocal peak
         while len(claimed) < total:
-            job = await q.claim(f"w{n}", limits=limits)
+            job = await claim_one(q, f"w{n}", limits=limits)
             if job is None:
                 await q.wait_for_work(0.05)
                 continue
@@ -73,7 +74,7 @@ async def drain_with_workers(
             peak = max(peak, len(running))
             await asyncio.sleep(random.uniform(0, 0.003))
             del running[job.project_id]  # before finish commits: nobody can claim the project before this
-            await q.finish(job.id, AgentResult(status="succeeded"), worker_id=f"w{n}")
+            await finish_one(q, job.id, AgentResult(status="succeeded"), worker_id=f"w{n}")
 
     await asyncio.wait_for(asyncio.gather(*(worker(n, q) for n, q in enumerate(queues))), 120)
     return claimed, peak
@@ -132,7 +133,7 @@ async def test_listener_reconnects_and_still_wakes_workers(make_queue: QueueMake
         await asyncio.sleep(0.02)
     assert listener.backend_pid not in (None, old_pid) and listener.reconnects == 1
     waiter = asyncio.create_task(idle.wait_for_work(30))
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0)  # one turn: the waiter reaches its wait (it does no I/O before it)
     assert not waiter.done()
     await put(producer, "p")  # NOTIFY from another process
     await asyncio.wait_for(waiter, 3)
@@ -147,8 +148,8 @@ async def test_one_notify_per_enqueue_and_per_finish_that_frees_waiting_work(
         for _ in range(10):
             await put(q, "busy")
         await asyncio.gather(*(put(q, f"solo{i}") for i in range(10)))
-        while (job := await q.claim("w")) is not None:
-            await q.finish(job.id, AgentResult(status="succeeded"))
+        while (job := await claim_one(q, "w")) is not None:
+            await finish_one(q, job.id, AgentResult(status="succeeded"))
         payloads = Counter[str]()
         async for note in listen.notifies(timeout=0.5):
             payloads[note.payload] += 1

@@ -8,6 +8,7 @@ fails; anything else is echoed back as text in two chunks.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -67,6 +68,10 @@ class ScriptedCodeAgent(CodeAgent):
                     if want > request.timeout_s:
                         status, error = "timed_out", f"timed out after {request.timeout_s:g} s"
                 text = "slept" if status == "succeeded" else ""
+            elif prompt.startswith("env:"):  # which value the run got, without showing it: its sha256
+                name = prompt.split(":", 1)[1].strip()
+                value = (env or {}).get(name)
+                text = f"{name} unset" if value is None else f"{name} sha256 {_sha256(value)}"
             elif prompt.startswith("fail:"):
                 status, error, text = "failed", prompt.split(":", 1)[1].strip() or "failed", ""
             if text:
@@ -86,3 +91,7 @@ class ScriptedCodeAgent(CodeAgent):
             )
         finally:
             self._cancels.pop(run_id, None)
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()

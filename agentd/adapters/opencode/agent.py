@@ -65,8 +65,13 @@ class OpenCodeConfig:
 
     def server_config(self) -> ServerConfig:
         return ServerConfig(
-            binary=self.binary, base_dir=self.base_dir, environ=self.environ, extra_env=self.extra_env,
-            passthrough=self.passthrough, username=self.username, startup_timeout_s=self.startup_timeout_s,
+            binary=self.binary,
+            base_dir=self.base_dir,
+            environ=self.environ,
+            extra_env=self.extra_env,
+            passthrough=self.passthrough,
+            username=self.username,
+            startup_timeout_s=self.startup_timeout_s,
         )
 
 
@@ -89,8 +94,13 @@ class OpenCodeAgent(CodeAgent):
 
     def capabilities(self) -> Capabilities:
         return Capabilities(
-            streaming=True, partial_text=self.config.mode != "cli", reasoning=True, tools=True,
-            resume=True, cancel=True, max_turns=False,
+            streaming=True,
+            partial_text=self.config.mode != "cli",
+            reasoning=True,
+            tools=True,
+            resume=True,
+            cancel=True,
+            max_turns=False,
         )
 
     # --- reaching a server ----------------------------------------------------------------------------
@@ -137,7 +147,9 @@ class OpenCodeAgent(CodeAgent):
         if mode == "cli":
             return "cli"
         recent_failure = (
-            mode == "auto" and self.server is not None and self._server_failed_at is not None
+            mode == "auto"
+            and self.server is not None
+            and self._server_failed_at is not None
             and time.monotonic() - self._server_failed_at < self.config.server_retry_s
         )
         try:
@@ -225,15 +237,26 @@ class OpenCodeAgent(CodeAgent):
             inner: Callable[[], AsyncGenerator[AgentEvent, None]]
             if where == "server":
                 inner = ServerRun(
-                    self.client, request, control, directory,
+                    self.client,
+                    request,
+                    control,
+                    directory,
                     _with_reply(self.config.run, self.config.idle_timeout_s, self.config.permission_reply),
-                    ensure_server=self.ensure_server, server_epoch=self._epoch,
-                    files=files, mentions=mentions,
+                    ensure_server=self.ensure_server,
+                    server_epoch=self._epoch,
+                    files=files,
+                    mentions=mentions,
                 ).events
             else:
                 inner = CliRun(
-                    self._binary_path() or self.config.binary, self._env, request, control, directory,
-                    idle_timeout_s=self.config.idle_timeout_s, files=files, mentions=mentions,
+                    self._binary_path() or self.config.binary,
+                    self._env,
+                    request,
+                    control,
+                    directory,
+                    idle_timeout_s=self.config.idle_timeout_s,
+                    files=files,
+                    mentions=mentions,
                     scratch=scratch,
                 ).events
             stream = inner()

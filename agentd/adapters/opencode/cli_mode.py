@@ -114,9 +114,15 @@ class CliRun:
         state: RunState | None = None
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=self.dir, env=self.env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True, preexec_fn=procs.die_with_parent, limit=64 * 1024 * 1024,
+                *argv,
+                cwd=self.dir,
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=procs.die_with_parent,
+                limit=64 * 1024 * 1024,
             )
         except OSError as e:
             yield self._done(None, None, f"could not run {self.binary!r}: {e}")

@@ -35,7 +35,12 @@ from agentd.domain.models import (
 log = structlog.get_logger(__name__)
 EventHook = Callable[[dict[str, Any]], None]
 _STREAM_ERRORS = (
-    OpenCodeHTTPError, OpenCodeUnavailable, aiohttp.ClientError, OSError, TimeoutError, ValueError
+    OpenCodeHTTPError,
+    OpenCodeUnavailable,
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+    ValueError,
 )
 
 
@@ -120,8 +125,14 @@ class ServerRun:
             res = state.outcome(duration_ms=ms, forced=forced, forced_reason=self.control.reason)
             if self.failure and not forced:
                 res = res.model_copy(update={"status": "failed", "error": self.failure})
-        log.info("opencode.run.finished", run_id=self.control.run_id, session_id=res.session_id,
-                 status=res.status, duration_ms=res.duration_ms, error=res.error)
+        log.info(
+            "opencode.run.finished",
+            run_id=self.control.run_id,
+            session_id=res.session_id,
+            status=res.status,
+            duration_ms=res.duration_ms,
+            error=res.error,
+        )
         self.finished = True
         return DoneEvent.from_result(res)
 
@@ -169,8 +180,13 @@ class ServerRun:
         assert self.session_id is not None
         try:
             body = prompt_body(
-                self.request.prompt, directory=self.dir, message_id=state.user_message_id or "",
-                model=self.request.model, agent=self.request.agent, files=self.files, mentions=self.mentions,
+                self.request.prompt,
+                directory=self.dir,
+                message_id=state.user_message_id or "",
+                model=self.request.model,
+                agent=self.request.agent,
+                files=self.files,
+                mentions=self.mentions,
             )
         except ValueError as e:
             return str(e)

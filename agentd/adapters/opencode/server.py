@@ -37,8 +37,19 @@ QUIET_ENV = {
 }
 PASS_PREFIXES = ("OPENCODE_",)
 PASS_NAMES = (
-    "PATH", "LANG", "LC_ALL", "TZ", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy",
-    "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS",
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "NO_PROXY",
+    "https_proxy",
+    "http_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "NODE_EXTRA_CA_CERTS",
 )
 # Unknown routes would then proxy to the internet (and answer 500); the password is always ours.
 DROPPED = ("OPENCODE_DISABLE_EMBEDDED_WEB_UI", "OPENCODE_SERVER_PASSWORD", "OPENCODE_SERVER_USERNAME")
@@ -156,9 +167,14 @@ class ManagedServer:
         started = time.monotonic()
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=cfg.base_dir / "run", env=cfg.env(), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True, preexec_fn=procs.die_with_parent,
+                *argv,
+                cwd=cfg.base_dir / "run",
+                env=cfg.env(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=procs.die_with_parent,
             )
         except OSError as e:
             self.last_error = f"cannot run {cfg.binary!r}: {e}"
@@ -181,8 +197,12 @@ class ManagedServer:
         self._started_at = time.monotonic()
         self._spawn(self._watch(proc))
         log.info(
-            "opencode.server.started", pid=proc.pid, url=url, version=self.version,
-            startup_ms=int((time.monotonic() - started) * 1000), restarts=self.restarts,
+            "opencode.server.started",
+            pid=proc.pid,
+            url=url,
+            version=self.version,
+            startup_ms=int((time.monotonic() - started) * 1000),
+            restarts=self.restarts,
         )
         return url
 

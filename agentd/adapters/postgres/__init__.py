@@ -1,6 +1,8 @@
-"""PostgreSQL adapters: the work queue and the durable event log, for many processes on many machines.
+"""PostgreSQL adapters: the work queue, the durable event log and the secret store, for many processes on many
+machines.
 
-`open_postgres` is what the composition root calls; `migrate` is what `agentd migrate` runs.
+`open_postgres` and `open_postgres_secrets` are what the composition root calls; `migrate` is what
+`agentd migrate` runs.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 from agentd.adapters.postgres.database import PgDatabase
 from agentd.adapters.postgres.migrate import check_schema, migrate
 from agentd.adapters.postgres.postgres_event_stream import PostgresEventStream
+from agentd.adapters.postgres.postgres_secret_store import PostgresSecretStore
 from agentd.adapters.postgres.postgres_work_queue import PostgresWorkQueue
 from agentd.adapters.postgres.queries import SCHEMA_VERSION
 
@@ -15,10 +18,12 @@ __all__ = [
     "SCHEMA_VERSION",
     "PgDatabase",
     "PostgresEventStream",
+    "PostgresSecretStore",
     "PostgresWorkQueue",
     "check_schema",
     "migrate",
     "open_postgres",
+    "open_postgres_secrets",
 ]
 
 
@@ -47,3 +52,13 @@ async def open_postgres(
         await queue.close()
         raise
     return queue, streams
+
+
+async def open_postgres_secrets(db: PgDatabase, master_key: bytes | None) -> PostgresSecretStore:
+    """The secret store on an open `PgDatabase` (the queue's: `queue.db`); closed by its own `close`.
+
+    Without a master key every call of the store raises SecretsUnavailable.
+    """
+    store = PostgresSecretStore(db, master_key)
+    await store.open()
+    return store

@@ -12,7 +12,6 @@ from typing import Any
 import psycopg
 import structlog
 from psycopg.rows import tuple_row
-from psycopg_pool import AsyncConnectionPool
 
 from agentd.adapters.postgres.errors import describe, translate_errors
 from agentd.adapters.postgres.queries import SCHEMA_VERSION, migrations
@@ -74,14 +73,9 @@ async def migrate(dsn: str) -> list[int]:
     return applied
 
 
-async def check_schema(
-    db: psycopg.AsyncConnection[Any] | AsyncConnectionPool[Any],
-) -> int:
+async def check_schema(conn: psycopg.AsyncConnection[Any]) -> int:
     """The schema version, when it is the one this agentd needs; SchemaMismatch otherwise."""
-    if isinstance(db, AsyncConnectionPool):
-        async with db.connection() as conn:
-            return await check_schema(conn)
-    found = await _current_version(db)
+    found = await _current_version(conn)
     if found is None or found == 0:
         raise SchemaMismatch(
             "the agentd tables are missing from this database: run `agentd migrate`",

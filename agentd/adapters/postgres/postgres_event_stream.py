@@ -76,9 +76,7 @@ class _Numbered:
 
 def _number(batch: list[_Publish], heads: dict[str, int], notify: list[str]) -> _Numbered:
     heads = dict(heads)
-    out = _Numbered(
-        {"stream_ids": [], "seqs": [], "types": [], "datas": [], "notify_ids": notify}, [], heads
-    )
+    out = _Numbered({"stream_ids": [], "seqs": [], "types": [], "datas": [], "notify_ids": notify}, [], heads)
     for item in batch:
         first = heads[item.stream_id] + 1
         seqs = list(range(first, first + len(item.rows)))

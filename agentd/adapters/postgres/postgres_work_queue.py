@@ -1,20 +1,19 @@
 """The work queue on PostgreSQL: many worker processes on many machines share one table of jobs.
 
-- `claim` is one statement (the `agentd_claim` function): FOR UPDATE SKIP LOCKED, one running job per
-  project and the `Limits` enforced fleet-wide and race-free (see sql/migrations/0001_initial.sql).
-  `claim_many` / `finish_many` (not in the port) do the same for several jobs in one statement each.
+- `claim_many` is one statement (the `agentd_claim` function): FOR UPDATE SKIP LOCKED, one running job per
+  project and the `Limits` enforced fleet-wide and race-free (see sql/migrations/0001_initial.sql);
+  `finish_many` is one statement too.
 - Idle workers wake on NOTIFY (one per enqueue transaction, and one when a finish lets a queued job run),
   heard on the process's dedicated listener connection, with polling as the fallback
   (`wait_for_work(timeout)`).
 - Leases: `heartbeat` renews `lease_expires_at`; `recover` re-queues expired jobs, or fails them after
   their attempts. Retryable failures go back to the queue with exponential backoff.
+
+The rules shared with the SQLite queue (retry, backoff, idempotency, wake-ups): agentd.adapters.queue_policy.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import hashlib
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -24,23 +23,20 @@ from psycopg.rows import DictRow
 
 from agentd.adapters.postgres.database import JOBS_CHANNEL, PgDatabase
 from agentd.adapters.postgres.queries import QUERIES
-from agentd.domain.errors import IdempotencyConflict, JobNotFound, ProjectBusy
+from agentd.adapters.queue_policy import (
+    CANCELLED_JSON,
+    MAX_BACKOFF_S,
+    WakeUps,
+    distinct_ids,
+    idempotency_conflict,
+    lost_reason,
+    project_busy,
+    request_hash,
+    wants_retry,
+)
+from agentd.domain.errors import JobNotFound
 from agentd.domain.models import AgentRequest, AgentResult, Job, JobStatus
 from agentd.ports.work_queue import BusyPolicy, JobFilter, Limits, WorkQueue
-
-MAX_BACKOFF_S = 600.0
-_CANCELLED = AgentResult(status="cancelled", error="cancelled before it started").model_dump_json()
-
-# The wake-up generation a task saw when its last claim started: a notification that arrives between an
-# empty claim and the following wait_for_work() then still wakes that wait (the runner creates the waiting
-# task after the claim, so the task inherits this context).
-_seen_generation: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
-    "agentd_pg_seen_generation", default=None
-)
-
-
-def request_hash(request: AgentRequest) -> str:
-    return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
 
 
 def _utc(dt: datetime | None) -> datetime | None:
@@ -72,10 +68,9 @@ def row_to_job(row: DictRow) -> Job:
 
 
 def _finish_input(job_id: str, result: AgentResult) -> str:
-    retryable = result.retryable and result.status == "failed"
     return (
         f'{{"id":{json.dumps(job_id)},"status":"{result.status}","result":{result.model_dump_json()},'
-        f'"retryable":{"true" if retryable else "false"},"error":{json.dumps(result.error)}}}'
+        f'"retryable":{"true" if wants_retry(result) else "false"},"error":{json.dumps(result.error)}}}'
     )
 
 
@@ -92,12 +87,11 @@ class PostgresWorkQueue(WorkQueue):
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.retry_base_s = retry_base_s
-        self._generation = 0
-        self._wake = asyncio.Event()
+        self._wake = WakeUps()
         # Once this process claims with limits, a finish may free a slot for any queued job: wake everyone.
         self._limits_in_use = False
-        db.on_notify(JOBS_CHANNEL, lambda _payload: self._notify())
-        db.on_gap(self._notify)
+        db.on_notify(JOBS_CHANNEL, lambda _payload: self._wake.notify())
+        db.on_gap(self._wake.notify)
 
     async def open(self) -> None:
         """Open (or share) the pool and listener; SchemaMismatch when the schema is not this agentd's."""
@@ -105,11 +99,6 @@ class PostgresWorkQueue(WorkQueue):
 
     async def close(self) -> None:
         await self.db.close()
-
-    def _notify(self) -> None:
-        self._generation += 1
-        self._wake.set()
-        self._wake = asyncio.Event()
 
     async def _one(self, query: str, params: dict[str, Any]) -> DictRow | None:
         async with self.db.connection() as conn:
@@ -154,31 +143,21 @@ class PostgresWorkQueue(WorkQueue):
                 existing = await cur.fetchone()
                 if existing is not None:
                     if existing["request_hash"] != params["request_hash"]:
-                        raise IdempotencyConflict(
-                            f"Idempotency-Key {idempotency_key!r} was already used in project "
-                            f"{request.project_id!r} with a different request (job {existing['id']})",
-                            job_id=existing["id"],
-                        )
+                        raise idempotency_conflict(idempotency_key, request.project_id, existing["id"])
                     return row_to_job(existing), False
             if busy == "reject":
                 cur = await conn.execute(QUERIES["project_busy"], params)
                 busy_row = await cur.fetchone()
                 if busy_row is not None and busy_row["busy"]:
-                    raise ProjectBusy(
-                        f"project {request.project_id!r} already has a queued or running job (busy=reject)"
-                    )
+                    raise project_busy(request.project_id)
             cur = await conn.execute(QUERIES["enqueue"], params)
             row = await cur.fetchone()
             assert row is not None
             return row_to_job(row), True
 
-    async def claim(self, worker_id: str, *, limits: Limits | None = None) -> Job | None:
-        jobs = await self.claim_many(worker_id, 1, limits=limits)
-        return jobs[0] if jobs else None
-
     async def claim_many(self, worker_id: str, n: int, *, limits: Limits | None = None) -> list[Job]:
         """Up to `n` jobs in one statement (each under its own lease, never two of one project)."""
-        _seen_generation.set((id(self), self._generation))
+        self._wake.claiming()
         caps = limits.per_provider if limits is not None else {}
         global_max = limits.global_max if limits is not None else None
         if caps or global_max is not None:
@@ -196,30 +175,17 @@ class PostgresWorkQueue(WorkQueue):
         return [row_to_job(r) for r in rows]
 
     async def wait_for_work(self, timeout: float) -> None:
-        seen = _seen_generation.get()
-        if seen is not None and seen[0] == id(self) and seen[1] != self._generation:
-            _seen_generation.set((id(self), self._generation))
-            return  # a wake-up came after this task's last claim started looking
-        waiter = self._wake
-        try:
-            await asyncio.wait_for(waiter.wait(), timeout)
-        except TimeoutError:
-            return
+        await self._wake.wait(timeout)
 
     async def heartbeat(self, job_id: str, worker_id: str) -> bool:
         row = await self._one("heartbeat", {"id": job_id, "worker_id": worker_id, "lease_s": self.lease_s})
         return row is not None
 
-    async def finish(self, job_id: str, result: AgentResult, *, worker_id: str | None = None) -> Job:
-        return (await self.finish_many([(job_id, result)], worker_id=worker_id))[0]
-
     async def finish_many(
         self, results: Sequence[tuple[str, AgentResult]], *, worker_id: str | None = None
     ) -> list[Job]:
-        """`finish` for several jobs in one statement; the jobs come back in the order given."""
-        ids = [job_id for job_id, _ in results]
-        if len(set(ids)) != len(ids):
-            raise ValueError("finish_many: each job may appear once")
+        """Several results in one statement; the jobs come back in the order given."""
+        ids = distinct_ids(results)
         rows = await self._all(
             "finish",
             {
@@ -238,7 +204,7 @@ class PostgresWorkQueue(WorkQueue):
         return [row_to_job(by_id[job_id]) for job_id in ids]
 
     async def request_cancel(self, project_id: str, job_id: str) -> tuple[Job, bool]:
-        params = {"id": job_id, "project_id": project_id, "cancelled": _CANCELLED}
+        params = {"id": job_id, "project_id": project_id, "cancelled": CANCELLED_JSON}
         row = await self._one("request_cancel", params)
         if row is None:
             raise JobNotFound(f"no job {job_id!r} in project {project_id!r}")
@@ -267,6 +233,5 @@ class PostgresWorkQueue(WorkQueue):
         return [row_to_job(r) for r in rows]
 
     async def recover(self, *, all_running: bool = False) -> list[Job]:
-        reason = "its worker is gone" if all_running else "lease expired"
-        rows = await self._all("recover", {"all_running": all_running, "reason": reason})
+        rows = await self._all("recover", {"all_running": all_running, "reason": lost_reason(all_running)})
         return [row_to_job(r) for r in rows]

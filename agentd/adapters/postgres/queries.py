@@ -1,30 +1,18 @@
-"""Named SQL queries, kept in sql/queries.sql (procrastinate style) and loaded once at import.
+"""Named SQL queries, kept in sql/queries.sql and loaded once at import (agentd.adapters.sql_files).
 
-A block starts with `-- name: <name>`; everything up to the next such line is the query. Migrations are
-plain scripts in sql/migrations/NNNN_<what>.sql.
+Migrations are plain scripts in sql/migrations/NNNN_<what>.sql.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
+from agentd.adapters.sql_files import load_queries, parse_queries
+
+__all__ = ["QUERIES", "SCHEMA_VERSION", "SQL_DIR", "migrations", "parse_queries"]
+
 SQL_DIR = Path(__file__).parent / "sql"
-_NAME = re.compile(r"^-- name: *([a-z0-9_]+) *$", re.MULTILINE)
-
-
-def parse_queries(text: str) -> dict[str, str]:
-    """{name: sql} from a file of `-- name:` blocks; a name may appear once."""
-    parts = _NAME.split(text)
-    queries: dict[str, str] = {}
-    for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        if name in queries:
-            raise ValueError(f"query {name!r} is defined twice")
-        queries[name] = body.strip()
-    return queries
-
-
-QUERIES = parse_queries((SQL_DIR / "queries.sql").read_text(encoding="utf-8"))
+QUERIES = load_queries(SQL_DIR / "queries.sql")
 
 
 def migrations() -> list[tuple[int, str, str]]:

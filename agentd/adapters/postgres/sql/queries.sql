@@ -1,10 +1,6 @@
 -- Named queries, loaded by agentd.adapters.postgres.queries. A block starts with `-- name: <name>`;
 -- the comment lines right after it say what it does. Parameters are psycopg %(name)s placeholders.
 
--- name: schema_version
--- The newest applied migration, or NULL when the table is empty.
-SELECT max(version) AS version FROM agentd_schema_version;
-
 -- name: enqueue
 -- A new queued job, and one wake-up for idle workers in the same transaction.
 WITH job AS (
@@ -233,3 +229,37 @@ SELECT count(*) AS pruned, (SELECT count(*) FROM gone) AS events FROM dead;
 
 -- name: notify_streams
 SELECT pg_notify('agentd_events', sid) FROM unnest(%(stream_ids)s::text[]) AS sid;
+
+-- Secrets (postgres_secret_store.py). `scope` is the project id, or '' for a global secret; `value` is
+-- ciphertext (agentd.adapters.secret_crypto).
+
+-- name: secret_any
+-- One stored secret, to check that the master key decrypts what is stored.
+SELECT scope, name, value FROM agentd_secrets LIMIT 1;
+
+-- name: secret_put
+INSERT INTO agentd_secrets (scope, name, value) VALUES (%(scope)s, %(name)s, %(value)s)
+ON CONFLICT (scope, name) DO UPDATE SET value = excluded.value, updated_at = now();
+
+-- name: secret_list
+SELECT name, updated_at FROM agentd_secrets WHERE scope = %(scope)s ORDER BY name;
+
+-- name: secret_delete
+DELETE FROM agentd_secrets WHERE scope = %(scope)s AND name = %(name)s RETURNING name;
+
+-- name: secret_resolve
+-- The global secrets, then the project's (which win over a global one of the same name).
+SELECT scope, name, value FROM agentd_secrets WHERE scope IN ('', %(scope)s) ORDER BY scope <> '';
+
+-- name: secret_lock_all
+-- Rotation: no other transaction writes a secret until this one commits (readers go on).
+LOCK TABLE agentd_secrets IN EXCLUSIVE MODE;
+
+-- name: secret_all
+SELECT scope, name, value FROM agentd_secrets;
+
+-- name: secret_set_values
+-- Rotation: new ciphertexts for many secrets at once (arrays of the same length).
+UPDATE agentd_secrets s SET value = u.value
+  FROM unnest(%(scopes)s::text[], %(names)s::text[], %(values)s::bytea[]) AS u(scope, name, value)
+ WHERE s.scope = u.scope AND s.name = u.name;

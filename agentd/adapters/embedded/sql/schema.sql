@@ -1,0 +1,42 @@
+-- The embedded database's schema (queue and secrets), applied at open by agentd.adapters.embedded.database
+-- (every statement is idempotent: a file of an older version gets what it lacks; PRAGMA user_version
+-- records the version). Times the queue compares (run_after, lease_expires_at) are epoch seconds; the
+-- others are ISO 8601 text in UTC.
+
+CREATE TABLE IF NOT EXISTS jobs (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,  -- FIFO order and paging
+    id               TEXT NOT NULL UNIQUE,
+    project_id       TEXT NOT NULL,
+    provider         TEXT NOT NULL,
+    stream_id        TEXT NOT NULL,
+    request          TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    created_at       TEXT NOT NULL,
+    started_at       TEXT,
+    finished_at      TEXT,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    max_attempts     INTEGER NOT NULL DEFAULT 3,
+    run_after        REAL NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    worker_id        TEXT,
+    lease_expires_at REAL,
+    idempotency_key  TEXT,
+    request_hash     TEXT,
+    last_error       TEXT,
+    result           TEXT
+);
+
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
+CREATE INDEX IF NOT EXISTS jobs_project ON jobs(project_id, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency ON jobs(project_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
+-- Schema 2: secrets (agentd.adapters.embedded.sqlite_secret_store), encrypted with
+-- agentd.adapters.secret_crypto. `scope` is the project id, or '' for a global secret.
+CREATE TABLE IF NOT EXISTS secrets (
+    scope      TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    value      BLOB NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (scope, name)
+);

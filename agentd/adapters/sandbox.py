@@ -1,0 +1,373 @@
+"""The jail every local agent process runs in: a bubblewrap sandbox per run.
+
+A jailed run sees its project's workspace and its own agent home (read-write, at their real paths, so the
+CLIs' cwd and paths work), the system directories and the agent CLI's install (read-only, with the
+secret-bearing files of /etc masked), a private /tmp, a minimal /dev, and its own /proc in its own PID
+namespace. It shares the network (it must reach the model API). It does not see the data dir, the queue
+database, other projects' workspaces and homes, or agentd's environment. All capabilities are dropped,
+also when agentd runs as root.
+
+Environment: `wrap()` returns the environment to start bwrap itself with, and it is exactly the run's
+environment. bwrap passes it through to the command. bwrap's own process is PID 1 inside the namespace,
+so its environment and argv can be read there through /proc/1/environ and /proc/1/cmdline. For that
+reason nothing from agentd's environment may reach bwrap, and no value goes into bwrap's argv (no
+`--setenv`).
+
+Processes and signals (checked in tests/integration/test_sandbox.py):
+- `wrap()` gives `bwrap ... -- argv`. The pid you get from spawning it is bwrap's outer (monitor) process.
+  Its only child is the namespace's PID 1 (bwrap again), and that starts the command as PID 2.
+- When the command exits, PID 1 exits, and the kernel SIGKILLs every process left in the namespace,
+  daemonized grandchildren included. A run never leaves anything behind.
+- `kill_tree(pid)` ends the whole sandbox at once. It SIGKILLs the namespace's PID 1 (the kernel then
+  kills every member), and the outer bwrap exits with status 137 and can be reaped as usual. Killing only
+  the outer bwrap also ends the namespace (`--die-with-parent`), but then the inner bwrap is left as a
+  zombie for init to reap. So use `kill_tree`.
+- For a graceful stop, `signal_command(pid, SIGTERM)` signals the agent command itself (PID 2 inside),
+  because bwrap does not forward signals. Then `kill_tree` after a bounded wait.
+- `--die-with-parent`: if agentd dies, even by SIGKILL, the sandbox dies with it. The parent-death
+  signal is tied to the *thread* that spawned bwrap, so spawn from the event loop's thread (asyncio's
+  subprocess functions do) and not from a short-lived worker thread.
+- `alive(pid)` says whether anything of the sandbox is still running (not a zombie).
+
+With mode "off" (`AGENTD_SANDBOX=off`, or `auto` where bwrap does not work), `wrap()` returns argv and env
+unchanged. `kill_tree`/`signal_command`/`alive` then act on the process, its process group and its
+descendants (best effort: a process that left its group and was re-parented is not found). They do the
+same in "bwrap" mode for a pid that is not a bwrap (a process started without `wrap()`, e.g. kubectl).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import structlog
+
+from agentd.domain.errors import SandboxUnavailable
+
+log = structlog.get_logger(__name__)
+
+SandboxSetting = Literal["auto", "bwrap", "off"]
+SandboxMode = Literal["bwrap", "off"]
+
+# Read-only system directories. A symlink such as /bin -> usr/bin (merged /usr) is recreated as a symlink.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+# Resolver state that /etc/resolv.conf may point into (systemd-resolved). Not the rest of /run, which
+# holds sockets (PostgreSQL's among them).
+EXTRA_RO = ("/run/systemd/resolve",)
+# Secret-bearing parts of /etc: directories are covered with an empty tmpfs, files with /dev/null.
+MASKED_DIRS = (
+    "/etc/agentd",
+    "/etc/ssl/private",
+    "/etc/sudoers.d",
+    "/etc/credstore",
+    "/etc/credstore.encrypted",
+    "/etc/letsencrypt",
+    "/etc/wireguard",
+    "/etc/NetworkManager/system-connections",
+)
+MASKED_FILES = ("/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/sudoers")
+MASKED_GLOBS = ("/etc/ssh/ssh_host_*key",)
+NAMESPACE_FLAGS = (
+    "--die-with-parent",
+    "--new-session",  # no TIOCSTI into a terminal agentd may have
+    "--unshare-pid",
+    "--unshare-ipc",
+    "--unshare-uts",
+    "--unshare-cgroup-try",
+    "--cap-drop",
+    "ALL",
+)
+PROBE_TIMEOUT_S = 15.0
+
+
+@dataclass(frozen=True)
+class Jail:
+    """What one run may see. The workspace and home are mounted read-write at their own paths.
+
+    `ro_paths` (e.g. `install_paths(binary)`) are mounted read-only and skipped when missing. `extra_rw`
+    paths are mounted read-write and skipped when missing. `cwd` defaults to the workspace. The
+    sandbox's hidden paths (the data dir) win over `ro_paths`, even a folder that contains the data dir;
+    the workspace, the home and `extra_rw` win over the hidden paths.
+    """
+
+    workspace: Path
+    home: Path
+    ro_paths: tuple[Path, ...] = ()
+    extra_rw: tuple[Path, ...] = ()
+    cwd: Path | None = None
+
+
+def install_paths(binary: str, path: str | None = None) -> tuple[Path, ...]:
+    """The directories to mount read-only so that `binary` can run in a jail.
+
+    For a binary installed by npm (under a `node_modules/.bin`) this is the whole `node_modules` folder,
+    so the symlink and the package it points to both resolve. For anything else it is the folder of the
+    binary and of its resolved target. System directories are left out (they are always mounted). When
+    the binary cannot be found the result is empty, and bwrap will then say "No such file or directory".
+    """
+    found = binary if os.sep in binary else shutil.which(binary, path=path)
+    if not found:
+        return ()
+    given = Path(os.path.abspath(found))
+    real = given.resolve()
+    out: list[Path] = []
+    for p in (given, real):
+        parts = p.parts
+        if "node_modules" in parts:
+            i = len(parts) - 1 - parts[::-1].index("node_modules")
+            out.append(Path(*parts[: i + 1]))
+        else:
+            out.append(p.parent)
+    system = tuple(Path(d) for d in SYSTEM_DIRS)
+    keep: list[Path] = []
+    for p in out:
+        if any(p == s or s in p.parents for s in system) or p in keep:
+            continue
+        keep.append(p)
+    return tuple(keep)
+
+
+def _system_args() -> list[str]:
+    args: list[str] = []
+    for d in SYSTEM_DIRS:
+        if os.path.islink(d):
+            args += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            args += ["--ro-bind", d, d]
+    for d in EXTRA_RO:
+        args += ["--ro-bind-try", d, d]
+    for d in MASKED_DIRS:
+        if os.path.isdir(d) and not os.path.islink(d):
+            args += ["--tmpfs", d]
+    files = list(MASKED_FILES)
+    for pattern in MASKED_GLOBS:
+        files += sorted(glob.glob(pattern))
+    for f in files:
+        if os.path.isfile(f) and not os.path.islink(f):
+            args += ["--ro-bind", "/dev/null", f]
+    return args
+
+
+def _base_args() -> list[str]:
+    return [*NAMESPACE_FLAGS, *_system_args(), "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+
+
+class Sandbox:
+    """Built once at start (`Sandbox.start`). `mode` is "bwrap" or "off", for /healthz and /providers."""
+
+    def __init__(self, mode: SandboxMode, *, bwrap: str = "bwrap", hide: Iterable[Path] = ()) -> None:
+        self.mode: SandboxMode = mode
+        self.bwrap = bwrap
+        # Covered with an empty tmpfs in every jail (the data dir), in case a mounted path contains them.
+        self.hide = tuple(Path(os.path.abspath(p)) for p in hide)
+
+    @classmethod
+    def start(cls, setting: SandboxSetting, *, bwrap: str = "bwrap", hide: Iterable[Path] = ()) -> Sandbox:
+        """Resolve AGENTD_SANDBOX. `auto` falls back to "off" with a warning; `bwrap` raises
+        SandboxUnavailable with bwrap's own error; `off` does not probe."""
+        if setting == "off":
+            log.warning("sandbox.off", reason="AGENTD_SANDBOX=off: agent runs are not jailed")
+            return cls("off", bwrap=bwrap, hide=hide)
+        path, error = probe(bwrap)
+        if path is not None:
+            log.info("sandbox.bwrap", bwrap=path)
+            return cls("bwrap", bwrap=path, hide=hide)
+        if setting == "bwrap":
+            raise SandboxUnavailable(
+                f"AGENTD_SANDBOX=bwrap, but bubblewrap cannot start a sandbox here: {error}. Install it "
+                "(apt-get install bubblewrap), allow unprivileged user namespaces, or set "
+                "AGENTD_SANDBOX=auto to run agents unjailed.",
+                bwrap=bwrap,
+                error=error,
+            )
+        log.warning(
+            "sandbox.off",
+            reason=f"bubblewrap cannot start a sandbox here: {error}",
+            hint="agent runs are NOT jailed: install bubblewrap (apt-get install bubblewrap), "
+            "or set AGENTD_SANDBOX=off to silence this",
+        )
+        return cls("off", bwrap=bwrap, hide=hide)
+
+    # -- building the command -------------------------------------------------------------------------
+
+    def wrap(
+        self, argv: Sequence[str], env: Mapping[str, str], jail: Jail
+    ) -> tuple[list[str], dict[str, str]]:
+        """The command and environment to exec for `argv` run in `jail`.
+
+        `env` must be the complete environment of the run (never agentd's). It becomes bwrap's own
+        environment, which bwrap hands to the command. No value is put in argv. The workspace and home
+        are created (0700) when missing. `argv[0]` is looked up with the PATH in `env` inside the jail,
+        so give an absolute path and mount its install (`install_paths`).
+        """
+        if self.mode == "off":
+            return list(argv), dict(env)
+        for d in (jail.workspace, jail.home):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return [self.bwrap, *self.jail_args(jail), "--", *argv], dict(env)
+
+    def jail_args(self, jail: Jail) -> list[str]:
+        args = _base_args()
+        for p in jail.ro_paths:
+            args += ["--ro-bind-try", str(p), str(p)]
+        for p in self.hide:
+            args += ["--tmpfs", str(p)]
+        for p in (jail.workspace, jail.home):
+            args += ["--bind", str(p), str(p)]
+        for p in jail.extra_rw:
+            args += ["--bind-try", str(p), str(p)]
+        for p in self.hide:  # read-only too, so nothing can be written there that looks like data
+            args += ["--remount-ro", str(p)]
+        args += ["--chdir", str(jail.cwd or jail.workspace)]
+        return args
+
+    # -- ending it ---------------------------------------------------------------------------------------
+
+    def kill_tree(self, pid: int) -> None:
+        """SIGKILL everything started from `pid` (the pid `wrap()`'s command was spawned as). The caller
+        still reaps `pid` itself (await proc.wait())."""
+        if self._jailed(pid):
+            inner = _children(pid)
+            for p in inner:
+                _kill(p, signal.SIGKILL)  # PID 1 of the namespace: the kernel kills every member
+            if not inner:
+                _kill(pid, signal.SIGKILL)
+            return
+        _kill_group(pid, signal.SIGKILL)
+        for p in _descendants(pid):
+            _kill(p, signal.SIGKILL)
+        _kill(pid, signal.SIGKILL)
+
+    def signal_command(self, pid: int, sig: int) -> None:
+        """Send `sig` to the agent command itself (inside the sandbox: PID 2, bwrap's grandchild)."""
+        if self._jailed(pid):
+            targets = [c for inner in _children(pid) for c in _children(inner)]
+            for p in targets:
+                _kill(p, sig)
+            return
+        _kill(pid, sig)
+
+    def alive(self, pid: int) -> bool:
+        """Whether `pid` or anything it started (in bwrap mode: anything in its namespace) still runs.
+        Ask before reaping `pid`: after that its number may belong to someone else."""
+        return any(_running(p) for p in self.members(pid))
+
+    def members(self, pid: int) -> set[int]:
+        """`pid` and the processes that belong to it, as pids seen from agentd. In bwrap mode these are
+        the outer bwrap and every process in the sandbox's PID namespace."""
+        found = {pid} if _running(pid) else set()
+        if not self._jailed(pid):
+            return found | _descendants(pid)
+        namespaces = set()
+        for inner in _children(pid):
+            with contextlib.suppress(OSError):
+                namespaces.add(os.readlink(f"/proc/{inner}/ns/pid"))
+        if not namespaces:
+            return found | _descendants(pid)
+        for name in _proc_pids():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{name}/ns/pid") in namespaces:
+                    found.add(name)
+        return found
+
+    def _jailed(self, pid: int) -> bool:
+        """Whether `pid` is a bwrap we started (a process spawned without `wrap()`, e.g. kubectl, is not)."""
+        if self.mode != "bwrap":
+            return False
+        try:
+            return os.readlink(f"/proc/{pid}/exe") == os.path.realpath(self.bwrap)
+        except OSError:
+            return False
+
+
+def probe(bwrap: str = "bwrap") -> tuple[str | None, str]:
+    """Run `true` in a jail built with the flags we use. Returns (bwrap's path, "") or (None, why not)."""
+    path = bwrap if os.sep in bwrap else shutil.which(bwrap)
+    if path is None:
+        return None, f"{bwrap}: not found on PATH"
+    try:
+        done = subprocess.run(
+            [path, *_base_args(), "--", "true"],
+            env={"PATH": "/usr/bin:/bin"},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=PROBE_TIMEOUT_S,
+            check=False,
+        )
+    except OSError as exc:
+        return None, f"{path}: {exc.strerror or exc}"
+    except subprocess.TimeoutExpired:
+        return None, f"{path}: no answer within {PROBE_TIMEOUT_S:.0f}s"
+    if done.returncode != 0:
+        err = done.stderr.decode(errors="replace").strip() or f"exit status {done.returncode}"
+        return None, err
+    return path, ""
+
+
+# -- /proc helpers ------------------------------------------------------------------------------------------
+
+
+def _proc_pids() -> list[int]:
+    try:
+        return [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return []
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields after "(comm)" of /proc/<pid>/stat: [state, ppid, pgrp, ...]."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    return raw[raw.rfind(")") + 2 :].split()
+
+
+def _running(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and bool(fields) and fields[0] not in ("Z", "X")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return sorted(p for p in _proc_pids() if (s := _stat(p)) and len(s) > 1 and s[1] == str(pid))
+
+
+def _descendants(pid: int) -> set[int]:
+    kids: dict[int, list[int]] = {}
+    for p in _proc_pids():
+        s = _stat(p)
+        if s and len(s) > 1:
+            kids.setdefault(int(s[1]), []).append(p)
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _kill(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    s = _stat(pid)
+    if s and len(s) > 2 and s[2] == str(pid):  # only when it leads its own group (start_new_session)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
