@@ -9,6 +9,7 @@ import structlog
 from aiohttp import web
 
 from agentd.adapters.claude_code.agent import ClaudeCodeAgent, ClaudeCodeConfig, reap_stale
+from agentd.adapters.embedded.sqlite_key_store import SqliteKeyStore
 from agentd.adapters.embedded.sqlite_secret_store import SqliteSecretStore
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
 from agentd.adapters.http.app import ApiConfig, create_app
@@ -17,8 +18,10 @@ from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
 from agentd.config import ConfigError, Settings, load_master_key, service_secrets
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
+from agentd.ports.key_store import KeyStore
 from agentd.ports.secret_store import SecretStore
 from agentd.ports.work_queue import Limits, WorkQueue
+from agentd.services.access import KeyService, RateLimit
 from agentd.services.jobs import JobService
 from agentd.services.redaction import LOG_SECRETS
 from agentd.services.registry import ProviderRegistry
@@ -37,12 +40,23 @@ class Container:
     runner: Runner | None
     service: JobService
     secrets: SecretService
+    keys: KeyService
 
-    def app(self) -> web.Application:
-        api_key = self.settings.api_key.get_secret_value() if self.settings.api_key else None
-        app = create_app(
-            self.service, ApiConfig(api_key=api_key, heartbeat_s=self.settings.sse_heartbeat_s), self.secrets
+    def app(self, host: str | None = None, port: int | None = None) -> web.Application:
+        """The API, answering the Host names of the address it is bound to (`host`, `port`: the settings'
+        unless given; port 0: any port)."""
+        s = self.settings
+        rate = s.rate_limit
+        config = ApiConfig(
+            heartbeat_s=s.sse_heartbeat_s,
+            allowed_hosts=s.allowed_hosts_for(host or s.host, s.port if port is None else port),
+            public_url=s.public_url,
+            cors_origins=frozenset(s.cors_origins),
+            rate_limit=RateLimit(rate[0], rate[1], s.rate_limit_text or "") if rate else None,
+            max_streams_per_key=s.max_streams_per_key,
+            max_streams=s.max_streams,
         )
+        app = create_app(self.service, config, self.secrets, self.keys)
         app.cleanup_ctx.append(self._lifecycle)
         return app
 
@@ -64,9 +78,10 @@ class Container:
         for _, agent in self.registry.items():
             await agent.close()
         await self.streams.close()
-        close_secrets = getattr(self.secrets.store, "close", None)
-        if close_secrets is not None:
-            await close_secrets()
+        for store in (self.secrets.store, self.keys.store):
+            close = getattr(store, "close", None)
+            if close is not None:
+                await close()
         await self.queue.close()
 
 
@@ -143,6 +158,23 @@ async def open_secret_store(settings: Settings, queue: WorkQueue | None = None) 
     return SqliteSecretStore(db_or_path, key)
 
 
+async def open_key_store(settings: Settings, queue: WorkQueue | None = None) -> KeyStore:
+    """The API keys, in the queue's database (shared with `queue` when given, as for the secrets)."""
+    if settings.database_url:
+        from agentd.adapters.postgres import PgDatabase, PostgresWorkQueue, open_postgres_keys
+
+        db = queue.db if isinstance(queue, PostgresWorkQueue) else None
+        return await open_postgres_keys(db or PgDatabase(settings.database_url, pool_size=2, listen=False))
+    return SqliteKeyStore(
+        queue.db if isinstance(queue, SqliteWorkQueue) else settings.data_dir / "queue.sqlite3"
+    )
+
+
+def key_service(settings: Settings, store: KeyStore) -> KeyService:
+    bootstrap = settings.api_key.get_secret_value() if settings.api_key else None
+    return KeyService(store, bootstrap_key=bootstrap, stream_token_ttl_s=settings.stream_token_ttl_s)
+
+
 async def build(
     settings: Settings,
     *,
@@ -150,6 +182,7 @@ async def build(
     queue: WorkQueue | None = None,
     streams: EventStream | None = None,
     secrets: SecretStore | None = None,
+    keys: KeyStore | None = None,
     with_workers: bool = True,
 ) -> Container:
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -163,6 +196,7 @@ async def build(
         q, s = await open_storage(settings)
         queue, streams = queue or q, streams or s
     secrets = secrets or await open_secret_store(settings, queue)
+    keys = keys or await open_key_store(settings, queue)
     runner = None
     if with_workers:
         runner = Runner(
@@ -176,5 +210,21 @@ async def build(
             secrets=secrets,
             service_secrets=own_keys,
         )
-    service = JobService(queue, streams, registry, runner)
-    return Container(settings, queue, streams, registry, runner, service, SecretService(secrets))
+    service = JobService(
+        queue,
+        streams,
+        registry,
+        runner,
+        max_queued_per_project=settings.max_queued_per_project,
+        workspaces_dir=settings.workspaces_dir,
+    )
+    return Container(
+        settings,
+        queue,
+        streams,
+        registry,
+        runner,
+        service,
+        SecretService(secrets),
+        key_service(settings, keys),
+    )

@@ -59,6 +59,16 @@ class Settings(BaseModel):
     shutdown_grace_s: float = Field(30.0, ge=0)
     db_pool_size: int = Field(10, ge=1)
 
+    # Access (README "Access"): Host allow-list, public URL, CORS, limits.
+    allowed_hosts: tuple[str, ...] = ()  # "agentd.example.com,10.0.0.5:8080"; default: see allowed_hosts()
+    public_url: str | None = None  # "https://agentd.example.com": absolute URLs in answers start with it
+    cors_origins: tuple[str, ...] = ()  # "https://dash.example.com"; none: CORS off
+    rate_limit: tuple[int, float] | None = None  # "60/min": submissions per key
+    max_queued_per_project: int | None = Field(None, ge=1)
+    max_streams_per_key: int = Field(20, ge=1)
+    max_streams: int = Field(1000, ge=1)
+    stream_token_ttl_s: float = Field(3600.0, gt=0)
+
     # Secrets: the master key (url-safe base64 of 32 bytes), inline or in a file.
     master_key: SecretStr | None = None
     master_key_file: Path | None = None
@@ -108,6 +118,9 @@ class Settings(BaseModel):
 
     @field_validator(
         "database_url",
+        "public_url",
+        "rate_limit",
+        "max_queued_per_project",
         "master_key",
         "master_key_file",
         "opencode_url",
@@ -119,6 +132,47 @@ class Settings(BaseModel):
     @classmethod
     def _empty_is_unset(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _plain_comma_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return tuple(p.strip().lower() for p in v.split(",") if p.strip())
+        return v
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in v:
+            u = urlsplit(origin)
+            if u.scheme not in ("http", "https") or not u.netloc or u.path not in ("", "/"):
+                raise ValueError(
+                    f"an origin is scheme://host[:port], e.g. https://dash.example.com, got {origin!r}"
+                )
+        return tuple(o.rstrip("/") for o in v)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        u = urlsplit(v)
+        if u.scheme not in ("http", "https") or not u.netloc or u.query or u.fragment:
+            raise ValueError(f"use an absolute http(s) URL, e.g. https://agentd.example.com, got {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _rate(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        m = re.fullmatch(r"\s*([0-9]{1,9})\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*", v)
+        if m is None or int(m.group(1)) < 1:
+            raise ValueError(f"expected a count per unit, e.g. 60/min, 5/s or 1000/hour, got {v!r}")
+        unit = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0}.get(
+            m.group(2), 3600.0
+        )
+        return (int(m.group(1)), unit)
 
     @field_validator("providers", "opencode_env_passthrough", mode="before")
     @classmethod
@@ -191,6 +245,35 @@ class Settings(BaseModel):
         if self.master_key is not None and self.master_key_file is not None:
             raise ValueError("set AGENTD_MASTER_KEY or AGENTD_MASTER_KEY_FILE, not both")
         return self
+
+    @property
+    def rate_limit_text(self) -> str | None:
+        if self.rate_limit is None:
+            return None
+        count, per = self.rate_limit
+        return f"{count}/{ {1.0: 's', 60.0: 'min'}.get(per, 'hour') }"
+
+    def allowed_hosts_for(self, host: str, port: int) -> frozenset[str] | None:
+        """The Host values answered (AGENTD_ALLOWED_HOSTS, lower case; a name without a port allows any
+        port). Default: bound to loopback, localhost / 127.0.0.1 / [::1] with the port; otherwise the bind
+        address with the port (and the host of AGENTD_PUBLIC_URL, when set). None (any Host): bound to every
+        address (0.0.0.0) with neither set; a key is required there, which a rebinding page does not have."""
+        if self.allowed_hosts:
+            return frozenset(self.allowed_hosts)
+        if host in ("0.0.0.0", "::", "") and not self.public_url:
+            return None
+        suffix = f":{port}" if port else ""
+        if host in ("127.0.0.1", "::1", "localhost"):
+            names = {"localhost", "127.0.0.1", "[::1]"}
+        elif host in ("0.0.0.0", "::", ""):
+            names = set()  # every address: the public URL's host
+        else:
+            names = {f"[{host}]" if ":" in host else host}
+        out = {n + suffix for n in names}
+        if self.public_url:
+            u = urlsplit(self.public_url)
+            out.add(u.netloc.lower().rsplit("@", 1)[-1])
+        return frozenset(out)
 
     @property
     def workspaces_dir(self) -> Path:

@@ -65,7 +65,7 @@ async def agentd_factory(
     ) -> RunningAgentd:
         s = Settings(data_dir=data_dir or tmp_path / "data", **settings)
         container = await build(s, agents=agents)
-        runner = web.AppRunner(container.app(), shutdown_timeout=5)
+        runner = web.AppRunner(container.app(port=0), shutdown_timeout=5)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

@@ -100,7 +100,9 @@ async def test_bad_input_is_a_400_that_says_what_to_fix(
     srv: RunningAgentd, path: str, body: Any, code: str, fragment: str
 ) -> None:
     status, data = (
-        await call(srv, "PUT", path, json=body) if body is not None else await call(srv, "PUT", path)
+        await call(srv, "PUT", path, json=body)
+        if body is not None
+        else await call(srv, "PUT", path, headers={"Content-Type": "application/json"})
     )
     assert status == 400 and data["error"] == code and fragment in data["message"], data
 

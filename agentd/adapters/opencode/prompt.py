@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentd.domain.workspace import workspace_path
+
 _ALPHABET = string.ascii_letters + string.digits
 _lock = threading.Lock()
 _last = [0, 0]  # last timestamp (ms), counter within it
@@ -56,8 +58,9 @@ class FileAttachment:
         mime = self.mime or mimetypes.guess_type(name)[0] or "text/plain"
         if self.path is not None:
             p = Path(self.path)
-            p = p if p.is_absolute() else directory / p
-            return {"type": "file", "mime": mime, "filename": name, "url": p.resolve().as_uri()}
+            # A request's relative path: inside the workspace after symlinks (checked again here, at read).
+            p = p.resolve() if p.is_absolute() else workspace_path(directory, self.path)
+            return {"type": "file", "mime": mime, "filename": name, "url": p.as_uri()}
         raw = self.content.encode() if isinstance(self.content, str) else self.content
         assert raw is not None
         url = f"data:{mime};base64,{base64.b64encode(raw).decode()}"

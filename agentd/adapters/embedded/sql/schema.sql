@@ -40,3 +40,22 @@ CREATE TABLE IF NOT EXISTS secrets (
     updated_at TEXT NOT NULL,
     PRIMARY KEY (scope, name)
 );
+
+-- Schema 3: API keys (agentd.adapters.embedded.sqlite_key_store): the SHA-256 of each token, never the
+-- token; `projects` is a JSON array (empty for an admin key). Server secrets: the stream-token signing key.
+CREATE TABLE IF NOT EXISTS api_keys (
+    id           TEXT PRIMARY KEY,
+    token_hash   TEXT NOT NULL UNIQUE,
+    name         TEXT NOT NULL,
+    admin        INTEGER NOT NULL,
+    projects     TEXT NOT NULL,
+    access       TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    last_used_at TEXT,
+    revoked_at   TEXT
+);
+
+CREATE TABLE IF NOT EXISTS server_secrets (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
