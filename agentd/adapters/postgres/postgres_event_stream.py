@@ -31,6 +31,7 @@ from psycopg.rows import DictRow
 from agentd.adapters.postgres.database import EVENTS_CHANNEL, Connection, PgDatabase
 from agentd.adapters.postgres.queries import QUERIES
 from agentd.domain.errors import QueueUnavailable, StreamNotFound, SubscriberTooSlow
+from agentd.adapters.postgres.nul import from_jsonb, to_jsonb
 from agentd.domain.models import AgentEvent, StoredEvent, event_from_data
 from agentd.ports.event_stream import EventStream
 
@@ -159,7 +160,7 @@ class PostgresEventStream(EventStream):
             return await cur.fetchall()
 
     async def create(self, stream_id: str, first: Sequence[AgentEvent] = ()) -> None:
-        rows = [(ev.event, ev.model_dump_json(exclude={"event"})) for ev in first]
+        rows = [(ev.event, to_jsonb(ev.model_dump_json(exclude={"event"}))) for ev in first]
         params = {
             "stream_id": stream_id,
             "types": [t for t, _ in rows],
@@ -188,7 +189,9 @@ class PostgresEventStream(EventStream):
             if (await self._state(stream_id))["closed"]:
                 raise StreamNotFound(f"event stream {stream_id!r} is closed")
             return []
-        item = _Publish(stream_id, [(ev.event, ev.model_dump_json(exclude={"event"})) for ev in events])
+        item = _Publish(
+            stream_id, [(ev.event, to_jsonb(ev.model_dump_json(exclude={"event"}))) for ev in events]
+        )
         self._pending.append(item)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="agentd-event-flusher")
@@ -353,7 +356,7 @@ class PostgresEventStream(EventStream):
                     )
                 page = [r for r in rows if r["seq"] is not None]
                 for r in page:
-                    yield StoredEvent(seq=r["seq"], event=event_from_data(r["type"], r["data"]))
+                    yield StoredEvent(seq=r["seq"], event=event_from_data(r["type"], from_jsonb(r["data"])))
                     pos = r["seq"]
                 if len(page) == PAGE:
                     continue
