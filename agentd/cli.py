@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     submit.add_argument("prompt", help="the prompt; '-' reads it from stdin")
     _add_secrets_parser(sub)
+    _add_keys_parser(sub)
 
     args = parser.parse_args(argv)
     if args.command in ("serve", "api", "worker"):
@@ -82,6 +83,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         return _migrate(settings)
     if args.command == "secrets":
         return asyncio.run(_secrets(settings, args))
+    if args.command == "keys":
+        return asyncio.run(_keys(settings, args))
     return asyncio.run(_submit(settings, args))
 
 
@@ -99,6 +102,59 @@ def _add_secrets_parser(sub: Any) -> None:
     cmds.add_parser("new-master-key", help="print a new master key for AGENTD_MASTER_KEY")
     r = cmds.add_parser("rotate", help="re-encrypt every secret under a new master key")
     r.add_argument("--new-key-file", help="file holding the new key (default: AGENTD_NEW_MASTER_KEY)")
+
+
+def _add_keys_parser(sub: Any) -> None:
+    p = sub.add_parser("keys", help="create, list and revoke API keys (README: Access)")
+    cmds = p.add_subparsers(dest="keys_command", required=True)
+    c = cmds.add_parser("create", help="create a key; prints it once, alone on the last line")
+    c.add_argument("--name", help="what the key is for, e.g. ci-web (default: its id)")
+    scope = c.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--admin", action="store_true", help="every project, keys and global secrets")
+    scope.add_argument(
+        "--project", action="append", dest="projects", metavar="P", help="a project it may use (repeat)"
+    )
+    c.add_argument("--read-only", action="store_true", help="read jobs and streams, never write")
+    cmds.add_parser("list", help="every key: id, name, scope, access, times (never the key)")
+    r = cmds.add_parser("revoke", help="revoke a key (it stops working at once)")
+    r.add_argument("key_id", help="the key's id, e.g. key_0123456789abcdef")
+
+
+async def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    """Administrative commands: they talk to the key store directly, beside a running server."""
+    from agentd.bootstrap import key_service, open_key_store
+    from agentd.domain.errors import AgentdError
+
+    service = key_service(settings, await open_key_store(settings))
+    try:
+        cmd = args.keys_command
+        if cmd == "create":
+            key, token = await service.create(
+                name=args.name, admin=args.admin, projects=args.projects or [], read_only=args.read_only
+            )
+            scope = "admin" if key.admin else "projects " + ",".join(key.projects)
+            print(f"created {key.id} ({key.name}): {scope}, {key.access.value}. The key is shown once:")
+            print(token)
+        elif cmd == "list":
+            for k in await service.list():
+                d = k.public()
+                scope = "admin" if k.admin else ",".join(k.projects)
+                state = f"revoked {d['revoked_at']}" if k.revoked_at else "active"
+                print(
+                    f"{k.id}\t{k.name}\t{scope}\t{k.access.value}\tcreated {d['created_at']}\t"
+                    f"last used {d['last_used_at'] or 'never'}\t{state}"
+                )
+        else:
+            key = await service.revoke(args.key_id)
+            print(f"agentd keys: revoked {key.id} ({key.name})", file=sys.stderr)
+    except AgentdError as e:
+        print(f"agentd keys: {e.message}", file=sys.stderr)
+        return 1 if e.code == "key_not_found" else 2
+    finally:
+        close = getattr(service.store, "close", None)
+        if close is not None:
+            await close()
+    return 0
 
 
 def _read_secret_value(name: str) -> str:

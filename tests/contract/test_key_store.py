@@ -12,7 +12,9 @@ from tests.contract.conftest import KeyStores
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
-def a_key(*, admin: bool = False, projects: tuple[str, ...] = ("p",), at: datetime = T0) -> tuple[ApiKey, str]:
+def a_key(
+    *, admin: bool = False, projects: tuple[str, ...] = ("p",), at: datetime = T0
+) -> tuple[ApiKey, str]:
     key_id, token = new_token()
     key = ApiKey(
         id=key_id,

@@ -31,7 +31,10 @@ async def test_events_with_nul_are_streamed_intact_and_the_batch_is_unaffected(s
 async def test_a_result_with_nul_is_stored_intact_beside_the_others_of_its_batch(queue: WorkQueue) -> None:
     for n in ("1", "2"):
         await queue.enqueue(
-            AgentRequest(project_id=f"p{n}", prompt="x"), provider="s", job_id=f"job_{n}", stream_id=f"stm_{n}"
+            AgentRequest(project_id=f"p{n}", prompt="x"),
+            provider="s",
+            job_id=f"job_{n}",
+            stream_id=f"stm_{n}",
         )
     claimed = await queue.claim_many("w1", 2)
     assert sorted(j.id for j in claimed) == ["job_1", "job_2"]

@@ -219,7 +219,9 @@ async def test_busy_reject_and_idempotency(srv: RunningAgentd) -> None:
     )
     assert status == 400
     for job in (first, a):
-        await call(srv, "POST", f"/projects/{'p' if job is first else 'q'}/jobs/{job['job_id']}/cancel", json={})
+        await call(
+            srv, "POST", f"/projects/{'p' if job is first else 'q'}/jobs/{job['job_id']}/cancel", json={}
+        )
 
 
 async def test_list_jobs_with_filters_and_paging(srv: RunningAgentd) -> None:
