@@ -348,7 +348,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, *, workers: b
             queue=type(container.queue).__name__,
             streams=type(container.streams).__name__,
         )
-        return container.app()
+        return container.app(host, port)
 
     try:
         web.run_app(

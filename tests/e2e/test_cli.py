@@ -170,6 +170,47 @@ def test_secrets_set_by_the_cli_reach_a_running_servers_runs_and_survive_a_resta
     assert "GH_TOKEN unset" in ran.stdout, ran.stderr
 
 
+def test_a_key_made_by_the_cli_opens_its_project_on_a_running_server(
+    serve: Any, base_env: dict[str, str]
+) -> None:
+    srv = serve(AGENTD_PROVIDERS="scripted", AGENTD_API_KEY="bootstrap-admin-key-123456")
+    made = subprocess.run(
+        [*AGENTD, "keys", "create", "--name", "ci", "--project", "demo"],
+        env=base_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip().splitlines()[-1]
+    env = {**srv.env, "AGENTD_URL": srv.url, "AGENTD_API_KEY": key}
+    ok = subprocess.run(
+        [*AGENTD, "submit", "--project", "demo", "--follow", "hello with a scoped key"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0 and "hello with a scoped key" in ok.stdout, ok.stderr
+    other = subprocess.run(
+        [*AGENTD, "submit", "--project", "elsewhere", "x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert other.returncode == 2 and "project_not_found" in other.stderr
+    key_id = key.split("_")[1] + "_" + key.split("_")[2]
+    revoked = subprocess.run(
+        [*AGENTD, "keys", "revoke", key_id], env=base_env, capture_output=True, timeout=30
+    )
+    assert revoked.returncode == 0
+    gone = subprocess.run(
+        [*AGENTD, "submit", "--project", "demo", "x"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert gone.returncode == 2 and "401" in gone.stderr
+
+
 def test_open_bind_without_api_key_is_refused(base_env: dict[str, str]) -> None:
     res = subprocess.run(
         [*AGENTD, "serve", "--host", "0.0.0.0", "--port", str(free_port())],
