@@ -17,10 +17,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from agentd.adapters.embedded.sqlite_key_store import SqliteKeyStore
 from agentd.adapters.embedded.sqlite_secret_store import SqliteSecretStore
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
 from agentd.adapters.memory.memory_event_stream import MemoryEventStream
-from agentd.adapters.embedded.sqlite_key_store import SqliteKeyStore
 from agentd.adapters.memory.memory_key_store import MemoryKeyStore
 from agentd.adapters.memory.memory_secret_store import MemorySecretStore
 from agentd.adapters.postgres import (

@@ -162,7 +162,7 @@ async def test_api_key(agentd_factory: Any) -> None:
         srv, "POST", "/projects/p/jobs", json={"prompt": "x"}, headers={"X-API-Key": "s3cret"}
     )
     assert status == 202
-    bare, token = body["stream_url"].split("?token=")
+    bare, _token = body["stream_url"].split("?token=")
     status, _, _ = await call(srv, "GET", bare.replace(srv.base_url, ""))
     assert status == 401  # streams are protected too
     items = [it async for it in srv.client.follow(bare)]  # the client sends the key

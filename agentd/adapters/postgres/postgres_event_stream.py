@@ -29,9 +29,9 @@ from psycopg import errors as pg_errors
 from psycopg.rows import DictRow
 
 from agentd.adapters.postgres.database import EVENTS_CHANNEL, Connection, PgDatabase
+from agentd.adapters.postgres.nul import from_jsonb, to_jsonb
 from agentd.adapters.postgres.queries import QUERIES
 from agentd.domain.errors import QueueUnavailable, StreamNotFound, SubscriberTooSlow
-from agentd.adapters.postgres.nul import from_jsonb, to_jsonb
 from agentd.domain.models import AgentEvent, StoredEvent, event_from_data
 from agentd.ports.event_stream import EventStream
 
