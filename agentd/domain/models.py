@@ -62,6 +62,9 @@ class PromptFile(BaseModel):
         return self
 
 
+_OWN_PATTERN = frozenset({"project_id", "session_id"})  # their own validators refuse U+0000, with their codes
+
+
 def _fields_with_nul(data: Any, where: str = "") -> list[str]:
     if isinstance(data, str):
         return [where or "value"] if "\0" in data else []
@@ -94,7 +97,8 @@ class AgentRequest(BaseModel):
     @classmethod
     def _no_nul(cls, data: Any) -> Any:
         """U+0000 cannot be stored by every queue (PostgreSQL text refuses it): a 400 that says so."""
-        bad = _fields_with_nul(data)
+        checked = {k: v for k, v in data.items() if k not in _OWN_PATTERN} if isinstance(data, dict) else data
+        bad = _fields_with_nul(checked)
         if bad:
             raise errors.InvalidRequest(
                 f"{', '.join(bad)} must not contain the character U+0000 (NUL); remove it or encode the data"
