@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -224,8 +225,6 @@ async def test_stream_url_carries_a_token_for_that_stream_only_never_the_key(
 async def test_an_expired_stream_token_is_refused(agentd_factory: Any) -> None:
     srv = await agentd_factory([ScriptedCodeAgent("scripted")], api_key=ADMIN, stream_token_ttl_s=0.001)
     _, a, _ = await call(srv, "POST", "/projects/web/jobs", ADMIN, json={"prompt": "hello"})
-    import asyncio
-
     await asyncio.sleep(1.1)
     status, data, _ = await call(srv, "GET", a["stream_url"])
     assert status == 401 and "expired" in data["message"]
@@ -248,8 +247,6 @@ async def test_rate_limit_per_key_is_429_with_retry_after(agentd_factory: Any) -
 async def test_queued_jobs_per_project_are_capped(agentd_factory: Any) -> None:
     srv = await agentd_factory([ScriptedCodeAgent("scripted")], max_queued_per_project=2, workers=1)
     assert (await call(srv, "POST", "/projects/a/jobs", json={"prompt": "sleep:10"}))[0] == 202
-    import asyncio
-
     for _ in range(50):  # the first one starts: it no longer counts as queued
         _, jobs, _ = await call(srv, "GET", "/projects/a/jobs?status=running")
         if jobs["jobs"]:
@@ -267,7 +264,11 @@ async def test_queued_jobs_per_project_are_capped(agentd_factory: Any) -> None:
 
 async def test_open_streams_are_capped_per_key_and_in_total(agentd_factory: Any) -> None:
     srv = await agentd_factory(
-        [ScriptedCodeAgent("scripted")], api_key=ADMIN, max_streams_per_key=1, max_streams=2
+        [ScriptedCodeAgent("scripted")],
+        api_key=ADMIN,
+        max_streams_per_key=1,
+        max_streams=2,
+        sse_heartbeat_s=0.2,
     )
     one, two = await new_key(srv, projects=["a"]), await new_key(srv, projects=["a"])
     _, job, _ = await call(srv, "POST", "/projects/a/jobs", ADMIN, json={"prompt": "sleep:30"})
@@ -283,6 +284,14 @@ async def test_open_streams_are_capped_per_key_and_in_total(agentd_factory: Any)
         assert status == 503 and data["error"] == "server_busy" and data["limit"] == "AGENTD_MAX_STREAMS"
         first.close()
         second.close()
+        for _ in range(50):  # the server sees the client go (at the next heartbeat), and frees its slot
+            again = await s.get(url, headers={"X-API-Key": one})
+            if again.status == 200:
+                break
+            again.close()
+            await asyncio.sleep(0.1)
+        assert again.status == 200
+        again.close()
     await call(srv, "POST", f"/projects/a/jobs/{job['job_id']}/cancel", ADMIN)
 
 
@@ -419,6 +428,17 @@ async def test_cors_is_off_unless_origins_are_listed(agentd_factory: Any, tmp_pa
     assert status == 204 and "X-API-Key" in headers["Access-Control-Allow-Headers"]
     _, _, headers = await call(on, "GET", "/providers", headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in headers
+    status, _, headers = await call(on, "POST", "/projects/a/jobs", data=b"x", headers=origin)
+    assert (
+        status == 400 and headers["Access-Control-Allow-Origin"] == "https://dash.example.com"
+    )  # errors too
+    status, _, headers = await call(
+        on,
+        "OPTIONS",
+        "/projects/a/jobs",
+        headers={**origin, "Access-Control-Request-Method": "POST", "Host": "evil"},
+    )
+    assert status == 421  # the Host check comes first
 
 
 # --- every bad input a 4xx --------------------------------------------------------------------------------

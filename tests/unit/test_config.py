@@ -192,6 +192,7 @@ def test_service_secrets_are_the_long_enough_keys() -> None:
     [
         ({"AGENTD_PROVIDER_LIMITS": "claude-code"}, "agentd: AGENTD_PROVIDER_LIMITS: expected name=number"),
         ({"AGENTD_MASTER_KEY_FILE": "/nonexistent/key"}, "agentd: AGENTD_MASTER_KEY_FILE: cannot read"),
+        ({"AGENTD_API_KEY": ""}, "agentd: AGENTD_API_KEY: is set but empty"),
     ],
 )
 def test_agentd_exits_2_with_one_line_and_no_traceback(

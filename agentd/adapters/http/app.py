@@ -90,10 +90,11 @@ def create_app(
 ) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY,
+        # The Host check comes first: a Host not allowed gets its 421 before anything else, preflights too.
         middlewares=[
-            _cors_middleware,
             _errors_middleware,
             _host_middleware,
+            _cors_middleware,
             _auth_middleware,
             _media_middleware,
         ],
@@ -143,7 +144,7 @@ async def _cors_middleware(request: web.Request, handler: Handler) -> web.Stream
                 "Access-Control-Max-Age": "600",
             },
         )
-    resp = await handler(request)
+    resp = await _errors_middleware(request, handler)  # errors too carry the CORS headers
     if not resp.prepared:
         resp.headers.update(cors)
     return resp
