@@ -31,6 +31,7 @@ from agentd.services.runner import Runner
 from agentd.services.secrets import SecretService
 
 log = structlog.get_logger(__name__)
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Container:
         unless given; port 0: any port)."""
         s = self.settings
         rate = s.rate_limit
+        self.keys.allow_anonymous = (host or s.host) in LOOPBACK
         config = ApiConfig(
             heartbeat_s=s.sse_heartbeat_s,
             allowed_hosts=s.allowed_hosts_for(host or s.host, s.port if port is None else port),

@@ -242,6 +242,18 @@ def _scope_text(project: str | None) -> str:
     return f"project {project}" if project else "every project (global)"
 
 
+async def _keys_exist(settings: Settings) -> bool:
+    from agentd.bootstrap import open_key_store
+
+    store = await open_key_store(settings)
+    try:
+        return await store.any_active()
+    finally:
+        close = getattr(store, "close", None)
+        if close is not None:
+            await close()
+
+
 def _need_database(settings: Settings, role: str) -> bool:
     if not settings.database_url:
         print(
@@ -316,23 +328,25 @@ def _serve(settings: Settings, host: str | None, port: int | None, *, workers: b
     host = host or settings.host
     port = port if port is not None else settings.port
     if settings.api_key is None:
-        if host not in LOOPBACK:
+        if host not in LOOPBACK and not asyncio.run(_keys_exist(settings)):
             log.error(
                 "agentd.refusing_open_bind",
                 host=host,
-                hint="AGENTD_API_KEY is not set: set it, or bind to 127.0.0.1",
+                hint="no API key: set AGENTD_API_KEY (or make keys with `agentd keys create`), or bind to "
+                "127.0.0.1",
             )
             print(
-                f"agentd: refusing to listen on {host} without AGENTD_API_KEY; set AGENTD_API_KEY or use "
-                "--host 127.0.0.1",
+                f"agentd: refusing to listen on {host} without AGENTD_API_KEY or a key made with "
+                "`agentd keys create`; set AGENTD_API_KEY or use --host 127.0.0.1",
                 file=sys.stderr,
             )
             return 2
-        log.warning(
-            "agentd.no_api_key",
-            message="AGENTD_API_KEY is not set: anyone on this machine can run agents; listening on "
-            f"{host} only",
-        )
+        if host in LOOPBACK:
+            log.warning(
+                "agentd.no_api_key",
+                message="AGENTD_API_KEY is not set: until a key is made with `agentd keys create`, anyone "
+                f"on this machine can run agents; listening on {host} only",
+            )
 
     async def make_app() -> web.Application:
         container = await build(settings, with_workers=workers)

@@ -57,6 +57,10 @@ class KeyService:
         self._ttl = stream_token_ttl_s
         self._clock = clock
         self._signing_key: bytes | None = None
+        # No key at all: callers are an anonymous admin, but only on loopback (Container.app sets this). A
+        # server on any other address answers 401 to everyone until a key exists, even after the last
+        # key is revoked.
+        self.allow_anonymous = True
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -101,7 +105,7 @@ class KeyService:
     async def authenticate(self, given: str | None) -> Principal:
         """The principal of an X-API-Key value (None: the header is absent); Unauthorized otherwise."""
         if not given:
-            if await self.auth_required():
+            if not self.allow_anonymous or await self.auth_required():
                 log.info("auth.refused", reason="no key")
                 raise errors.Unauthorized("this server needs an X-API-Key header")
             return ANONYMOUS

@@ -222,6 +222,31 @@ def test_open_bind_without_api_key_is_refused(base_env: dict[str, str]) -> None:
     assert res.returncode == 2 and "AGENTD_API_KEY" in res.stderr
 
 
+def test_an_open_bind_with_keys_made_by_the_cli_needs_one_even_after_the_last_is_revoked(
+    serve: Any, base_env: dict[str, str]
+) -> None:
+    made = subprocess.run(
+        [*AGENTD, "keys", "create", "--admin"], env=base_env, capture_output=True, text=True, timeout=30
+    )
+    key = made.stdout.strip().splitlines()[-1]
+    srv = serve(
+        AGENTD_PROVIDERS="scripted", AGENTD_HOST="0.0.0.0"
+    )  # no AGENTD_API_KEY: the stored key will do
+
+    async def status(key: str | None) -> int:
+        headers = {"X-API-Key": key} if key else {}
+        async with aiohttp.ClientSession() as s, s.get(f"{srv.url}/providers", headers=headers) as r:
+            return r.status
+
+    assert asyncio.run(status(None)) == 401 and asyncio.run(status(key)) == 200
+    key_id = "_".join(key.split("_")[1:3])
+    subprocess.run(
+        [*AGENTD, "keys", "revoke", key_id], env=base_env, capture_output=True, timeout=30, check=True
+    )
+    assert asyncio.run(status(None)) == 401  # no key left: still closed, never open to the network
+    assert asyncio.run(status(key)) == 401
+
+
 def test_api_and_worker_roles_need_a_database(base_env: dict[str, str]) -> None:
     for role in ("api", "worker", "migrate"):
         res = subprocess.run([*AGENTD, role], env=base_env, capture_output=True, text=True, timeout=30)
