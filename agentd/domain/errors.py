@@ -174,7 +174,7 @@ class KeyNotFound(AgentdError):
 
 
 class ProjectNotFound(AgentdError):
-    """No such project."""
+    """No such project: create it with PUT /projects/{project_id}."""
 
     code = "project_not_found"
 
@@ -219,3 +219,37 @@ class MisdirectedRequest(InvalidRequest):
     """The Host header names a host this server does not answer for (AGENTD_ALLOWED_HOSTS)."""
 
     code = "misdirected_request"
+
+
+class InvalidProject(InvalidRequest):
+    """The project definition is not valid."""
+
+    code = "invalid_project"
+
+
+class TemplateNotFound(InvalidRequest):
+    """No template of that name: GET /templates lists them."""
+
+    code = "template_not_found"
+
+
+class ProjectInUse(AgentdError):
+    """The project has queued or running jobs; cancel them or wait for them to end, then try again."""
+
+    code = "project_in_use"
+
+
+class PatchNotFound(AgentdError):
+    """This job has no patch: its project has no git repository, or the job has not ended yet."""
+
+    code = "patch_not_found"
+
+
+class WorkspaceFailed(AgentdError):
+    """The job's git workspace could not be prepared or recorded."""
+
+    code = "workspace_failed"
+
+    def __init__(self, message: str | None = None, *, retryable: bool = False, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.retryable = retryable

@@ -16,6 +16,7 @@ from agentd.domain.workspace import workspace_path
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
 from agentd.ports.work_queue import BusyPolicy, JobFilter, WorkQueue
+from agentd.services.projects import ProjectService
 from agentd.services.registry import ProviderRegistry
 from agentd.services.runner import Runner
 
@@ -34,7 +35,9 @@ class JobService:
         *,
         max_queued_per_project: int | None = None,
         workspaces_dir: Path | None = None,
+        projects: ProjectService | None = None,
     ) -> None:
+        self.projects = projects
         self.queue = queue
         self.streams = streams
         self.registry = registry
@@ -51,6 +54,8 @@ class JobService:
             for f in request.files:
                 if f.path is not None:  # inside the workspace after symlinks, or a 400 now
                     workspace_path(self.workspaces_dir / request.project_id, f.path)
+        if self.projects is not None:
+            await self.projects.check_request(request)  # `ref` / `push` need a repository
         await self._check_queue_room(request.project_id)
         job_id, stream_id = new_job_ids()
         # The stream exists before the job can be claimed, so "queued" is always its first event.
@@ -103,7 +108,8 @@ class JobService:
     async def get(self, project_id: str, job_id: str) -> Job:
         return await self.queue.get(project_id, job_id)
 
-    async def list_jobs(self, project_id: str, flt: JobFilter) -> list[Job]:
+    async def list_jobs(self, project_id: str | None, flt: JobFilter) -> list[Job]:
+        """A project's jobs, newest first; with `project_id` None, every project's."""
         return await self.queue.list_jobs(project_id, flt)
 
     async def subscribe(

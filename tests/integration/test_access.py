@@ -349,19 +349,13 @@ async def test_other_hosts_get_421_before_any_route(agentd_factory: Any, tmp_pat
 def test_default_allowed_hosts_follow_the_bind_address() -> None:
     from agentd.config import Settings
 
-    assert Settings().allowed_hosts_for("127.0.0.1", 8080) == {
-        "localhost:8080",
-        "127.0.0.1:8080",
-        "[::1]:8080",
-    }
-    assert Settings().allowed_hosts_for("10.0.0.5", 9000) == {"10.0.0.5:9000"}
-    assert Settings(allowed_hosts="a.example,b.example:1").allowed_hosts_for("127.0.0.1", 1) == {
-        "a.example",
-        "b.example:1",
-    }
-    assert Settings(public_url="https://agentd.example.com").allowed_hosts_for("0.0.0.0", 80) == {
-        "agentd.example.com"
-    }
+    loopback = frozenset({"localhost:8080", "127.0.0.1:8080", "[::1]:8080"})
+    assert Settings().allowed_hosts_for("127.0.0.1", 8080) == loopback
+    assert Settings().allowed_hosts_for("10.0.0.5", 9000) == frozenset({"10.0.0.5:9000"})
+    listed = Settings(allowed_hosts="a.example,b.example:1").allowed_hosts_for("127.0.0.1", 1)
+    assert listed == frozenset({"a.example", "b.example:1"})
+    public = Settings(public_url="https://agentd.example.com").allowed_hosts_for("0.0.0.0", 80)
+    assert public == frozenset({"agentd.example.com"})
 
 
 async def test_absolute_urls_come_from_the_public_url_or_the_allowed_host(agentd_factory: Any) -> None:

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
+from yarl import URL
 
 from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
 from agentd.bootstrap import build
@@ -183,7 +184,7 @@ def test_no_request_gets_a_5xx_and_every_error_is_json(tmp_path: Path) -> None:
         try:
             async with session.request(
                 req["method"],
-                aiohttp.client.URL(url, encoded=True),
+                URL(url, encoded=True),
                 params=req["query"] or None,
                 headers=req["headers"],
                 data=req["body"],

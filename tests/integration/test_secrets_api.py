@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -139,7 +140,12 @@ class LeakyAgent(ScriptedCodeAgent):
         self.envs: list[dict[str, str]] = []
 
     async def execute(
-        self, request: AgentRequest, *, run_id: str, env: Mapping[str, str] | None = None
+        self,
+        request: AgentRequest,
+        *,
+        run_id: str,
+        env: Mapping[str, str] | None = None,
+        workdir: Path | None = None,
     ) -> AsyncIterator[AgentEvent]:
         given = dict(env or {})
         self.envs.append(given)

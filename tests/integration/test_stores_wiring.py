@@ -39,7 +39,8 @@ async def test_a_command_and_a_server_share_secrets_and_keys(settings: Settings)
             else (SqliteSecretStore, SqliteKeyStore)
         )
         assert isinstance(store, want[0]) and isinstance(keys, want[1])
-        assert store.db is container.queue.db and keys.db is container.queue.db  # one database, one pool
+        queue: Any = container.queue
+        assert store.db is queue.db and keys.db is queue.db  # one database, one pool
         # as `agentd secrets set` / `agentd keys create` would, in another process
         cli_store = await open_secret_store(settings)
         await SecretService(cli_store).put("web", "GH_TOKEN", "from-the-command")

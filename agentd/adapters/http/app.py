@@ -10,6 +10,7 @@ from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -17,7 +18,10 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from agentd import __version__, sse
+from agentd.adapters.http import access, opencode_stream
 from agentd.adapters.http import errors as http_errors
+from agentd.adapters.http.access import PRINCIPAL
+from agentd.adapters.http.projects import add_project_routes
 from agentd.domain import errors
 from agentd.domain.ids import JOB_ID_RE, job_id_for_stream
 from agentd.domain.keys import ANONYMOUS_KEY_ID, Principal
@@ -25,6 +29,7 @@ from agentd.domain.models import AgentRequest, JobStatus, StoredEvent, validate_
 from agentd.ports.work_queue import BusyPolicy, JobFilter
 from agentd.services.access import KeyService, RateLimit
 from agentd.services.jobs import JobService
+from agentd.services.projects import ProjectService
 from agentd.services.secrets import SecretService
 
 log = structlog.get_logger(__name__)
@@ -47,8 +52,17 @@ REQUEST_FIELDS = {
     "files",
     "mentions",
     "busy",
+    "ref",
+    "push",
 }
 MAX_IDEMPOTENCY_KEY = 200
+DASHBOARD_DIR = Path(__file__).parent / "dashboard"
+DASHBOARD_FILES = frozenset(p.name for p in DASHBOARD_DIR.iterdir() if p.is_file())
+DASHBOARD_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -63,6 +77,7 @@ class ApiConfig:
     rate_limit: RateLimit | None = None
     max_streams_per_key: int = 20
     max_streams: int = 1000
+    sandbox: str = "off"  # "bwrap" when agent runs are jailed
 
 
 @dataclass
@@ -77,7 +92,6 @@ SECRETS = web.AppKey("secrets", SecretService)
 KEYS = web.AppKey("keys", KeyService)
 CONFIG = web.AppKey("config", ApiConfig)
 STATE = web.AppKey("state", _State)
-PRINCIPAL = web.RequestKey("principal", Principal)
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON_TYPES = frozenset({"application/json"})
 CORS_HEADERS = "Content-Type, X-API-Key, Last-Event-ID, Idempotency-Key"
@@ -86,7 +100,12 @@ MAX_QUERY_NUMBER_DIGITS = 18
 
 
 def create_app(
-    service: JobService, config: ApiConfig, secrets: SecretService, keys: KeyService
+    service: JobService,
+    config: ApiConfig,
+    secrets: SecretService,
+    keys: KeyService,
+    *,
+    projects: ProjectService | None = None,
 ) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY,
@@ -109,9 +128,14 @@ def create_app(
     app.router.add_post("/projects/{project_id}/jobs", submit)
     app.router.add_post("/projects/{project_id}/claude", submit_claude)
     app.router.add_get("/projects/{project_id}/jobs", list_jobs)
+    app.router.add_get("/jobs", list_all_jobs)
     app.router.add_get("/projects/{project_id}/jobs/{job_id}", get_job)
     app.router.add_post("/projects/{project_id}/jobs/{job_id}/cancel", cancel_job)
     app.router.add_get("/projects/{project_id}/events/{stream_id}", events)
+    app.router.add_get("/projects/{project_id}/opencode/event", opencode_event)
+    app.router.add_get("/opencode/event", opencode_event)
+    app.router.add_get("/", dashboard_page)
+    app.router.add_get("/dashboard/{name}", dashboard_file)
     for prefix in ("/projects/{project_id}/secrets", "/secrets"):
         app.router.add_get(prefix, list_secrets)
         app.router.add_put(prefix + "/{name}", put_secret)
@@ -119,6 +143,8 @@ def create_app(
     app.router.add_post("/keys", create_key)
     app.router.add_get("/keys", list_keys)
     app.router.add_delete("/keys/{key_id}", revoke_key)
+    if projects is not None:
+        add_project_routes(app, projects)
     app.on_shutdown.append(_close_streams)
     return app
 
@@ -175,8 +201,7 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
         return http_errors.error_response(500, "internal_error", "internal error; see the server log")
 
 
-def _printable(text: str, limit: int = 200) -> str:
-    return repr(text[:limit])[1:-1]
+_printable = access.printable
 
 
 def _host_name(host: str) -> str:
@@ -205,7 +230,7 @@ async def _host_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Who is asking: a key (X-API-Key), a stream token (`?token=`, its one stream only), or nobody when
     no key exists at all (loopback development mode)."""
-    if request.path == "/healthz":
+    if request.path == "/healthz" or _is_dashboard_file(request.path):
         return await handler(request)
     keys = request.app[KEYS]
     given = request.headers.get("X-API-Key")
@@ -243,55 +268,14 @@ async def _media_middleware(request: web.Request, handler: Handler) -> web.Strea
     return await handler(request)
 
 
-# --- who may do what ----------------------------------------------------------------------------------
-
-
 def _principal(request: web.Request) -> Principal:
-    p: Principal = request[PRINCIPAL]
-    return p
+    return access.principal(request)
 
 
-def _refuse(request: web.Request, error: errors.AgentdError) -> errors.AgentdError:
-    log.info(
-        "auth.refused",
-        key_id=_principal(request).key_id,
-        method=request.method,
-        path=_printable(request.path),
-        reason=error.code,
-    )
-    return error
-
-
-def _project(request: web.Request, *, write: bool = False, hidden: errors.AgentdError | None = None) -> str:
-    """The route's project, if this key may see it (else `hidden`: the answer an unknown id gets) and, for
-    a write, may write (else 403)."""
-    project_id = validate_project_id(request.match_info["project_id"])
-    who = _principal(request)
-    if not who.sees(project_id) or (who.stream_id is not None and write):
-        raise _refuse(request, hidden or errors.ProjectNotFound(f"no project {project_id!r}"))
-    if write and not who.write:
-        raise _refuse(request, errors.Forbidden(f"key {who.key_id} is read-only: it cannot {request.method}"))
-    return project_id
-
-
-def _job_id(request: web.Request) -> tuple[str, str]:
-    """(project, job id) of a job route; a hidden project answers as an unknown job would."""
-    project_id = validate_project_id(request.match_info["project_id"])
-    job_id = request.match_info["job_id"]
-    unknown = errors.JobNotFound(f"no job {job_id!r} in project {project_id!r}")
-    if not JOB_ID_RE.fullmatch(job_id):
-        raise unknown
-    _project(request, write=request.method != "GET", hidden=unknown)
-    return project_id, job_id
-
-
-def _admin(request: web.Request, *, write: bool) -> Principal:
-    who = _principal(request)
-    if not who.admin:
-        raise _refuse(request, errors.Forbidden(f"key {who.key_id} is not an admin key"))
-    if write and not who.write:
-        raise _refuse(request, errors.Forbidden(f"key {who.key_id} is read-only: it cannot {request.method}"))
-    return who
+_refuse = access.refuse
+_project = access.project
+_job_id = access.job
+_admin = access.admin
 
 
 def _base_url(request: web.Request) -> str:
@@ -300,15 +284,22 @@ def _base_url(request: web.Request) -> str:
     return public or f"{request.scheme}://{request.host}"
 
 
+def _is_dashboard_file(path: str) -> bool:
+    """The dashboard's page and static files are public: the page asks for the key and sends it."""
+    return path == "/" or path.startswith("/dashboard/")
+
+
 # --- handlers -----------------------------------------------------------------------------------------
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "version": __version__})
+    return web.json_response({"status": "ok", "version": __version__, "sandbox": request.app[CONFIG].sandbox})
 
 
 async def providers(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[SERVICE].providers())
+    body = await request.app[SERVICE].providers()
+    body["sandbox"] = request.app[CONFIG].sandbox
+    return web.json_response(body)
 
 
 async def _json_object(request: web.Request, example: str) -> dict[str, Any]:
@@ -389,11 +380,39 @@ async def submit_claude(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     project_id, job_id = _job_id(request)
     job = await request.app[SERVICE].get(project_id, job_id)
-    return web.json_response(job.public())
+    # The URL to follow it (what the dashboard opens with EventSource: EventSource cannot send X-API-Key, so
+    # with keys on it carries a stream token, as submit's does).
+    stream_url = await _stream_url(request, project_id, job.stream_id)
+    return web.json_response({**job.public(), "stream_url": stream_url})
+
+
+async def _stream_url(request: web.Request, project_id: str, stream_id: str) -> str:
+    url = f"{_base_url(request)}/projects/{project_id}/events/{stream_id}"
+    if _principal(request).key_id != ANONYMOUS_KEY_ID:
+        url += "?token=" + await request.app[KEYS].stream_token(project_id, stream_id)
+    return url
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    project_id = _project(request)
+    return await _list_jobs(request, [_project(request)])
+
+
+async def list_all_jobs(request: web.Request) -> web.Response:
+    """GET /jobs: every project's jobs (the dashboard), the same filters plus `project_id`; a key that is
+    not an admin key sees only its own projects' jobs."""
+    raw = request.query.get("project_id") or None
+    project_id = validate_project_id(raw) if raw else None
+    who = _principal(request)
+    if who.admin:
+        return await _list_jobs(request, [project_id] if project_id else None)
+    mine = sorted(who.projects)
+    return await _list_jobs(request, [project_id] if project_id else mine, visible=who.projects)
+
+
+async def _list_jobs(
+    request: web.Request, project_ids: list[str] | None, *, visible: frozenset[str] | None = None
+) -> web.Response:
+    """`project_ids` None: every project's; `visible`: the projects this key may see (None: all)."""
     q = request.query
     status: JobStatus | None = None
     if q.get("status"):
@@ -419,7 +438,16 @@ async def list_jobs(request: web.Request) -> web.Response:
         limit=limit,
         before=before,
     )
-    jobs = await request.app[SERVICE].list_jobs(project_id, flt)
+    service = request.app[SERVICE]
+    if project_ids is None:
+        jobs = await service.list_jobs(None, flt)
+    else:
+        jobs = []
+        for project_id in project_ids:  # a project the key may not see lists as an empty one does
+            if visible is None or project_id in visible:
+                jobs += await service.list_jobs(project_id, flt)
+        # newest first across projects (job ids start with their creation time), one page
+        jobs = sorted(jobs, key=lambda j: (j.created_at, j.id), reverse=True)[:limit]
     nxt = jobs[-1].id if len(jobs) == limit else None
     return web.json_response({"jobs": [j.public() for j in jobs], "next_before": nxt})
 
@@ -453,6 +481,38 @@ def _int_param(raw: str | None, name: str, *, default: int, lo: int, hi: int) ->
             f"{name} must be an integer from {lo} to {hi}, got {_printable(raw, 40)!r}"
         )
     return int(raw)
+
+
+# --- the dashboard and the OpenCode-compatible event stream ------------------------------------------------
+
+
+async def dashboard_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(DASHBOARD_DIR / "index.html", headers=DASHBOARD_HEADERS)
+
+
+async def dashboard_file(request: web.Request) -> web.FileResponse:
+    name = request.match_info["name"]
+    if name not in DASHBOARD_FILES:
+        raise web.HTTPNotFound()
+    return web.FileResponse(DASHBOARD_DIR / name, headers=DASHBOARD_HEADERS)
+
+
+async def opencode_event(request: web.Request) -> web.StreamResponse:
+    """OpenCode's GET /event for one project's jobs, or (GET /opencode/event) every project's."""
+    if "project_id" in request.match_info:
+        project_id: str | None = _project(request)  # read access to that project
+    else:
+        _admin(request, write=False)  # every project's jobs: admin keys only
+        project_id = None
+    cfg = request.app[CONFIG]
+    config = opencode_stream.StreamConfig(
+        heartbeat_s=min(cfg.heartbeat_s, 10.0), write_timeout_s=cfg.write_timeout_s
+    )
+    closing = request.app[STATE].closing
+    with _stream_slot(request, _principal(request).key_id):
+        return await opencode_stream.serve(
+            request, request.app[SERVICE], project_id, closing=closing, config=config
+        )
 
 
 # --- secrets (values go in, never out) -----------------------------------------------------------------

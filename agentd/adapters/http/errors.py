@@ -26,9 +26,12 @@ STATUS: dict[type[errors.AgentdError], int] = {
     errors.Forbidden: 403,
     errors.KeyNotFound: 404,
     errors.ProjectNotFound: 404,
+    errors.PatchNotFound: 404,
+    errors.ProjectInUse: 409,
     errors.UnsupportedMediaType: 415,
     errors.MisdirectedRequest: 421,
     errors.LimitExceeded: 429,
+    errors.WorkspaceFailed: 502,  # the git server refused or could not be reached
     errors.ServerBusy: 503,
 }
 

@@ -11,6 +11,7 @@ from agentd.adapters.postgres.database import PgDatabase
 from agentd.adapters.postgres.migrate import check_schema, migrate
 from agentd.adapters.postgres.postgres_event_stream import PostgresEventStream
 from agentd.adapters.postgres.postgres_key_store import PostgresKeyStore
+from agentd.adapters.postgres.postgres_project_store import PostgresProjectStore
 from agentd.adapters.postgres.postgres_secret_store import PostgresSecretStore
 from agentd.adapters.postgres.postgres_work_queue import PostgresWorkQueue
 from agentd.adapters.postgres.queries import SCHEMA_VERSION
@@ -20,6 +21,7 @@ __all__ = [
     "PgDatabase",
     "PostgresEventStream",
     "PostgresKeyStore",
+    "PostgresProjectStore",
     "PostgresSecretStore",
     "PostgresWorkQueue",
     "check_schema",

@@ -240,8 +240,7 @@ class PostgresEventStream(EventStream):
                 cur = await conn.execute(QUERIES["append_events"], numbered.columns)
                 return numbered.written({r["stream_id"] for r in await cur.fetchall()})
 
-    async def _write(self, batch: list[_Publish]) -> None:
-        stream_ids = list(dict.fromkeys(item.stream_id for item in batch))
+    async def _append_retrying(self, batch: list[_Publish], stream_ids: list[str]) -> _Numbered:
         serialised = not self._contended.isdisjoint(stream_ids)
         for _ in range(RENUMBER_TRIES):
             try:
@@ -258,9 +257,12 @@ class PostgresEventStream(EventStream):
                 for s in stream_ids:  # the batch may or may not be stored: re-read the heads next time
                     self._heads.pop(s, None)
                 raise
-            break
-        else:
-            raise QueueUnavailable(f"could not number events: other processes keep writing to {stream_ids}")
+            return numbered
+        raise QueueUnavailable(f"could not number events: other processes keep writing to {stream_ids}")
+
+    async def _write(self, batch: list[_Publish]) -> None:
+        stream_ids = list(dict.fromkeys(item.stream_id for item in batch))
+        numbered = await self._append_retrying(batch, stream_ids)
         self.batches += 1
         self._after_write(numbered)
         for s in stream_ids:

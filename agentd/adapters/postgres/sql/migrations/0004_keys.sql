@@ -1,4 +1,4 @@
--- agentd schema 3: API keys (agentd.adapters.postgres.postgres_key_store): the SHA-256 of each token,
+-- agentd schema 4: API keys (agentd.adapters.postgres.postgres_key_store): the SHA-256 of each token,
 -- never the token; and the server's own secrets (the stream-token signing key), shared by every process.
 
 CREATE TABLE agentd_api_keys (
