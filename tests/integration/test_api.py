@@ -25,6 +25,8 @@ async def srv(agentd_factory: Any) -> RunningAgentd:
 
 
 async def call(srv: RunningAgentd, method: str, path: str, **kw: Any) -> tuple[int, Any, Any]:
+    if method != "GET" and "json" not in kw and "data" not in kw:  # as agentd.client does: writes are JSON
+        kw["headers"] = {"Content-Type": "application/json", **kw.get("headers", {})}
     async with aiohttp.ClientSession() as s, s.request(method, srv.base_url + path, **kw) as r:
         body = await r.read()
         try:
