@@ -111,11 +111,12 @@ class RequestTimeout(AgentdClientError, TimeoutError):
     code = "request_timeout"
 
 
-class ForeignOrigin(AgentdClientError):
+class ForeignOrigin(ApiError):
     """A URL (e.g. a stream_url from an answer) names another origin than the client's: refused, so the
-    API key never goes there."""
+    API key never goes there (status 0: no request was made)."""
 
-    code = "foreign_origin"
+    def __init__(self, message: str) -> None:
+        super().__init__(0, "foreign_origin", message)
 
 
 class StreamLost(AgentdClientError):
@@ -194,7 +195,7 @@ class AgentdClient:
             where = "://".join(urlsplit(path_or_url)[:2])
             raise ForeignOrigin(
                 f"refusing to send the API key to {where}: this client talks to {self.base_url} only "
-                "(the server may need to be told the URL its clients use)"
+                "(set AGENTD_PUBLIC_URL on the server to the URL clients use)"
             )
         return path_or_url
 

@@ -64,7 +64,7 @@ async def test_metrics_count_a_job_that_ran_and_its_logs_carry_the_request_id(tm
         pytest.skip("the composition root does not wire observability yet (no Container.metrics)")
     settings = Settings(data_dir=tmp_path / "data", api_key=KEY, providers="scripted")
     container = await build(settings, agents=[ScriptedCodeAgent("scripted")])
-    runner = web.AppRunner(container.app(), shutdown_timeout=5, access_log=None)
+    runner = web.AppRunner(container.app(port=0), shutdown_timeout=5, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import time
 import uuid
@@ -81,16 +82,15 @@ class ScriptedCodeAgent(CodeAgent):
                     if want > request.timeout_s:
                         status, error = "timed_out", f"timed out after {request.timeout_s:g} s"
                 text = "slept" if status == "succeeded" else ""
+            elif prompt.startswith("env:"):  # which value the run got, without showing it: its sha256
+                name = prompt.split(":", 1)[1].strip()
+                value = (env or {}).get(name)
+                text = f"{name} unset" if value is None else f"{name} sha256 {_sha256(value)}"
             elif prompt.startswith("fail:"):
                 status, error, text = "failed", prompt.split(":", 1)[1].strip() or "failed", ""
             elif prompt.startswith("edit:"):
                 try:
-                    script = prompt.split(":", 1)[1]
-                    pause = float(json.loads(script).get("sleep", 0))
-                    if pause > 0:  # hold the working tree a while (concurrency tests)
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(cancel.wait(), pause)
-                    text = edit_files(workdir, script)
+                    text = await _edit(workdir, prompt.split(":", 1)[1], cancel)
                 except (ValueError, OSError) as e:
                     status, error, text = "failed", f"edit: {e}", ""
             if text:
@@ -110,6 +110,18 @@ class ScriptedCodeAgent(CodeAgent):
             )
         finally:
             self._cancels.pop(run_id, None)
+
+
+async def _edit(workdir: Path | None, script: str, cancel: asyncio.Event) -> str:
+    pause = float(json.loads(script).get("sleep", 0))
+    if pause > 0:  # hold the working tree a while (concurrency tests)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(cancel.wait(), pause)
+    return edit_files(workdir, script)
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def edit_files(workdir: Path | None, script: str) -> str:
