@@ -11,10 +11,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agentd.domain.keys import MAX_KEY_NAME, MAX_KEY_PROJECTS
 from agentd.domain.models import (
     MAX_TIMEOUT_S,
     MAX_TURNS_LIMIT,
     MIN_TIMEOUT_S,
+    PROJECT_ID_RE,
     SESSION_ID_RE,
     JobStatus,
     PromptFile,
@@ -42,6 +44,14 @@ class _Answer(BaseModel):
         return getattr(self, name, default)
 
 
+def anchored(pattern: str) -> str:
+    """A full-match regex as a JSON-schema pattern (those match anywhere unless anchored)."""
+    return f"^(?:{pattern.removeprefix('^').removesuffix('$')})$"
+
+
+PROJECT_ID_PATTERN = "^(?!.*\\.\\.)" + anchored(PROJECT_ID_RE.pattern)[1:]  # and never '..'
+
+
 def _limits(**schema: Any) -> Any:
     """Limits the domain enforces (with its own error codes), shown in the schema only."""
     return Field(None, json_schema_extra=schema)
@@ -56,7 +66,9 @@ class SubmitBody(BaseModel):
     prompt: str = Field(description="what the agent should do", json_schema_extra={"pattern": "\\S"})
     provider: str | None = Field(None, description="claude-code, opencode, … (default: the server's)")
     model: str | None = None
-    session_id: str | None = _limits(pattern=SESSION_ID_RE.pattern, description="continue this session")
+    session_id: str | None = _limits(
+        pattern=anchored(SESSION_ID_RE.pattern), description="continue this session"
+    )
     timeout_s: float | None = _limits(
         minimum=MIN_TIMEOUT_S, maximum=MAX_TIMEOUT_S, description="seconds before the job times out"
     )
@@ -204,3 +216,46 @@ class ProjectList(_Answer):
 
 class TemplateList(_Answer):
     templates: list[TemplateInfo]
+
+
+_KEY_SCOPE: dict[str, Any] = {
+    "oneOf": [
+        {"required": ["admin"], "properties": {"admin": {"const": True}, "projects": {"maxItems": 0}}},
+        {"required": ["projects"], "properties": {"admin": {"const": False}, "projects": {"minItems": 1}}},
+    ]
+}
+
+
+class KeyBody(BaseModel):
+    """POST /keys: an admin key, or a key scoped to projects (read-only or not)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_KEY_SCOPE)
+
+    name: str | None = _limits(pattern=f"^[\\x20-\\x7e]{{1,{MAX_KEY_NAME}}}$", description="e.g. ci-web")
+    admin: bool = False
+    projects: list[str] = Field(
+        default_factory=list,
+        json_schema_extra={
+            "items": {"type": "string", "pattern": PROJECT_ID_PATTERN},
+            "maxItems": MAX_KEY_PROJECTS,
+        },
+    )
+    read_only: bool = False
+
+
+class KeyInfo(_Answer):
+    key_id: str
+    name: str
+    scope: Literal["admin"] | list[str]
+    access: Literal["read", "write"]
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class KeyCreated(KeyInfo):
+    key: str = Field(description="the key: shown this once")
+
+
+class KeyList(_Answer):
+    keys: list[KeyInfo]

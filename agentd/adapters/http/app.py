@@ -31,7 +31,7 @@ from agentd.services.access import KeyService, RateLimit
 from agentd.services.jobs import JobService
 from agentd.services.projects import ProjectService
 from agentd.services.secrets import SecretService
-from agentd.wire import SubmitBody
+from agentd.wire import KeyBody, SubmitBody
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +85,7 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON_TYPES = frozenset({"application/json"})
 CORS_HEADERS = "Content-Type, X-API-Key, Last-Event-ID, Idempotency-Key"
 CORS_METHODS = "GET, POST, PUT, DELETE"
-MAX_QUERY_NUMBER_DIGITS = 18
+MAX_QUERY_NUMBER_DIGITS = 19  # 2**62, the largest `after`, has 19
 
 
 def create_app(
@@ -566,7 +566,7 @@ async def delete_secret(request: web.Request) -> web.Response:
 
 # --- keys (admin) -------------------------------------------------------------------------------------
 
-KEY_FIELDS = {"name", "admin", "projects", "read_only"}
+KEY_FIELDS = set(KeyBody.model_fields)  # the body the OpenAPI document describes
 
 
 async def create_key(request: web.Request) -> web.Response:

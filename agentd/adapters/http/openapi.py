@@ -18,8 +18,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from agentd import __version__
+from agentd.domain.ids import JOB_ID_RE
 from agentd.domain.models import (
-    PROJECT_ID_RE,
     DoneEvent,
     ErrorEvent,
     JobStatus,
@@ -33,11 +33,16 @@ from agentd.domain.models import (
 )
 from agentd.domain.projects import ProjectSpec
 from agentd.wire import (
+    PROJECT_ID_PATTERN,
     DeliveryList,
     ErrorBody,
     Health,
     JobInfo,
     JobPage,
+    KeyBody,
+    KeyCreated,
+    KeyInfo,
+    KeyList,
     ProjectInfo,
     ProjectList,
     Providers,
@@ -46,6 +51,7 @@ from agentd.wire import (
     SubmitBody,
     Submitted,
     TemplateList,
+    anchored,
 )
 
 EVENT_MODELS: list[type[BaseModel]] = [
@@ -95,12 +101,7 @@ class Op:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-PROJECT = Param(
-    "project_id",
-    "path",
-    {"type": "string", "pattern": "^(?!.*\\.\\.)" + PROJECT_ID_RE.pattern[1:]},
-    "e.g. my-repo",
-)
+PROJECT = Param("project_id", "path", {"type": "string", "pattern": PROJECT_ID_PATTERN}, "e.g. my-repo")
 JOB = Param("job_id", "path", {"type": "string"}, "job_…")
 STREAM = Param("stream_id", "path", {"type": "string"}, "stm_…")
 NAME = Param("name", "path", {"type": "string", "pattern": "^[A-Z_][A-Z0-9_]{0,127}$"}, "e.g. GITHUB_TOKEN")
@@ -110,6 +111,7 @@ IDEMPOTENCY = Param(
     {"type": "string", "pattern": "^[\\x21-\\x7e]([\\x20-\\x7e]{0,198}[\\x21-\\x7e])?$"},
     "the same key + body: same job",
 )
+KEY = Param("key_id", "path", {"type": "string", "pattern": "^key_[0-9a-f]{16}$"}, "key_…")
 FILE = Param("name", "path", {"type": "string"}, "app.js, style.css")
 PROJECT_FILTER = Param(
     "project_id",
@@ -125,7 +127,12 @@ LIST_QUERY = (
         "created_before", "query", {"type": "string", "anyOf": [{"format": "date-time"}, {"maxLength": 0}]}
     ),
     Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}),
-    Param("before", "query", {"type": "string"}, "a job id: the next (older) page"),
+    Param(
+        "before",
+        "query",
+        {"type": "string", "anyOf": [{"pattern": anchored(JOB_ID_RE.pattern)}, {"maxLength": 0}]},
+        "a job id: the next (older) page",
+    ),
 )
 RESUME = (
     Param(
@@ -232,6 +239,9 @@ ROUTES: list[Op] = [
         {200: SSE},
         params=(PROJECT, STREAM, *RESUME),
     ),
+    Op("POST", "/keys", "admin: create a key (shown once)", {201: KeyCreated}, body=KeyBody, tag="keys"),
+    Op("GET", "/keys", "admin: every key (never a key's value)", {200: KeyList}, tag="keys"),
+    Op("DELETE", "/keys/{key_id}", "admin: revoke a key", {200: KeyInfo}, params=(KEY,), tag="keys"),
     Op("GET", "/projects", "every project", {200: ProjectList}, tag="projects"),
     Op(
         "PUT",
