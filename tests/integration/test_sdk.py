@@ -36,6 +36,7 @@ from agentd.domain.models import (
 from agentd.wire import JobInfo, Submitted
 from tests.conftest import RunningAgentd
 from tests.support.agentd_proc import Server, base_env, serve
+from tests.support.net import free_port
 
 __all__ = ["base_env", "serve"]  # fixtures
 KEY = "sdk-key-0123456789abcdef0123456789"
@@ -68,13 +69,13 @@ class ChattyAgent(ScriptedCodeAgent):
 class CuttingProxy:
     """A TCP proxy to `target` that closes each connection after `cut_after` bytes from the server."""
 
-    def __init__(self, target_port: int, cut_after: int) -> None:
-        self.target_port, self.cut_after = target_port, cut_after
+    def __init__(self, target_port: int, cut_after: int, listen_port: int = 0) -> None:
+        self.target_port, self.cut_after, self.listen_port = target_port, cut_after, listen_port
         self.connections = 0
         self.server: asyncio.Server | None = None
 
     async def __aenter__(self) -> CuttingProxy:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", self.listen_port)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -142,9 +143,14 @@ async def _collect(it: AsyncIterator[Any]) -> list[Any]:
     return [x async for x in it]
 
 
-async def test_stream_survives_cut_connections_without_duplicates_or_gaps(srv: RunningAgentd) -> None:
+async def test_stream_survives_cut_connections_without_duplicates_or_gaps(agentd_factory: Any) -> None:
+    proxy_port = free_port()
+    # The proxy forwards the Host header it gets: the server must answer for the proxy's address.
+    srv: RunningAgentd = await agentd_factory(
+        [ChattyAgent("scripted")], allowed_hosts=f"127.0.0.1:{proxy_port}"
+    )
     port = int(srv.base_url.rsplit(":", 1)[1])
-    async with CuttingProxy(port, cut_after=1500) as proxy:
+    async with CuttingProxy(port, cut_after=1500, listen_port=proxy_port) as proxy:
         async with AgentdClient(proxy.url, reconnect_delay_s=0.01, max_reconnects=5) as c:
             job = await c.submit("sdk", "chatty:400")
             seqs, chunks = [], []

@@ -44,7 +44,7 @@ async def test_a_schema_1_file_gets_the_secrets_table_and_keeps_its_jobs(tmp_pat
     await store.put("p", "TOKEN", "a-secret-value")
     assert await store.resolve("p") == {"TOKEN": "a-secret-value"}
     await store.close()
-    assert user_version(path) == SCHEMA_VERSION == 4
+    assert user_version(path) == SCHEMA_VERSION >= 4
     reopened = SqliteWorkQueue(path)
     assert (await reopened.get("p", job.id)).id == "j1"
     await reopened.close()
@@ -68,7 +68,7 @@ async def test_a_schema_2_file_gets_the_projects_tables_and_its_queue_still_clai
     await store.put_patch("p", "j1", b"diff")
     await keys.create(_key("key_0000000000000001"), "h1")
     assert (await keys.find("h1")) is not None
-    assert user_version(path) == SCHEMA_VERSION == 4
+    assert user_version(path) == SCHEMA_VERSION >= 4
     await keys.close()
     await store.close()
     await queue.close()
@@ -99,7 +99,7 @@ async def test_a_schema_3_file_gets_what_it_lacks_and_keeps_what_it_has(
         db.commit()
     queue = SqliteWorkQueue(path)
     projects, keys = SqliteProjectStore(queue.db), SqliteKeyStore(queue.db)
-    assert user_version(path) == SCHEMA_VERSION == 4
+    assert user_version(path) == SCHEMA_VERSION >= 4
     if "projects" in missing:
         assert await projects.find("p") is None
         assert (await keys.find("h1")) is not None  # kept
@@ -131,7 +131,7 @@ async def test_the_queue_and_the_secrets_share_one_file_until_the_last_close(tmp
         await store.resolve("p")
 
 
-async def test_a_schema_2_file_gets_the_webhook_table_and_keeps_its_jobs(tmp_path: Path) -> None:
+async def test_a_schema_4_file_gets_the_webhook_table_and_keeps_its_jobs(tmp_path: Path) -> None:
     from agentd.adapters.embedded.sqlite_webhook_outbox import SqliteWebhookOutbox
 
     path = tmp_path / "queue.sqlite3"
@@ -140,12 +140,12 @@ async def test_a_schema_2_file_gets_the_webhook_table_and_keeps_its_jobs(tmp_pat
     await queue.close()
     with contextlib.closing(sqlite3.connect(path)) as db:  # as agentd before webhooks left it
         db.execute("DROP TABLE webhook_deliveries")
-        db.execute("PRAGMA user_version = 2")
+        db.execute("PRAGMA user_version = 4")
         db.commit()
     outbox = SqliteWebhookOutbox(path)
     assert await outbox.list_for_job("j1") == []
     await outbox.close()
-    assert user_version(path) == SCHEMA_VERSION >= 3
+    assert user_version(path) == SCHEMA_VERSION >= 5
     reopened = SqliteWorkQueue(path)
     assert (await reopened.get("p", "j1")).id == "j1"
     await reopened.close()
