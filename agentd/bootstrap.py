@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -267,7 +268,8 @@ async def build(
 ) -> Container:
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings.data_dir.chmod(0o700)  # also an older, wider one: nothing beneath it is reachable by others
-    own_keys = service_secrets(settings, load_master_key(settings))  # a bad key file fails here, first
+    # A bad key file fails here, first. Credentials in agentd's own environment are redacted too.
+    own_keys = service_secrets(settings, load_master_key(settings), os.environ)
     LOG_SECRETS.add(own_keys)
     sandbox = open_sandbox(settings)
     registry = ProviderRegistry()

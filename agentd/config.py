@@ -329,9 +329,20 @@ def master_key_text(key: bytes) -> str:
     return base64.urlsafe_b64encode(key).decode("ascii").rstrip("=")
 
 
-def service_secrets(settings: Settings, master_key: bytes | None = None) -> dict[str, str]:
-    """The service's own keys, redacted wherever a run's output could show them."""
+# Names in agentd's own environment that look like credentials: provider keys that agentd passes through
+# to runs (ANTHROPIC_API_KEY, OPENAI_API_KEY, CLAUDE_CODE_OAUTH_TOKEN, ...) and anything else of the kind.
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE", re.IGNORECASE)
+
+
+def service_secrets(
+    settings: Settings, master_key: bytes | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The service's own keys, redacted wherever a run's output could show them: agentd's settings, and
+    every credential-looking variable of its environment (`environ`; provider keys passed to runs)."""
     out: dict[str, str] = {}
+    for name, value in (environ or {}).items():
+        if _SECRET_NAME.search(name) and not name.startswith("AGENTD_"):
+            out[name] = value
     if settings.api_key is not None:
         out["AGENTD_API_KEY"] = settings.api_key.get_secret_value()
     if master_key is not None:
