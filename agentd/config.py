@@ -58,6 +58,9 @@ class Settings(BaseModel):
     provider_limits: dict[str, int] = Field(default_factory=dict)  # "claude-code=4,opencode=2"
     shutdown_grace_s: float = Field(30.0, ge=0)
     db_pool_size: int = Field(10, ge=1)
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535
+    )  # /metrics + /healthz on a port of their own, no key
 
     # Access (README "Access"): Host allow-list, public URL, CORS, limits.
     allowed_hosts: tuple[str, ...] = ()  # "agentd.example.com,10.0.0.5:8080"; default: see allowed_hosts()
@@ -333,9 +336,20 @@ def master_key_text(key: bytes) -> str:
     return base64.urlsafe_b64encode(key).decode("ascii").rstrip("=")
 
 
-def service_secrets(settings: Settings, master_key: bytes | None = None) -> dict[str, str]:
-    """The service's own keys, redacted wherever a run's output could show them."""
+# Names in agentd's own environment that look like credentials: provider keys that agentd passes through
+# to runs (ANTHROPIC_API_KEY, OPENAI_API_KEY, CLAUDE_CODE_OAUTH_TOKEN, ...) and anything else of the kind.
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE", re.IGNORECASE)
+
+
+def service_secrets(
+    settings: Settings, master_key: bytes | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The service's own keys, redacted wherever a run's output could show them: agentd's settings, and
+    every credential-looking variable of its environment (`environ`; provider keys passed to runs)."""
     out: dict[str, str] = {}
+    for name, value in (environ or {}).items():
+        if _SECRET_NAME.search(name) and not name.startswith("AGENTD_"):
+            out[name] = value
     if settings.api_key is not None:
         out["AGENTD_API_KEY"] = settings.api_key.get_secret_value()
     if master_key is not None:

@@ -187,6 +187,21 @@ def test_service_secrets_are_the_long_enough_keys() -> None:
     }
 
 
+def test_service_secrets_include_credentials_from_agentds_environment() -> None:
+    environ = {
+        "ANTHROPIC_API_KEY": "sk-ant-1234567890",
+        "CLAUDE_CODE_OAUTH_TOKEN": "oauth-token-abcdef",
+        "OPENAI_API_KEY": "short",
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "AGENTD_API_KEY": "not-from-here-123",
+    }
+    assert service_secrets(Settings(), None, environ) == {
+        "ANTHROPIC_API_KEY": "sk-ant-1234567890",
+        "CLAUDE_CODE_OAUTH_TOKEN": "oauth-token-abcdef",
+    }
+
+
 @pytest.mark.parametrize(
     ("env", "fragment"),
     [
