@@ -37,6 +37,7 @@ run (--resume) uses its new prompt. No keyword -> ``text``. Replies (constants b
                                 messages (or any non-streaming request): "Recovered after a mid-stream
                                 error."
   SCENARIO:big [size=300000]    one text block of exactly big_text(size) characters, 8 KiB deltas
+  SCENARIO:env_tool             turn 1: Bash tool_use {"command": "env"}; then "That is my environment."
 Non-streaming requests (stream false/absent) get the same reply as one JSON message;
 POST /v1/messages/count_tokens gets {"input_tokens": N}; anything else: 404 JSON (logged).
 
@@ -91,6 +92,8 @@ TOOL_BASH_INPUT = {"command": "echo hello > out.txt", "description": "Write hell
 TOOL_BASH_DONE = "Done: created out.txt."
 SLEEP_TOOL_INPUT = {"command": "/bin/sleep 300", "description": "Sleep for a long time"}
 SLEEP_TOOL_DONE = "slept"
+ENV_TOOL_INPUT = {"command": "env", "description": "Show the environment"}
+ENV_TOOL_DONE = "That is my environment."
 THINKING_TEXT = "Let me think about this."
 THINKING_SIGNATURE = "c2lnbmF0dXJlLWZha2U="
 THINKING_REPLY = "After thinking: 42."
@@ -114,6 +117,7 @@ SCENARIOS = (
     "recall",
     "midstream_error",
     "big",
+    "env_tool",
 )
 
 _SCENARIO_RE = re.compile(r"SCENARIO:(\w+)((?:[ \t]+[^\s]+)*)")
@@ -432,6 +436,12 @@ class FakeAnthropic:
                     Block("tool_use", tool_name="Bash", tool_input=dict(TOOL_BASH_INPUT)),
                 ],
                 stop_reason="tool_use",
+            )
+        if name == "env_tool":
+            if sc.after_tool_result:
+                return Reply([Block("text", ENV_TOOL_DONE)])
+            return Reply(
+                [Block("tool_use", tool_name="Bash", tool_input=dict(ENV_TOOL_INPUT))], stop_reason="tool_use"
             )
         if name == "sleep_tool":
             if sc.after_tool_result:
