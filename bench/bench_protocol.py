@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, cpu_line, table  # noqa: E402
 
 from agentd.adapters.claude_code import protocol as claude  # noqa: E402
+from agentd.adapters.json_codec import loads  # noqa: E402
 from agentd.adapters.opencode import protocol as opencode  # noqa: E402
 from agentd.sse import SSEDecoder  # noqa: E402
 
@@ -83,7 +84,7 @@ def run_claude(runs: list[list[str]]) -> int:
 
 def run_opencode(runs: list[tuple[str, str | None, list[str]]]) -> int:
     n = 0
-    parse = getattr(opencode, "parse_event", json.loads)
+    parse = loads  # what the OpenCode adapter parses each event with
     for session, user, datas in runs:
         state = opencode.RunState(session, user_message_id=user)
         for data in datas:

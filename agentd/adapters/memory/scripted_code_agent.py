@@ -97,7 +97,7 @@ class ScriptedCodeAgent(CodeAgent):
 
 
 async def _timed_stream(prompt: str, cancel: asyncio.Event) -> AsyncIterator[TextEvent]:
-    count_s, rate_s, delay_s = (prompt.split(":", 1)[1].split(":") + ["0", "0"])[:3]
+    count_s, rate_s, delay_s = [*prompt.split(":", 1)[1].split(":"), "0", "0"][:3]
     count, rate, delay = int(count_s), float(rate_s), float(delay_s)
     if delay > 0:
         with contextlib.suppress(TimeoutError):
