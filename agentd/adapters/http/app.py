@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from agentd import __version__, sse
 from agentd.adapters.http import errors as http_errors
+from agentd.adapters.sse_frames import FrameCache
 from agentd.domain import errors
 from agentd.domain.models import AgentRequest, JobStatus, StoredEvent, validate_project_id
 from agentd.ports.work_queue import BusyPolicy, JobFilter
@@ -61,6 +62,21 @@ class ApiConfig:
 @dataclass
 class _State:
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # set on shutdown: end every stream
+    frames: FrameCache = field(default_factory=FrameCache)  # each event encoded once for all subscribers
+    _closed: asyncio.Future[None] | None = None
+
+    def closed(self) -> asyncio.Future[None]:
+        """One future for every open stream (not a task per connection): done on shutdown."""
+        if self._closed is None:
+            self._closed = asyncio.get_running_loop().create_future()
+            if self.closing.is_set():
+                self._closed.set_result(None)
+        return self._closed
+
+    def close(self) -> None:
+        self.closing.set()
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
 
 
 SERVICE = web.AppKey("service", JobService)
@@ -311,7 +327,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
     await resp.prepare(request)
     await resp.write(sse.encode_retry(cfg.retry_ms))
-    await _send(resp, subscription, cfg, request.app[STATE].closing, stream_id)
+    await _send(resp, subscription, cfg, request.app[STATE], stream_id)
     with contextlib.suppress(ConnectionResetError):
         await resp.write_eof()
     return resp
@@ -331,14 +347,14 @@ async def _send(
     resp: web.StreamResponse,
     subscription: AsyncIterator[StoredEvent],
     cfg: ApiConfig,
-    closing: asyncio.Event,
+    state: _State,
     stream_id: str,
 ) -> None:
     """Write events until the stream ends, fails or the client goes; a heartbeat comment after each
     `heartbeat_s` without a write; on shutdown an `error` event (clients resume with Last-Event-ID)."""
     out = _Out(resp)
-    pump = asyncio.create_task(out.events(subscription))
-    closed = asyncio.create_task(closing.wait())
+    pump = asyncio.create_task(out.events(subscription, stream_id, state.frames))
+    closed = state.closed()
     try:
         while True:
             wait = out.next_check(cfg)
@@ -365,7 +381,6 @@ async def _send(
             async with asyncio.timeout(cfg.write_timeout_s):
                 await out.write(sse.encode_event(payload, event="error"))
     finally:
-        closed.cancel()
         pump.cancel()
         await asyncio.wait({pump}, timeout=5)  # never hang a finished response on a stuck reader
 
@@ -405,10 +420,12 @@ class _Out:
             self.busy_since = None
             self.last = time.monotonic()
 
-    async def events(self, subscription: AsyncIterator[StoredEvent]) -> None:
+    async def events(
+        self, subscription: AsyncIterator[StoredEvent], stream_id: str, frames: FrameCache
+    ) -> None:
         async with contextlib.aclosing(subscription) as events:  # type: ignore[type-var]
             async for stored in events:
-                await self.write(_frame(stored))
+                await self.write(frames.frame(stream_id, stored))
                 self.sent += 1
 
 
@@ -418,11 +435,6 @@ class ServerShuttingDown(errors.AgentdError):
     code = "shutting_down"
 
 
-def _frame(stored: StoredEvent) -> bytes:
-    ev = stored.event
-    return sse.encode_event(json.dumps(ev.data(), separators=(",", ":")), event=ev.event, id=stored.seq)
-
-
 async def _close_streams(app: web.Application) -> None:
     """On shutdown, end every open event stream (clients reconnect elsewhere with Last-Event-ID)."""
-    app[STATE].closing.set()
+    app[STATE].close()
