@@ -276,7 +276,7 @@ async def main() -> None:
     ap.add_argument("--clients", type=int, default=2, help="client processes")
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
-    delay = max(2.0, args.subs / 200)  # time for every subscriber to connect before the first event
+    delay = max(3.0, args.subs / 100)  # time for every subscriber to connect before the first event
     with tmpdir() as d, processes() as procs:
         bare_port, agentd_port = free_port(), free_port()
         bare_proc = Proc([PY, __file__, "bare", str(bare_port)], agentd_env(Path(d) / "bare"), log=Path(d) / "bare.log")
