@@ -99,6 +99,7 @@ def rss_bytes(pid: int) -> int:
 async def scratch_database(kind: str) -> AsyncIterator[str]:
     import psycopg
     from psycopg import sql
+
     name = f"agentd_bench_{kind}_{os.getpid()}_{secrets.token_hex(3)}"
     async with await psycopg.AsyncConnection.connect(ADMIN_DSN, autocommit=True) as admin:
         await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
@@ -106,7 +107,9 @@ async def scratch_database(kind: str) -> AsyncIterator[str]:
         yield with_dbname(ADMIN_DSN, name)
     finally:
         async with await psycopg.AsyncConnection.connect(ADMIN_DSN, autocommit=True) as admin:
-            await admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            await admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 def with_dbname(url: str, name: str) -> str:
@@ -125,7 +128,7 @@ class Proc:
 
     def __init__(self, args: Sequence[str], env: dict[str, str], *, log: Path | None = None) -> None:
         self.log = log
-        out = open(log, "ab") if log is not None else subprocess.DEVNULL  # noqa: SIM115
+        out = open(log, "ab") if log is not None else subprocess.DEVNULL
         try:
             self.popen = subprocess.Popen(
                 list(args), env=env, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True

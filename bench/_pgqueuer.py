@@ -70,7 +70,9 @@ async def drain(dsn: str, jobs: int, k: int, batch: int = 10) -> float:
 
         started = time.perf_counter()
         mode = types.QueueExecutionMode.drain
-        acked, *_ = await asyncio.gather(all_acknowledged(), *(p.run(batch_size=batch, mode=mode) for p in pgqs))
+        acked, *_ = await asyncio.gather(
+            all_acknowledged(), *(p.run(batch_size=batch, mode=mode) for p in pgqs)
+        )
         await watch.close()
         assert done == jobs, (done, jobs)
         return jobs / (acked - started)

@@ -102,7 +102,12 @@ async def fleet(jobs: int) -> dict[str, list[float]]:
 async def anchor(jobs: int) -> dict[str, float]:
     async with scratch_database("pgqlat") as dsn:
         proc = await asyncio.create_subprocess_exec(
-            PY, str(ROOT / "bench" / "_pgqueuer.py"), "latency", dsn, str(jobs), stdout=asyncio.subprocess.PIPE
+            PY,
+            str(ROOT / "bench" / "_pgqueuer.py"),
+            "latency",
+            dsn,
+            str(jobs),
+            stdout=asyncio.subprocess.PIPE,
         )
         out, _ = await asyncio.wait_for(proc.communicate(), 300)
         if proc.returncode != 0:
@@ -127,7 +132,8 @@ async def main() -> None:
             "submit → first event, PostgreSQL (api + worker processes)",
             f"{ms(pgq['p50'])} / {ms(pgq['p99'])}",
             f"{ms(pct(pg['first event'], 0.5))} / {ms(pct(pg['first event'], 0.99))}",
-            f"{pct(pg['first event'], 0.5) / pgq['p50']:.1f}× / {pct(pg['first event'], 0.99) / pgq['p99']:.1f}×",
+            f"{pct(pg['first event'], 0.5) / pgq['p50']:.1f}× / "
+            f"{pct(pg['first event'], 0.99) / pgq['p99']:.1f}×",
             "≤ 5 ms / ≤ 20 ms",
         ],
         [
@@ -140,7 +146,9 @@ async def main() -> None:
     ]
     for name, res in (("PostgreSQL", pg), ("embedded", emb)):
         for k in MARKS[1:]:
-            rows.append([f"  {name}: submit → {k}", "", f"{ms(pct(res[k], 0.5))} / {ms(pct(res[k], 0.99))}", "", ""])
+            rows.append(
+                [f"  {name}: submit → {k}", "", f"{ms(pct(res[k], 0.5))} / {ms(pct(res[k], 0.99))}", "", ""]
+            )
     print(
         table(
             f"Latency: {args.jobs} jobs one after another from a separate client process, p50 / p99",

@@ -25,12 +25,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, cpu_line, table  # noqa: E402
+from _common import ROOT, cpu_line, table
 
-from agentd.adapters.claude_code import protocol as claude  # noqa: E402
-from agentd.adapters.json_codec import loads  # noqa: E402
-from agentd.adapters.opencode import protocol as opencode  # noqa: E402
-from agentd.sse import SSEDecoder  # noqa: E402
+from agentd.adapters.claude_code import protocol as claude
+from agentd.adapters.json_codec import loads
+from agentd.adapters.opencode import protocol as opencode
+from agentd.sse import SSEDecoder
 
 FIX = ROOT / "tests" / "fixtures"
 ROUNDS = 3
@@ -150,9 +150,15 @@ def main() -> None:
         fast = best(run_loads(oloads), raw)[0] if oloads is not None else 0.0
         mb = sum(len(ln) for lines in raw for ln in lines) / 1e6
         rows.append(
-            [name, f"{n:,} lines, {mb:.0f} MB", f"{ours:,.0f}", f"{floor:,.0f}", f"{ours / floor:.2f}×",
-             f"{fast:,.0f}" if fast else "-"]
-        )  # fmt: skip
+            [
+                name,
+                f"{n:,} lines, {mb:.0f} MB",
+                f"{ours:,.0f}",
+                f"{floor:,.0f}",
+                f"{ours / floor:.2f}×",
+                f"{fast:,.0f}" if fast else "-",
+            ]
+        )
     print(cpu_line())
     print(
         table(

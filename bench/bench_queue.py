@@ -36,12 +36,11 @@ from pathlib import Path
 
 import psycopg
 import structlog
-
 from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
-import _pgqueuer  # noqa: E402
+import _common
+import _pgqueuer
 
 from agentd.adapters.postgres import PgDatabase, PostgresWorkQueue, migrate
 from agentd.domain.models import AgentRequest, AgentResult
@@ -133,7 +132,9 @@ async def run_agentd(
 async def run_pgqueuer(dsn: str, jobs: int, workers: int, batch_size: int) -> float:
     """jobs/s until every job is durably complete (acknowledged: gone from pgqueuer's queue table), with
     pgqueuer on asyncpg (bench/_pgqueuer.py's drain, in this process like the agentd side)."""
-    return await _pgqueuer.drain(_common.with_dbname(_common.ADMIN_DSN, dsn_name(dsn)), jobs, workers, batch_size)
+    return await _pgqueuer.drain(
+        _common.with_dbname(_common.ADMIN_DSN, dsn_name(dsn)), jobs, workers, batch_size
+    )
 
 
 def dsn_name(dsn: str) -> str:
@@ -162,7 +163,10 @@ async def main() -> None:
         await migrate(dsn)
         rows: list[tuple[str, Callable[[], Awaitable[float]]]] = [
             ("claim + finish, one job each", lambda: run_agentd(dsn, n, k)),
-            (f"claim_many {b} + one finish per job", lambda: run_agentd(dsn, n, k, batch=b, finish_each=True)),
+            (
+                f"claim_many {b} + one finish per job",
+                lambda: run_agentd(dsn, n, k, batch=b, finish_each=True),
+            ),
             (f"claim_many + finish_many, batch {b} (runner)", lambda: run_agentd(dsn, n, k, batch=b)),
         ]
         if args.all:
@@ -170,9 +174,11 @@ async def main() -> None:
             rows += [
                 ("50 projects (1 running each)", lambda: run_agentd(dsn, n, k, projects=50)),
                 (f"Limits(global_max={2 * k})", lambda: run_agentd(dsn, n, k, limits=limits)),
-                (f"batch {b}, Limits(global_max={4 * b})", lambda: run_agentd(dsn, n, k, batch=b,
-                                                                  limits=Limits(global_max=4 * b))),
-            ]  # fmt: skip
+                (
+                    f"batch {b}, Limits(global_max={4 * b})",
+                    lambda: run_agentd(dsn, n, k, batch=b, limits=Limits(global_max=4 * b)),
+                ),
+            ]
         # Interleaved: each round runs the anchor, then every agentd variant.
         anchor: list[float] = []
         ours: list[list[float]] = [[] for _ in rows]

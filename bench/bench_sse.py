@@ -16,15 +16,14 @@ import json
 import sys
 import time
 import types
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import cpu_line, table  # noqa: E402
+from _common import cpu_line, table
 
-from agentd.sse import SSEDecoder, encode_event  # noqa: E402
+from agentd.sse import SSEDecoder, encode_event
 
 CHUNK = 64 * 1024
 ROUNDS = 7  # best of N, to dodge scheduler noise
@@ -153,7 +152,9 @@ def bench(name: str, stream: bytes, goal: str) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--small", type=int, default=200_000, help="number of ~114-byte events")
     parser.add_argument("--large", type=int, default=5_000, help="number of 4 KB events")
     args = parser.parse_args()

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     PY,
     ROOT,
     Proc,
@@ -58,7 +58,9 @@ async def submit_all(port: int, jobs: int, concurrency: int = 16) -> None:
         while next_i < jobs:
             i = next_i
             next_i += 1
-            async with http.post(f"{base}/projects/p{i}/jobs", json={"prompt": "hi", "provider": "scripted"}) as r:
+            async with http.post(
+                f"{base}/projects/p{i}/jobs", json={"prompt": "hi", "provider": "scripted"}
+            ) as r:
                 if r.status != 202:
                     raise RuntimeError(f"submit answered {r.status}: {await r.text()}")
 
@@ -79,12 +81,16 @@ async def drain_figures(dsn: str) -> tuple[int, int, float]:
         return int(row[0]), int(row[1]), float(row[2] or 0.0)
 
 
-async def agentd_round(admin_dsn_kind: str, jobs: int, profile: str | None, out_dir: Path) -> dict[str, float]:
+async def agentd_round(
+    admin_dsn_kind: str, jobs: int, profile: str | None, out_dir: Path
+) -> dict[str, float]:
     async with scratch_database(admin_dsn_kind) as dsn:
         with tmpdir() as d, processes() as procs:
             data = Path(d)
             env = agentd_env(data / "api", AGENTD_DATABASE_URL=dsn, AGENTD_DB_POOL_SIZE="10")
-            mig = subprocess.run([PY, "-m", "agentd.cli", "migrate"], env=env, capture_output=True, timeout=60)
+            mig = subprocess.run(
+                [PY, "-m", "agentd.cli", "migrate"], env=env, capture_output=True, timeout=60
+            )
             if mig.returncode != 0:
                 raise RuntimeError(f"agentd migrate failed: {mig.stderr.decode()}")
             port = free_port()
@@ -102,10 +108,22 @@ async def agentd_round(admin_dsn_kind: str, jobs: int, profile: str | None, out_
             if profile == "py-spy":
                 spy_bin = shutil.which("py-spy") or str(Path(PY).parent / "py-spy")
                 spy = subprocess.Popen(
-                    [spy_bin, "record", "--idle", "--pid", str(worker.pid), "--rate", "200",
-                     "--format", "raw", "--output", str(out_dir / "bench-worker.pyspy.txt")],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )  # fmt: skip
+                    [
+                        spy_bin,
+                        "record",
+                        "--idle",
+                        "--pid",
+                        str(worker.pid),
+                        "--rate",
+                        "200",
+                        "--format",
+                        "raw",
+                        "--output",
+                        str(out_dir / "bench-worker.pyspy.txt"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             t0 = time.monotonic()
             deadline = t0 + max(120.0, jobs / 10)
             cpu0: tuple[float, float] | None = None  # CPU time and clock when the first job started
@@ -135,9 +153,7 @@ async def _progress(dsn: str) -> tuple[int, int, int]:
     import psycopg
 
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cur = await conn.execute(
-            "SELECT count(started_at), count(finished_at), count(*) FROM agentd_jobs"
-        )
+        cur = await conn.execute("SELECT count(started_at), count(finished_at), count(*) FROM agentd_jobs")
         row = await cur.fetchone()
         assert row is not None
         return int(row[0]), int(row[1]), int(row[2])
@@ -146,7 +162,13 @@ async def _progress(dsn: str) -> tuple[int, int, int]:
 async def pgqueuer_round(jobs: int) -> float:
     async with scratch_database("pgq") as dsn:
         proc = await asyncio.create_subprocess_exec(
-            PY, str(ROOT / "bench" / "_pgqueuer.py"), "drain", dsn, str(jobs), "4", stdout=asyncio.subprocess.PIPE
+            PY,
+            str(ROOT / "bench" / "_pgqueuer.py"),
+            "drain",
+            dsn,
+            str(jobs),
+            "4",
+            stdout=asyncio.subprocess.PIPE,
         )
         out, _ = await asyncio.wait_for(proc.communicate(), 300)
         if proc.returncode != 0:
@@ -173,12 +195,20 @@ async def main() -> None:
     print(cpu_line())
     print(
         table(
-            f"Real worker drain: {args.jobs} jobs submitted over HTTP, one `agentd worker` (4 slots, PostgreSQL); "
-            f"median of {args.rounds} interleaved rounds",
+            f"Real worker drain: {args.jobs} jobs submitted over HTTP, one `agentd worker` "
+            f"(4 slots, PostgreSQL); median of {args.rounds} interleaved rounds",
             ["what", "anchor: pgqueuer 1.6.0 asyncpg drain, K=4", "agentd", "ratio", "goal"],
-            [["jobs/s, first start → last finish", f"{a:,.0f} jobs/s", f"{r:,.0f} jobs/s", ratio(r, a), "≥ 0.25×"],
-             ["worker CPU while draining", "", f"{cpu * 100:.0f} % of one core", "", ""]],
-        )  # fmt: skip
+            [
+                [
+                    "jobs/s, first start → last finish",
+                    f"{a:,.0f} jobs/s",
+                    f"{r:,.0f} jobs/s",
+                    ratio(r, a),
+                    "≥ 0.25×",
+                ],
+                ["worker CPU while draining", "", f"{cpu * 100:.0f} % of one core", "", ""],
+            ],
+        )
     )
     if args.profile == "cprofile":
         import pstats
