@@ -17,6 +17,7 @@ from agentd.adapters.memory.memory_event_stream import MemoryEventStream
 from agentd.adapters.memory.memory_secret_store import MemorySecretStore
 from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
 from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig
+from agentd.adapters.sandbox import Sandbox
 from agentd.config import ConfigError, Settings, load_master_key, service_secrets
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
@@ -41,11 +42,18 @@ class Container:
     runner: Runner | None
     service: JobService
     secrets: SecretService
+    sandbox: Sandbox
 
     def app(self) -> web.Application:
         api_key = self.settings.api_key.get_secret_value() if self.settings.api_key else None
         app = create_app(
-            self.service, ApiConfig(api_key=api_key, heartbeat_s=self.settings.sse_heartbeat_s), self.secrets
+            self.service,
+            ApiConfig(
+                api_key=api_key,
+                heartbeat_s=self.settings.sse_heartbeat_s,
+                sandbox=self.sandbox.mode,
+            ),
+            self.secrets,
         )
         app.cleanup_ctx.append(self._lifecycle)
         return app
@@ -71,8 +79,14 @@ class Container:
         await self.queue.close()
 
 
-def claude_config(settings: Settings) -> ClaudeCodeConfig:
+def open_sandbox(settings: Settings) -> Sandbox:
+    """AGENTD_SANDBOX, probed once at start; the data dir is hidden from every jail."""
+    return Sandbox.start(settings.sandbox, hide=(settings.data_dir,))
+
+
+def claude_config(settings: Settings, sandbox: Sandbox | None = None) -> ClaudeCodeConfig:
     return ClaudeCodeConfig(
+        sandbox=sandbox,
         data_dir=settings.data_dir,
         binary=settings.claude_bin,
         transport=settings.claude_transport,
@@ -86,8 +100,11 @@ def claude_config(settings: Settings) -> ClaudeCodeConfig:
     )
 
 
-def opencode_config(settings: Settings) -> OpenCodeConfig:
+def opencode_config(settings: Settings, sandbox: Sandbox | None = None) -> OpenCodeConfig:
     return OpenCodeConfig(
+        sandbox=sandbox,
+        max_servers=settings.opencode_max_servers,
+        idle_stop_s=settings.opencode_idle_stop_s,
         data_dir=settings.data_dir,
         binary=settings.opencode_bin,
         url=settings.opencode_url or None,
@@ -100,13 +117,13 @@ def opencode_config(settings: Settings) -> OpenCodeConfig:
     )
 
 
-def build_agents(settings: Settings) -> list[CodeAgent]:
+def build_agents(settings: Settings, sandbox: Sandbox | None = None) -> list[CodeAgent]:
     agents: list[CodeAgent] = []
     for name in settings.providers:
         if name == "claude-code":
-            agents.append(ClaudeCodeAgent(claude_config(settings)))
+            agents.append(ClaudeCodeAgent(claude_config(settings, sandbox)))
         elif name == "opencode":
-            agents.append(OpenCodeAgent(opencode_config(settings)))
+            agents.append(OpenCodeAgent(opencode_config(settings, sandbox)))
         elif name == "scripted":
             agents.append(ScriptedCodeAgent())
         else:
@@ -163,8 +180,9 @@ async def build(
 ) -> Container:
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings.data_dir.chmod(0o700)  # also an older, wider one: nothing beneath it is reachable by others
+    sandbox = open_sandbox(settings)
     registry = ProviderRegistry()
-    for agent in agents if agents is not None else build_agents(settings):
+    for agent in agents if agents is not None else build_agents(settings, sandbox):
         registry.register(agent)
     if queue is None or streams is None:
         q, s = await open_storage(settings)
@@ -186,4 +204,4 @@ async def build(
             service_secrets=own_keys,
         )
     service = JobService(queue, streams, registry, runner)
-    return Container(settings, queue, streams, registry, runner, service, SecretService(secrets))
+    return Container(settings, queue, streams, registry, runner, service, SecretService(secrets), sandbox)

@@ -88,6 +88,8 @@ class Settings(BaseModel):
     opencode_username: str = "opencode"
     opencode_env_passthrough: tuple[str, ...] = ()  # "GITHUB_TOKEN,NPM_TOKEN"
     opencode_permission_reply: Literal["once", "always", "reject"] = "reject"
+    opencode_max_servers: int = 4  # managed servers, one per project; the least recently used one yields
+    opencode_idle_stop_s: float = 600.0  # a managed server without a run for this long is stopped
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from agentd.adapters.claude_code.agent import ClaudeCodeAgent
+from agentd.adapters.sandbox import Sandbox
 from agentd.bootstrap import Container, build, claude_config
 from agentd.client import AgentdClient
 from agentd.config import Settings
@@ -82,6 +83,13 @@ async def agentd_factory(
         await runner.cleanup()
 
 
+def jail_for_tests(data_dir: Path) -> Sandbox:
+    """The sandbox tests run agents in: on when bubblewrap works here (AGENTD_TEST_SANDBOX=off|bwrap|auto)."""
+    setting = os.environ.get("AGENTD_TEST_SANDBOX", "auto")
+    assert setting in ("auto", "bwrap", "off"), setting
+    return Sandbox.start(setting, hide=(data_dir,))  # type: ignore[arg-type]
+
+
 def claude_agent(settings: Settings, claude_bin: str, model_url: str, **env: str) -> ClaudeCodeAgent:
     """A real Claude Code adapter pointed at a scripted model server."""
     base_env = {
@@ -92,5 +100,7 @@ def claude_agent(settings: Settings, claude_bin: str, model_url: str, **env: str
         "CLAUDE_CODE_MAX_RETRIES": "1",
         **env,
     }
-    cfg = replace(claude_config(settings), binary=claude_bin, environ=base_env)
+    cfg = replace(
+        claude_config(settings, jail_for_tests(settings.data_dir)), binary=claude_bin, environ=base_env
+    )
     return ClaudeCodeAgent(cfg)

@@ -21,7 +21,7 @@ from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig
 from agentd.config import Settings
 from agentd.domain.models import AgentEvent, AgentRequest, DoneEvent, TextEvent
 from agentd.ports.code_agent import CodeAgent
-from tests.conftest import claude_agent, tool_path
+from tests.conftest import claude_agent, jail_for_tests, tool_path
 from tests.support import fake_openai
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.fake_openai import FakeOpenAI
@@ -65,7 +65,13 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         async with FakeOpenAI() as oai:
             env = {"PATH": os.environ.get("PATH", ""), "OPENCODE_CONFIG_CONTENT": json.dumps(oai.config())}
             oc = OpenCodeAgent(
-                OpenCodeConfig(data_dir=tmp_path / "data", binary=binary, mode="server", environ=env)
+                OpenCodeConfig(
+                    data_dir=tmp_path / "data",
+                    binary=binary,
+                    mode="server",
+                    environ=env,
+                    sandbox=jail_for_tests(tmp_path / "data"),
+                )
             )
             yield Subject(oc, "SCENARIO:text", fake_openai.TEXT_ANSWER, "SCENARIO:slow")
             await oc.close()

@@ -167,9 +167,6 @@ def _written_outside(data: Path, needle: str, allowed: list[Path]) -> list[str]:
 
 
 @needs_bwrap
-@pytest.mark.xfail(
-    strict=True, reason="jail not wired yet: the process helper's branch runs agents through the Sandbox"
-)
 def test_with_the_jail_every_escape_comes_back_empty(attack: Any) -> None:
     got: Attack = attack("bwrap")
     r, sec = got.report, got.secrets

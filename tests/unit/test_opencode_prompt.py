@@ -144,7 +144,8 @@ def test_settings_map_to_the_config(tmp_path: Path) -> None:
         "cli",
         12,
     )
-    assert cfg.workspace("p1") == s.workspace("p1") and cfg.base_dir == tmp_path / "opencode"
+    assert cfg.workspace("p1") == s.workspace("p1")
+    assert cfg.home("p1") == tmp_path / "homes" / "opencode" / "p1"
 
 
 async def test_missing_binary_is_reported_with_what_to_do(tmp_path: Path) -> None:
