@@ -413,7 +413,13 @@ async def _send(
         try:
             if state.closing.is_set():
                 raise ServerShuttingDown()
-            await out.events(subscription, stream_id, state.frames)
+            # The events loop lives right here (no extra frame per connection): each event's frame is
+            # encoded once for every subscriber of this process.
+            frames = state.frames
+            async with contextlib.aclosing(subscription) as events:  # type: ignore[type-var]
+                async for stored in events:
+                    await out.write(frames.frame(stream_id, stored))
+                    out.sent += 1
         except asyncio.CancelledError:
             if out.stop is None or out.task is None:
                 raise  # not ours: the server's own cancellation
@@ -468,14 +474,6 @@ class _Out:
         finally:
             self.busy_since = None
             self.last = time.monotonic()
-
-    async def events(
-        self, subscription: AsyncIterator[StoredEvent], stream_id: str, frames: FrameCache
-    ) -> None:
-        async with contextlib.aclosing(subscription) as events:  # type: ignore[type-var]
-            async for stored in events:
-                await self.write(frames.frame(stream_id, stored))
-                self.sent += 1
 
 
 class _Streams:
