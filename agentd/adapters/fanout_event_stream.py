@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Sequence
 
 from agentd.domain.errors import SubscriberTooSlow
 from agentd.domain.models import AgentEvent, StoredEvent
 from agentd.ports.event_stream import EventStream
+
+HEAD_FRESH_S = 1.0  # how long a last_seq answer stands in for the head at subscribe time
 
 
 class _Tail:
@@ -54,6 +57,7 @@ class FanoutEventStream(EventStream):
         self.buffer = buffer
         self.window = max(window, 16)  # events kept per followed stream (up to twice that, briefly)
         self._tails: dict[str, _Tail] = {}
+        self._heads: dict[str, tuple[int, float]] = {}  # stream → (head, when): last_seq answers
 
     # --- writes and queries: the log's own ---------------------------------------------------------------
 
@@ -67,7 +71,13 @@ class FanoutEventStream(EventStream):
         await self.inner.close_stream(stream_id)
 
     async def last_seq(self, stream_id: str) -> int:
-        return await self.inner.last_seq(stream_id)
+        head = await self.inner.last_seq(stream_id)
+        # Remembered briefly: a subscribe right after (the API checks the stream, then follows it) starts
+        # from this head instead of asking the log again.
+        self._heads[stream_id] = (head, time.monotonic())
+        if len(self._heads) > 1000:
+            self._heads.clear()
+        return head
 
     async def prune(self) -> int:
         return await self.inner.prune()
@@ -132,7 +142,11 @@ class FanoutEventStream(EventStream):
         pos = max(0, after)
         # Past the log's head now, the subscriber follows live events (and may be found too slow). Also
         # where an unknown stream raises StreamNotFound.
-        replay_until = await self.inner.last_seq(stream_id)
+        known = self._heads.pop(stream_id, None)
+        if known is not None and time.monotonic() - known[1] < HEAD_FRESH_S:
+            replay_until = known[0]
+        else:
+            replay_until = await self.inner.last_seq(stream_id)
         tail = self._join(stream_id, pos)
         try:
             while True:
