@@ -13,14 +13,17 @@ import pytest
 from aiohttp import web
 
 from agentd.adapters.claude_code.agent import ClaudeCodeAgent
+from agentd.adapters.codex.agent import CodexAgent
 from agentd.adapters.sandbox import Sandbox
-from agentd.bootstrap import Container, build, claude_config
+from agentd.bootstrap import Container, build, claude_config, codex_config
 from agentd.client import AgentdClient
 from agentd.config import Settings
 from agentd.ports.code_agent import CodeAgent
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS_BIN = ROOT / ".tools" / "node" / "node_modules" / ".bin"
+CODEX_BIN = ROOT / ".tools" / "codex" / "node_modules" / ".bin" / "codex"  # its own prefix (scripts/setup)
 
 
 def tool_path(env_var: str, name: str) -> str | None:
@@ -31,6 +34,24 @@ def tool_path(env_var: str, name: str) -> str | None:
     if local.exists():
         return str(local)
     return shutil.which(name)
+
+
+def codex_path() -> str | None:
+    explicit = os.environ.get("AGENTD_CODEX_BIN")
+    if explicit:
+        return explicit
+    return str(CODEX_BIN) if CODEX_BIN.exists() else shutil.which("codex")
+
+
+@pytest.fixture(scope="session")
+def codex_bin() -> str:
+    path = codex_path()
+    if path is None:
+        pytest.skip(
+            "the Codex CLI is not installed: run scripts/setup (npm @openai/codex@0.169.0 into .tools/codex;"
+            " AGENTD_SKIP_CODEX=1 skips it)"
+        )
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -66,11 +87,11 @@ async def agentd_factory(
     ) -> RunningAgentd:
         s = Settings(data_dir=data_dir or tmp_path / "data", **settings)
         container = await build(s, agents=agents)
-        runner = web.AppRunner(container.app(), shutdown_timeout=5)
+        port = free_port()  # known before the app is built: its Host allow-list names it
+        runner = web.AppRunner(container.app(port=port), shutdown_timeout=5)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", port)
         await site.start()
-        port = runner.addresses[0][1]
         base = f"http://127.0.0.1:{port}"
         key = s.api_key.get_secret_value() if s.api_key else None
         client = AgentdClient(base, api_key=key)
@@ -104,3 +125,26 @@ def claude_agent(settings: Settings, claude_bin: str, model_url: str, **env: str
         claude_config(settings, jail_for_tests(settings.data_dir)), binary=claude_bin, environ=base_env
     )
     return ClaudeCodeAgent(cfg)
+
+
+def codex_agent(
+    settings: Settings, codex_bin: str, model_url: str, *, mode: str = "app-server", **env: str
+) -> CodexAgent:
+    """A real Codex adapter pointed at a scripted Responses API server (tests/support/fake_responses.py)."""
+    base_env = {
+        "PATH": os.environ.get("PATH", os.defpath),
+        "LANG": "C.UTF-8",
+        "OPENAI_API_KEY": "sk-fake",
+        **env,
+    }
+    cfg = replace(
+        codex_config(settings, jail_for_tests(settings.data_dir)),
+        binary=codex_bin,
+        mode=mode,  # type: ignore[arg-type]
+        base_url=model_url,
+        provider="agentd",
+        model=settings.codex_model or "gpt-5.5",
+        max_retries=2,
+        environ=base_env,
+    )
+    return CodexAgent(cfg)

@@ -25,7 +25,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -400,8 +400,10 @@ class AgentProcess:
         cwd: Path,
         env: Mapping[str, str],
         stdin_data: bytes | None = None,
+        keep_stdin: bool = False,
     ) -> asyncio.subprocess.Process:
-        """Start it in its own session. Raises OSError when it cannot start."""
+        """Start it in its own session. Raises OSError when it cannot start. `keep_stdin`: leave stdin open
+        after `stdin_data`, for a protocol spoken over it (Codex's app-server: JSON-RPC over stdio)."""
         env = dict(env)
         if self.sandbox is not None and self.jail is not None:
             argv, env = self.sandbox.wrap(argv, env, self.jail)
@@ -424,14 +426,15 @@ class AgentProcess:
             if stdin_data:
                 proc.stdin.write(stdin_data)
                 await proc.stdin.drain()
-            proc.stdin.close()
+            if not keep_stdin:
+                proc.stdin.close()
         except (BrokenPipeError, ConnectionResetError):
             pass
         if self.forced is not None:  # stopped while starting
             self._start_stopper()
         return proc
 
-    async def lines(self, watchdog: Watchdog | None = None) -> AsyncIterator[tuple[str, str]]:
+    async def lines(self, watchdog: Watchdog | None = None) -> AsyncGenerator[tuple[str, str], None]:
         """("stdout" | "stderr", line) as they come, until both streams end. Non-empty stderr lines also go
         to `stderr_tail`. With a watchdog, the run is stopped as timed out when a clock runs out (the
         iterator then goes on draining until the tree is gone)."""

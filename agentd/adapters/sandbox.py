@@ -95,15 +95,17 @@ class Jail:
     """What one run may see. The workspace and home are mounted read-write at their own paths.
 
     `ro_paths` (e.g. `install_paths(binary)`) are mounted read-only and skipped when missing. `extra_rw`
-    paths are mounted read-write and skipped when missing. `cwd` defaults to the workspace. The
-    sandbox's hidden paths (the data dir) win over `ro_paths`, even a folder that contains the data dir;
-    the workspace, the home and `extra_rw` win over the hidden paths.
+    paths are mounted read-write and `extra_ro` read-only, both skipped when missing. `cwd` defaults to
+    the workspace. The sandbox's hidden paths (the data dir) win over `ro_paths`, even a folder that
+    contains the data dir; the workspace, the home, `extra_rw` and `extra_ro` win over the hidden paths
+    (`extra_ro`: the git objects a job's tree borrows from its project's mirror).
     """
 
     workspace: Path
     home: Path
     ro_paths: tuple[Path, ...] = ()
     extra_rw: tuple[Path, ...] = ()
+    extra_ro: tuple[Path, ...] = ()
     cwd: Path | None = None
 
 
@@ -248,6 +250,8 @@ class Sandbox:
             args += ["--bind", str(p), str(p)]
         for p in jail.extra_rw:
             args += ["--bind-try", str(p), str(p)]
+        for p in jail.extra_ro:
+            args += ["--ro-bind-try", str(p), str(p)]
         for p in self.hide:  # read-only too, so nothing can be written there that looks like data
             args += ["--remount-ro", str(p)]
         args += ["--chdir", str(jail.cwd or jail.workspace)]

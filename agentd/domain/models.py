@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator,
 
 from agentd.domain import errors
 
-PROJECT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Used with fullmatch: `$` alone would accept a trailing newline ("abc\n").
+PROJECT_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 MIN_TIMEOUT_S = 1
 MAX_TIMEOUT_S = 24 * 3600
 DEFAULT_TIMEOUT_S = 1800
@@ -24,7 +25,11 @@ MAX_TURNS_LIMIT = 1000
 
 def validate_project_id(project_id: str) -> str:
     # ".." and "." match the pattern's character class; they must never become directory names.
-    if not isinstance(project_id, str) or not PROJECT_ID_RE.match(project_id) or project_id in {".", ".."}:
+    if (
+        not isinstance(project_id, str)
+        or not PROJECT_ID_RE.fullmatch(project_id)
+        or project_id in {".", ".."}
+    ):
         raise errors.InvalidProjectId(
             f"invalid project id {project_id!r}: use 1-63 characters from a-z, 0-9, '.', '_', '-', "
             "starting with a letter or digit"
@@ -32,6 +37,78 @@ def validate_project_id(project_id: str) -> str:
     if ".." in project_id:
         raise errors.InvalidProjectId(f"invalid project id {project_id!r}: '..' is not allowed")
     return project_id
+
+
+MAX_REF_LEN = 255
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+
+
+def validate_ref(ref: str, what: str = "ref") -> str:
+    """A branch, tag, full ref name or commit id, as `git check-ref-format` would accept it (and never an
+    option: no leading '-')."""
+    bad = (
+        not isinstance(ref, str)
+        or not ref
+        or len(ref) > MAX_REF_LEN
+        or ref.startswith(("-", "/", "."))
+        or ref.endswith(("/", ".", ".lock"))
+        or ".." in ref
+        or "//" in ref
+        or "@{" in ref
+        or "/." in ref
+        or ref == "@"
+        or _REF_FORBIDDEN.search(ref) is not None
+    )
+    if bad:
+        raise errors.InvalidRequest(
+            f"{what} {ref!r} is not a valid git branch, tag or commit name (no spaces, '..', '~', '^', ':', "
+            f"'?', '*', '[', '\\', no leading '-' or '.', at most {MAX_REF_LEN} characters)"
+        )
+    return ref
+
+
+class ChangedFile(BaseModel):
+    """One file a run changed, against the commit it started from. `added`/`removed` count lines; both
+    are null for a binary file. A renamed file has its previous path in `old_path`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    status: Literal["added", "modified", "deleted", "renamed"]
+    old_path: str | None = None
+    added: int | None = None
+    removed: int | None = None
+    binary: bool = False
+
+
+class PushRequest(BaseModel):
+    """Commit the run's changes and push them to `branch` (default `agentd/<job id>`; `{job_id}` in the
+    name is replaced by the job's id)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    branch: str | None = None
+
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if v.startswith("refs/"):
+            raise errors.InvalidRequest("push.branch is a branch name, e.g. 'agentd/fix-1', not a full ref")
+        return validate_ref(v.replace("{job_id}", "job"), "push.branch") and v
+
+    def branch_for(self, job_id: str) -> str:
+        return (self.branch or "agentd/{job_id}").replace("{job_id}", job_id)
+
+
+class PushResult(BaseModel):
+    """Where a run's changes were pushed: the branch and the commit."""
+
+    model_config = ConfigDict(frozen=True)
+
+    branch: str
+    commit: str
 
 
 class PromptFile(BaseModel):
@@ -57,6 +134,21 @@ class PromptFile(BaseModel):
         return self
 
 
+_OWN_PATTERN = frozenset({"project_id", "session_id"})  # their own validators refuse U+0000, with their codes
+
+
+def _fields_with_nul(data: Any, where: str = "") -> list[str]:
+    if isinstance(data, str):
+        return [where or "value"] if "\0" in data else []
+    if isinstance(data, dict):
+        return [b for k, v in data.items() for b in _fields_with_nul(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(data, list | tuple):
+        return [b for i, v in enumerate(data) for b in _fields_with_nul(v, f"{where}[{i}]")]
+    if isinstance(data, BaseModel):
+        return _fields_with_nul(data.model_dump(), where)
+    return []
+
+
 class AgentRequest(BaseModel):
     """One prompt for one project, to be run by one provider."""
 
@@ -72,6 +164,25 @@ class AgentRequest(BaseModel):
     agent: str | None = None
     files: tuple[PromptFile, ...] = ()
     mentions: tuple[str, ...] = ()
+    ref: str | None = None  # projects with a git repository: the branch, tag or commit to start from
+    push: PushRequest | None = None  # commit and push the run's changes to a branch
+
+    @field_validator("ref")
+    @classmethod
+    def _ref(cls, v: str | None) -> str | None:
+        return None if v is None else validate_ref(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        """U+0000 cannot be stored by every queue (PostgreSQL text refuses it): a 400 that says so."""
+        checked = {k: v for k, v in data.items() if k not in _OWN_PATTERN} if isinstance(data, dict) else data
+        bad = _fields_with_nul(checked)
+        if bad:
+            raise errors.InvalidRequest(
+                f"{', '.join(bad)} must not contain the character U+0000 (NUL); remove it or encode the data"
+            )
+        return data
 
     @field_validator("project_id")
     @classmethod
@@ -104,7 +215,7 @@ class AgentRequest(BaseModel):
     @field_validator("session_id")
     @classmethod
     def _session_id(cls, v: str | None) -> str | None:
-        if v is not None and not SESSION_ID_RE.match(v):
+        if v is not None and not SESSION_ID_RE.fullmatch(v):
             raise errors.InvalidSessionId(f"invalid session_id {v!r}: {errors.InvalidSessionId.__doc__}")
         return v
 
@@ -140,6 +251,8 @@ class AgentResult(BaseModel):
     cost_usd: float | None = None
     error: str | None = None
     retryable: bool = False
+    changed_files: list[ChangedFile] | None = None  # runs in a git workspace: what the run changed
+    push: PushResult | None = None
 
     @classmethod
     def ended(
@@ -281,6 +394,11 @@ class DoneEvent(_Event):
     usage: dict[str, Any] = Field(default_factory=dict)
     cost_usd: float | None = None
     error: str | None = None
+    changed_files: list[ChangedFile] | None = None
+    push: PushResult | None = None
+
+    def data(self) -> dict[str, Any]:
+        return _without_git_fields(super().data())
 
     @classmethod
     def from_result(cls, r: AgentResult) -> DoneEvent:
@@ -288,6 +406,14 @@ class DoneEvent(_Event):
 
     def to_result(self) -> AgentResult:
         return AgentResult(**self.model_dump(exclude={"event"}))
+
+
+def _without_git_fields(d: dict[str, Any]) -> dict[str, Any]:
+    """Runs outside a git workspace keep the shape they always had: no `changed_files`, no `push`."""
+    for k in ("changed_files", "push"):
+        if d.get(k) is None:
+            d.pop(k, None)
+    return d
 
 
 AgentEvent = Annotated[
@@ -358,8 +484,14 @@ class Job(BaseModel):
                 "session_id": req.session_id,
                 "timeout_s": req.timeout_s,
                 "max_turns": req.max_turns,
+                "ref": req.ref,
+                "push": req.push.model_dump(mode="json") if req.push else None,
             },
-            "result": self.result.model_dump(mode="json", exclude={"retryable"}) if self.result else None,
+            "result": (
+                _without_git_fields(self.result.model_dump(mode="json", exclude={"retryable"}))
+                if self.result
+                else None
+            ),
         }
 
 

@@ -14,16 +14,18 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
 
-from agentd.domain.errors import AgentdError, QueueUnavailable, SecretsUnavailable
+from agentd.domain.errors import AgentdError, QueueUnavailable, SecretsUnavailable, WorkspaceFailed
 from agentd.domain.models import AgentEvent, AgentResult, DoneEvent, Job, JobStatus, StatusEvent
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
 from agentd.ports.secret_store import SecretStore
 from agentd.ports.work_queue import Limits, WorkQueue
+from agentd.services.git_runs import GitRun, GitRuns
 from agentd.services.redaction import LOG_SECRETS, RunRedactor
 from agentd.services.registry import ProviderRegistry
 
@@ -48,6 +50,7 @@ class Runner:
         limits: Limits | None = None,
         secrets: SecretStore | None = None,
         service_secrets: Mapping[str, str] | None = None,
+        git_runs: GitRuns | None = None,
     ) -> None:
         self.queue = queue
         self.streams = streams
@@ -60,6 +63,7 @@ class Runner:
         self.limits = limits
         self.secrets = secrets
         self.service_secrets = dict(service_secrets or {})  # redacted from every run's output
+        self.git_runs = git_runs  # projects with a repository: a working tree per job, a patch after
         self.worker_prefix = f"{socket.gethostname()}:{os.getpid()}"
         self._tasks: list[asyncio.Task[None]] = []
         self._running: set[asyncio.Task[None]] = set()
@@ -95,9 +99,10 @@ class Runner:
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop claiming; let running jobs finish within `grace_s`, then cancel them."""
         self._stopping.set()
-        if self._active:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), grace_s)
+        if self._running:
+            # The job tasks, not only the active runs: a job claimed just before the stop may not have
+            # registered its run yet (it is creating its stream, or fetching its git tree).
+            await asyncio.wait(list(self._running), timeout=grace_s)
         for job_id in list(self._active):
             log.warning("job.cancel_on_shutdown", job_id=job_id)
             await self.cancel_local(job_id)
@@ -221,9 +226,52 @@ class Runner:
             return AgentResult(
                 status="failed", error=f"could not read the project's secrets: {e}", retryable=True
             )
-        redactor = RunRedactor({**self.service_secrets, **env})
-        with LOG_SECRETS.holding(env):
-            return redactor.result(await self._supervise(job, agent, worker_id, env, redactor))
+        try:
+            git = await self._leased(job, worker_id, self.git_runs.open(job)) if self.git_runs else None
+        except WorkspaceFailed as e:
+            log.error("job.workspace_failed", error=e.message, retryable=e.retryable)
+            return AgentResult(status="failed", error=e.message, retryable=e.retryable)
+        except AgentdError as e:  # storage trouble: try again later
+            log.error("job.workspace_failed", error=e.message, retryable=True)
+            return AgentResult(status="failed", error=f"could not prepare the workspace: {e}", retryable=True)
+        try:
+            return await self._drive_in(job, agent, worker_id, env, git)
+        finally:
+            if git is not None:
+                await git.close()
+
+    async def _drive_in(
+        self, job: Job, agent: CodeAgent, worker_id: str, env: dict[str, str], git: GitRun | None
+    ) -> AgentResult:
+        git_secrets = git.secrets if git is not None else {}
+        if git is not None:
+            env = git.scrub(env)
+            ws = git.workspace
+            await self._publish(job, StatusEvent(status="workspace", detail=f"{ws.ref} at {ws.base[:12]}"))
+        redactor = RunRedactor({**self.service_secrets, **env, **git_secrets})
+        with LOG_SECRETS.holding({**env, **git_secrets}):
+            workdir = git.workdir if git is not None else None
+            result = await self._supervise(job, agent, worker_id, env, redactor, workdir)
+            if git is not None:
+                result = await self._leased(job, worker_id, git.record(job, result))
+            return redactor.result(result)
+
+    async def _leased(self, job: Job, worker_id: str, work: Awaitable[T]) -> T:
+        """Await `work` (a fetch, recording a large patch) while renewing the job's lease, so a slow git
+        server never makes the fleet think this worker is gone."""
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.heartbeat_s)
+                with contextlib.suppress(AgentdError):
+                    await self.queue.heartbeat(job.id, worker_id)
+
+        beater = asyncio.create_task(beat())
+        try:
+            return await work
+        finally:
+            beater.cancel()
+            await asyncio.gather(beater, return_exceptions=True)
 
     async def _run_env(self, job: Job) -> dict[str, str]:
         """The project's secrets (over the global ones), for the agent process's environment only."""
@@ -235,13 +283,19 @@ class Runner:
             return {}
 
     async def _supervise(
-        self, job: Job, agent: CodeAgent, worker_id: str, env: dict[str, str], redactor: RunRedactor
+        self,
+        job: Job,
+        agent: CodeAgent,
+        worker_id: str,
+        env: dict[str, str],
+        redactor: RunRedactor,
+        workdir: Path | None = None,
     ) -> AgentResult:
         run_over = asyncio.Event()
         watcher = asyncio.create_task(self._watch(job, agent, worker_id, run_over))
         try:
             async with asyncio.timeout(job.request.timeout_s + SAFETY_GRACE_S * 2):
-                done = await self._stream(job, agent, env, redactor)
+                done = await self._stream(job, agent, env, redactor, workdir)
         except TimeoutError:
             return AgentResult(
                 status="timed_out", error=f"the provider did not stop within {job.request.timeout_s:g} s"
@@ -261,11 +315,17 @@ class Runner:
         return done.to_result()
 
     async def _stream(
-        self, job: Job, agent: CodeAgent, env: dict[str, str], redactor: RunRedactor
+        self,
+        job: Job,
+        agent: CodeAgent,
+        env: dict[str, str],
+        redactor: RunRedactor,
+        workdir: Path | None = None,
     ) -> DoneEvent | None:
         """Publish the run's events, redacted, until its `done` (returned, not published: the runner
-        publishes the stored result)."""
-        events = agent.execute(job.request, run_id=job.id, env=env or None)
+        publishes the stored result). `workdir`: the job's own working tree, where the agent runs."""
+        where = {"workdir": workdir} if workdir is not None else {}  # adapters without it run as before
+        events = agent.execute(job.request, run_id=job.id, env=env or None, **where)
         try:
             async for ev in events:
                 if isinstance(ev, DoneEvent):

@@ -57,7 +57,8 @@ async def _start(
     cfg_kw = {k: kw.pop(k) for k in list(kw) if k.startswith("claude_")}
     settings = Settings(data_dir=data, **cfg_kw)
     agent = claude_agent(settings, claude_bin, model.base_url, **kw)
-    return await agentd_factory([agent], data_dir=data, **cfg_kw)
+    running: RunningAgentd = await agentd_factory([agent], data_dir=data, **cfg_kw)
+    return running
 
 
 async def _collect(srv: RunningAgentd, job: dict[str, Any]) -> list[StreamItem]:

@@ -7,7 +7,7 @@ import asyncio
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -346,6 +346,7 @@ async def test_parallel_runs_and_a_consumer_that_goes_away(oc: OC) -> None:
     )
     assert (done(a).result, done(b).result) == ("OK, I will remember ONE.", "OK, I will remember TWO.")
     gen = oc.agent.execute(AgentRequest(project_id="p1", prompt="SCENARIO:slow"), run_id="goes-away")
+    assert isinstance(gen, AsyncGenerator)  # the port promises an AsyncIterator; the adapter's can be closed
     sid = None
     async for ev in gen:
         sid = ev.session_id if isinstance(ev, SessionEvent) else sid

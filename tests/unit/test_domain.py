@@ -43,7 +43,25 @@ def test_timeout_out_of_range(timeout: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "pid", ["", ".", "..", "../etc", "a/b", "A", "-x", "_x", ".hidden", "a" * 64, "a..b", "a b", "é", "a\0"]
+    "pid",
+    [
+        "",
+        ".",
+        "..",
+        "../etc",
+        "a/b",
+        "A",
+        "-x",
+        "_x",
+        ".hidden",
+        "a" * 64,
+        "a..b",
+        "a b",
+        "é",
+        "a\0",
+        "abc\n",
+        "\nabc",
+    ],
 )
 def test_bad_project_ids_are_rejected(pid: str) -> None:
     with pytest.raises(errors.InvalidProjectId):
@@ -70,7 +88,7 @@ def test_session_id_cannot_smuggle_flags(sid: str) -> None:
 
 def test_wrong_types_are_pydantic_errors() -> None:
     with pytest.raises(ValidationError):
-        AgentRequest(project_id="p", prompt="x", timeout_s="soon")  # type: ignore[arg-type]
+        AgentRequest(project_id="p", prompt="x", timeout_s="soon")
     with pytest.raises(ValidationError):
         AgentRequest(project_id="p", prompt="x", surprise=1)  # type: ignore[call-arg]
 
@@ -125,14 +143,14 @@ def test_ids_pair_and_map_back() -> None:
 )
 def test_bad_prompt_files(entry: dict[str, str]) -> None:
     with pytest.raises(errors.InvalidRequest):
-        AgentRequest(project_id="p", prompt="x", files=[entry])  # type: ignore[list-item]
+        AgentRequest(project_id="p", prompt="x", files=[entry])
 
 
 def test_prompt_files_and_mentions() -> None:
     r = AgentRequest(
         project_id="p",
         prompt="x",
-        files=[{"path": "src/a.py"}, {"content": "hi", "filename": "n.txt"}],  # type: ignore[list-item]
+        files=[{"path": "src/a.py"}, {"content": "hi", "filename": "n.txt"}],
         mentions=["reviewer"],
     )
     assert r.files[0].path == "src/a.py" and r.files[1].content == "hi" and r.mentions == ("reviewer",)

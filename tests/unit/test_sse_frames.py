@@ -5,12 +5,19 @@ from __future__ import annotations
 import json
 
 from agentd.adapters.sse_frames import FrameCache, encode_frame
-from agentd.domain.models import DoneEvent, StatusEvent, StoredEvent, TextEvent, event_from_data
+from agentd.domain.models import (
+    AgentEvent,
+    DoneEvent,
+    StatusEvent,
+    StoredEvent,
+    TextEvent,
+    event_from_data,
+)
 from agentd.sse import SSEDecoder
 
 
 def test_frame_decodes_to_the_same_event() -> None:
-    events = [
+    events: list[AgentEvent] = [
         TextEvent(message_id="m1", chunk='h\u00e9llo\nworld\r\u2028 "quoted" \\ \x00'),
         StatusEvent(status="running", detail="worker w1"),
         DoneEvent(status="succeeded", result="ok", usage={"input_tokens": 3}),

@@ -18,6 +18,7 @@ import structlog
 
 import agentd.adapters.agent_process as ap
 from agentd.adapters.claude_code import protocol
+from agentd.adapters.git_workspace import job_tree_mounts
 from agentd.adapters.sandbox import Jail, Sandbox, runtime_paths
 from agentd.domain.models import (
     AgentEvent,
@@ -129,12 +130,16 @@ class ClaudeCodeAgent(CodeAgent):
         return [*args, prompt], None
 
     def build_argv(
-        self, request: AgentRequest, run_id: str, run_env: Mapping[str, str] | None = None
+        self,
+        request: AgentRequest,
+        run_id: str,
+        run_env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> tuple[list[str], dict[str, str], bytes | None]:
         """The command line, its environment and its stdin. No secret goes on a command line."""
         args, stdin = self.build_args(request)
         env = self.build_env(request.project_id, run_env)
-        cwd = self.config.workspace(request.project_id)
+        cwd = cwd or self.config.workspace(request.project_id)
         if self.config.transport == "local":
             binary = shutil.which(self.config.binary, path=env["PATH"]) or self.config.binary
             return [os.path.abspath(binary) if os.sep in binary else binary, *args], env, stdin
@@ -219,16 +224,26 @@ class ClaudeCodeAgent(CodeAgent):
             await asyncio.wait_for(p.wait(), 10)
 
     async def execute(
-        self, request: AgentRequest, *, run_id: str, env: Mapping[str, str] | None = None
+        self,
+        request: AgentRequest,
+        *,
+        run_id: str,
+        env: Mapping[str, str] | None = None,
+        workdir: Path | None = None,
     ) -> AsyncIterator[AgentEvent]:
         cfg = self.config
         signaller = None
         if cfg.transport == "kubectl":
             signaller = lambda sig: self._kubectl_signal(run_id, sig)  # noqa: E731
-        cwd, home = cfg.workspace(request.project_id), cfg.home(request.project_id)
+        cwd, home = workdir or cfg.workspace(request.project_id), cfg.home(request.project_id)
         jail = None
         if cfg.transport == "local":
-            jail = Jail(workspace=cwd, home=home, ro_paths=runtime_paths(cfg.binary, cfg.environ.get("PATH")))
+            jail = Jail(
+                workspace=cwd,
+                home=home,
+                ro_paths=runtime_paths(cfg.binary, cfg.environ.get("PATH")),
+                extra_ro=job_tree_mounts(cfg.data_dir, request.project_id)[1:],
+            )
         run = ap.AgentProcess(
             run_id,
             escalation=((signal.SIGINT, cfg.sigint_grace_s), (signal.SIGTERM, cfg.sigterm_grace_s)),
@@ -241,7 +256,7 @@ class ClaudeCodeAgent(CodeAgent):
         try:
             for d in (cwd, home, cfg.tmpdir(request.project_id)):
                 d.mkdir(mode=0o700, parents=True, exist_ok=True)
-            argv, run_env, stdin = self.build_argv(request, run_id, env)
+            argv, run_env, stdin = self.build_argv(request, run_id, env, cwd)
             try:
                 await run.spawn(argv, cwd=cwd, env=run_env, stdin_data=stdin)
             except OSError as e:

@@ -2,19 +2,24 @@
 
 Used by API tests and benchmarks (the "instantly answering agent") and as the in-memory adapter in the
 CodeAgent contract tests. Prompts may steer it: `sleep:<seconds>` waits (cancellable), `fail:<message>`
-fails; `stream:<count>:<per_second>:<delay_s>` waits `delay_s`, then sends `count` text chunks, `per_second`
-of them a second (0: as fast as the consumer takes them), each chunk `t=<time.monotonic()>;` (the fan-out
-bench measures delivery latency with it: CLOCK_MONOTONIC is shared by the processes of a machine); anything
-else is echoed back as text in two chunks.
+fails, `edit:<json>` changes files in the run's working directory (see `edit_files`);
+`stream:<count>:<per_second>:<delay_s>` waits `delay_s`, then sends `count` text chunks, `per_second` of them
+a second (0: as fast as the consumer takes them), each chunk `t=<time.monotonic()>;` (the fan-out bench
+measures delivery latency with it: CLOCK_MONOTONIC is shared by the processes of a machine); anything else is
+echoed back as text in two chunks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Literal
 
 from agentd.domain.models import (
@@ -35,6 +40,8 @@ class ScriptedCodeAgent(CodeAgent):
         self.name = name
         self._cancels: dict[str, asyncio.Event] = {}
         self.runs: list[AgentRequest] = []
+        self.workdirs: list[Path | None] = []
+        self.envs: list[dict[str, str]] = []
 
     def capabilities(self) -> Capabilities:
         return Capabilities(partial_text=True, tools=False, max_turns=False)
@@ -50,9 +57,16 @@ class ScriptedCodeAgent(CodeAgent):
         return True
 
     async def execute(
-        self, request: AgentRequest, *, run_id: str, env: Mapping[str, str] | None = None
+        self,
+        request: AgentRequest,
+        *,
+        run_id: str,
+        env: Mapping[str, str] | None = None,
+        workdir: Path | None = None,
     ) -> AsyncIterator[AgentEvent]:
         self.runs.append(request)
+        self.workdirs.append(workdir)
+        self.envs.append(dict(env or {}))
         started = time.monotonic()
         cancel = self._cancels.setdefault(run_id, asyncio.Event())
         session = request.session_id or f"scripted-{uuid.uuid4().hex[:12]}"
@@ -75,8 +89,17 @@ class ScriptedCodeAgent(CodeAgent):
                     if want > request.timeout_s:
                         status, error = "timed_out", f"timed out after {request.timeout_s:g} s"
                 text = "slept" if status == "succeeded" else ""
+            elif prompt.startswith("env:"):  # which value the run got, without showing it: its sha256
+                name = prompt.split(":", 1)[1].strip()
+                value = (env or {}).get(name)
+                text = f"{name} unset" if value is None else f"{name} sha256 {_sha256(value)}"
             elif prompt.startswith("fail:"):
                 status, error, text = "failed", prompt.split(":", 1)[1].strip() or "failed", ""
+            elif prompt.startswith("edit:"):
+                try:
+                    text = await _edit(workdir, prompt.split(":", 1)[1], cancel)
+                except (ValueError, OSError) as e:
+                    status, error, text = "failed", f"edit: {e}", ""
             if text:
                 mid = f"msg_{uuid.uuid4().hex[:16]}"
                 half = len(text) // 2
@@ -112,3 +135,49 @@ async def _timed_stream(prompt: str, cancel: asyncio.Event) -> AsyncIterator[Tex
             if wait > 0:
                 await asyncio.sleep(wait)
         yield TextEvent(message_id=mid, chunk=f"t={time.monotonic():.6f};")
+async def _edit(workdir: Path | None, script: str, cancel: asyncio.Event) -> str:
+    pause = float(json.loads(script).get("sleep", 0))
+    if pause > 0:  # hold the working tree a while (concurrency tests)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(cancel.wait(), pause)
+    return edit_files(workdir, script)
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def edit_files(workdir: Path | None, script: str) -> str:
+    """Apply `{"write": {path: text}, "write_b64": {path: base64}, "delete": [path], "rename": {old: new},
+    "sleep": seconds}` inside `workdir` (paths relative, never outside it). Returns a summary."""
+    if workdir is None:
+        raise ValueError("no working directory: the project has no git repository")
+    ops = json.loads(script)
+    root = workdir.resolve()
+
+    def inside(rel: str) -> Path:
+        p = (root / rel).resolve()
+        if p != root and root not in p.parents:
+            raise ValueError(f"{rel!r} is outside the working directory")
+        return p
+
+    done: list[str] = []
+    for rel, text in ops.get("write", {}).items():
+        p = inside(rel)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        done.append(f"wrote {rel}")
+    for rel, b64 in ops.get("write_b64", {}).items():
+        p = inside(rel)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(base64.b64decode(b64))
+        done.append(f"wrote {rel}")
+    for rel in ops.get("delete", []):
+        inside(rel).unlink()
+        done.append(f"deleted {rel}")
+    for old, new in ops.get("rename", {}).items():
+        target = inside(new)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        inside(old).rename(target)
+        done.append(f"renamed {old} to {new}")
+    return "; ".join(done) or "nothing to do"

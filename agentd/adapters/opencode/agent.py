@@ -19,6 +19,7 @@ from typing import Any, Literal
 import structlog
 
 import agentd.adapters.agent_process as ap
+from agentd.adapters.git_workspace import job_tree_mounts
 from agentd.adapters.opencode.cli_mode import CliRun, supports_json
 from agentd.adapters.opencode.client import OpenCodeClient, OpenCodeHTTPError, OpenCodeUnavailable
 from agentd.adapters.opencode.pool import ServerPool, Slot
@@ -73,10 +74,15 @@ class OpenCodeConfig:
     ) -> ServerConfig:
         binary = binary or self.binary
         home = self.home(project_id)
+        trees, objects = job_tree_mounts(self.data_dir, project_id)
+        for d in (trees, objects):  # a server outlives runs: mount them even before the first git job
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
         jail = Jail(
             workspace=self.workspace(project_id),
             home=home,
             ro_paths=runtime_paths(binary, self.environ.get("PATH")),
+            extra_rw=(trees,),  # jobs of git projects run in their own trees (sessions pick the directory)
+            extra_ro=(objects,),
         )
         return ServerConfig(
             binary=binary,
@@ -278,12 +284,13 @@ class OpenCodeAgent(CodeAgent):
         *,
         run_id: str,
         env: Mapping[str, str] | None = None,
+        workdir: Path | None = None,
     ) -> AsyncIterator[AgentEvent]:
         started = time.monotonic()
         control = RunControl(run_id)
         self._runs[run_id] = control
         project = request.project_id
-        directory = self.config.workspace(project)
+        directory = workdir or self.config.workspace(project)
         scratch = self.config.home(project) / "tmp" / ("run-" + re.sub(r"[^A-Za-z0-9_.-]", "_", run_id))
         slot: Slot | None = None
         try:
@@ -317,7 +324,7 @@ class OpenCodeAgent(CodeAgent):
                     server_epoch=(lambda: server.deaths) if server is not None else (lambda: 0),
                 ).events
             else:
-                inner = self._cli_run(request, control, env, scratch).events
+                inner = self._cli_run(request, control, env, scratch, directory).events
             stream = inner()
             try:
                 async for ev in stream:
@@ -331,7 +338,12 @@ class OpenCodeAgent(CodeAgent):
             shutil.rmtree(scratch, ignore_errors=True)
 
     def _cli_run(
-        self, request: AgentRequest, control: RunControl, run_env: Mapping[str, str] | None, scratch: Path
+        self,
+        request: AgentRequest,
+        control: RunControl,
+        run_env: Mapping[str, str] | None,
+        scratch: Path,
+        directory: Path,
     ) -> CliRun:
         binary = self._binary_path() or self.config.binary
         cfg = self.config.server_config(request.project_id, run_env, binary)
@@ -345,7 +357,7 @@ class OpenCodeAgent(CodeAgent):
             env,
             request,
             control,
-            self.config.workspace(request.project_id),
+            directory,
             idle_timeout_s=self.config.idle_timeout_s,
             scratch=scratch,
             sandbox=self.config.sandbox,

@@ -38,8 +38,19 @@ QUIET_ENV = {
 }
 PASS_PREFIXES = ("OPENCODE_",)
 PASS_NAMES = (
-    "PATH", "LANG", "LC_ALL", "TZ", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy",
-    "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS",
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "NO_PROXY",
+    "https_proxy",
+    "http_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "NODE_EXTRA_CA_CERTS",
 )
 # Unknown routes would then proxy to the internet (and answer 500); the password is always ours.
 DROPPED = ("OPENCODE_DISABLE_EMBEDDED_WEB_UI", "OPENCODE_SERVER_PASSWORD", "OPENCODE_SERVER_USERNAME")
@@ -187,8 +198,12 @@ class ManagedServer:
         self._started_at = time.monotonic()
         self._spawn(self._watch(proc))
         log.info(
-            "opencode.server.started", pid=proc.pid, url=url, version=self.version,
-            startup_ms=int((time.monotonic() - started) * 1000), restarts=self.restarts,
+            "opencode.server.started",
+            pid=proc.pid,
+            url=url,
+            version=self.version,
+            startup_ms=int((time.monotonic() - started) * 1000),
+            restarts=self.restarts,
         )
         return url
 

@@ -29,6 +29,7 @@ from psycopg import errors as pg_errors
 from psycopg.rows import DictRow
 
 from agentd.adapters.postgres.database import EVENTS_CHANNEL, Connection, PgDatabase
+from agentd.adapters.postgres.nul import from_jsonb, to_jsonb
 from agentd.adapters.postgres.queries import QUERIES
 from agentd.domain.errors import QueueUnavailable, StreamNotFound, SubscriberTooSlow
 from agentd.domain.models import AgentEvent, StoredEvent, event_from_data
@@ -159,7 +160,7 @@ class PostgresEventStream(EventStream):
             return await cur.fetchall()
 
     async def create(self, stream_id: str, first: Sequence[AgentEvent] = ()) -> None:
-        rows = [(ev.event, ev.model_dump_json(exclude={"event"})) for ev in first]
+        rows = [(ev.event, to_jsonb(ev.model_dump_json(exclude={"event"}))) for ev in first]
         params = {
             "stream_id": stream_id,
             "types": [t for t, _ in rows],
@@ -188,7 +189,9 @@ class PostgresEventStream(EventStream):
             if (await self._state(stream_id))["closed"]:
                 raise StreamNotFound(f"event stream {stream_id!r} is closed")
             return []
-        item = _Publish(stream_id, [(ev.event, ev.model_dump_json(exclude={"event"})) for ev in events])
+        item = _Publish(
+            stream_id, [(ev.event, to_jsonb(ev.model_dump_json(exclude={"event"}))) for ev in events]
+        )
         self._pending.append(item)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="agentd-event-flusher")
@@ -237,8 +240,7 @@ class PostgresEventStream(EventStream):
                 cur = await conn.execute(QUERIES["append_events"], numbered.columns)
                 return numbered.written({r["stream_id"] for r in await cur.fetchall()})
 
-    async def _write(self, batch: list[_Publish]) -> None:
-        stream_ids = list(dict.fromkeys(item.stream_id for item in batch))
+    async def _append_retrying(self, batch: list[_Publish], stream_ids: list[str]) -> _Numbered:
         serialised = not self._contended.isdisjoint(stream_ids)
         for _ in range(RENUMBER_TRIES):
             try:
@@ -255,9 +257,12 @@ class PostgresEventStream(EventStream):
                 for s in stream_ids:  # the batch may or may not be stored: re-read the heads next time
                     self._heads.pop(s, None)
                 raise
-            break
-        else:
-            raise QueueUnavailable(f"could not number events: other processes keep writing to {stream_ids}")
+            return numbered
+        raise QueueUnavailable(f"could not number events: other processes keep writing to {stream_ids}")
+
+    async def _write(self, batch: list[_Publish]) -> None:
+        stream_ids = list(dict.fromkeys(item.stream_id for item in batch))
+        numbered = await self._append_retrying(batch, stream_ids)
         self.batches += 1
         self._after_write(numbered)
         for s in stream_ids:
@@ -353,7 +358,7 @@ class PostgresEventStream(EventStream):
                     )
                 page = [r for r in rows if r["seq"] is not None]
                 for r in page:
-                    yield StoredEvent(seq=r["seq"], event=event_from_data(r["type"], r["data"]))
+                    yield StoredEvent(seq=r["seq"], event=event_from_data(r["type"], from_jsonb(r["data"])))
                     pos = r["seq"]
                 if len(page) == PAGE:
                     continue

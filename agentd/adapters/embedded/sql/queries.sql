@@ -24,12 +24,14 @@ SELECT provider, count(*) AS n FROM jobs WHERE status = 'running' GROUP BY provi
 
 -- name: next_runnable
 -- The oldest queued job that may start now: past its backoff, its provider not full (`full` is a JSON
--- array of provider names), its project running nothing, and no older queued job of its project waiting
--- (a project's jobs start in submission order; an older one backing off holds the turn).
+-- array of provider names), its project running fewer jobs than its `max_running` (1 for a project that
+-- was never created), and no older queued job of its project waiting (a project's jobs start in
+-- submission order; an older one backing off holds the turn).
 SELECT id FROM jobs
  WHERE status = 'queued' AND run_after <= :now
    AND provider NOT IN (SELECT value FROM json_each(:full))
-   AND project_id NOT IN (SELECT project_id FROM jobs WHERE status = 'running')
+   AND (SELECT count(*) FROM jobs r WHERE r.project_id = jobs.project_id AND r.status = 'running')
+       < coalesce((SELECT p.max_running FROM projects p WHERE p.id = jobs.project_id), 1)
    AND NOT EXISTS (SELECT 1 FROM jobs o
                     WHERE o.project_id = jobs.project_id AND o.status = 'queued' AND o.seq < jobs.seq)
  ORDER BY seq

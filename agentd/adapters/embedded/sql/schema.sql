@@ -1,7 +1,7 @@
--- The embedded database's schema (queue and secrets), applied at open by agentd.adapters.embedded.database
--- (every statement is idempotent: a file of an older version gets what it lacks; PRAGMA user_version
--- records the version). Times the queue compares (run_after, lease_expires_at) are epoch seconds; the
--- others are ISO 8601 text in UTC.
+-- The embedded database's schema (queue, secrets, projects, keys), applied at open by
+-- agentd.adapters.embedded.database (every statement is idempotent: a file of an older version gets what
+-- it lacks; PRAGMA user_version records the version). Times the queue compares (run_after,
+-- lease_expires_at) are epoch seconds; the others are ISO 8601 text in UTC.
 
 CREATE TABLE IF NOT EXISTS jobs (
     seq              INTEGER PRIMARY KEY AUTOINCREMENT,  -- FIFO order and paging
@@ -39,4 +39,41 @@ CREATE TABLE IF NOT EXISTS secrets (
     value      BLOB NOT NULL,
     updated_at TEXT NOT NULL,
     PRIMARY KEY (scope, name)
+);
+
+-- Schema 3: projects (agentd.adapters.embedded.sqlite_project_store). `spec` is the project's JSON
+-- (git source, template, description); `max_running` is also a column because the queue's claim reads it.
+CREATE TABLE IF NOT EXISTS projects (
+    id          TEXT PRIMARY KEY,
+    spec        TEXT NOT NULL,
+    max_running INTEGER NOT NULL DEFAULT 1,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+
+-- The patch each job of a git project produced (`git diff --binary`, bytes).
+CREATE TABLE IF NOT EXISTS job_patches (
+    job_id     TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    patch      BLOB NOT NULL,
+    created_at TEXT NOT NULL
+);
+
+-- Schema 4: API keys (agentd.adapters.embedded.sqlite_key_store): the SHA-256 of each token, never the
+-- token; `projects` is a JSON array (empty for an admin key). Server secrets: the stream-token signing key.
+CREATE TABLE IF NOT EXISTS api_keys (
+    id           TEXT PRIMARY KEY,
+    token_hash   TEXT NOT NULL UNIQUE,
+    name         TEXT NOT NULL,
+    admin        INTEGER NOT NULL,
+    projects     TEXT NOT NULL,
+    access       TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    last_used_at TEXT,
+    revoked_at   TEXT
+);
+
+CREATE TABLE IF NOT EXISTS server_secrets (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
 );

@@ -274,3 +274,25 @@ SELECT scope, name, value FROM agentd_secrets;
 UPDATE agentd_secrets s SET value = u.value
   FROM unnest(%(scopes)s::text[], %(names)s::text[], %(values)s::bytea[]) AS u(scope, name, value)
  WHERE s.scope = u.scope AND s.name = u.name;
+
+-- name: project_get
+SELECT * FROM agentd_projects WHERE id = %(id)s;
+
+-- name: project_put
+-- Create or update; an update keeps the creation time. `created` tells which.
+INSERT INTO agentd_projects AS p (id, spec, max_running) VALUES (%(id)s, %(spec)s::jsonb, %(max_running)s)
+ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, max_running = excluded.max_running, updated_at = now()
+RETURNING p.*, (xmax = 0) AS created;
+
+-- name: project_list
+SELECT * FROM agentd_projects ORDER BY id;
+
+-- name: project_delete
+DELETE FROM agentd_projects WHERE id = %(id)s RETURNING id;
+
+-- name: patch_put
+INSERT INTO agentd_job_patches (job_id, project_id, patch) VALUES (%(job_id)s, %(project_id)s, %(patch)s)
+ON CONFLICT (job_id) DO UPDATE SET patch = excluded.patch, created_at = now();
+
+-- name: patch_get
+SELECT patch FROM agentd_job_patches WHERE job_id = %(job_id)s AND project_id = %(project_id)s;
