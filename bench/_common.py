@@ -201,7 +201,8 @@ async def wait_http(port: int, proc: Proc, timeout: float = 30.0) -> None:
             raise RuntimeError(f"process {proc.pid} exited with {proc.popen.returncode}:\n{proc.tail()}")
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            request = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+            writer.write(request.encode())
             await writer.drain()
             head = await reader.read(100)
             writer.close()
