@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import structlog
 from aiohttp import web
@@ -26,6 +27,7 @@ from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig
 from agentd.adapters.sandbox import Sandbox
 from agentd.adapters.template_library import SHIPPED, DirectoryTemplateLibrary
 from agentd.config import ConfigError, Settings, load_master_key, service_secrets
+from agentd.observability import PrometheusMetrics, QueueStat, QueueStatsSource, start_metrics_server
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
 from agentd.ports.key_store import KeyStore
@@ -59,6 +61,8 @@ class Container:
     keys: KeyService
     sandbox: Sandbox
     projects: ProjectService
+    metrics: PrometheusMetrics
+    metrics_server: web.AppRunner | None = None
 
     def app(self, host: str | None = None, port: int | None = None) -> web.Application:
         """The API, answering the Host names of the address it is bound to (`host`, `port`: the settings'
@@ -76,7 +80,15 @@ class Container:
             max_streams=s.max_streams,
             sandbox=self.sandbox.mode,
         )
-        app = create_app(self.service, config, self.secrets, self.keys, projects=self.projects)
+        app = create_app(
+            self.service,
+            config,
+            self.secrets,
+            self.keys,
+            projects=self.projects,
+            metrics=self.metrics,
+            serve_metrics=s.metrics_port is None,  # else on AGENTD_METRICS_PORT, without a key
+        )
         app.cleanup_ctx.append(self._lifecycle)
         return app
 
@@ -86,6 +98,10 @@ class Container:
         await self.stop()
 
     async def start(self) -> None:
+        port = self.settings.metrics_port
+        if port is not None and self.metrics_server is None:
+            self.metrics_server = await start_metrics_server(self.metrics, self.settings.host, port)
+            log.info("agentd.metrics_listening", host=self.settings.host, port=port)
         if self.runner is not None:
             reaped = reap_orphans()  # what runs of a crashed agentd left behind
             if reaped:
@@ -104,6 +120,9 @@ class Container:
                 await close()
         await self.projects.store.close()
         await self.queue.close()
+        if self.metrics_server is not None:
+            await self.metrics_server.cleanup()
+            self.metrics_server = None
 
 
 def open_sandbox(settings: Settings) -> Sandbox:
@@ -294,6 +313,7 @@ async def build(
     project_service = ProjectService(
         projects, queue, templates or template_library(settings), workspaces, secrets
     )
+    metrics = PrometheusMetrics(queue_stats=_queue_stats(queue), providers=registry.names())
     runner = None
     if with_workers:
         runner = Runner(
@@ -307,6 +327,7 @@ async def build(
             secrets=secrets,
             service_secrets=own_keys,
             git_runs=GitRuns(projects, workspaces, secrets),
+            metrics=metrics,
         )
     service = JobService(
         queue,
@@ -316,6 +337,7 @@ async def build(
         max_queued_per_project=settings.max_queued_per_project,
         workspaces_dir=settings.workspaces_dir,
         projects=project_service,
+        metrics=metrics,
     )
     return Container(
         settings,
@@ -328,4 +350,18 @@ async def build(
         key_service(settings, keys),
         sandbox,
         project_service,
+        metrics,
     )
+
+
+def _queue_stats(queue: WorkQueue) -> QueueStatsSource:
+    """The queue gauges' source: the queue's per-provider counts, with the oldest job's age."""
+
+    async def stats() -> dict[str, QueueStat]:
+        now = datetime.now(UTC)
+        return {
+            p: QueueStat(n, (now - oldest).total_seconds() if oldest else None)
+            for p, (n, oldest) in (await queue.queue_stats()).items()
+        }
+
+    return stats

@@ -460,6 +460,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, *, workers: b
             port=port,
             print=None,
             shutdown_timeout=settings.shutdown_grace_s + 5,
+            access_log=None,  # one `http.request` line per request comes from agentd.observability
             handle_signals=True,
         )
     except AgentdError as e:

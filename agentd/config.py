@@ -58,6 +58,9 @@ class Settings(BaseModel):
     provider_limits: dict[str, int] = Field(default_factory=dict)  # "claude-code=4,opencode=2"
     shutdown_grace_s: float = Field(30.0, ge=0)
     db_pool_size: int = Field(10, ge=1)
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535
+    )  # /metrics + /healthz on a port of their own, no key
 
     # Access (README "Access"): Host allow-list, public URL, CORS, limits.
     allowed_hosts: tuple[str, ...] = ()  # "agentd.example.com,10.0.0.5:8080"; default: see allowed_hosts()

@@ -166,6 +166,7 @@ class AgentRequest(BaseModel):
     mentions: tuple[str, ...] = ()
     ref: str | None = None  # projects with a git repository: the branch, tag or commit to start from
     push: PushRequest | None = None  # commit and push the run's changes to a branch
+    request_id: str | None = None  # the submitting HTTP request's X-Request-Id, for the job's logs
 
     @field_validator("ref")
     @classmethod

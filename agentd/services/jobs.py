@@ -9,12 +9,13 @@ from typing import Any
 
 import structlog
 
-from agentd.domain.errors import QueueFull
+from agentd.domain.errors import QueueFull, SubscriberTooSlow
 from agentd.domain.ids import job_id_for_stream, new_job_ids
 from agentd.domain.models import AgentRequest, DoneEvent, Job, JobStatus, StatusEvent, StoredEvent
 from agentd.domain.workspace import workspace_path
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
+from agentd.ports.metrics import NO_METRICS, Metrics
 from agentd.ports.work_queue import BusyPolicy, JobFilter, WorkQueue
 from agentd.services.projects import ProjectService
 from agentd.services.registry import ProviderRegistry
@@ -36,8 +37,10 @@ class JobService:
         max_queued_per_project: int | None = None,
         workspaces_dir: Path | None = None,
         projects: ProjectService | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.projects = projects
+        self.metrics = metrics
         self.queue = queue
         self.streams = streams
         self.registry = registry
@@ -57,6 +60,9 @@ class JobService:
         if self.projects is not None:
             await self.projects.check_request(request)  # `ref` / `push` need a repository
         await self._check_queue_room(request.project_id)
+        request_id = structlog.contextvars.get_contextvars().get("request_id")
+        if request_id and request.request_id is None:  # bound by the HTTP request-log middleware
+            request = request.model_copy(update={"request_id": request_id})
         job_id, stream_id = new_job_ids()
         # The stream exists before the job can be claimed, so "queued" is always its first event.
         await self.streams.create(stream_id, [StatusEvent(status="queued", detail=f"provider {provider}")])
@@ -76,6 +82,8 @@ class JobService:
             await self.streams.close_stream(stream_id)
             log.info("job.idempotent_repeat", job_id=job.id, idempotency_key=idempotency_key)
             return job, False
+        self.metrics.job_submitted(provider)
+        self.metrics.events_published("status")  # the "queued" event the stream was created with
         log.info("job.submitted", job_id=job.id, project_id=job.project_id, provider=provider)
         return job, True
 
@@ -97,6 +105,8 @@ class JobService:
         job, ended = await self.queue.request_cancel(project_id, job_id)
         if ended and job.result is not None:
             await self.streams.publish(job.stream_id, [DoneEvent.from_result(job.result)])
+            self.metrics.events_published("done")
+            self.metrics.job_finished(job.provider, job.result.status)
             await self.streams.close_stream(job.stream_id)
             log.info("job.cancelled", job_id=job.id, while_status="queued")
         elif job.status == JobStatus.running and self.runner is not None:
@@ -123,7 +133,21 @@ class JobService:
         """
         await self.queue.get(project_id, job_id_for_stream(stream_id))  # the job first: one answer per case
         await self.streams.last_seq(stream_id)
-        return self.streams.subscribe(stream_id, after=after)
+        return self._counted(self.streams.subscribe(stream_id, after=after))
+
+    async def _counted(self, inner: AsyncIterator[StoredEvent]) -> AsyncIterator[StoredEvent]:
+        self.metrics.subscriber_added()
+        try:
+            async for ev in inner:
+                yield ev
+        except SubscriberTooSlow:
+            self.metrics.slow_subscriber_disconnected()
+            raise
+        finally:
+            self.metrics.subscriber_removed()
+            aclose = getattr(inner, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def check_provider(self, name: str) -> None:
         """UnknownProvider (listing the known ones) unless a provider of that name is registered."""

@@ -14,15 +14,17 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
 
 from agentd.domain.errors import AgentdError, QueueUnavailable, SecretsUnavailable, WorkspaceFailed
-from agentd.domain.models import AgentEvent, AgentResult, DoneEvent, Job, JobStatus, StatusEvent
+from agentd.domain.models import AgentEvent, AgentResult, DoneEvent, ErrorEvent, Job, JobStatus, StatusEvent
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
+from agentd.ports.metrics import NO_METRICS, Metrics
 from agentd.ports.secret_store import SecretStore
 from agentd.ports.work_queue import Limits, WorkQueue
 from agentd.services.git_runs import GitRun, GitRuns
@@ -33,6 +35,11 @@ log = structlog.get_logger(__name__)
 
 SAFETY_GRACE_S = 30.0
 T = TypeVar("T")
+
+
+def _since(t: datetime) -> float:
+    """Seconds from `t` (a job's created_at, UTC) to now, for the metrics."""
+    return (datetime.now(UTC) - t).total_seconds()
 
 
 class Runner:
@@ -51,7 +58,9 @@ class Runner:
         secrets: SecretStore | None = None,
         service_secrets: Mapping[str, str] | None = None,
         git_runs: GitRuns | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
+        self.metrics = metrics
         self.queue = queue
         self.streams = streams
         self.registry = registry
@@ -85,8 +94,9 @@ class Runner:
         self._tasks.append(asyncio.create_task(self._dispatch(self.worker_prefix)))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
 
-    @staticmethod
-    def _log_recovered(jobs: list[Job]) -> None:
+    def _log_recovered(self, jobs: list[Job]) -> None:
+        if jobs:
+            self.metrics.lease_recovered(len(jobs))
         for job in jobs:
             log.warning(
                 "job.recovered",
@@ -166,8 +176,12 @@ class Runner:
             log.exception("job.crashed", job_id=job.id)
 
     async def run_job(self, job: Job, worker_id: str) -> AgentResult:
-        structlog.contextvars.bind_contextvars(job_id=job.id, project_id=job.project_id)
+        structlog.contextvars.bind_contextvars(
+            job_id=job.id, project_id=job.project_id, request_id=job.request.request_id
+        )
         started = time.monotonic()
+        self.metrics.run_started(job.provider, since_submit_s=_since(job.created_at))
+        ended = False
         try:
             await self._durably(lambda: self.streams.create(job.stream_id), "create_stream")
             try:
@@ -184,7 +198,10 @@ class Runner:
                     if not self._active:
                         self._idle.set()
             stored = await self._finish(job.id, result, worker_id)
+            ended = True
+            self.metrics.run_ended(job.provider, result.status, run_s=time.monotonic() - started)
             if stored.status == JobStatus.queued:
+                self.metrics.job_retried(job.provider)
                 # A retryable failure (rate limit, overload): the queue runs it again after a backoff.
                 await self._publish(
                     job,
@@ -198,22 +215,28 @@ class Runner:
                 return result
             if stored.status == JobStatus.running or stored.result is None:
                 # Our lease expired and another worker owns the job now: its result will count.
+                self.metrics.run_fenced(job.provider)
                 log.warning("job.result_discarded", reason="lease lost", owner=stored.worker_id)
                 return result
             final = stored.result
+            self.metrics.job_finished(job.provider, final.status)
             await self._publish(job, DoneEvent.from_result(final))
             await self._durably(lambda: self.streams.close_stream(job.stream_id), "close_stream")
             log.info(
                 "job.finished",
                 status=final.status,
                 provider=job.provider,
+                attempts=stored.attempts,
                 worker_id=worker_id,
                 duration_ms=int((time.monotonic() - started) * 1000),
+                cost_usd=final.cost_usd,
                 error=final.error,
             )
             return final
         finally:
-            structlog.contextvars.unbind_contextvars("job_id", "project_id")
+            if not ended:  # crashed before its result was stored
+                self.metrics.run_ended(job.provider, "failed", run_s=time.monotonic() - started)
+            structlog.contextvars.unbind_contextvars("job_id", "project_id", "request_id")
 
     async def _drive(self, job: Job, agent: CodeAgent, worker_id: str) -> AgentResult:
         await self._publish(
@@ -302,6 +325,7 @@ class Runner:
             )
         except Exception as e:
             log.exception("job.provider_error", provider=job.provider)
+            self.metrics.provider_error(job.provider, "exception")
             return AgentResult(status="failed", error=f"provider {job.provider} failed: {e}")
         finally:
             # Stop the watcher by its own flag, not only by cancellation: a cancel that lands while one of
@@ -326,10 +350,16 @@ class Runner:
         publishes the stored result). `workdir`: the job's own working tree, where the agent runs."""
         where = {"workdir": workdir} if workdir is not None else {}  # adapters without it run as before
         events = agent.execute(job.request, run_id=job.id, env=env or None, **where)
+        first = True
         try:
             async for ev in events:
+                if first:
+                    first = False
+                    self.metrics.first_event(job.provider, since_submit_s=_since(job.created_at))
                 if isinstance(ev, DoneEvent):
                     return ev
+                if isinstance(ev, ErrorEvent):
+                    self.metrics.provider_error(job.provider, ev.code)
                 for out in redactor.feed(ev):
                     await self._publish(job, out)
             return None
@@ -373,6 +403,7 @@ class Runner:
 
     async def _publish(self, job: Job, ev: AgentEvent) -> None:
         await self._durably(lambda: self.streams.publish(job.stream_id, [ev]), "publish")
+        self.metrics.events_published(ev.event)
 
     async def _durably(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         """Retry `op` while storage is unreachable (a database restart): the run waits, nothing is lost.
@@ -454,6 +485,9 @@ class Runner:
             await self.streams.publish(
                 job.stream_id, [StatusEvent(status="requeued", detail="its worker was lost; will retry")]
             )
+            self.metrics.events_published("status")
         elif job.result is not None:
             await self.streams.publish(job.stream_id, [DoneEvent.from_result(job.result)])
+            self.metrics.events_published("done")
+            self.metrics.job_finished(job.provider, job.result.status)
             await self.streams.close_stream(job.stream_id)

@@ -271,3 +271,35 @@ async def test_a_projects_jobs_start_in_submission_order(make_queue: QueueFactor
     await finish_one(queue, first.id, AgentResult(status="succeeded"), worker_id="w3")
     last = await claim_one(queue, "w3")
     assert last is not None and last.id == second.id
+
+
+async def test_queue_stats_count_queued_jobs_per_provider(queue: WorkQueue) -> None:
+    assert await queue.queue_stats() == {}
+    first = await put(queue, project="a", provider="claude-code")
+    await put(queue, project="b", provider="claude-code")
+    await put(queue, project="c", provider="opencode")
+    stats = await queue.queue_stats()
+    assert set(stats) == {"claude-code", "opencode"}
+    assert stats["claude-code"][0] == 2 and stats["opencode"][0] == 1
+    oldest = stats["claude-code"][1]
+    assert oldest is not None and abs((oldest - first.created_at).total_seconds()) < 1
+    assert (await claim(queue)).id == first.id  # a running job is not queued
+    assert (await queue.queue_stats())["claude-code"][0] == 1
+
+
+async def test_the_request_id_does_not_make_an_idempotent_repeat_a_conflict(queue: WorkQueue) -> None:
+    """The X-Request-Id the job carries for its logs differs on every retry of the same submission."""
+    ids = [new_job_ids() for _ in range(2)]
+    jobs = [
+        await queue.enqueue(
+            AgentRequest(project_id="p", prompt="same", request_id=f"req-{n}"),
+            provider="scripted",
+            job_id=job_id,
+            stream_id=stream_id,
+            idempotency_key="retry-1",
+        )
+        for n, (job_id, stream_id) in enumerate(ids)
+    ]
+    (first, created), (again, created_again) = jobs
+    assert created and not created_again and again.id == first.id
+    assert first.request.request_id == "req-0"

@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from agentd import __version__, sse
+from agentd import __version__, observability, sse
 from agentd.adapters.http import access, opencode_stream
 from agentd.adapters.http import errors as http_errors
 from agentd.adapters.http.access import PRINCIPAL
@@ -26,6 +26,7 @@ from agentd.domain import errors
 from agentd.domain.ids import JOB_ID_RE, job_id_for_stream
 from agentd.domain.keys import ANONYMOUS_KEY_ID, Principal
 from agentd.domain.models import AgentRequest, JobStatus, StoredEvent, validate_project_id
+from agentd.ports.metrics import NO_METRICS
 from agentd.ports.work_queue import BusyPolicy, JobFilter
 from agentd.services.access import KeyService, RateLimit
 from agentd.services.jobs import JobService
@@ -112,7 +113,11 @@ def create_app(
     keys: KeyService,
     *,
     projects: ProjectService | None = None,
+    metrics: observability.PrometheusMetrics | None = None,
+    serve_metrics: bool = True,
 ) -> web.Application:
+    """The API. `metrics`: the request log line, X-Request-Id and, with `serve_metrics`, `GET /metrics`
+    (admin keys only; False when AGENTD_METRICS_PORT serves it)."""
     app = web.Application(
         client_max_size=MAX_BODY,
         # The Host check comes first: a Host not allowed gets its 421 before anything else, preflights too.
@@ -151,6 +156,10 @@ def create_app(
     app.router.add_delete("/keys/{key_id}", revoke_key)
     if projects is not None:
         add_project_routes(app, projects)
+    if metrics is not None:
+        observability.install(app, metrics, expose=False)  # the request log: the outermost middleware
+        if serve_metrics:
+            app.router.add_get("/metrics", metrics_page)
     app.on_shutdown.append(_close_streams)
     return app
 
@@ -247,6 +256,7 @@ async def _auth_middleware(request: web.Request, handler: Handler) -> web.Stream
         request[PRINCIPAL] = await keys.check_stream_token(token, project_id, stream_id)
     else:
         request[PRINCIPAL] = await keys.authenticate(given)
+    request[observability.KEY_ID] = request[PRINCIPAL].key_id  # for the `http.request` log line
     return await handler(request)
 
 
@@ -575,6 +585,12 @@ async def create_key(request: web.Request) -> web.Response:
     return web.json_response({**key.public(), "key": token}, status=201)
 
 
+async def metrics_page(request: web.Request) -> web.Response:
+    """Prometheus metrics: an admin key's (they describe every project)."""
+    _admin(request, write=False)
+    return await observability.metrics_handler(request)
+
+
 async def list_keys(request: web.Request) -> web.Response:
     _admin(request, write=False)
     return web.json_response({"keys": [k.public() for k in await request.app[KEYS].list()]})
@@ -604,10 +620,15 @@ async def events(request: web.Request) -> web.StreamResponse:
     with _stream_slot(request, who.key_id):
         subscription = await request.app[SERVICE].subscribe(project_id, stream_id, after=after)
         cfg = request.app[CONFIG]
+        metrics = request.app.get(observability.METRICS) or NO_METRICS
         resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
         await resp.prepare(request)
-        await resp.write(sse.encode_retry(cfg.retry_ms))
-        await _send(resp, subscription, cfg, request.app[STATE], stream_id)
+        metrics.stream_opened()
+        try:
+            await resp.write(sse.encode_retry(cfg.retry_ms))
+            await _send(resp, subscription, cfg, request.app[STATE], stream_id)
+        finally:
+            metrics.stream_closed()
         with contextlib.suppress(ConnectionResetError):
             await resp.write_eof()
         return resp

@@ -101,6 +101,9 @@ class PostgresWorkQueue(WorkQueue):
         """Open (or share) the pool and listener; SchemaMismatch when the schema is not this agentd's."""
         await self.db.open()
 
+    async def queue_stats(self) -> dict[str, tuple[int, datetime | None]]:
+        return {r["provider"]: (r["queued"], r["oldest"]) for r in await self._all("queue_stats", {})}
+
     async def close(self) -> None:
         await self.db.close()
 

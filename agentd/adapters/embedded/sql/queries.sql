@@ -100,3 +100,7 @@ UPDATE jobs SET status = 'queued', worker_id = NULL, lease_expires_at = NULL, ru
 UPDATE jobs SET status = 'failed', finished_at = :now_iso, result = :result, worker_id = NULL,
                 lease_expires_at = NULL, last_error = :error
  WHERE id = :id;
+
+-- name: queue_stats
+-- The queue gauges, read at every metrics scrape. created_at is ISO 8601 UTC text: min() is the oldest.
+SELECT provider, count(*) AS queued, min(created_at) AS oldest FROM jobs WHERE status = 'queued' GROUP BY provider;
