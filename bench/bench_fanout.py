@@ -299,7 +299,15 @@ async def main() -> None:
             [PY, __file__, "bare", str(bare_port)], agentd_env(Path(d) / "bare"), log=Path(d) / "bare.log"
         )
         procs.append(bare_proc)
-        env = agentd_env(Path(d) / "agentd", AGENTD_WORKERS="2", AGENTD_SSE_HEARTBEAT_S="60")
+        # One client key holds every subscriber: lift the per-key and total stream limits above the test.
+        limit = str(args.subs * 2 + 100)
+        env = agentd_env(
+            Path(d) / "agentd",
+            AGENTD_WORKERS="2",
+            AGENTD_SSE_HEARTBEAT_S="60",
+            AGENTD_MAX_STREAMS=limit,
+            AGENTD_MAX_STREAMS_PER_KEY=limit,
+        )
         agentd_proc = start_agentd(procs, "serve", env, port=agentd_port, log=Path(d) / "agentd.log")
         await wait_http(bare_port, bare_proc)
         await wait_http(agentd_port, agentd_proc)
