@@ -2,15 +2,15 @@
 
 Workload (both queues): enqueue N no-op jobs, then K concurrent workers claim and complete them until the
 queue is empty; jobs/s = N / time until every job is durably complete (enqueueing is not timed). Each
-worker has its own connection(s), as separate processes would. pgqueuer runs as in its own
-`tools/benchmark.py --strategy drain` (PgQueuer over a PsycopgDriver, dequeue batch 10, completions
-acknowledged in buffered batches); its drain mode needs seconds to notice the end, so it is timed until its
-queue table is empty (the "until drain returns" figure is printed too). agentd runs
+worker has its own connection(s), as separate processes would. The anchor: pgqueuer 1.6.0 on asyncpg
+(bench/_pgqueuer.py drain: K PgQueuer consumers, dequeue batch 10, completions acknowledged in buffered
+batches), timed until its queue table is empty. agentd (psycopg) runs
   - one job at a time: `claim` one job, `finish` it (two commits per job);
   - `claim_many` for the free slots, then one `finish` per job as each ends;
-  - `claim_many` + `finish_many`, batch 10 like pgqueuer's. This is what the runner does: it claims for
-    all its free slots at once, and results that end while a write is in flight go out in one
-    `finish_many`.
+  - `claim_many` + `finish_many`, batch 10 like pgqueuer's (the runner claims for all its free slots at
+    once, and results that end while a write is in flight go out in one `finish_many`);
+  - `finish_and_claim`, batch 10: a batch's results and the next claim sent together in psycopg's pipeline
+    mode, one round trip and one transaction.
 Every agentd job has its own project (pgqueuer has no per-project exclusion); `--all` adds runs with 50 busy
 projects and with `Limits`.
 
@@ -64,7 +64,7 @@ async def scratch_database(kind: str) -> AsyncIterator[str]:
             )
 
 
-async def run_agentd(
+async def run_agentd(  # noqa: C901, PLR0915
     dsn: str,
     jobs: int,
     workers: int,
@@ -73,6 +73,7 @@ async def run_agentd(
     limits: Limits | None = None,
     batch: int = 1,
     finish_each: bool = False,
+    pipeline: bool = False,
 ) -> float:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await conn.execute("TRUNCATE agentd_jobs")
@@ -101,6 +102,19 @@ async def run_agentd(
     async def worker(n: int, q: PostgresWorkQueue) -> None:
         nonlocal done
         me = f"w{n}"
+        if pipeline:  # the batch's results and the next claim in one round trip
+            claimed = await q.claim_many(me, batch, limits=limits)
+            while done < jobs:
+                if not claimed:
+                    await q.wait_for_work(0.01)
+                    claimed = await q.claim_many(me, batch, limits=limits)
+                    continue
+                _, next_claimed = await q.finish_and_claim(  # type: ignore[attr-defined]
+                    [(j.id, DONE) for j in claimed], batch, worker_id=me, limits=limits
+                )
+                done += len(claimed)
+                claimed = next_claimed
+            return
         while done < jobs:
             if batch == 1:  # one job at a time
                 one = await q.claim_many(me, 1, limits=limits)
@@ -169,6 +183,14 @@ async def main() -> None:
             ),
             (f"claim_many + finish_many, batch {b} (runner)", lambda: run_agentd(dsn, n, k, batch=b)),
         ]
+        # finish_and_claim comes with the queue work of branch perf-on-queues (on top of wip-queues).
+        if hasattr(PostgresWorkQueue, "finish_and_claim"):
+            rows.append(
+                (
+                    f"finish_and_claim, batch {b} (one round trip)",
+                    lambda: run_agentd(dsn, n, k, batch=b, pipeline=True),
+                )
+            )
         if args.all:
             limits = Limits(global_max=2 * k)
             rows += [
