@@ -135,6 +135,8 @@ async def _timed_stream(prompt: str, cancel: asyncio.Event) -> AsyncIterator[Tex
             if wait > 0:
                 await asyncio.sleep(wait)
         yield TextEvent(message_id=mid, chunk=f"t={time.monotonic():.6f};")
+
+
 async def _edit(workdir: Path | None, script: str, cancel: asyncio.Event) -> str:
     pause = float(json.loads(script).get("sleep", 0))
     if pause > 0:  # hold the working tree a while (concurrency tests)
