@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+import orjson
+
 from agentd.domain.models import StoredEvent
 from agentd.sse import encode_event
 
@@ -17,14 +19,15 @@ __all__ = ["FrameCache", "encode_frame"]
 
 
 def encode_frame(stored: StoredEvent) -> bytes:
-    """`id: <seq>`, `event: <type>`, one `data:` line with the event's JSON (the same frame as
-    `sse.encode_event(json, event=..., id=seq)`; JSON never holds a raw line break)."""
+    """`id: <seq>`, `event: <type>`, one `data:` line with the event's JSON (`event.data()`, what clients
+    see: the same frame as `sse.encode_event(json, event=..., id=seq)`; JSON never holds a raw line break)."""
     ev = stored.event
+    data = ev.data()
     try:
-        data = ev.__pydantic_serializer__.to_json(ev, exclude={"event"})
-    except ValueError:  # e.g. a lone surrogate the Rust serialiser refuses: the stdlib escapes it
-        return encode_event(json.dumps(ev.data(), separators=(",", ":")), event=ev.event, id=stored.seq)
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (stored.seq, ev.event.encode(), data)
+        payload = orjson.dumps(data)
+    except TypeError:  # what orjson refuses (an int beyond 64 bits, a lone surrogate): the stdlib escapes it
+        return encode_event(json.dumps(data, separators=(",", ":")), event=ev.event, id=stored.seq)
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (stored.seq, ev.event.encode(), payload)
 
 
 class FrameCache:

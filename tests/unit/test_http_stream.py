@@ -122,3 +122,15 @@ async def test_a_storage_failure_ends_the_stream_with_an_error_event() -> None:
         "message": "the event log broke",
         "retryable": True,
     }
+
+
+async def test_a_client_gone_while_quiet_ends_the_stream_at_the_next_heartbeat() -> None:
+    class Gone(Resp):
+        async def write(self, data: bytes) -> None:
+            if data.startswith(b": heartbeat"):
+                raise ConnectionResetError("client gone")
+            await super().write(data)
+
+    resp, src = Gone(), Source()  # src never releases: only the heartbeat can notice the client left
+    await asyncio.wait_for(_send(resp, src.events(), cfg(), _State(), "s"), 5)  # type: ignore[arg-type]
+    assert src.closed

@@ -48,3 +48,14 @@ def test_cache_is_bounded() -> None:
     assert len(cache._frames) == 10
     assert cache.frame("s", StoredEvent(seq=100, event=TextEvent(message_id="m", chunk="x")))
     assert cache.encoded == 100  # seq 100 was still cached
+
+
+def test_the_frame_carries_what_clients_see() -> None:
+    # event.data(), not a raw dump: a done event outside a git workspace has no git fields.
+    (decoded,) = SSEDecoder().feed(encode_frame(StoredEvent(seq=1, event=DoneEvent(status="succeeded"))))
+    assert json.loads(decoded.data) == DoneEvent(status="succeeded").data()
+    assert "push" not in json.loads(decoded.data)
+    # What orjson refuses still encodes (the stdlib escapes it).
+    odd = TextEvent(message_id="m", chunk="lone \ud800 surrogate")
+    (decoded,) = SSEDecoder().feed(encode_frame(StoredEvent(seq=2, event=odd)))
+    assert json.loads(decoded.data)["chunk"] == "lone \ud800 surrogate"

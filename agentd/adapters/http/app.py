@@ -753,6 +753,13 @@ class _Out:
             self.stop = reason
             self.task.cancel()
 
+    async def heartbeat(self) -> None:
+        """A heartbeat from the ticker; a client found gone ends the handler (and frees its stream slot)."""
+        try:
+            await self.write(HEARTBEAT)
+        except (ConnectionResetError, OSError, RuntimeError):
+            self.interrupt(ConnectionResetError)
+
     async def write(self, data: bytes) -> None:
         self.busy_since = self.busy_since or time.monotonic()
         try:
@@ -796,7 +803,7 @@ class _Streams:
                     if now - out.busy_since >= cfg.write_timeout_s:
                         out.interrupt(TimeoutError)
                 elif now - out.last >= cfg.heartbeat_s and (out.beat is None or out.beat.done()):
-                    out.beat = asyncio.create_task(out.write(HEARTBEAT))
+                    out.beat = asyncio.create_task(out.heartbeat())
 
 
 class ServerShuttingDown(errors.AgentdError):
