@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from agentd.domain.errors import SubscriberTooSlow
 from agentd.domain.models import AgentEvent, StoredEvent
@@ -64,8 +65,17 @@ class FanoutEventStream(EventStream):
     async def create(self, stream_id: str, first: Sequence[AgentEvent] = ()) -> None:
         await self.inner.create(stream_id, first)
 
-    async def publish(self, stream_id: str, events: Sequence[AgentEvent]) -> list[int]:
-        return await self.inner.publish(stream_id, events)
+    @property
+    def writes_in_order(self) -> bool:
+        """The log's promise (see agentd.adapters.postgres.postgres_event_stream), passed on."""
+        return bool(getattr(self.inner, "writes_in_order", False))
+
+    # `run` (fencing) and `supersede` are passed through as the log has them.
+    async def publish(self, stream_id: str, events: Sequence[AgentEvent], **run: Any) -> list[int]:
+        return await self.inner.publish(stream_id, events, **run)
+
+    async def supersede(self, stream_id: str, run: int, events: Sequence[AgentEvent]) -> bool:
+        return bool(await self.inner.supersede(stream_id, run, events))  # type: ignore[attr-defined,unused-ignore]
 
     async def close_stream(self, stream_id: str) -> None:
         await self.inner.close_stream(stream_id)
