@@ -18,6 +18,7 @@ from agentd.adapters.embedded.sqlite_project_store import SqliteProjectStore
 from agentd.adapters.embedded.sqlite_secret_store import SqliteSecretStore
 from agentd.adapters.embedded.sqlite_webhook_outbox import SqliteWebhookOutbox
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
+from agentd.adapters.fanout_event_stream import FanoutEventStream
 from agentd.adapters.git_workspace import GitWorkspaces
 from agentd.adapters.http.app import ApiConfig, create_app
 from agentd.adapters.memory.memory_event_stream import MemoryEventStream
@@ -48,6 +49,7 @@ from agentd.services.secrets import SecretService
 from agentd.services.webhooks import WebhookService
 
 log = structlog.get_logger(__name__)
+FANOUT_LOG_BUFFER = 1_000_000  # the fan-out's one reader per stream is never cut off by the log
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
@@ -205,23 +207,30 @@ def build_agents(settings: Settings, sandbox: Sandbox | None = None) -> list[Cod
 
 
 async def open_storage(settings: Settings) -> tuple[WorkQueue, EventStream]:
-    """PostgreSQL when AGENTD_DATABASE_URL is set, else the embedded SQLite queue + in-memory streams."""
+    """PostgreSQL when AGENTD_DATABASE_URL is set, else the embedded SQLite queue + in-memory streams.
+
+    Either log sits behind the live fan-out (one reader per followed stream per process, however many
+    clients follow it; agentd.adapters.fanout_event_stream), which also enforces the subscriber buffer: the
+    log's own limit is only a backstop for that one reader."""
+    queue: WorkQueue
+    durable: EventStream
     if settings.database_url:
         from agentd.adapters.postgres import open_postgres
 
-        return await open_postgres(
+        queue, durable = await open_postgres(
             settings.database_url,
             lease_s=settings.lease_s,
             max_attempts=settings.max_attempts,
             retention_s=settings.stream_retention_s,
-            subscriber_buffer=settings.subscriber_buffer,
+            subscriber_buffer=FANOUT_LOG_BUFFER,
             pool_size=settings.db_pool_size,
         )
-    queue = SqliteWorkQueue(
-        settings.data_dir / "queue.sqlite3", lease_s=settings.lease_s, max_attempts=settings.max_attempts
-    )
-    streams = MemoryEventStream(retention_s=settings.stream_retention_s, buffer=settings.subscriber_buffer)
-    return queue, streams
+    else:
+        queue = SqliteWorkQueue(
+            settings.data_dir / "queue.sqlite3", lease_s=settings.lease_s, max_attempts=settings.max_attempts
+        )
+        durable = MemoryEventStream(retention_s=settings.stream_retention_s, buffer=FANOUT_LOG_BUFFER)
+    return queue, FanoutEventStream(durable, buffer=settings.subscriber_buffer)
 
 
 async def open_secret_store(settings: Settings, queue: WorkQueue | None = None) -> SecretStore:

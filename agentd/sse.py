@@ -23,6 +23,16 @@ _BOM = b"\xef\xbb\xbf"
 _LINE_END = re.compile(r"\r\n|\r|\n")
 
 
+# A whole common block, or else one line. In a block: "id" values without NUL (an id with NUL is ignored
+# by the spec: the line path handles it), exactly one optional space after each colon, one data line.
+_BLOCK_OR_LINE = re.compile(
+    r"(?:id: ?([^\n\0]*)\n)?(?:event: ?([^\n]*)\n)?data: ?([^\n]*)\n(?:id: ?([^\n\0]*)\n)?\n|([^\n]*)\n"
+)
+
+# The head of a common block, up to where its (one) data line's value starts.
+_HEAD = re.compile(r"(?:id: ?([^\n\0]*)\n)?(?:event: ?([^\n]*)\n)?data: ?")
+
+
 def _lines(text: str) -> list[str]:
     if "\r" in text:
         return _LINE_END.split(text)
@@ -147,27 +157,34 @@ class SSEDecoder:
 
         # Only the new chunk is scanned: the pending partial line is known to hold no line end,
         # which keeps huge lines and tiny chunks linear.
-        end = max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) + 1
+        has_cr = b"\r" in chunk
+        end = (max(chunk.rfind(b"\n"), chunk.rfind(b"\r")) if has_cr else chunk.rfind(b"\n")) + 1
         if end == 0:
             self._partial += chunk
             return []
         self._skip_lf = chunk[-1] == 0x0D
-        block: bytes | bytearray
-        if self._partial:
-            self._partial += memoryview(chunk)[:end]  # a view: no extra copy of the chunk
-            block, self._partial = self._partial, bytearray()
-        else:
-            block = chunk[:end] if end < len(chunk) else chunk
-        if end < len(chunk):
-            self._partial += memoryview(chunk)[end:]
-
-        # CR and LF never occur inside a UTF-8 multi-byte sequence, so splitting the bytes on them and
-        # decoding whole lines gives the same text (U+FFFD included) as decoding the stream first.
-        if b"\r" in block:
+        if has_cr:
+            # CR and LF never occur inside a UTF-8 multi-byte sequence, so splitting the bytes on them and
+            # decoding whole lines gives the same text (U+FFFD included) as decoding the stream first.
+            block = bytes(self._partial) + chunk[:end]
+            self._partial = bytearray(chunk[end:])
             block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        lines = block.decode("utf-8", "replace").split("\n")
-        lines.pop()  # the empty string after the final line end
-        return self._process(lines)
+            return self._text(block.decode("utf-8", "replace"))
+        view = memoryview(chunk)
+        events: list[SSEEvent] = []
+        start = 0
+        if self._partial:
+            # The pending line ends in this chunk: decode it on its own, so the rest of the chunk is
+            # decoded straight from the chunk (no copy of it).
+            start = chunk.find(b"\n") + 1
+            self._partial += view[:start]
+            events = self._text(self._partial.decode("utf-8", "replace"))
+            self._partial = bytearray()
+        if start < end:
+            events += self._text(str(view[start:end], "utf-8", "replace"))
+        if end < len(chunk):
+            self._partial += view[end:]
+        return events
 
     def close(self) -> list[SSEEvent]:
         """End of stream: complete lines were already handled by feed(); the unterminated rest (a last line
@@ -181,45 +198,97 @@ class SSEDecoder:
         self._id_buffer = ""
         return []
 
-    def _process(self, lines: list[str]) -> list[SSEEvent]:
-        # The hot loop: buffers live in locals and are written back once per chunk.
+    def _text(self, text: str) -> list[SSEEvent]:
+        """Complete lines (`text` ends with LF and has no CR). Common blocks (an optional id, an optional
+        event name, ONE data line, optionally the id after it, the blank line) are taken whole while no
+        event is half-read; anything else goes line by line through `_line`. Every path applies the same
+        rules (tests/unit/test_sse.py checks them against the plain algorithm), so which one a block takes
+        never changes the result."""
         events: list[SSEEvent] = []
-        data = self._data
-        event_type = self._event_type
-        id_buffer = self._id_buffer
-        last_event_id = self.last_event_id
-        for line in lines:
-            if not line:
-                # Dispatch. The last event ID string is updated even when no event is dispatched.
-                last_event_id = id_buffer
-                if data:
-                    events.append(_new_event(event_type or "message", "\n".join(data), id_buffer))
-                    data.clear()
-                event_type = ""
-                continue
-            # A comment (":...") gets the name "" and a line without a colon the value "": both fall out
-            # of partition() without special cases.
-            name, _, value = line.partition(":")
-            if value[:1] == " ":
-                value = value[1:]
+        if text.count("\n", 0, 2048) * 128 < min(len(text), 2048):
+            # Lines average more than 128 characters: the block regex would walk them char by char.
+            self._long_lines(text, events)
+            return events
+        data, append, new_event = self._data, events.append, _new_event
+        for m in _BLOCK_OR_LINE.finditer(text):
+            id1, etype, value, id2, line = m.groups()
+            if line is not None:
+                self._line(line, events)
+            elif data or self._event_type:  # continue the half-read event line by line
+                for ln in m.group().split("\n")[:-1]:
+                    self._line(ln, events)
+            else:
+                if id1 is not None or id2 is not None:
+                    self._id_buffer = id1 if id2 is None else id2
+                self.last_event_id = id_buffer = self._id_buffer
+                append(new_event(etype or "message", value, id_buffer))
+        return events
+
+    def _long_lines(self, text: str, events: list[SSEEvent]) -> None:
+        """Long lines: a common block's head by regex, the end of its data line by str.find (memchr), the
+        value sliced straight out of `text` (one copy); other lines by str.find too."""
+        pos, n = 0, len(text)
+        while pos < n:
+            if not self._data and not self._event_type:
+                m = _HEAD.match(text, pos)
+                if m is not None:
+                    start = m.end()
+                    nl = text.find("\n", start)
+                    if text.startswith("\n", nl + 1):
+                        id1, etype = m.groups()
+                        if id1 is not None:
+                            self._id_buffer = id1
+                        self.last_event_id = self._id_buffer
+                        events.append(_new_event(etype or "message", text[start:nl], self._id_buffer))
+                        pos = nl + 2
+                        continue
+            nl = text.find("\n", pos)
+            if nl == pos:
+                self._dispatch(events)
+            else:
+                colon = text.find(":", pos, nl)
+                if colon < 0:
+                    self._field(text[pos:nl], "")
+                else:
+                    start = colon + 2 if text.startswith(" ", colon + 1, nl) else colon + 1
+                    self._field(text[pos:colon], text[start:nl])
+            pos = nl + 1
+
+    def _line(self, line: str, events: list[SSEEvent]) -> None:
+        if not line:
+            self._dispatch(events)
+            return
+        # A comment (":...") gets the name "" and a line without a colon the value "": both are then
+        # ignored or handled by `_field` without special cases.
+        colon = line.find(":")
+        if colon < 0:
+            self._field(line, "")
+        else:
+            self._field(line[:colon], line[colon + 2 if line.startswith(" ", colon + 1) else colon + 1 :])
+
+    def _dispatch(self, events: list[SSEEvent]) -> None:
+        """A blank line. The last event ID string is updated even when no event is dispatched."""
+        self.last_event_id = self._id_buffer
+        if self._data:
             # Joining the data lines with "\n" equals the spec's "append value + LF, drop the final LF",
             # and an empty list is exactly the spec's empty data buffer.
-            if name == "data":
-                data.append(value)
-            elif name == "event":
-                event_type = value
-            elif name == "id":
-                if "\0" not in value:
-                    id_buffer = value
-            elif name == "retry":
-                # isascii() first: str.isdigit() also accepts non-ASCII digits such as "١٢".
-                if value.isascii() and value.isdigit():
-                    self.retry = int(value)
-            # Any other field is ignored.
-        self._event_type = event_type
-        self._id_buffer = id_buffer
-        self.last_event_id = last_event_id
-        return events
+            events.append(_new_event(self._event_type or "message", "\n".join(self._data), self._id_buffer))
+            self._data.clear()
+        self._event_type = ""
+
+    def _field(self, name: str, value: str) -> None:
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event_type = value
+        elif name == "id":
+            if "\0" not in value:
+                self._id_buffer = value
+        elif name == "retry":
+            # isascii() first: str.isdigit() also accepts non-ASCII digits such as "١٢".
+            if value.isascii() and value.isdigit():
+                self.retry = int(value)
+        # Any other field (and a comment) is ignored.
 
 
 async def aiter_sse(

@@ -27,10 +27,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agentd.adapters.codex.agent import native_binary  # noqa: E402
-from agentd.adapters.codex.home import write_config  # noqa: E402
-from tests.conftest import codex_path  # noqa: E402
-from tests.support.fake_responses import FakeResponses  # noqa: E402
+from agentd.adapters.codex.agent import native_binary
+from agentd.adapters.codex.home import write_config
+from tests.conftest import codex_path
+from tests.support.fake_responses import FakeResponses
 
 
 class Peer:

@@ -25,11 +25,11 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agentd.bootstrap import build  # noqa: E402
-from agentd.client import AgentdClient  # noqa: E402
-from agentd.config import Settings  # noqa: E402
-from tests.conftest import claude_agent, tool_path  # noqa: E402
-from tests.support.fake_anthropic import FakeAnthropic  # noqa: E402
+from agentd.bootstrap import build
+from agentd.client import AgentdClient
+from agentd.config import Settings
+from tests.conftest import claude_agent, tool_path
+from tests.support.fake_anthropic import FakeAnthropic
 
 PROMPT = "SCENARIO:text say hello"
 

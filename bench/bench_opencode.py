@@ -25,9 +25,9 @@ import structlog
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig  # noqa: E402
-from agentd.domain.models import AgentRequest, DoneEvent, TextEvent  # noqa: E402
-from tests.support.fake_openai import FakeOpenAI  # noqa: E402
+from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig
+from agentd.domain.models import AgentRequest, DoneEvent, TextEvent
+from tests.support.fake_openai import FakeOpenAI
 
 
 def pct(values: list[float], p: float) -> float:

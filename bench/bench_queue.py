@@ -2,15 +2,15 @@
 
 Workload (both queues): enqueue N no-op jobs, then K concurrent workers claim and complete them until the
 queue is empty; jobs/s = N / time until every job is durably complete (enqueueing is not timed). Each
-worker has its own connection(s), as separate processes would. pgqueuer runs as in its own
-`tools/benchmark.py --strategy drain` (PgQueuer over a PsycopgDriver, dequeue batch 10, completions
-acknowledged in buffered batches); its drain mode needs seconds to notice the end, so it is timed until its
-queue table is empty (the "until drain returns" figure is printed too). agentd runs
+worker has its own connection(s), as separate processes would. The anchor: pgqueuer 1.6.0 on asyncpg
+(bench/_pgqueuer.py drain: K PgQueuer consumers, dequeue batch 10, completions acknowledged in buffered
+batches), timed until its queue table is empty. agentd (psycopg) runs
   - one job at a time: `claim` one job, `finish` it (two commits per job);
   - `claim_many` for the free slots, then one `finish` per job as each ends;
-  - `claim_many` + `finish_many`, batch 10 like pgqueuer's. This is what the runner does: it claims for
-    all its free slots at once, and results that end while a write is in flight go out in one
-    `finish_many`.
+  - `claim_many` + `finish_many`, batch 10 like pgqueuer's (the runner claims for all its free slots at
+    once, and results that end while a write is in flight go out in one `finish_many`);
+  - `finish_and_claim`, batch 10: a batch's results and the next claim sent together in psycopg's pipeline
+    mode, one round trip and one transaction.
 Every agentd job has its own project (pgqueuer has no per-project exclusion); `--all` adds runs with 50 busy
 projects and with `Limits`.
 
@@ -28,14 +28,19 @@ import logging
 import os
 import secrets
 import statistics
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import psycopg
 import structlog
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common
+import _pgqueuer
 
 from agentd.adapters.postgres import PgDatabase, PostgresWorkQueue, migrate
 from agentd.domain.models import AgentRequest, AgentResult
@@ -51,7 +56,7 @@ async def scratch_database(kind: str) -> AsyncIterator[str]:
     async with await psycopg.AsyncConnection.connect(ADMIN_DSN, autocommit=True) as admin:
         await admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        yield make_conninfo(ADMIN_DSN, dbname=name)
+        yield _common.with_dbname(ADMIN_DSN, name)
     finally:
         async with await psycopg.AsyncConnection.connect(ADMIN_DSN, autocommit=True) as admin:
             await admin.execute(
@@ -59,7 +64,7 @@ async def scratch_database(kind: str) -> AsyncIterator[str]:
             )
 
 
-async def run_agentd(
+async def run_agentd(  # noqa: C901, PLR0915
     dsn: str,
     jobs: int,
     workers: int,
@@ -68,6 +73,7 @@ async def run_agentd(
     limits: Limits | None = None,
     batch: int = 1,
     finish_each: bool = False,
+    pipeline: bool = False,
 ) -> float:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await conn.execute("TRUNCATE agentd_jobs")
@@ -96,6 +102,19 @@ async def run_agentd(
     async def worker(n: int, q: PostgresWorkQueue) -> None:
         nonlocal done
         me = f"w{n}"
+        if pipeline:  # the batch's results and the next claim in one round trip
+            claimed = await q.claim_many(me, batch, limits=limits)
+            while done < jobs:
+                if not claimed:
+                    await q.wait_for_work(0.01)
+                    claimed = await q.claim_many(me, batch, limits=limits)
+                    continue
+                _, next_claimed = await q.finish_and_claim(  # type: ignore[attr-defined]
+                    [(j.id, DONE) for j in claimed], batch, worker_id=me, limits=limits
+                )
+                done += len(claimed)
+                claimed = next_claimed
+            return
         while done < jobs:
             if batch == 1:  # one job at a time
                 one = await q.claim_many(me, 1, limits=limits)
@@ -124,53 +143,16 @@ async def run_agentd(
             await q.close()
 
 
-async def run_pgqueuer(dsn: str, jobs: int, workers: int, batch_size: int) -> tuple[float, float]:
-    """(jobs/s until every job is durably complete, jobs/s until its drain mode returns).
+async def run_pgqueuer(dsn: str, jobs: int, workers: int, batch_size: int) -> float:
+    """jobs/s until every job is durably complete (acknowledged: gone from pgqueuer's queue table), with
+    pgqueuer on asyncpg (bench/_pgqueuer.py's drain, in this process like the agentd side)."""
+    return await _pgqueuer.drain(
+        _common.with_dbname(_common.ADMIN_DSN, dsn_name(dsn)), jobs, workers, batch_size
+    )
 
-    pgqueuer acknowledges completions in buffered batches (a completed job leaves its queue table), and its
-    drain mode takes seconds to notice the end and shut down; the first figure is the fair one.
-    """
-    from pgqueuer import PgQueuer, types
-    from pgqueuer.db import PsycopgDriver
-    from pgqueuer.models import Job
-    from pgqueuer.queries import Queries
 
-    conns = [await psycopg.AsyncConnection.connect(dsn, autocommit=True) for _ in range(workers + 2)]
-    try:
-        queries = Queries(PsycopgDriver(conns[0]))
-        await queries.clear_queue()
-        await queries.clear_statistics_log()
-        for start in range(0, jobs, 1000):
-            n = min(1000, jobs - start)
-            await queries.enqueue(["noop"] * n, [b""] * n, [0] * n)
-        done = 0
-        pgqs = [PgQueuer(PsycopgDriver(c)) for c in conns[2:]]
-        for pgq in pgqs:
-
-            @pgq.entrypoint("noop")
-            async def noop(job: Job) -> None:
-                nonlocal done
-                done += 1
-
-        async def all_acknowledged() -> float:
-            while True:
-                cur = await conns[1].execute("SELECT NOT EXISTS (SELECT 1 FROM pgqueuer)")
-                row = await cur.fetchone()
-                if row is not None and row[0]:
-                    return time.perf_counter()
-                await asyncio.sleep(0.005)
-
-        started = time.perf_counter()
-        drain = types.QueueExecutionMode.drain
-        acked, *_ = await asyncio.gather(
-            all_acknowledged(), *(pgq.run(batch_size=batch_size, mode=drain) for pgq in pgqs)
-        )
-        returned = time.perf_counter()
-        assert done == jobs, (done, jobs)
-        return jobs / (acked - started), jobs / (returned - started)
-    finally:
-        for c in conns:
-            await c.close()
+def dsn_name(dsn: str) -> str:
+    return dsn.rsplit("/", 1)[1]
 
 
 async def median_of(rounds: int, run: Callable[[], Awaitable[float]]) -> float:
@@ -191,39 +173,57 @@ async def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     n, k, b = args.jobs, args.workers, args.batch
 
-    print(f"{n} no-op jobs, {k} workers, median of {args.rounds} rounds")
     async with scratch_database("pgqueuer") as pgq_dsn, scratch_database("agentd") as dsn:
-        async with await psycopg.AsyncConnection.connect(pgq_dsn, autocommit=True) as conn:
-            from pgqueuer.db import PsycopgDriver
-            from pgqueuer.queries import Queries
-
-            await Queries(PsycopgDriver(conn)).install()
         await migrate(dsn)
-        pgq_runs = [await run_pgqueuer(pgq_dsn, n, k, b) for _ in range(args.rounds)]
-        base = statistics.median(acked for acked, _ in pgq_runs)
-        returned = statistics.median(ret for _, ret in pgq_runs)
-        print(f"  {f'pgqueuer 1.6.0 (PsycopgDriver, batch {b})':<46} {base:7.0f} jobs/s")
-        print(f"  {'  (until its drain mode returns)':<46} {returned:7.0f} jobs/s")
         rows: list[tuple[str, Callable[[], Awaitable[float]]]] = [
-            ("agentd claim + finish, one job each", lambda: run_agentd(dsn, n, k)),
+            ("claim + finish, one job each", lambda: run_agentd(dsn, n, k)),
             (
-                f"agentd claim_many {b} + one finish per job",
+                f"claim_many {b} + one finish per job",
                 lambda: run_agentd(dsn, n, k, batch=b, finish_each=True),
             ),
-            (f"agentd claim_many + finish_many, batch {b} (runner)", lambda: run_agentd(dsn, n, k, batch=b)),
+            (f"claim_many + finish_many, batch {b} (runner)", lambda: run_agentd(dsn, n, k, batch=b)),
         ]
+        # finish_and_claim comes with the queue work of branch perf-on-queues (on top of wip-queues).
+        if hasattr(PostgresWorkQueue, "finish_and_claim"):
+            rows.append(
+                (
+                    f"finish_and_claim, batch {b} (one round trip)",
+                    lambda: run_agentd(dsn, n, k, batch=b, pipeline=True),
+                )
+            )
         if args.all:
             limits = Limits(global_max=2 * k)
             rows += [
-                ("agentd port, 50 projects (1 running each)", lambda: run_agentd(dsn, n, k, projects=50)),
-                (f"agentd port, Limits(global_max={2 * k})", lambda: run_agentd(dsn, n, k, limits=limits)),
-                (f"agentd batch {b}, Limits(global_max={4 * b})", lambda: run_agentd(dsn, n, k, batch=b,
-                                                                          limits=Limits(global_max=4 * b))),
-            ]  # fmt: skip
-        for label, run in rows:
-            rate = await median_of(args.rounds, run)
-            print(f"  {label:<46} {rate:7.0f} jobs/s   ratio {rate / base:.2f}")
+                ("50 projects (1 running each)", lambda: run_agentd(dsn, n, k, projects=50)),
+                (f"Limits(global_max={2 * k})", lambda: run_agentd(dsn, n, k, limits=limits)),
+                (
+                    f"batch {b}, Limits(global_max={4 * b})",
+                    lambda: run_agentd(dsn, n, k, batch=b, limits=Limits(global_max=4 * b)),
+                ),
+            ]
+        # Interleaved: each round runs the anchor, then every agentd variant.
+        anchor: list[float] = []
+        ours: list[list[float]] = [[] for _ in rows]
+        for _ in range(args.rounds):
+            anchor.append(await run_pgqueuer(pgq_dsn, n, k, b))
+            for i, (_label, run) in enumerate(rows):
+                ours[i].append(await run())
+    base = statistics.median(anchor)
+    print(_common.cpu_line())
+    out = []
+    for (label, _), rates in zip(rows, ours, strict=True):
+        rate = statistics.median(rates)
+        out.append([f"agentd {label}", f"{rate:,.0f} jobs/s", _common.ratio(rate, base)])
+    print(
+        _common.table(
+            f"Queue operations: {n} no-op jobs, {k} workers (own connections), median of {args.rounds} "
+            f"interleaved rounds; anchor: pgqueuer 1.6.0 asyncpg drain, K={k}, batch {b}: {base:,.0f} jobs/s",
+            ["agentd (psycopg)", "jobs/s", "ratio (goal ≥ 1.0×)"],
+            out,
+        )
+    )
 
 
 if __name__ == "__main__":
+    _common.setup_uvloop()
     asyncio.run(main())

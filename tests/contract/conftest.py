@@ -20,6 +20,7 @@ import pytest
 from agentd.adapters.embedded.sqlite_key_store import SqliteKeyStore
 from agentd.adapters.embedded.sqlite_secret_store import SqliteSecretStore
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
+from agentd.adapters.fanout_event_stream import FanoutEventStream
 from agentd.adapters.memory.memory_event_stream import MemoryEventStream
 from agentd.adapters.memory.memory_key_store import MemoryKeyStore
 from agentd.adapters.memory.memory_secret_store import MemorySecretStore
@@ -37,7 +38,13 @@ from agentd.ports.work_queue import WorkQueue
 from tests.support.postgres import pg_dsn, pg_template  # noqa: F401 - fixtures
 
 QUEUE_ADAPTERS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-STREAM_ADAPTERS = ["memory", pytest.param("postgres", marks=pytest.mark.postgres)]
+STREAM_ADAPTERS = [
+    "memory",
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    # The live fan-out decorator (one reader per stream per process) in front of each log.
+    "fanout-memory",
+    pytest.param("fanout-postgres", marks=pytest.mark.postgres),
+]
 SECRET_ADAPTERS = [
     "sqlite",
     pytest.param("postgres", marks=pytest.mark.postgres),
@@ -83,13 +90,15 @@ async def queue(make_queue: QueueFactory) -> WorkQueue:
 @pytest.fixture(params=STREAM_ADAPTERS)
 async def make_streams(request: pytest.FixtureRequest) -> AsyncIterator[StreamsFactory]:
     opened: list[EventStream] = []
-    dsn = request.getfixturevalue("pg_dsn") if request.param == "postgres" else ""
+    dsn = request.getfixturevalue("pg_dsn") if request.param.endswith("postgres") else ""
     shared_memory: MemoryEventStream | None = None
 
     async def make(**options: Any) -> EventStream:
         nonlocal shared_memory
         opts = {**STREAM_DEFAULTS, **options}
         s: EventStream
+        if request.param.startswith("fanout-"):
+            return await make_fanout(request.param.removeprefix("fanout-"), opts)
         if request.param == "memory":
             # One process holds the memory log: "another instance" is the same one.
             if shared_memory is None:
@@ -104,6 +113,21 @@ async def make_streams(request: pytest.FixtureRequest) -> AsyncIterator[StreamsF
             raise AssertionError(request.param)
         opened.append(s)
         return s
+
+    shared_fanout: FanoutEventStream | None = None
+
+    async def make_fanout(inner_kind: str, opts: dict[str, Any]) -> EventStream:
+        nonlocal shared_fanout
+        if inner_kind == "memory":
+            if shared_fanout is None:
+                shared_fanout = FanoutEventStream(MemoryEventStream(**opts), buffer=opts["buffer"])
+                opened.append(shared_fanout)
+            return shared_fanout
+        ps = PostgresEventStream(PgDatabase(dsn, pool_size=4), **opts)
+        await ps.open()
+        fs = FanoutEventStream(ps, buffer=opts["buffer"])
+        opened.append(fs)
+        return fs
 
     yield make
     for s in reversed(opened):

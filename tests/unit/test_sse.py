@@ -544,3 +544,97 @@ async def test_aiter_sse() -> None:
     assert events == [SSEEvent("a", "1", "3"), SSEEvent("message", "\u20ac", "3")]
     assert (dec.retry, dec.last_event_id) == (250, "3")
     assert [ev async for ev in aiter_sse(chunks())] == events
+
+
+# ------------------------------------------------------------------- the block fast path equals the spec
+
+
+def _reference(stream: bytes) -> tuple[list[SSEEvent], str, int | None]:  # noqa: C901
+    """The WHATWG algorithm written out plainly, line by line (no fast path), for differential tests."""
+    text = stream.decode("utf-8", "replace").removeprefix("\ufeff")
+    lines, buf = [], ""
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\r" or c == "\n":
+            lines.append(buf)
+            buf = ""
+            if c == "\r" and text[i + 1 : i + 2] == "\n":
+                i += 1
+        else:
+            buf += c
+        i += 1
+    events: list[SSEEvent] = []
+    data, etype, id_buf, last_id, retry = "", "", "", "", None
+    for line in lines:
+        if line == "":
+            last_id = id_buf
+            if data:
+                events.append(SSEEvent(etype or "message", data.removesuffix("\n"), id_buf))
+            data, etype = "", ""
+            continue
+        if line.startswith(":"):
+            continue
+        name, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            data += value + "\n"
+        elif name == "event":
+            etype = value
+        elif name == "id" and "\0" not in value:
+            id_buf = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            retry = int(value)
+    return events, last_id, retry
+
+
+_PIECES = [
+    b'id: 7\nevent: text\ndata: {"a":1}\n\n',
+    b"event: text\ndata: x\nid: 8\n\n",
+    b"data: plain\n\n",
+    b"data:nospace\n\n",
+    b"data:  two spaces\n\n",
+    b"id:\ndata: reset\n\n",
+    b"id: a\x00b\ndata: nul id\n\n",
+    b"event:\ndata: empty name\n\n",
+    b"data: one\ndata: two\n\n",
+    b"data: half",
+    b"\n",
+    b"event: only\n\n",
+    b": comment\n",
+    b"retry: 300\n",
+    b"id: 9\n",
+    b"data\n\n",
+    b"data: cr\r\n\r\n",
+    b"id: 10\r\nevent: e\rdata: mixed\r\n\r",
+    b"\n\n",
+    b"data: \xc3\xa9 \xff\n\n",
+    b"event: e\nid: 11\ndata: id in the middle\n\n",
+]
+# Long lines take the decoder's other path (str.find instead of the block regex): the same rules.
+_LONG_PIECES = [
+    b"id: 12\nevent: big\ndata: " + b"y" * 600 + b"\n\n",
+    b"data: " + b"z" * 500 + b"\ndata: more\n\n",
+    b"data:" + b"w" * 300 + b"\nid: 13\n\n",
+    b"data:  " + b"v" * 400 + b"\n\n",
+    b"id: a\x00" + b"u" * 300 + b"\ndata: " + b"u" * 300 + b"\n\n",
+    b": " + b"c" * 700 + b"\n",
+    b"event: " + b"e" * 300 + b"\ndata: x\n\n",
+    b"data: \xe2\x82" + b"t" * 300 + b"\n\n",
+]
+
+
+@pytest.mark.parametrize(
+    "pieces", [_PIECES, _LONG_PIECES, _PIECES + _LONG_PIECES], ids=["short", "long", "mixed"]
+)
+def test_fast_paths_equal_the_plain_algorithm_on_random_streams(pieces: list[bytes]) -> None:
+    rng = random.Random(2026)
+    for _ in range(400):
+        stream = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 12)))
+        want, last_id, retry = _reference(stream)
+        events, dec = decode_chunks([stream])
+        assert events == want, stream
+        assert (dec.last_event_id, dec.retry) == (last_id, retry), stream
+        cut = rng.randint(0, len(stream))
+        assert decode_chunks([stream[:cut], stream[cut:]])[0] == want, (stream, cut)

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentd.adapters.json_codec import JSONDecodeError, loads
 from agentd.domain.models import (
     AgentEvent,
     AgentResult,
@@ -73,8 +74,8 @@ def translate_line(state: StreamState, line: str) -> list[AgentEvent]:
     if not line:
         return []
     try:
-        msg = json.loads(line)
-    except json.JSONDecodeError:
+        msg = loads(line)
+    except JSONDecodeError:
         return [OutputEvent(type="stdout", content=line)]
     if not isinstance(msg, dict):
         return [OutputEvent(type="stdout", content=line)]

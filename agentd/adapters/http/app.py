@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import time
-from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ from agentd.adapters.http import access, openapi, opencode_stream
 from agentd.adapters.http import errors as http_errors
 from agentd.adapters.http.access import PRINCIPAL
 from agentd.adapters.http.projects import add_project_routes
+from agentd.adapters.sse_frames import FrameCache
 from agentd.domain import errors
 from agentd.domain.ids import JOB_ID_RE, job_id_for_stream
 from agentd.domain.keys import ANONYMOUS_KEY_ID, Principal
@@ -75,6 +75,12 @@ class _State:
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # set on shutdown: end every stream
     streams_open: int = 0
     streams_by_key: dict[str, int] = field(default_factory=dict)
+    frames: FrameCache = field(default_factory=FrameCache)  # each event encoded once for all subscribers
+    streams: _Streams = field(default_factory=lambda: _Streams())
+
+    def close(self) -> None:
+        self.closing.set()
+        self.streams.interrupt_all(ServerShuttingDown)
 
 
 SERVICE = web.AppKey("service", JobService)
@@ -637,7 +643,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         metrics.stream_opened()
         try:
             await resp.write(sse.encode_retry(cfg.retry_ms))
-            await _send(resp, subscription, cfg, request.app[STATE].closing, stream_id)
+            await _send(resp, subscription, cfg, request.app[STATE], stream_id)
         finally:
             metrics.stream_closed()
         with contextlib.suppress(ConnectionResetError):
@@ -695,27 +701,33 @@ async def _send(
     resp: web.StreamResponse,
     subscription: AsyncIterator[StoredEvent],
     cfg: ApiConfig,
-    closing: asyncio.Event,
+    state: _State,
     stream_id: str,
 ) -> None:
     """Write events until the stream ends, fails or the client goes; a heartbeat comment after each
-    `heartbeat_s` without a write; on shutdown an `error` event (clients resume with Last-Event-ID)."""
+    `heartbeat_s` without a write; on shutdown an `error` event (clients resume with Last-Event-ID).
+
+    The handler itself reads the subscription and writes (no task of its own per connection); the clock
+    (heartbeats, the write timeout) and shutdown are watched by one ticker for all streams (`_Streams`),
+    which interrupts a handler by cancelling it with a reason."""
     out = _Out(resp)
-    pump = asyncio.create_task(out.events(subscription))
-    closed = asyncio.create_task(closing.wait())
+    state.streams.add(out, cfg)
     try:
-        while True:
-            wait = out.next_check(cfg)
-            if wait <= 0:
-                async with asyncio.timeout(cfg.write_timeout_s):
-                    await out.write(HEARTBEAT)
-                continue
-            done, _ = await asyncio.wait({pump, closed}, timeout=wait, return_when=FIRST_COMPLETED)
-            if pump in done:
-                pump.result()  # the stream's end, or how it failed
-                return
-            if closed in done:
+        try:
+            if state.closing.is_set():
                 raise ServerShuttingDown()
+            # The events loop lives right here (no extra frame per connection): each event's frame is
+            # encoded once for every subscriber of this process.
+            frames = state.frames
+            async with contextlib.aclosing(subscription) as events:  # type: ignore[type-var]
+                async for stored in events:
+                    await out.write(frames.frame(stream_id, stored))
+                    out.sent += 1
+        except asyncio.CancelledError:
+            if out.stop is None or out.task is None:
+                raise  # not ours: the server's own cancellation
+            out.task.uncancel()
+            raise out.stop() from None
     except (ConnectionResetError, TimeoutError) as e:
         log.info("sse.client_gone", stream_id=stream_id, sent=out.sent, reason=type(e).__name__)
     except Exception as e:  # too slow, shutting down, storage trouble: the client resumes
@@ -729,37 +741,41 @@ async def _send(
             async with asyncio.timeout(cfg.write_timeout_s):
                 await out.write(sse.encode_event(payload, event="error"))
     finally:
-        closed.cancel()
-        pump.cancel()
-        await asyncio.wait({pump}, timeout=5)  # never hang a finished response on a stuck reader
+        state.streams.discard(out)
+        if out.beat is not None:
+            out.beat.cancel()
 
 
 HEARTBEAT = sse.encode_comment("heartbeat")
 
 
 class _Out:
-    """One SSE response. Events are written as they come; the handler watches the clock: a write that
-    waits longer than the write timeout means the client is gone, a quiet connection gets a heartbeat.
-
-    A write puts its whole frame on the transport before it waits for the client, so a heartbeat and an
-    event never interleave within a frame.
+    """One SSE response: a few fields, nothing running of its own. A write puts its whole frame on the
+    transport before it waits for the client, so a heartbeat and an event never interleave within a frame.
     """
+
+    __slots__ = ("_resp", "beat", "busy_since", "last", "sent", "stop", "task")
 
     def __init__(self, resp: web.StreamResponse) -> None:
         self._resp = resp
         self.last = time.monotonic()  # when the last write ended
         self.busy_since: float | None = None  # when the write in progress began
         self.sent = 0
+        self.task = asyncio.current_task()  # the handler
+        self.stop: type[Exception] | None = None  # why the ticker interrupted the handler
+        self.beat: asyncio.Task[None] | None = None  # a heartbeat being written
 
-    def next_check(self, cfg: ApiConfig) -> float:
-        """Seconds until the next look (<= 0: a heartbeat is due now); TimeoutError when a write has
-        waited longer than the write timeout (noticed within two write timeouts)."""
-        now = time.monotonic()
-        if self.busy_since is None:  # a write may begin meanwhile: look again within the write timeout
-            return min(self.last + cfg.heartbeat_s - now, cfg.write_timeout_s)
-        if now - self.busy_since >= cfg.write_timeout_s:
-            raise TimeoutError()
-        return min(cfg.heartbeat_s, self.busy_since + cfg.write_timeout_s - now)
+    def interrupt(self, reason: type[Exception]) -> None:
+        if self.stop is None and self.task is not None:
+            self.stop = reason
+            self.task.cancel()
+
+    async def heartbeat(self) -> None:
+        """A heartbeat from the ticker; a client found gone ends the handler (and frees its stream slot)."""
+        try:
+            await self.write(HEARTBEAT)
+        except (ConnectionResetError, OSError, RuntimeError):
+            self.interrupt(ConnectionResetError)
 
     async def write(self, data: bytes) -> None:
         self.busy_since = self.busy_since or time.monotonic()
@@ -769,11 +785,42 @@ class _Out:
             self.busy_since = None
             self.last = time.monotonic()
 
-    async def events(self, subscription: AsyncIterator[StoredEvent]) -> None:
-        async with contextlib.aclosing(subscription) as events:  # type: ignore[type-var]
-            async for stored in events:
-                await self.write(_frame(stored))
-                self.sent += 1
+
+class _Streams:
+    """The open SSE responses of this process, and ONE ticker for all of them: a quiet response gets a
+    heartbeat after `heartbeat_s`; a write that waits longer than the write timeout (the client stopped
+    reading) ends its response, noticed within a tick; shutdown ends them all."""
+
+    def __init__(self) -> None:
+        self._open: set[_Out] = set()
+        self._ticker: asyncio.Task[None] | None = None
+
+    def add(self, out: _Out, cfg: ApiConfig) -> None:
+        self._open.add(out)
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._tick(cfg), name="agentd-sse-ticker")
+
+    def discard(self, out: _Out) -> None:
+        self._open.discard(out)
+
+    def interrupt_all(self, reason: type[Exception]) -> None:
+        """Shutdown: end every response (each writes its own last words under its own timeout)."""
+        for out in list(self._open):
+            out.interrupt(reason)
+        if self._ticker is not None:
+            self._ticker.cancel()
+
+    async def _tick(self, cfg: ApiConfig) -> None:
+        period = min(1.0, max(0.005, min(cfg.heartbeat_s, cfg.write_timeout_s) / 4))
+        while self._open:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for out in list(self._open):
+                if out.busy_since is not None:
+                    if now - out.busy_since >= cfg.write_timeout_s:
+                        out.interrupt(TimeoutError)
+                elif now - out.last >= cfg.heartbeat_s and (out.beat is None or out.beat.done()):
+                    out.beat = asyncio.create_task(out.heartbeat())
 
 
 class ServerShuttingDown(errors.AgentdError):
@@ -782,11 +829,6 @@ class ServerShuttingDown(errors.AgentdError):
     code = "shutting_down"
 
 
-def _frame(stored: StoredEvent) -> bytes:
-    ev = stored.event
-    return sse.encode_event(json.dumps(ev.data(), separators=(",", ":")), event=ev.event, id=stored.seq)
-
-
 async def _close_streams(app: web.Application) -> None:
     """On shutdown, end every open event stream (clients reconnect elsewhere with Last-Event-ID)."""
-    app[STATE].closing.set()
+    app[STATE].close()

@@ -2,7 +2,10 @@
 
 Used by API tests and benchmarks (the "instantly answering agent") and as the in-memory adapter in the
 CodeAgent contract tests. Prompts may steer it: `sleep:<seconds>` waits (cancellable), `fail:<message>`
-fails, `edit:<json>` changes files in the run's working directory (see `edit_files`); anything else is
+fails, `edit:<json>` changes files in the run's working directory (see `edit_files`);
+`stream:<count>:<per_second>:<delay_s>` waits `delay_s`, then sends `count` text chunks, `per_second` of them
+a second (0: as fast as the consumer takes them), each chunk `t=<time.monotonic()>;` (the fan-out bench
+measures delivery latency with it: CLOCK_MONOTONIC is shared by the processes of a machine); anything else is
 echoed back as text in two chunks.
 """
 
@@ -73,7 +76,11 @@ class ScriptedCodeAgent(CodeAgent):
             status: Literal["succeeded", "failed", "cancelled", "timed_out"] = "succeeded"
             error: str | None = None
             text = prompt
-            if prompt.startswith("sleep:"):
+            if prompt.startswith("stream:"):
+                async for ev in _timed_stream(prompt, cancel):
+                    yield ev
+                text = ""
+            elif prompt.startswith("sleep:"):
                 want = float(prompt.split(":", 1)[1])
                 try:
                     await asyncio.wait_for(cancel.wait(), min(want, request.timeout_s))
@@ -110,6 +117,24 @@ class ScriptedCodeAgent(CodeAgent):
             )
         finally:
             self._cancels.pop(run_id, None)
+
+
+async def _timed_stream(prompt: str, cancel: asyncio.Event) -> AsyncIterator[TextEvent]:
+    count_s, rate_s, delay_s = [*prompt.split(":", 1)[1].split(":"), "0", "0"][:3]
+    count, rate, delay = int(count_s), float(rate_s), float(delay_s)
+    if delay > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(cancel.wait(), delay)
+    mid = f"msg_{uuid.uuid4().hex[:16]}"
+    start = time.monotonic()
+    for i in range(count):
+        if cancel.is_set():
+            return
+        if rate > 0:
+            wait = start + i / rate - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        yield TextEvent(message_id=mid, chunk=f"t={time.monotonic():.6f};")
 
 
 async def _edit(workdir: Path | None, script: str, cancel: asyncio.Event) -> str:

@@ -8,7 +8,6 @@ event it stands for. The exit code is 0 on success, 1 on a model error.
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -18,6 +17,7 @@ from typing import Any
 import structlog
 
 import agentd.adapters.agent_process as ap
+from agentd.adapters.json_codec import loads
 from agentd.adapters.opencode.prompt import session_title
 from agentd.adapters.opencode.protocol import RunState
 from agentd.adapters.opencode.run import RunControl
@@ -129,7 +129,7 @@ class CliRun:
                     yield OutputEvent(type="stderr", content=line)
                     continue
                 try:
-                    obj = json.loads(line)
+                    obj = loads(line)
                 except ValueError:
                     yield OutputEvent(type="stdout", content=line)
                     continue

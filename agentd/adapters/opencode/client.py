@@ -16,6 +16,7 @@ import aiohttp
 import structlog
 from yarl import URL
 
+from agentd.adapters.json_codec import loads
 from agentd.domain.errors import AgentdError, ProviderUnavailable
 from agentd.sse import aiter_sse
 
@@ -206,7 +207,7 @@ async def _decode(resp: aiohttp.ClientResponse) -> AsyncGenerator[dict[str, Any]
         if not ev.data:
             continue
         try:
-            obj = json.loads(ev.data)
+            obj = loads(ev.data)
         except ValueError:
             log.warning("opencode.event.undecodable", data=excerpt(ev.data))
             continue
