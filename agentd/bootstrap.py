@@ -9,9 +9,9 @@ import structlog
 from aiohttp import web
 
 from agentd.adapters.claude_code.agent import ClaudeCodeAgent, ClaudeCodeConfig, reap_stale
+from agentd.adapters.embedded.sqlite_event_stream import SqliteEventStream
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
 from agentd.adapters.http.app import ApiConfig, create_app
-from agentd.adapters.memory.memory_event_stream import MemoryEventStream
 from agentd.adapters.memory.memory_secret_store import MemorySecretStore
 from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
 from agentd.config import ConfigError, Settings, load_master_key, service_secrets
@@ -101,7 +101,10 @@ def build_agents(settings: Settings) -> list[CodeAgent]:
 
 
 async def open_storage(settings: Settings) -> tuple[WorkQueue, EventStream]:
-    """PostgreSQL when AGENTD_DATABASE_URL is set, else the embedded SQLite queue + in-memory streams."""
+    """PostgreSQL when AGENTD_DATABASE_URL is set, else the embedded SQLite queue and event log (one file in the
+    data dir: a restart serves every stream, replay included). A stream is kept for AGENTD_STREAM_RETENTION_S
+    after its job ends, never longer than its job (AGENTD_JOB_RETENTION_S)."""
+    retention_s = min(settings.stream_retention_s, settings.job_retention_s)
     if settings.database_url:
         from agentd.adapters.postgres import open_postgres
 
@@ -109,14 +112,14 @@ async def open_storage(settings: Settings) -> tuple[WorkQueue, EventStream]:
             settings.database_url,
             lease_s=settings.lease_s,
             max_attempts=settings.max_attempts,
-            retention_s=settings.stream_retention_s,
+            retention_s=retention_s,
             subscriber_buffer=settings.subscriber_buffer,
             pool_size=settings.db_pool_size,
         )
     queue = SqliteWorkQueue(
         settings.data_dir / "queue.sqlite3", lease_s=settings.lease_s, max_attempts=settings.max_attempts
     )
-    streams = MemoryEventStream(retention_s=settings.stream_retention_s, buffer=settings.subscriber_buffer)
+    streams = SqliteEventStream(queue.db, retention_s=retention_s, buffer=settings.subscriber_buffer)
     return queue, streams
 
 
@@ -161,6 +164,7 @@ async def build(
             limits=Limits(global_max=settings.max_running, per_provider=settings.provider_limits),
             secrets=secrets,
             service_secrets=own_keys,
+            job_retention_s=settings.job_retention_s,
         )
     service = JobService(queue, streams, registry, runner)
     return Container(settings, queue, streams, registry, runner, service, SecretService(secrets))

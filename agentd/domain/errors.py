@@ -151,3 +151,10 @@ class SandboxUnavailable(AgentdError):
     """AGENTD_SANDBOX=bwrap, but bubblewrap cannot start a sandbox here."""
 
     code = "sandbox_unavailable"
+
+
+class RunSuperseded(AgentdError):
+    """This run of the job is no longer its current one (its lease expired, it was handed back, or a later
+    attempt started): its writes are refused and the run must stop."""
+
+    code = "run_superseded"

@@ -3,6 +3,20 @@
 Guarantees: exactly one `done` event per job, published after the result is stored (a client that saw
 `done` always finds the final status); cancel requests reach the run within `poll_s`; a run that ignores
 its own deadline is cancelled by the runner's safety net.
+
+Fencing: a run is one attempt of a job (`Job.run_id`). Its heartbeats, events and result carry the attempt;
+once the job has moved on (lease expired and re-queued, handed back, claimed again) the queue or the stream
+refuses them, and the run is stopped at once: the agent is cancelled, its later output dropped, its result
+not stored. Whoever moves a job back to the queue says so in its stream with one `status` event (`requeued`
+or `retrying`, with the reason), written with `supersede(run=next attempt)`: exactly one such event, and no
+event of the old run after it. A process never claims a job it is still running (`exclude`).
+
+Back-pressure: the runner reads the agent's events one at a time and publishes each before it reads the
+next, so while storage is slow or down the agent's output waits in the adapter (and, when the adapter reads
+its pipe only as fast as it is asked to, in the pipe).
+
+Shutdown (a deploy): stop claiming, let running jobs finish within the grace period, then hand the rest back
+to the queue (`requeued`, "worker shutting down"); the next attempt runs them. `cancelled` means a user asked.
 """
 
 from __future__ import annotations
@@ -14,11 +28,12 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
 
-from agentd.domain.errors import AgentdError, QueueUnavailable, SecretsUnavailable
+from agentd.domain.errors import AgentdError, QueueUnavailable, RunSuperseded, SecretsUnavailable
 from agentd.domain.models import AgentEvent, AgentResult, DoneEvent, Job, JobStatus, StatusEvent
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
@@ -30,7 +45,34 @@ from agentd.services.registry import ProviderRegistry
 log = structlog.get_logger(__name__)
 
 SAFETY_GRACE_S = 30.0
+SUPERSEDED_GRACE_S = 5.0  # a superseded run's agent gets this long to stop on its cancel, then its task ends
+SHUTDOWN_REASON = "worker shutting down"
+PURGE_BATCH = 500
 T = TypeVar("T")
+
+
+@dataclass
+class _Run:
+    """One attempt of a job in this process."""
+
+    job: Job
+    agent: CodeAgent
+    superseded: asyncio.Event = field(default_factory=asyncio.Event)
+    why: str = ""
+
+    @property
+    def run_id(self) -> str:
+        return self.job.run_id
+
+    async def supersede(self, why: str) -> None:
+        """The job moved on: drop this run's output from now on and stop its agent."""
+        if self.superseded.is_set():
+            return
+        self.why = why
+        self.superseded.set()
+        log.warning("job.run_superseded", job_id=self.job.id, run_id=self.run_id, reason=why)
+        with contextlib.suppress(Exception):
+            await self.agent.cancel(self.run_id)
 
 
 class Runner:
@@ -48,6 +90,7 @@ class Runner:
         limits: Limits | None = None,
         secrets: SecretStore | None = None,
         service_secrets: Mapping[str, str] | None = None,
+        job_retention_s: float | None = None,
     ) -> None:
         self.queue = queue
         self.streams = streams
@@ -60,13 +103,14 @@ class Runner:
         self.limits = limits
         self.secrets = secrets
         self.service_secrets = dict(service_secrets or {})  # redacted from every run's output
+        self.job_retention_s = job_retention_s  # None: finished jobs are kept
         self.worker_prefix = f"{socket.gethostname()}:{os.getpid()}"
         self._tasks: list[asyncio.Task[None]] = []
         self._running: set[asyncio.Task[None]] = set()
-        self._to_finish: list[tuple[str, AgentResult, str, asyncio.Future[Job]]] = []
+        self._to_finish: list[tuple[str, AgentResult, str, int, asyncio.Future[Job]]] = []
         self._finisher: asyncio.Task[None] | None = None
         self._slot_free = asyncio.Event()
-        self._active: dict[str, tuple[Job, CodeAgent]] = {}
+        self._active: dict[str, _Run] = {}  # job id → its run here (never two runs of one job: `exclude`)
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()  # set whenever no job runs in this process
         self._idle.set()
@@ -77,7 +121,7 @@ class Runner:
             recovered = await self.queue.recover(all_running=True)
             self._log_recovered(recovered)
             for job in recovered:
-                await self._announce_recovered(job)
+                await self._announce_recovered(job, "agentd restarted; its worker was lost")
         self._tasks.append(asyncio.create_task(self._dispatch(self.worker_prefix)))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
 
@@ -93,14 +137,13 @@ class Runner:
             )
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        """Stop claiming; let running jobs finish within `grace_s`, then cancel them."""
+        """Stop claiming; let running jobs finish within `grace_s`, then hand the rest back to the queue."""
         self._stopping.set()
         if self._active:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), grace_s)
-        for job_id in list(self._active):
-            log.warning("job.cancel_on_shutdown", job_id=job_id)
-            await self.cancel_local(job_id)
+        for run in list(self._active.values()):
+            await self._hand_back(run)
         everything = self._tasks + list(self._running)
         _, pending = await asyncio.wait(everything, timeout=SAFETY_GRACE_S) if everything else ((), ())
         for t in pending:
@@ -109,11 +152,49 @@ class Runner:
             await asyncio.wait(pending, timeout=5)
         self._tasks.clear()
 
+    async def _hand_back(self, run: _Run) -> None:
+        """Shutdown: the job goes back to the queue for its next attempt; this run stops, output dropped."""
+        job = run.job
+        try:
+            async with asyncio.timeout(10):
+                released = await self.queue.release(job.id, job.attempts, SHUTDOWN_REASON)
+        except (AgentdError, TimeoutError) as e:
+            # Storage down: stop the run without a result; its lease expires and the sweeper re-queues it.
+            log.error("job.hand_back_failed", job_id=job.id, error=str(e))
+            await run.supersede(f"{SHUTDOWN_REASON} (storage unreachable; the lease will expire)")
+            return
+        if released is None and not run.superseded.is_set():
+            # Not handed back: a user asked to cancel it (or it moved on already). Stop it; a cancelled run's
+            # result is stored as usual.
+            log.warning("job.cancel_on_shutdown", job_id=job.id)
+            with contextlib.suppress(Exception):
+                await run.agent.cancel(run.run_id)
+            return
+        log.warning("job.handed_back", job_id=job.id, attempt=job.attempts, reason=SHUTDOWN_REASON)
+        await self._say_requeued(job, SHUTDOWN_REASON)
+        await run.supersede(SHUTDOWN_REASON)
+
+    async def _say_requeued(self, job: Job, reason: str) -> None:
+        """The one `requeued` event of a run that lost its job (bounded: never blocks a shutdown or sweep)."""
+        with contextlib.suppress(AgentdError, TimeoutError):
+            async with asyncio.timeout(10):
+                await self.streams.supersede(
+                    job.stream_id,
+                    job.attempts + 1,
+                    [
+                        StatusEvent(
+                            status="requeued",
+                            detail=f"attempt {job.attempts}: {reason}",
+                            attempt=job.attempts,
+                        )
+                    ],
+                )
+
     async def cancel_local(self, job_id: str) -> bool:
-        entry = self._active.get(job_id)
-        if entry is None:
+        run = self._active.get(job_id)
+        if run is None:
             return False
-        return await entry[1].cancel(job_id)
+        return await run.agent.cancel(run.run_id)
 
     async def _dispatch(self, worker_id: str) -> None:
         """Fill free slots: one claim for as many jobs as there is room for, each run in its own task."""
@@ -123,7 +204,9 @@ class Runner:
             jobs: list[Job] = []
             if free > 0:
                 try:
-                    jobs = await self.queue.claim_many(worker_id, free, limits=self.limits)
+                    jobs = await self.queue.claim_many(
+                        worker_id, free, limits=self.limits, exclude=set(self._active)
+                    )
                 except AgentdError as e:  # storage down: wait and retry, never die
                     log.error("worker.claim_failed", worker_id=worker_id, error=str(e))
                     await asyncio.sleep(self.poll_s)
@@ -170,25 +253,36 @@ class Runner:
             except AgentdError as e:
                 result = AgentResult(status="failed", error=e.message)
             else:
-                self._active[job.id] = (job, agent)
+                run = _Run(job, agent)
+                self._active[job.id] = run
                 self._idle.clear()
                 try:
-                    result = await self._drive(job, agent, worker_id)
+                    result = await self._drive(run, worker_id)
                 finally:
                     self._active.pop(job.id, None)
                     if not self._active:
                         self._idle.set()
-            stored = await self._finish(job.id, result, worker_id)
+                if run.superseded.is_set():
+                    log.warning("job.result_discarded", reason=run.why, run_id=job.run_id)
+                    return result
+            stored = await self._finish(job, result, worker_id)
             if stored.status == JobStatus.queued:
+                if not result.retryable:
+                    log.warning("job.result_discarded", reason="the job moved on", run_id=job.run_id)
+                    return result
                 # A retryable failure (rate limit, overload): the queue runs it again after a backoff.
-                await self._publish(
-                    job,
-                    StatusEvent(
-                        status="retrying",
-                        detail=f"attempt {job.attempts} failed: {result.error}",
-                        attempt=job.attempts,
-                    ),
-                )
+                with contextlib.suppress(AgentdError):
+                    await self.streams.supersede(
+                        job.stream_id,
+                        job.attempts + 1,
+                        [
+                            StatusEvent(
+                                status="retrying",
+                                detail=f"attempt {job.attempts} failed: {result.error}",
+                                attempt=job.attempts,
+                            )
+                        ],
+                    )
                 log.warning("job.retry_scheduled", attempts=job.attempts, error=result.error)
                 return result
             if stored.status == JobStatus.running or stored.result is None:
@@ -196,7 +290,11 @@ class Runner:
                 log.warning("job.result_discarded", reason="lease lost", owner=stored.worker_id)
                 return result
             final = stored.result
-            await self._publish(job, DoneEvent.from_result(final))
+            try:
+                await self._publish(job, DoneEvent.from_result(final))
+            except RunSuperseded:  # the job was stored final by this run: nobody else may write; a bug
+                log.error("job.done_refused", run_id=job.run_id)
+                return final
             await self._durably(lambda: self.streams.close_stream(job.stream_id), "close_stream")
             log.info(
                 "job.finished",
@@ -210,10 +308,37 @@ class Runner:
         finally:
             structlog.contextvars.unbind_contextvars("job_id", "project_id")
 
-    async def _drive(self, job: Job, agent: CodeAgent, worker_id: str) -> AgentResult:
-        await self._publish(
-            job, StatusEvent(status="running", detail=f"worker {worker_id}, attempt {job.attempts}")
-        )
+    async def _drive(self, run: _Run, worker_id: str) -> AgentResult:
+        job = run.job
+        if job.attempts > 1:
+            # Backstop: when the previous attempt's end was not announced (its announcer crashed or could not
+            # reach storage), say so before this attempt writes anything.
+            await self._durably(
+                lambda: self.streams.supersede(
+                    job.stream_id,
+                    job.attempts,
+                    [
+                        StatusEvent(
+                            status="requeued",
+                            detail=f"attempt {job.attempts - 1}: its worker was lost",
+                            attempt=job.attempts - 1,
+                        )
+                    ],
+                ),
+                "supersede",
+            )
+        try:
+            await self._publish(
+                job,
+                StatusEvent(
+                    status="running",
+                    detail=f"worker {worker_id}, attempt {job.attempts}",
+                    attempt=job.attempts,
+                ),
+            )
+        except RunSuperseded:
+            await run.supersede("a later attempt has started")
+            return AgentResult(status="failed", error="superseded before it started")
         try:
             env = await self._run_env(job)
         except Exception as e:  # storage trouble: try again later rather than run without the secrets
@@ -223,7 +348,7 @@ class Runner:
             )
         redactor = RunRedactor({**self.service_secrets, **env})
         with LOG_SECRETS.holding(env):
-            return redactor.result(await self._supervise(job, agent, worker_id, env, redactor))
+            return redactor.result(await self._supervise(run, worker_id, env, redactor))
 
     async def _run_env(self, job: Job) -> dict[str, str]:
         """The project's secrets (over the global ones), for the agent process's environment only."""
@@ -235,13 +360,14 @@ class Runner:
             return {}
 
     async def _supervise(
-        self, job: Job, agent: CodeAgent, worker_id: str, env: dict[str, str], redactor: RunRedactor
+        self, run: _Run, worker_id: str, env: dict[str, str], redactor: RunRedactor
     ) -> AgentResult:
+        job = run.job
         run_over = asyncio.Event()
-        watcher = asyncio.create_task(self._watch(job, agent, worker_id, run_over))
+        watcher = asyncio.create_task(self._watch(run, worker_id, run_over))
         try:
             async with asyncio.timeout(job.request.timeout_s + SAFETY_GRACE_S * 2):
-                done = await self._stream(job, agent, env, redactor)
+                done = await self._stream_fenced(run, env, redactor)
         except TimeoutError:
             return AgentResult(
                 status="timed_out", error=f"the provider did not stop within {job.request.timeout_s:g} s"
@@ -260,32 +386,61 @@ class Runner:
             return AgentResult(status="failed", error=f"provider {job.provider} ended without a result")
         return done.to_result()
 
-    async def _stream(
-        self, job: Job, agent: CodeAgent, env: dict[str, str], redactor: RunRedactor
-    ) -> DoneEvent | None:
+    async def _stream_fenced(self, run: _Run, env: dict[str, str], redactor: RunRedactor) -> DoneEvent | None:
+        """`_stream`, ended when the run is superseded: its agent was told to stop; if it does not end within
+        SUPERSEDED_GRACE_S its task is cancelled (the adapter's cleanup runs either way)."""
+        streaming = asyncio.create_task(self._stream(run, env, redactor))
+        superseded = asyncio.create_task(run.superseded.wait())
+        try:
+            await asyncio.wait({streaming, superseded}, return_when=asyncio.FIRST_COMPLETED)
+            if not streaming.done():
+                await asyncio.wait({streaming}, timeout=SUPERSEDED_GRACE_S)
+            if not streaming.done():
+                streaming.cancel()
+                await asyncio.wait({streaming}, timeout=SUPERSEDED_GRACE_S)
+                return None
+            return streaming.result()
+        finally:
+            superseded.cancel()
+            if not streaming.done():
+                streaming.cancel()
+                await asyncio.wait({streaming}, timeout=SUPERSEDED_GRACE_S)
+
+    async def _stream(self, run: _Run, env: dict[str, str], redactor: RunRedactor) -> DoneEvent | None:
         """Publish the run's events, redacted, until its `done` (returned, not published: the runner
-        publishes the stored result)."""
-        events = agent.execute(job.request, run_id=job.id, env=env or None)
+        publishes the stored result). Each event is published before the next is read (back-pressure).
+        Once the run is superseded its output is dropped."""
+        job = run.job
+        events = run.agent.execute(job.request, run_id=run.run_id, env=env or None)
         try:
             async for ev in events:
                 if isinstance(ev, DoneEvent):
                     return ev
                 for out in redactor.feed(ev):
-                    await self._publish(job, out)
+                    await self._publish_run(run, out)
             return None
         finally:
             for out in redactor.flush():  # text held back at the end of an unfinished message
-                await self._publish(job, out)
+                await self._publish_run(run, out)
             # Closing the iterator makes the adapter clean up (processes, sessions) right away.
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 await aclose()
 
-    async def _finish(self, job_id: str, result: AgentResult, worker_id: str) -> Job:
-        """Record a result. Results that arrive while one write is in flight go out together in the next
-        `finish_many` (no added delay): many short jobs cost a round trip per batch, not per job."""
+    async def _publish_run(self, run: _Run, ev: AgentEvent) -> None:
+        if run.superseded.is_set():
+            return
+        try:
+            await self._publish(run.job, ev)
+        except RunSuperseded:
+            await run.supersede("a later attempt has written to the stream")
+
+    async def _finish(self, job: Job, result: AgentResult, worker_id: str) -> Job:
+        """Record a result (refused when the job has moved on from this attempt). Results that arrive while
+        one write is in flight go out together in the next `finish_many` (no added delay): many short jobs
+        cost a round trip per batch, not per job."""
         done: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
-        self._to_finish.append((job_id, result, worker_id, done))
+        self._to_finish.append((job.id, result, worker_id, job.attempts, done))
         if self._finisher is None or self._finisher.done():
             self._finisher = asyncio.create_task(self._flush_finished())
         return await done
@@ -293,14 +448,18 @@ class Runner:
     async def _flush_finished(self) -> None:
         while self._to_finish:
             batch, self._to_finish = self._to_finish, []
-            by_worker: dict[str, list[tuple[str, AgentResult, asyncio.Future[Job]]]] = {}
-            for job_id, result, worker_id, fut in batch:
-                by_worker.setdefault(worker_id, []).append((job_id, result, fut))
+            by_worker: dict[str, list[tuple[str, AgentResult, int, asyncio.Future[Job]]]] = {}
+            for job_id, result, worker_id, attempt, fut in batch:
+                by_worker.setdefault(worker_id, []).append((job_id, result, attempt, fut))
             for worker_id, items in by_worker.items():
-                pairs = [(job_id, result) for job_id, result, _ in items]
+                pairs = [(job_id, result) for job_id, result, _, _ in items]
+                attempts = {job_id: attempt for job_id, _, attempt, _ in items}
                 try:
                     jobs = await self._durably(
-                        functools.partial(self.queue.finish_many, pairs, worker_id=worker_id), "finish"
+                        functools.partial(
+                            self.queue.finish_many, pairs, worker_id=worker_id, attempts=attempts
+                        ),
+                        "finish",
                     )
                 except Exception as e:
                     for *_, fut in items:
@@ -312,7 +471,7 @@ class Runner:
                         fut.set_result(job)
 
     async def _publish(self, job: Job, ev: AgentEvent) -> None:
-        await self._durably(lambda: self.streams.publish(job.stream_id, [ev]), "publish")
+        await self._durably(lambda: self.streams.publish(job.stream_id, [ev], run=job.attempts), "publish")
 
     async def _durably(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         """Retry `op` while storage is unreachable (a database restart): the run waits, nothing is lost.
@@ -329,39 +488,46 @@ class Runner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _watch(self, job: Job, agent: CodeAgent, worker_id: str, run_over: asyncio.Event) -> None:
-        """Poll for cancel requests, renew the lease, and enforce the deadline as a safety net."""
+    async def _watch(self, run: _Run, worker_id: str, run_over: asyncio.Event) -> None:
+        """Poll for cancel requests, renew the lease (fenced by the attempt), enforce the deadline."""
+        job, agent = run.job, run.agent
         last_beat = time.monotonic()
         deadline = time.monotonic() + job.request.timeout_s + SAFETY_GRACE_S
         cancelled = False
         while not run_over.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(run_over.wait(), self.poll_s)
-            if run_over.is_set():
+            if run_over.is_set() or run.superseded.is_set():
                 return
             now = time.monotonic()
             with contextlib.suppress(AgentdError):
                 if not cancelled:
                     current = await self.queue.get(job.project_id, job.id)
+                    if current.status != JobStatus.running or current.attempts != job.attempts:
+                        # Re-queued (lease expired), handed back or claimed again: this run lost the job.
+                        await run.supersede(
+                            f"the job moved on (now {current.status.value}, attempt {current.attempts})"
+                        )
+                        return
                     if current.cancel_requested:
                         cancelled = True
                         log.info("job.cancelling", reason="requested")
-                        await agent.cancel(job.id)
+                        await agent.cancel(run.run_id)
                 if now - last_beat >= self.heartbeat_s:
                     last_beat = now
-                    if not await self.queue.heartbeat(job.id, worker_id) and not cancelled:
-                        # The fleet gave the job to another worker (our lease expired, e.g. during a
-                        # network split): stop ours so that two agents never work on one job.
-                        cancelled = True
-                        log.warning("job.lease_lost", action="cancelling the local run")
-                        await agent.cancel(job.id)
+                    if not await self.queue.heartbeat(job.id, worker_id, attempt=job.attempts):
+                        # The fleet gave the job to another attempt (our lease expired, e.g. during a
+                        # network split or a clock jump): stop ours so that two agents never work on one job.
+                        await run.supersede("lease lost")
+                        return
             if now > deadline and not cancelled:
                 cancelled = True
                 log.warning("job.safety_timeout")
-                await agent.cancel(job.id)
+                await agent.cancel(run.run_id)
 
     async def _housekeeping(self) -> None:
-        """Sweep expired leases (jobs whose worker died anywhere in the fleet) and prune old streams."""
+        """Sweep expired leases (jobs whose worker died anywhere in the fleet), prune old streams, purge
+        finished jobs past their retention."""
         last_prune = time.monotonic()
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
@@ -372,28 +538,47 @@ class Runner:
                 recovered = await self.queue.recover()
                 self._log_recovered(recovered)
                 for job in recovered:
-                    await self._announce_recovered(job)
+                    mine = self._active.get(job.id)
+                    if mine is not None and mine.job.attempts == job.attempts:
+                        # Our own run's lease expired under it (a clock jump, a stalled process): stop it now.
+                        await mine.supersede("lease expired")
+                    await self._announce_recovered(job, "lease expired")
                 if time.monotonic() - last_prune >= self.prune_s:
                     last_prune = time.monotonic()
                     n = await self.streams.prune()
                     if n:
                         log.info("streams.pruned", count=n)
+                    await self._purge()
             except AgentdError as e:
                 log.error("housekeeping.failed", error=str(e))
             except Exception:
                 log.exception("housekeeping.crashed")
 
-    async def _announce_recovered(self, job: Job) -> None:
+    async def _purge(self) -> None:
+        """Finished jobs (and their idempotency keys) past AGENTD_JOB_RETENTION_S, in bounded batches."""
+        if self.job_retention_s is None:
+            return
+        total = 0
+        for _ in range(20):  # at most 20 batches a round: the sweeper must get back to its leases
+            n = await self.queue.purge(self.job_retention_s, batch=PURGE_BATCH)
+            total += n
+            if n < PURGE_BATCH:
+                break
+        if total:
+            log.info("jobs.purged", count=total)
+
+    async def _announce_recovered(self, job: Job, reason: str) -> None:
         # Bounded: the sweeper must keep sweeping even if one stream cannot be written right now.
         with contextlib.suppress(AgentdError, TimeoutError):
             async with asyncio.timeout(10):
-                await self._announce(job)
+                await self._announce(job, reason)
 
-    async def _announce(self, job: Job) -> None:
+    async def _announce(self, job: Job, reason: str) -> None:
         if job.status == JobStatus.queued:
-            await self.streams.publish(
-                job.stream_id, [StatusEvent(status="requeued", detail="its worker was lost; will retry")]
-            )
+            await self._say_requeued(job, reason)
         elif job.result is not None:
-            await self.streams.publish(job.stream_id, [DoneEvent.from_result(job.result)])
+            # Written as the next run: the lost run can write nothing after it.
+            await self.streams.publish(
+                job.stream_id, [DoneEvent.from_result(job.result)], run=job.attempts + 1
+            )
             await self.streams.close_stream(job.stream_id)

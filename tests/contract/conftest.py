@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from agentd.adapters.embedded.sqlite_event_stream import SqliteEventStream
 from agentd.adapters.embedded.sqlite_secret_store import SqliteSecretStore
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
 from agentd.adapters.memory.memory_event_stream import MemoryEventStream
@@ -34,7 +35,7 @@ from agentd.ports.work_queue import WorkQueue
 from tests.support.postgres import pg_dsn, pg_template  # noqa: F401 - fixtures
 
 QUEUE_ADAPTERS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-STREAM_ADAPTERS = ["memory", pytest.param("postgres", marks=pytest.mark.postgres)]
+STREAM_ADAPTERS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 MEMORY_SECRETS = "agentd.adapters.memory.memory_secret_store"
 SECRET_ADAPTERS = [
     "sqlite",
@@ -84,7 +85,7 @@ async def queue(make_queue: QueueFactory) -> WorkQueue:
 
 
 @pytest.fixture(params=STREAM_ADAPTERS)
-async def make_streams(request: pytest.FixtureRequest) -> AsyncIterator[StreamsFactory]:
+async def make_streams(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StreamsFactory]:
     opened: list[EventStream] = []
     dsn = request.getfixturevalue("pg_dsn") if request.param == "postgres" else ""
     shared_memory: MemoryEventStream | None = None
@@ -99,7 +100,11 @@ async def make_streams(request: pytest.FixtureRequest) -> AsyncIterator[StreamsF
                 shared_memory = MemoryEventStream(**opts)
                 opened.append(shared_memory)
             return shared_memory
-        if request.param == "postgres":
+        if request.param == "sqlite":
+            # Another instance is another connection to the same file (in-process wake-ups do not cross
+            # instances: it follows by polling).
+            s = SqliteEventStream(tmp_path / "queue.sqlite3", poll_s=0.05, **opts)
+        elif request.param == "postgres":
             ps = PostgresEventStream(PgDatabase(dsn, pool_size=4), **opts)
             await ps.open()
             s = ps

@@ -32,13 +32,18 @@ async def test_a_schema_1_file_gets_the_secrets_table_and_keeps_its_jobs(tmp_pat
     await queue.close()
     with contextlib.closing(sqlite3.connect(path)) as db:  # as agentd before secrets left it
         db.execute("DROP TABLE secrets")
+        db.execute("DROP TABLE events")
+        db.execute("DROP TABLE streams")
+        db.execute("DROP INDEX jobs_finished")
         db.execute("PRAGMA user_version = 1")
         db.commit()
     store = SqliteSecretStore(path, KEY)
     await store.put("p", "TOKEN", "a-secret-value")
     assert await store.resolve("p") == {"TOKEN": "a-secret-value"}
     await store.close()
-    assert user_version(path) == SCHEMA_VERSION == 2
+    assert user_version(path) == SCHEMA_VERSION == 3
+    with contextlib.closing(sqlite3.connect(path)) as db:  # schema 3: the event log
+        assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 0
     reopened = SqliteWorkQueue(path)
     assert (await reopened.get("p", job.id)).id == "j1"
     await reopened.close()

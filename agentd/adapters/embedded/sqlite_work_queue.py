@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Collection, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agentd.adapters.embedded.database import SqliteDatabase, queries
@@ -139,9 +139,12 @@ class SqliteWorkQueue(WorkQueue):
             self._wake.notify()
         return job, created
 
-    async def claim_many(self, worker_id: str, n: int, *, limits: Limits | None = None) -> list[Job]:
+    async def claim_many(
+        self, worker_id: str, n: int, *, limits: Limits | None = None, exclude: Collection[str] = ()
+    ) -> list[Job]:
         self._wake.claiming()
         lim = limits or Limits()
+        skip = json.dumps(sorted(exclude))
 
         def one(db: sqlite3.Connection) -> Job | None:
             running = {r["provider"]: r["n"] for r in db.execute(Q["running_per_provider"])}
@@ -149,7 +152,9 @@ class SqliteWorkQueue(WorkQueue):
                 return None
             full = [p for p, cap in lim.per_provider.items() if running.get(p, 0) >= cap]
             now = time.time()
-            row = db.execute(Q["next_runnable"], {"now": now, "full": json.dumps(full)}).fetchone()
+            row = db.execute(
+                Q["next_runnable"], {"now": now, "full": json.dumps(full), "exclude": skip}
+            ).fetchone()
             if row is None:
                 return None
             db.execute(
@@ -174,12 +179,21 @@ class SqliteWorkQueue(WorkQueue):
     async def wait_for_work(self, timeout: float) -> None:
         await self._wake.wait(timeout)
 
-    async def heartbeat(self, job_id: str, worker_id: str) -> bool:
-        params = {"id": job_id, "worker_id": worker_id, "lease_expires_at": time.time() + self.lease_s}
+    async def heartbeat(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> bool:
+        params = {
+            "id": job_id,
+            "worker_id": worker_id,
+            "attempt": attempt,
+            "lease_expires_at": time.time() + self.lease_s,
+        }
         return await self.db.run(lambda db: db.execute(Q["heartbeat"], params).rowcount == 1)
 
     async def finish_many(
-        self, results: Sequence[tuple[str, AgentResult]], *, worker_id: str | None = None
+        self,
+        results: Sequence[tuple[str, AgentResult]],
+        *,
+        worker_id: str | None = None,
+        attempts: Mapping[str, int] | None = None,
     ) -> list[Job]:
         distinct_ids(results)  # ValueError when a job appears twice
 
@@ -188,8 +202,11 @@ class SqliteWorkQueue(WorkQueue):
             if row is None:
                 raise JobNotFound(f"no job {job_id!r}")
             status = JobStatus(row["status"])
-            if status.is_final or (
-                worker_id is not None and (status != JobStatus.running or row["worker_id"] != worker_id)
+            attempt = attempts.get(job_id) if attempts is not None else None
+            if (
+                status.is_final
+                or (worker_id is not None and (status != JobStatus.running or row["worker_id"] != worker_id))
+                or (attempt is not None and (status != JobStatus.running or row["attempts"] != attempt))
             ):
                 return _row_to_job(row)
             if retries(
@@ -277,6 +294,21 @@ class SqliteWorkQueue(WorkQueue):
         if any(j.status == JobStatus.queued for j in jobs):
             self._wake.notify()
         return jobs
+
+    async def release(self, job_id: str, attempt: int, reason: str) -> Job | None:
+        def op(db: sqlite3.Connection) -> Job | None:
+            params = {"id": job_id, "attempt": attempt, "reason": reason}
+            return _job(db, job_id) if db.execute(Q["release"], params).rowcount == 1 else None
+
+        job = await self.db.run(op)
+        if job is not None:
+            self._wake.notify()
+        return job
+
+    async def purge(self, retention_s: float, *, batch: int = 500) -> int:
+        cutoff = _iso(datetime.now(UTC) - timedelta(seconds=retention_s))
+        params = {"cutoff": cutoff, "batch": batch}
+        return await self.db.run(lambda db: db.execute(Q["purge"], params).rowcount)
 
     async def close(self) -> None:
         await self.db.close()

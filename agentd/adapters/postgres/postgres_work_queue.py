@@ -15,7 +15,7 @@ The rules shared with the SQLite queue (retry, backoff, idempotency, wake-ups): 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,10 +67,11 @@ def row_to_job(row: DictRow) -> Job:
     )
 
 
-def _finish_input(job_id: str, result: AgentResult) -> str:
+def _finish_input(job_id: str, result: AgentResult, attempt: int | None) -> str:
     return (
         f'{{"id":{json.dumps(job_id)},"status":"{result.status}","result":{result.model_dump_json()},'
-        f'"retryable":{"true" if wants_retry(result) else "false"},"error":{json.dumps(result.error)}}}'
+        f'"retryable":{"true" if wants_retry(result) else "false"},"error":{json.dumps(result.error)},'
+        f'"attempt":{json.dumps(attempt)}}}'
     )
 
 
@@ -155,7 +156,9 @@ class PostgresWorkQueue(WorkQueue):
             assert row is not None
             return row_to_job(row), True
 
-    async def claim_many(self, worker_id: str, n: int, *, limits: Limits | None = None) -> list[Job]:
+    async def claim_many(
+        self, worker_id: str, n: int, *, limits: Limits | None = None, exclude: Collection[str] = ()
+    ) -> list[Job]:
         """Up to `n` jobs in one statement (each under its own lease, never two of one project)."""
         self._wake.claiming()
         caps = limits.per_provider if limits is not None else {}
@@ -170,6 +173,7 @@ class PostgresWorkQueue(WorkQueue):
                 "max": n,
                 "global_max": global_max,
                 "provider_caps": json.dumps(caps) if caps else None,
+                "exclude": sorted(exclude),
             },
         )
         return [row_to_job(r) for r in rows]
@@ -177,12 +181,18 @@ class PostgresWorkQueue(WorkQueue):
     async def wait_for_work(self, timeout: float) -> None:
         await self._wake.wait(timeout)
 
-    async def heartbeat(self, job_id: str, worker_id: str) -> bool:
-        row = await self._one("heartbeat", {"id": job_id, "worker_id": worker_id, "lease_s": self.lease_s})
+    async def heartbeat(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> bool:
+        row = await self._one(
+            "heartbeat", {"id": job_id, "worker_id": worker_id, "attempt": attempt, "lease_s": self.lease_s}
+        )
         return row is not None
 
     async def finish_many(
-        self, results: Sequence[tuple[str, AgentResult]], *, worker_id: str | None = None
+        self,
+        results: Sequence[tuple[str, AgentResult]],
+        *,
+        worker_id: str | None = None,
+        attempts: Mapping[str, int] | None = None,
     ) -> list[Job]:
         """Several results in one statement; the jobs come back in the order given."""
         ids = distinct_ids(results)
@@ -190,7 +200,12 @@ class PostgresWorkQueue(WorkQueue):
             "finish",
             {
                 "ids": ids,
-                "input": "[" + ",".join(_finish_input(job_id, r) for job_id, r in results) + "]",
+                "input": "["
+                + ",".join(
+                    _finish_input(job_id, r, attempts.get(job_id) if attempts else None)
+                    for job_id, r in results
+                )
+                + "]",
                 "worker_id": worker_id,
                 "retry_base_s": self.retry_base_s,
                 "retry_max_s": MAX_BACKOFF_S,
@@ -235,3 +250,11 @@ class PostgresWorkQueue(WorkQueue):
     async def recover(self, *, all_running: bool = False) -> list[Job]:
         rows = await self._all("recover", {"all_running": all_running, "reason": lost_reason(all_running)})
         return [row_to_job(r) for r in rows]
+
+    async def release(self, job_id: str, attempt: int, reason: str) -> Job | None:
+        row = await self._one("release", {"id": job_id, "attempt": attempt, "reason": reason})
+        return row_to_job(row) if row is not None else None
+
+    async def purge(self, retention_s: float, *, batch: int = 500) -> int:
+        row = await self._one("purge", {"retention_s": retention_s, "batch": batch})
+        return int(row["n"]) if row is not None else 0

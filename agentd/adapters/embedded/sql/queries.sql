@@ -25,10 +25,12 @@ SELECT provider, count(*) AS n FROM jobs WHERE status = 'running' GROUP BY provi
 -- name: next_runnable
 -- The oldest queued job that may start now: past its backoff, its provider not full (`full` is a JSON
 -- array of provider names), its project running nothing, and no older queued job of its project waiting
--- (a project's jobs start in submission order; an older one backing off holds the turn).
+-- (a project's jobs start in submission order; an older one backing off holds the turn). `exclude` (a JSON
+-- array of job ids) are jobs the claiming process still runs: they, and so their project, wait.
 SELECT id FROM jobs
  WHERE status = 'queued' AND run_after <= :now
    AND provider NOT IN (SELECT value FROM json_each(:full))
+   AND id NOT IN (SELECT value FROM json_each(:exclude))
    AND project_id NOT IN (SELECT project_id FROM jobs WHERE status = 'running')
    AND NOT EXISTS (SELECT 1 FROM jobs o
                     WHERE o.project_id = jobs.project_id AND o.status = 'queued' AND o.seq < jobs.seq)
@@ -42,7 +44,8 @@ UPDATE jobs SET status = 'running', worker_id = :worker_id, started_at = :now_is
 
 -- name: heartbeat
 UPDATE jobs SET lease_expires_at = :lease_expires_at
- WHERE id = :id AND worker_id = :worker_id AND status = 'running';
+ WHERE id = :id AND worker_id = :worker_id AND status = 'running'
+   AND (:attempt IS NULL OR attempts = :attempt);
 
 -- name: requeue_for_retry
 UPDATE jobs SET status = 'queued', run_after = :run_after, worker_id = NULL, lease_expires_at = NULL,
@@ -87,3 +90,15 @@ UPDATE jobs SET status = 'queued', worker_id = NULL, lease_expires_at = NULL, ru
 UPDATE jobs SET status = 'failed', finished_at = :now_iso, result = :result, worker_id = NULL,
                 lease_expires_at = NULL, last_error = :error
  WHERE id = :id;
+
+-- name: release
+-- A worker shutting down hands a running attempt back: runnable at once, and the hand-back does not use up
+-- an attempt (max_attempts grows with attempts). A job someone asked to cancel is not handed back.
+UPDATE jobs SET status = 'queued', worker_id = NULL, lease_expires_at = NULL, run_after = 0,
+                max_attempts = max_attempts + 1, last_error = :reason
+ WHERE id = :id AND status = 'running' AND attempts = :attempt AND cancel_requested = 0;
+
+-- name: purge
+-- Final jobs that finished before :cutoff (ISO 8601), a bounded batch at a time.
+DELETE FROM jobs WHERE id IN (
+    SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < :cutoff LIMIT :batch);
