@@ -28,7 +28,6 @@ from agentd.domain.errors import JobNotFound
 from agentd.domain.models import (
     AgentEvent,
     AgentRequest,
-    AgentResult,
     Availability,
     Capabilities,
     DoneEvent,

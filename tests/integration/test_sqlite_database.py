@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from agentd.adapters.embedded.database import SCHEMA_VERSION, SqliteDatabase
+from agentd.adapters.embedded.sqlite_event_stream import SqliteEventStream
 from agentd.adapters.embedded.sqlite_secret_store import SqliteSecretStore
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
+from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
+from agentd.bootstrap import build
+from agentd.client import AgentdClient, ApiError
+from agentd.config import Settings
 from agentd.domain.errors import QueueUnavailable
-from agentd.domain.models import AgentRequest
+from agentd.domain.models import AgentRequest, JobStatus
+from agentd.services.jobs import JobService
+from agentd.services.registry import ProviderRegistry
+from agentd.services.runner import Runner
+from tests.integration.test_fencing import until
 
 KEY = os.urandom(32)
 
@@ -58,3 +70,89 @@ async def test_the_queue_and_the_secrets_share_one_file_until_the_last_close(tmp
     await store.close()
     with pytest.raises(QueueUnavailable, match="closed"):
         await store.resolve("p")
+
+
+# Storage errors (issue 10): a locked, full or failing file is `queue_unavailable` (503) and the runner waits.
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Another process's exclusive transaction on the file (nobody else can write until it ends)."""
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+async def test_a_locked_file_is_queue_unavailable_and_the_api_answers_503(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "queue.sqlite3"
+    db = SqliteDatabase(path, busy_timeout_s=0.1)
+    settings = Settings(data_dir=tmp_path / "data", providers=("scripted",))
+    container = await build(
+        settings, queue=SqliteWorkQueue(db), streams=SqliteEventStream(db), with_workers=False
+    )
+    runner = web.AppRunner(container.app(), shutdown_timeout=1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    client = AgentdClient(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    try:
+        with locked(path):
+            with pytest.raises(ApiError) as err:
+                await client.submit("p", "hello")
+            assert (err.value.status, err.value.code) == (503, "queue_unavailable")
+            assert "unavailable" in err.value.message
+        job = await client.submit("p", "hello")  # the lock is gone: it works again
+        assert job["status"] == "queued"
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
+async def test_a_full_disk_is_queue_unavailable(tmp_path: Path) -> None:
+    db = SqliteDatabase(tmp_path / "queue.sqlite3")
+    queue = SqliteWorkQueue(db)
+    pages = db.tx(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+    db.tx(lambda c: c.execute(f"PRAGMA max_page_count = {pages}"))  # SQLITE_FULL on the next new page
+    with pytest.raises(QueueUnavailable, match="full"):
+        await queue.enqueue(
+            AgentRequest(project_id="p", prompt="x" * 200_000), provider="s", job_id="j", stream_id="s"
+        )
+    await queue.close()
+
+
+async def test_the_runner_waits_out_a_locked_file_and_the_job_ends_once(tmp_path: Path) -> None:
+    path = tmp_path / "queue.sqlite3"
+    db = SqliteDatabase(path, busy_timeout_s=0.05)
+    queue, streams = SqliteWorkQueue(db), SqliteEventStream(db, poll_s=0.05)
+    agent = ScriptedCodeAgent()
+    registry = ProviderRegistry()
+    registry.register(agent)
+    runner = Runner(queue, streams, registry, poll_s=0.05, heartbeat_s=5, sweep_s=0.1)
+    service = JobService(queue, streams, registry, runner)
+    await runner.start()
+    try:
+        job, _ = await service.submit(AgentRequest(project_id="p", prompt="sleep:0.5"))
+
+        async def running() -> bool:
+            return (await queue.get("p", job.id)).status == JobStatus.running
+
+        await until(running, "the job to run")
+        with locked(path):  # the run ends while storage is unusable: its result must wait, not be lost
+            await asyncio.sleep(1.5)
+
+        async def final() -> bool:
+            return (await queue.get("p", job.id)).status.is_final
+
+        await until(final, "the job to end once the file is usable again")
+    finally:
+        await runner.stop(1)
+    final = await queue.get("p", job.id)
+    assert final.status == JobStatus.succeeded and final.attempts == 1
+    kinds = [e.event.event async for e in streams.subscribe(job.stream_id)]
+    assert kinds.count("done") == 1 and kinds[-1] == "done"
+    await streams.close()
+    await queue.close()
