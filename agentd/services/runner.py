@@ -256,9 +256,15 @@ class Runner:
                 run = _Run(job, agent)
                 self._active[job.id] = run
                 self._idle.clear()
+                # run.started / run.ended (wall clock, after the agent has stopped): what the fault suite
+                # (bench/faults.py) reads to prove that two runs of one job never overlap.
+                log.info("run.started", run_id=job.run_id, at=time.time())
                 try:
                     result = await self._drive(run, worker_id)
                 finally:
+                    log.info(
+                        "run.ended", run_id=job.run_id, at=time.time(), superseded=run.superseded.is_set()
+                    )
                     self._active.pop(job.id, None)
                     if not self._active:
                         self._idle.set()

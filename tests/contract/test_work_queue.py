@@ -359,3 +359,12 @@ async def test_purge_deletes_finished_jobs_and_their_idempotency_keys_in_batches
         idempotency_key="k",
     )
     assert created and again.id == "job_k2"  # the key is free again
+
+
+async def test_an_expired_lease_is_never_renewed(make_queue: QueueFactory) -> None:
+    queue = await make_queue(lease_s=0.2)
+    job = await put(queue)
+    await claim(queue, "w")
+    await asyncio.sleep(0.3)  # no sweep yet: the job still says running
+    assert (await queue.get("p", job.id)).status == JobStatus.running
+    assert not await queue.heartbeat(job.id, "w", attempt=1)

@@ -177,13 +177,13 @@ async def test_cancel_during_tool_leaves_no_process(
         items.append(it)
         if it.event == "tool_use":
             await asyncio.sleep(0.5)  # let the tool's `sleep 300` start
-            sleepers = [p for p in process.marked_processes(job["job_id"]) if "sleep" in _cmdline(p)]
+            sleepers = [p for p in process.marked_processes(f"{job['job_id']}.1") if "sleep" in _cmdline(p)]
             assert sleepers, "the Bash tool should be running"
             cancelled = await srv.client.cancel("demo", job["job_id"])
             assert cancelled["cancel_requested"] is True
     done = items[-1].data
     assert done["status"] == "cancelled"
-    assert not process.marked_processes(job["job_id"])
+    assert not process.marked_processes(f"{job['job_id']}.1")
     assert (await srv.client.job("demo", job["job_id"]))["status"] == "cancelled"
 
 
@@ -268,7 +268,7 @@ async def test_total_timeout_ends_as_timed_out(
     items = await _collect(srv, job)
     done = items[-1].data
     assert done["status"] == "timed_out" and "timed out after 3 s" in done["error"]
-    assert not process.marked_processes(job["job_id"])
+    assert not process.marked_processes(f"{job['job_id']}.1")
 
 
 async def test_inactivity_watchdog(

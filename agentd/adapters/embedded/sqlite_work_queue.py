@@ -180,11 +180,13 @@ class SqliteWorkQueue(WorkQueue):
         await self._wake.wait(timeout)
 
     async def heartbeat(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> bool:
+        now = time.time()
         params = {
             "id": job_id,
             "worker_id": worker_id,
             "attempt": attempt,
-            "lease_expires_at": time.time() + self.lease_s,
+            "now": now,
+            "lease_expires_at": now + self.lease_s,
         }
         return await self.db.run(lambda db: db.execute(Q["heartbeat"], params).rowcount == 1)
 

@@ -2,12 +2,14 @@
 
 Used by API tests and benchmarks (the "instantly answering agent") and as the in-memory adapter in the
 CodeAgent contract tests. Prompts may steer it: `sleep:<seconds>` waits (cancellable), `fail:<message>`
-fails; anything else is echoed back as text in two chunks.
+fails, `ticks:<n>[:<ms>]` sends n text events (ms apart; cancellable); anything else is echoed back as text
+in two chunks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -67,6 +69,19 @@ class ScriptedCodeAgent(CodeAgent):
                     if want > request.timeout_s:
                         status, error = "timed_out", f"timed out after {request.timeout_s:g} s"
                 text = "slept" if status == "succeeded" else ""
+            elif prompt.startswith("ticks:"):
+                parts = prompt.split(":")
+                n, gap = int(parts[1]), (float(parts[2]) / 1000 if len(parts) > 2 else 0.0)
+                mid = f"msg_{uuid.uuid4().hex[:16]}"
+                for i in range(n):
+                    if cancel.is_set():
+                        status, error = "cancelled", "cancelled by request"
+                        break
+                    yield TextEvent(message_id=mid, chunk=f"{i} ", is_complete=i == n - 1)
+                    if gap:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(cancel.wait(), gap)
+                text = ""
             elif prompt.startswith("fail:"):
                 status, error, text = "failed", prompt.split(":", 1)[1].strip() or "failed", ""
             if text:

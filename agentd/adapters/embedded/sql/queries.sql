@@ -43,8 +43,9 @@ UPDATE jobs SET status = 'running', worker_id = :worker_id, started_at = :now_is
  WHERE id = :id;
 
 -- name: heartbeat
+-- An expired lease is lost, even before a sweep re-queues the job: it is never renewed.
 UPDATE jobs SET lease_expires_at = :lease_expires_at
- WHERE id = :id AND worker_id = :worker_id AND status = 'running'
+ WHERE id = :id AND worker_id = :worker_id AND status = 'running' AND lease_expires_at >= :now
    AND (:attempt IS NULL OR attempts = :attempt);
 
 -- name: requeue_for_retry

@@ -32,8 +32,9 @@ SELECT * FROM agentd_claim(%(worker_id)s, %(lease_s)s, %(max)s, %(global_max)s, 
                           %(exclude)s::text[]);
 
 -- name: heartbeat
+-- An expired lease is lost, even before a sweep re-queues the job: it is never renewed.
 UPDATE agentd_jobs SET lease_expires_at = now() + make_interval(secs => %(lease_s)s)
- WHERE id = %(id)s AND worker_id = %(worker_id)s AND status = 'running'
+ WHERE id = %(id)s AND worker_id = %(worker_id)s AND status = 'running' AND lease_expires_at >= now()
    AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
 RETURNING id;
 
