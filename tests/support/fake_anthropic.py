@@ -96,7 +96,9 @@ SLEEP_TOOL_DONE = "slept"
 # A tool that leaves background processes: a daemonized grandchild in its own session, a plain background
 # child, and a foreground sleep (the fault suite's orphan scenario, bench/faults.py).
 DAEMON_TOOL_INPUT = {
-    "command": "setsid sh -c '/bin/sleep 301 & /bin/sleep 302' >/dev/null 2>&1 & /bin/sleep 303 & /bin/sleep 300",
+    "command": (
+        "setsid sh -c '/bin/sleep 301 & /bin/sleep 302' >/dev/null 2>&1 & /bin/sleep 303 & /bin/sleep 300"
+    ),
     "description": "Start background work",
 }
 THINKING_TEXT = "Let me think about this."
