@@ -101,8 +101,8 @@ def build_agents(settings: Settings) -> list[CodeAgent]:
 
 
 async def open_storage(settings: Settings) -> tuple[WorkQueue, EventStream]:
-    """PostgreSQL when AGENTD_DATABASE_URL is set, else the embedded SQLite queue and event log (one file in the
-    data dir: a restart serves every stream, replay included). A stream is kept for AGENTD_STREAM_RETENTION_S
+    """PostgreSQL when AGENTD_DATABASE_URL is set, else the embedded SQLite queue and event log (one file in
+    the data dir: a restart serves every stream, replay included). A stream is kept for AGENTD_STREAM_RETENTION_S
     after its job ends, never longer than its job (AGENTD_JOB_RETENTION_S)."""
     retention_s = min(settings.stream_retention_s, settings.job_retention_s)
     if settings.database_url:
@@ -160,6 +160,8 @@ async def build(
             registry,
             workers=settings.workers,
             heartbeat_s=settings.heartbeat_s,
+            lease_s=settings.lease_s,
+            poll_s=min(1.0, settings.lease_s / 8),  # under queue_policy.requeue_delay (a fifth of the lease)
             sweep_s=max(1.0, settings.lease_s / 3),
             limits=Limits(global_max=settings.max_running, per_provider=settings.provider_limits),
             secrets=secrets,

@@ -57,6 +57,7 @@ class _Run:
 
     job: Job
     agent: CodeAgent
+    leased_at: float = field(default_factory=time.monotonic)  # before the call that last set the lease
     superseded: asyncio.Event = field(default_factory=asyncio.Event)
     why: str = ""
 
@@ -85,6 +86,7 @@ class Runner:
         workers: int = 2,
         poll_s: float = 1.0,
         heartbeat_s: float = 15.0,
+        lease_s: float | None = None,
         prune_s: float = 60.0,
         sweep_s: float = 10.0,
         limits: Limits | None = None,
@@ -98,6 +100,7 @@ class Runner:
         self.workers = workers
         self.poll_s = poll_s
         self.heartbeat_s = heartbeat_s
+        self.lease_s = lease_s  # known: a run whose lease could not be renewed stops before it expires
         self.prune_s = prune_s
         self.sweep_s = sweep_s
         self.limits = limits
@@ -202,6 +205,7 @@ class Runner:
             self._slot_free.clear()
             free = self.workers - len(self._running)
             jobs: list[Job] = []
+            claimed_at = time.monotonic()  # the leases start no earlier than this
             if free > 0:
                 try:
                     jobs = await self.queue.claim_many(
@@ -216,7 +220,7 @@ class Runner:
                     await asyncio.sleep(self.poll_s)
                     continue
             for job in jobs:
-                task = asyncio.create_task(self._run_guarded(job, worker_id))
+                task = asyncio.create_task(self._run_guarded(job, worker_id, claimed_at))
                 self._running.add(task)
                 task.add_done_callback(self._slot_freed)
             if jobs:
@@ -237,13 +241,13 @@ class Runner:
         self._running.discard(task)
         self._slot_free.set()
 
-    async def _run_guarded(self, job: Job, worker_id: str) -> None:
+    async def _run_guarded(self, job: Job, worker_id: str, claimed_at: float) -> None:
         try:
-            await self.run_job(job, worker_id)
+            await self.run_job(job, worker_id, claimed_at=claimed_at)
         except Exception:  # a bug in one job must not kill the worker
             log.exception("job.crashed", job_id=job.id)
 
-    async def run_job(self, job: Job, worker_id: str) -> AgentResult:
+    async def run_job(self, job: Job, worker_id: str, *, claimed_at: float | None = None) -> AgentResult:
         structlog.contextvars.bind_contextvars(job_id=job.id, project_id=job.project_id)
         started = time.monotonic()
         try:
@@ -253,7 +257,7 @@ class Runner:
             except AgentdError as e:
                 result = AgentResult(status="failed", error=e.message)
             else:
-                run = _Run(job, agent)
+                run = _Run(job, agent, leased_at=claimed_at if claimed_at is not None else time.monotonic())
                 self._active[job.id] = run
                 self._idle.clear()
                 # run.started / run.ended (wall clock, after the agent has stopped): what the fault suite
@@ -495,9 +499,9 @@ class Runner:
                 delay = min(delay * 2, 2.0)
 
     async def _watch(self, run: _Run, worker_id: str, run_over: asyncio.Event) -> None:
-        """Poll for cancel requests, renew the lease (fenced by the attempt), enforce the deadline."""
+        """Poll for cancel requests and for the job moving on, renew the lease (fenced by the attempt), stop
+        the run before a lease it could not renew ends, enforce the deadline."""
         job, agent = run.job, run.agent
-        last_beat = time.monotonic()
         deadline = time.monotonic() + job.request.timeout_s + SAFETY_GRACE_S
         cancelled = False
         while not run_over.is_set():
@@ -506,6 +510,11 @@ class Runner:
             if run_over.is_set() or run.superseded.is_set():
                 return
             now = time.monotonic()
+            if self.lease_s is not None and now - run.leased_at > self.lease_s - 2 * self.poll_s:
+                # Storage unreachable for about a lease: the job will go to another attempt. Stop first, so
+                # that two agents never work on one job.
+                await run.supersede("its lease could not be renewed (storage unreachable)")
+                return
             with contextlib.suppress(AgentdError):
                 if not cancelled:
                     current = await self.queue.get(job.project_id, job.id)
@@ -519,13 +528,14 @@ class Runner:
                         cancelled = True
                         log.info("job.cancelling", reason="requested")
                         await agent.cancel(run.run_id)
-                if now - last_beat >= self.heartbeat_s:
-                    last_beat = now
+                if time.monotonic() - run.leased_at >= self.heartbeat_s:
+                    sent = time.monotonic()
                     if not await self.queue.heartbeat(job.id, worker_id, attempt=job.attempts):
-                        # The fleet gave the job to another attempt (our lease expired, e.g. during a
-                        # network split or a clock jump): stop ours so that two agents never work on one job.
+                        # Our lease expired (a network split, a clock jump) or the job moved on: stop ours so
+                        # that two agents never work on one job.
                         await run.supersede("lease lost")
                         return
+                    run.leased_at = sent
             if now > deadline and not cancelled:
                 cancelled = True
                 log.warning("job.safety_timeout")

@@ -48,7 +48,12 @@ SECRET_ADAPTERS = [
     ),
 ]
 
-QUEUE_DEFAULTS: dict[str, Any] = {"lease_s": 30.0, "max_attempts": 3, "retry_base_s": 0.2}
+QUEUE_DEFAULTS: dict[str, Any] = {
+    "lease_s": 30.0,
+    "max_attempts": 3,
+    "retry_base_s": 0.2,
+    "requeue_delay_s": 0.0,
+}
 STREAM_DEFAULTS: dict[str, Any] = {"retention_s": 0.2, "buffer": 50}
 
 QueueFactory = Callable[..., Awaitable[WorkQueue]]

@@ -368,3 +368,17 @@ async def test_an_expired_lease_is_never_renewed(make_queue: QueueFactory) -> No
     await asyncio.sleep(0.3)  # no sweep yet: the job still says running
     assert (await queue.get("p", job.id)).status == JobStatus.running
     assert not await queue.heartbeat(job.id, "w", attempt=1)
+
+
+async def test_a_job_whose_lease_expired_waits_before_its_next_attempt(make_queue: QueueFactory) -> None:
+    queue = await make_queue(lease_s=0.1, requeue_delay_s=0.6)
+    job = await put(queue)
+    await claim(queue)
+    await asyncio.sleep(0.2)
+    assert [j.id for j in await queue.recover()] == [job.id]
+    # The run that held it may still be alive (a clock jump): it gets time to notice and stop first.
+    assert await claim_one(queue) is None
+    await asyncio.sleep(0.7)
+    assert (await claim(queue)).attempts == 2
+    await queue.recover(all_running=True)  # its process is known gone: no wait
+    assert (await claim(queue)).attempts == 3

@@ -24,7 +24,7 @@ from agentd.adapters.embedded.database import SqliteDatabase
 from agentd.adapters.embedded.sqlite_event_stream import SqliteEventStream
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
 from agentd.adapters.postgres import open_postgres
-from agentd.domain.errors import JobNotFound
+from agentd.domain.errors import JobNotFound, QueueUnavailable
 from agentd.domain.models import (
     AgentEvent,
     AgentRequest,
@@ -114,7 +114,9 @@ async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 
         async def open_sqlite() -> tuple[WorkQueue, EventStream]:
             db = SqliteDatabase(path)
-            return SqliteWorkQueue(db, retry_base_s=0.1), SqliteEventStream(db, poll_s=0.05)
+            return SqliteWorkQueue(db, retry_base_s=0.1, requeue_delay_s=0.3), SqliteEventStream(
+                db, poll_s=0.05
+            )
 
         async def expire_sqlite(job_id: str) -> None:
             with contextlib.closing(sqlite3.connect(path)) as db:
@@ -127,7 +129,7 @@ async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         dsn = str(request.getfixturevalue("pg_dsn"))
 
         async def open_pg() -> tuple[WorkQueue, EventStream]:
-            return await open_postgres(dsn, retry_base_s=0.1, pool_size=4)
+            return await open_postgres(dsn, retry_base_s=0.1, requeue_delay_s=0.3, pool_size=4)
 
         async def expire_pg(job_id: str) -> None:
             async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
@@ -300,3 +302,32 @@ async def test_slow_storage_holds_the_agent_back_instead_of_buffering_its_output
         await runner.stop(1)
     assert agent.yielded == 30
     assert ahead <= 2, f"the runner read {ahead} events ahead of storage"
+
+
+async def test_a_run_that_cannot_renew_its_lease_stops_before_the_lease_ends(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    agent = Ticker(ticks=10_000)
+    runner = runner_for(storage.queue, storage.streams, agent, lease_s=1.0, heartbeat_s=0.2)
+    service = JobService(storage.queue, storage.streams, runner.registry, runner)
+    await runner.start()
+    try:
+        job, _ = await service.submit(AgentRequest(project_id="p", prompt="x"))
+        await until(lambda: agent.yielded >= 2, "the run to tick")
+
+        async def down(*_: Any, **__: Any) -> Any:
+            raise QueueUnavailable("storage is down (test)")
+
+        t0 = time.monotonic()
+        monkeypatch.setattr(storage.queue, "get", down)
+        monkeypatch.setattr(storage.queue, "heartbeat", down)
+        await until(lambda: f"{job.id}.1" in agent.cancelled, "the run to stop itself", timeout=5)
+        assert time.monotonic() - t0 < 1.0  # before its lease (1 s from the last renewal) ends
+        await until(lambda: agent.live[job.id] == 0, "the agent to end")
+        monkeypatch.undo()
+        assert (
+            await storage.queue.get("p", job.id)
+        ).result is None  # no result from a run that lost its lease
+    finally:
+        monkeypatch.undo()
+        await runner.stop(1)

@@ -28,6 +28,7 @@ from agentd.adapters.queue_policy import (
     lost_reason,
     project_busy,
     request_hash,
+    requeue_delay,
     retries,
 )
 from agentd.domain.errors import JobNotFound
@@ -92,10 +93,12 @@ class SqliteWorkQueue(WorkQueue):
         lease_s: float = 30.0,
         max_attempts: int = 3,
         retry_base_s: float = 2.0,
+        requeue_delay_s: float | None = None,
     ) -> None:
         self.db = path if isinstance(path, SqliteDatabase) else SqliteDatabase(path)
         self.db.acquire()
         self.lease_s = lease_s
+        self.requeue_delay_s = requeue_delay(lease_s, requeue_delay_s)
         self.max_attempts = max_attempts
         self.retry_base_s = retry_base_s
         self._wake = WakeUps()
@@ -289,7 +292,11 @@ class SqliteWorkQueue(WorkQueue):
                         },
                     )
                 else:
-                    db.execute(Q["requeue_lost"], {"id": r["id"], "error": lost_error(reason)})
+                    run_after = 0.0 if all_running else time.time() + self.requeue_delay_s
+                    db.execute(
+                        Q["requeue_lost"],
+                        {"id": r["id"], "error": lost_error(reason), "run_after": run_after},
+                    )
             return [_job(db, r["id"]) for r in rows]
 
         jobs = await self.db.run(op)

@@ -32,6 +32,7 @@ from agentd.adapters.queue_policy import (
     lost_reason,
     project_busy,
     request_hash,
+    requeue_delay,
     wants_retry,
 )
 from agentd.domain.errors import JobNotFound
@@ -83,9 +84,11 @@ class PostgresWorkQueue(WorkQueue):
         lease_s: float = 30.0,
         max_attempts: int = 3,
         retry_base_s: float = 2.0,
+        requeue_delay_s: float | None = None,
     ) -> None:
         self.db = db
         self.lease_s = lease_s
+        self.requeue_delay_s = requeue_delay(lease_s, requeue_delay_s)
         self.max_attempts = max_attempts
         self.retry_base_s = retry_base_s
         self._wake = WakeUps()
@@ -248,7 +251,14 @@ class PostgresWorkQueue(WorkQueue):
         return [row_to_job(r) for r in rows]
 
     async def recover(self, *, all_running: bool = False) -> list[Job]:
-        rows = await self._all("recover", {"all_running": all_running, "reason": lost_reason(all_running)})
+        rows = await self._all(
+            "recover",
+            {
+                "all_running": all_running,
+                "reason": lost_reason(all_running),
+                "delay_s": 0.0 if all_running else self.requeue_delay_s,
+            },
+        )
         return [row_to_job(r) for r in rows]
 
     async def release(self, job_id: str, attempt: int, reason: str) -> Job | None:

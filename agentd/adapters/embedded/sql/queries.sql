@@ -83,7 +83,9 @@ SELECT id, attempts, max_attempts FROM jobs
  ORDER BY seq;
 
 -- name: requeue_lost
-UPDATE jobs SET status = 'queued', worker_id = NULL, lease_expires_at = NULL, run_after = 0,
+-- `run_after`: a lease that expired under a live run (a clock jump) gives that run time to notice and stop
+-- before the next attempt may start.
+UPDATE jobs SET status = 'queued', worker_id = NULL, lease_expires_at = NULL, run_after = :run_after,
                 last_error = :error
  WHERE id = :id;
 

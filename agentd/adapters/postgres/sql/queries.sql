@@ -119,7 +119,8 @@ SELECT * FROM agentd_jobs
 
 -- name: recover
 -- Running jobs whose lease expired (or all running jobs) go back to the queue, or fail for good once they
--- used their attempts. One wake-up when something was re-queued.
+-- used their attempts. One wake-up when something was re-queued. `delay_s` (queue_policy.requeue_delay):
+-- the run that held an expired lease, should it still be alive, stops before the next attempt may start.
 WITH lost AS (
     SELECT id FROM agentd_jobs
      WHERE status = 'running' AND (%(all_running)s OR lease_expires_at < now())
@@ -132,7 +133,7 @@ WITH lost AS (
             'status', 'failed',
             'error', format('worker lost (%%s) %%s times; giving up', %(reason)s::text, j.attempts)) END,
         last_error = format('worker lost (%%s)', %(reason)s::text),
-        run_after = now(), worker_id = NULL, lease_expires_at = NULL
+        run_after = now() + make_interval(secs => %(delay_s)s), worker_id = NULL, lease_expires_at = NULL
     FROM lost WHERE j.id = lost.id
     RETURNING j.*
 ), wake AS (
