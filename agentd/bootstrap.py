@@ -102,8 +102,8 @@ def build_agents(settings: Settings) -> list[CodeAgent]:
 
 async def open_storage(settings: Settings) -> tuple[WorkQueue, EventStream]:
     """PostgreSQL when AGENTD_DATABASE_URL is set, else the embedded SQLite queue and event log (one file in
-    the data dir: a restart serves every stream, replay included). A stream is kept for AGENTD_STREAM_RETENTION_S
-    after its job ends, never longer than its job (AGENTD_JOB_RETENTION_S)."""
+    the data dir: a restart serves every stream, replay included). A stream is kept for
+    AGENTD_STREAM_RETENTION_S after its job ends, never longer than its job (AGENTD_JOB_RETENTION_S)."""
     retention_s = min(settings.stream_retention_s, settings.job_retention_s)
     if settings.database_url:
         from agentd.adapters.postgres import open_postgres
