@@ -98,7 +98,7 @@ def table(rows: list[Row]) -> str:
     cols = ["scenario", "trials", "jobs lost", "run twice", "interleaved", "ghost running", "orphans"]
     out = ["| " + " | ".join([*cols, "worst recovery"]) + " |", "|" + "---|" * 8]
     for r in rows:
-        rec = f"{r.worst_recovery_s:.1f} s" + (f" (≤ {r.limit_s:g} s)" if r.limit_s else "")
+        rec = f"{r.worst_recovery_s:.2f} s" + (f" (≤ {r.limit_s:g} s)" if r.limit_s else "")
         out.append(
             f"| {r.scenario} | {r.trials} | {r.lost} | {r.twice} | {r.interleaved} | {r.ghost} | {r.orphans} "
             f"| {rec} |"
