@@ -59,6 +59,7 @@ class _Run:
     agent: CodeAgent
     leased_at: float = field(default_factory=time.monotonic)  # before the call that last set the lease
     superseded: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)  # the agent has stopped
     why: str = ""
 
     @property
@@ -145,8 +146,8 @@ class Runner:
         if self._active:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), grace_s)
-        for run in list(self._active.values()):
-            await self._hand_back(run)
+        if self._active:
+            await asyncio.gather(*(self._hand_back(run) for run in list(self._active.values())))
         everything = self._tasks + list(self._running)
         _, pending = await asyncio.wait(everything, timeout=SAFETY_GRACE_S) if everything else ((), ())
         for t in pending:
@@ -156,26 +157,36 @@ class Runner:
         self._tasks.clear()
 
     async def _hand_back(self, run: _Run) -> None:
-        """Shutdown: the job goes back to the queue for its next attempt; this run stops, output dropped."""
+        """Shutdown: stop the run (its output dropped, no result stored) and, once its agent has stopped, give
+        the job back to the queue for its next attempt: never two agents on one job, not even briefly."""
         job = run.job
         try:
             async with asyncio.timeout(10):
-                released = await self.queue.release(job.id, job.attempts, SHUTDOWN_REASON)
-        except (AgentdError, TimeoutError) as e:
-            # Storage down: stop the run without a result; its lease expires and the sweeper re-queues it.
-            log.error("job.hand_back_failed", job_id=job.id, error=str(e))
-            await run.supersede(f"{SHUTDOWN_REASON} (storage unreachable; the lease will expire)")
-            return
-        if released is None and not run.superseded.is_set():
-            # Not handed back: a user asked to cancel it (or it moved on already). Stop it; a cancelled run's
-            # result is stored as usual.
+                current: Job | None = await self.queue.get(job.project_id, job.id)
+        except (AgentdError, TimeoutError):
+            current = None
+        if current is not None and current.cancel_requested:
+            # A user asked to cancel it: it ends cancelled, as usual.
             log.warning("job.cancel_on_shutdown", job_id=job.id)
             with contextlib.suppress(Exception):
                 await run.agent.cancel(run.run_id)
             return
+        await run.supersede(SHUTDOWN_REASON)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run.ended.wait(), SUPERSEDED_GRACE_S * 3)
+        try:
+            async with asyncio.timeout(10):
+                released = await self.queue.release(job.id, job.attempts, SHUTDOWN_REASON)
+        except (AgentdError, TimeoutError) as e:
+            # Storage down: its lease expires and a sweeper re-queues it.
+            log.error("job.hand_back_failed", job_id=job.id, error=str(e), then="the lease will expire")
+            return
+        if released is None:
+            # It moved on already, or a cancel request came in meanwhile: its lease ends it.
+            log.warning("job.hand_back_refused", job_id=job.id, attempt=job.attempts)
+            return
         log.warning("job.handed_back", job_id=job.id, attempt=job.attempts, reason=SHUTDOWN_REASON)
         await self._say_requeued(job, SHUTDOWN_REASON)
-        await run.supersede(SHUTDOWN_REASON)
 
     async def _say_requeued(self, job: Job, reason: str) -> None:
         """The one `requeued` event of a run that lost its job (bounded: never blocks a shutdown or sweep)."""
@@ -269,6 +280,7 @@ class Runner:
                     log.info(
                         "run.ended", run_id=job.run_id, at=time.time(), superseded=run.superseded.is_set()
                     )
+                    run.ended.set()
                     self._active.pop(job.id, None)
                     if not self._active:
                         self._idle.set()

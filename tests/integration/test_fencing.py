@@ -51,8 +51,8 @@ class Ticker(CodeAgent):
 
     name = "ticker"
 
-    def __init__(self, ticks: int = 40, tick_s: float = 0.03) -> None:
-        self.ticks, self.tick_s = ticks, tick_s
+    def __init__(self, ticks: int = 40, tick_s: float = 0.03, stop_s: float = 0.0) -> None:
+        self.ticks, self.tick_s, self.stop_s = ticks, tick_s, stop_s  # stop_s: how long a cancel takes
         self.started: list[str] = []
         self.cancelled: list[str] = []
         self.live: Counter[str] = Counter()
@@ -85,6 +85,7 @@ class Ticker(CodeAgent):
         try:
             for i in range(int(request.prompt) if request.prompt.isdigit() else self.ticks):
                 if stop.is_set():
+                    await asyncio.sleep(self.stop_s)  # a CLI that takes its time to exit
                     yield DoneEvent(status="cancelled", error="cancelled by request")
                     return
                 self.yielded += 1
@@ -248,6 +249,28 @@ async def test_shutdown_hands_running_jobs_back_and_the_next_process_runs_them(s
     assert [s for s, _ in statuses].count("requeued") == 1
     assert ("requeued", "attempt 1: worker shutting down") in statuses
     assert not any(isinstance(e.event, DoneEvent) and e.event.status == "cancelled" for e in events)
+
+
+async def test_a_handed_back_job_starts_elsewhere_only_after_its_run_has_stopped(storage: Storage) -> None:
+    agent = Ticker(ticks=10_000, stop_s=0.5)  # one agent object seen by both processes: it counts overlaps
+    runner = runner_for(storage.queue, storage.streams, agent)
+    service = JobService(storage.queue, storage.streams, runner.registry, runner)
+    await runner.start()
+    q2, s2 = await storage.reopen()
+    storage.opened.append((q2, s2))
+    # Another worker, idle, waiting for work. (On SQLite a second process would recover every running job at
+    # its start: the data dir lock rules that out in agentd; here it only plays a second worker.)
+    q2.recover_all_at_start = False
+    other = runner_for(q2, s2, agent)
+    job, _ = await service.submit(AgentRequest(project_id="p", prompt="x"))
+    await until(lambda: agent.yielded >= 2, "the run to tick")
+    await other.start()
+    try:
+        await runner.stop(grace_s=0.1)  # a deploy: the job is handed back to the other worker
+        await until(lambda: f"{job.id}.2" in agent.started, "the other worker to run it")
+    finally:
+        await other.stop(0.1)
+    assert agent.most_at_once[job.id] == 1
 
 
 async def test_finished_jobs_are_purged_after_their_retention(storage: Storage) -> None:
