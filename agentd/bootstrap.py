@@ -8,12 +8,14 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
-from agentd.adapters.claude_code.agent import ClaudeCodeAgent, ClaudeCodeConfig, reap_stale
+from agentd.adapters.agent_process import reap_orphans
+from agentd.adapters.claude_code.agent import ClaudeCodeAgent, ClaudeCodeConfig
 from agentd.adapters.embedded.sqlite_event_stream import SqliteEventStream
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
 from agentd.adapters.http.app import ApiConfig, create_app
 from agentd.adapters.memory.memory_secret_store import MemorySecretStore
 from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
+from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig
 from agentd.config import ConfigError, Settings, load_master_key, service_secrets
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
@@ -53,7 +55,7 @@ class Container:
 
     async def start(self) -> None:
         if self.runner is not None:
-            reaped = reap_stale()
+            reaped = reap_orphans()  # what runs of a crashed agentd left behind
             if reaped:
                 log.warning("agentd.reaped_orphans", count=reaped)
             await self.runner.start()
@@ -82,15 +84,27 @@ def claude_config(settings: Settings) -> ClaudeCodeConfig:
     )
 
 
+def opencode_config(settings: Settings) -> OpenCodeConfig:
+    return OpenCodeConfig(
+        data_dir=settings.data_dir,
+        binary=settings.opencode_bin,
+        url=settings.opencode_url or None,
+        password=settings.opencode_password.get_secret_value() if settings.opencode_password else None,
+        mode=settings.opencode_mode,
+        idle_timeout_s=settings.opencode_idle_timeout_s,
+        username=settings.opencode_username,
+        passthrough=settings.opencode_env_passthrough,
+        permission_reply=settings.opencode_permission_reply,
+    )
+
+
 def build_agents(settings: Settings) -> list[CodeAgent]:
     agents: list[CodeAgent] = []
     for name in settings.providers:
         if name == "claude-code":
             agents.append(ClaudeCodeAgent(claude_config(settings)))
         elif name == "opencode":
-            from agentd.adapters.opencode import build_opencode_agent
-
-            agents.append(build_opencode_agent(settings))
+            agents.append(OpenCodeAgent(opencode_config(settings)))
         elif name == "scripted":
             agents.append(ScriptedCodeAgent())
         else:

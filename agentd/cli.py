@@ -237,7 +237,6 @@ def _worker(settings: Settings) -> int:
 
 
 async def _run_worker(settings: Settings) -> int:
-    from agentd.adapters.claude_code.agent import reap_stale
     from agentd.bootstrap import build
     from agentd.domain.errors import AgentdError
 
@@ -251,7 +250,6 @@ async def _run_worker(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
-    reap_stale()
     await container.start()
     log.info("agentd.worker_started", workers=settings.workers, providers=container.registry.names())
     await stop.wait()

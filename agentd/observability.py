@@ -76,7 +76,7 @@ class PrometheusMetrics(Metrics):
         )
         self.jobs_finished = Counter(
             "agentd_jobs_finished",
-            "Runs ended by this process, by final status.",
+            "Jobs that reached a final status in this process.",
             ["provider", "status"],
             registry=r,
         )
@@ -88,14 +88,14 @@ class PrometheusMetrics(Metrics):
         )
         self.run_duration = Histogram(
             "agentd_job_run_duration_seconds",
-            "Start to end of a run, by final status.",
+            "Start to end of one attempt, by its result.",
             ["provider", "status"],
             buckets=_RUN_BUCKETS,
             registry=r,
         )
         self.submit_to_start = Histogram(
             "agentd_job_submit_to_start_seconds",
-            "Time a job waited in the queue before a worker started it.",
+            "Submission to the start of an attempt (queue wait).",
             ["provider"],
             buckets=_WAIT_BUCKETS,
             registry=r,
@@ -163,17 +163,19 @@ class PrometheusMetrics(Metrics):
     def job_submitted(self, provider: str) -> None:
         self.jobs_submitted.labels(provider).inc()
 
-    def job_started(self, provider: str, *, since_submit_s: float) -> None:
+    def run_started(self, provider: str, *, since_submit_s: float) -> None:
         self.jobs_running.labels(provider).inc()
         self.submit_to_start.labels(provider).observe(max(0.0, since_submit_s))
+
+    def run_ended(self, provider: str, status: str, *, run_s: float) -> None:
+        self.jobs_running.labels(provider).dec()
+        self.run_duration.labels(provider, status).observe(max(0.0, run_s))
 
     def first_event(self, provider: str, *, since_submit_s: float) -> None:
         self.submit_to_first_event.labels(provider).observe(max(0.0, since_submit_s))
 
-    def job_finished(self, provider: str, status: str, *, run_s: float) -> None:
-        self.jobs_running.labels(provider).dec()
+    def job_finished(self, provider: str, status: str) -> None:
         self.jobs_finished.labels(provider, status).inc()
-        self.run_duration.labels(provider, status).observe(max(0.0, run_s))
 
     def job_retried(self, provider: str) -> None:
         self.jobs_retried.labels(provider).inc()

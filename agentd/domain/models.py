@@ -123,6 +123,7 @@ class JobStatus(StrEnum):
 
 
 ResultStatus = Literal["succeeded", "failed", "cancelled", "timed_out"]
+Forced = Literal["cancelled", "timed_out"]  # agentd ended the run: cancel requested, or time ran out
 
 
 class AgentResult(BaseModel):
@@ -139,6 +140,51 @@ class AgentResult(BaseModel):
     cost_usd: float | None = None
     error: str | None = None
     retryable: bool = False
+
+    @classmethod
+    def ended(
+        cls,
+        *,
+        forced: Forced | None = None,
+        forced_reason: str | None = None,
+        error: str | None = None,
+        aborted: str | None = None,
+        exit_code: int | None = None,
+        **fields: Any,
+    ) -> AgentResult:
+        """The result of a run that ended: its status from `run_status`, its error to match.
+
+        `forced` is "cancelled" or "timed_out" when agentd stopped the run (`forced_reason` says why);
+        `error` is the provider's failure, if any; `aborted` says why the run was aborted on the
+        provider's side (not by agentd).
+        """
+        status = run_status(forced=forced, error=error, aborted=aborted is not None, exit_code=exit_code)
+        if forced is not None and status in ("cancelled", "timed_out"):
+            why: str | None = forced_reason or ("cancelled" if status == "cancelled" else "timed out")
+        elif status == "failed":
+            why = error or f"the agent exited with code {exit_code}"
+        else:
+            why = aborted if status == "cancelled" else None
+        return cls(status=status, error=why, exit_code=exit_code, **fields)
+
+
+def run_status(
+    *, forced: Forced | None, error: str | None, aborted: bool = False, exit_code: int | None = None
+) -> ResultStatus:
+    """How a run ended, first rule first: agentd cancelled it or its time ran out (whatever the agent
+    said afterwards); the agent reported an error; the run was aborted on the agent's side; the agent
+    exited with a code other than 0; otherwise it succeeded (no exit code: a server-side run)."""
+    if forced == "cancelled":
+        return "cancelled"
+    if forced == "timed_out":
+        return "timed_out"
+    if error is not None:
+        return "failed"
+    if aborted:
+        return "cancelled"
+    if exit_code not in (0, None):
+        return "failed"
+    return "succeeded"
 
 
 # --- events -------------------------------------------------------------------------------------------

@@ -15,8 +15,14 @@ class Metrics(Protocol):
     def job_submitted(self, provider: str) -> None: ...
 
     @abstractmethod
-    def job_started(self, provider: str, *, since_submit_s: float) -> None:
-        """A worker began running a job (claimed and handed to the agent); counts it as running."""
+    def run_started(self, provider: str, *, since_submit_s: float) -> None:
+        """A worker began an attempt (claimed the job and handed it to the agent): one more running."""
+        ...
+
+    @abstractmethod
+    def run_ended(self, provider: str, status: str, *, run_s: float) -> None:
+        """An attempt ended, whatever comes next (final, retried, superseded): one less running. `status`
+        is the attempt's own result (succeeded, failed, cancelled, timed_out)."""
         ...
 
     @abstractmethod
@@ -25,8 +31,8 @@ class Metrics(Protocol):
         ...
 
     @abstractmethod
-    def job_finished(self, provider: str, status: str, *, run_s: float) -> None:
-        """A run ended with a final status (succeeded, failed, cancelled, timed_out); no longer running."""
+    def job_finished(self, provider: str, status: str) -> None:
+        """A job reached its final status (succeeded, failed, cancelled, timed_out): once per job."""
         ...
 
     @abstractmethod
@@ -81,13 +87,16 @@ class _NoMetrics(Metrics):
     def job_submitted(self, provider: str) -> None:
         pass
 
-    def job_started(self, provider: str, *, since_submit_s: float) -> None:
+    def run_started(self, provider: str, *, since_submit_s: float) -> None:
+        pass
+
+    def run_ended(self, provider: str, status: str, *, run_s: float) -> None:
         pass
 
     def first_event(self, provider: str, *, since_submit_s: float) -> None:
         pass
 
-    def job_finished(self, provider: str, status: str, *, run_s: float) -> None:
+    def job_finished(self, provider: str, status: str) -> None:
         pass
 
     def job_retried(self, provider: str) -> None:

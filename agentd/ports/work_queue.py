@@ -123,8 +123,8 @@ class WorkQueue(Protocol):
         ...
 
     @abstractmethod
-    async def list_jobs(self, project_id: str, flt: JobFilter | None = None) -> list[Job]:
-        """Newest first."""
+    async def list_jobs(self, project_id: str | None, flt: JobFilter | None = None) -> list[Job]:
+        """Newest first; `project_id` None lists the jobs of every project."""
         ...
 
     @abstractmethod

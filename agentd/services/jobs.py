@@ -76,7 +76,8 @@ class JobService:
     async def get(self, project_id: str, job_id: str) -> Job:
         return await self.queue.get(project_id, job_id)
 
-    async def list_jobs(self, project_id: str, flt: JobFilter) -> list[Job]:
+    async def list_jobs(self, project_id: str | None, flt: JobFilter) -> list[Job]:
+        """A project's jobs, newest first; with `project_id` None, every project's."""
         return await self.queue.list_jobs(project_id, flt)
 
     async def subscribe(

@@ -118,6 +118,23 @@ async def test_list_newest_first_with_paging(queue: WorkQueue) -> None:
     assert await queue.list_jobs("p", JobFilter(before="job_unknown")) == []
 
 
+async def test_list_across_projects(queue: WorkQueue) -> None:
+    """project_id None: every project's jobs, newest first, with the same filters and paging."""
+    a = await put(queue, project="pa", provider="alpha")
+    b = await put(queue, project="pb", provider="beta")
+    c = await put(queue, project="pc", provider="alpha")
+    assert [j.id for j in await queue.list_jobs(None)] == [c.id, b.id, a.id]
+    assert [j.project_id for j in await queue.list_jobs(None)] == ["pc", "pb", "pa"]
+    assert [j.id for j in await queue.list_jobs(None, JobFilter(provider="alpha"))] == [c.id, a.id]
+    page1 = await queue.list_jobs(None, JobFilter(limit=2))
+    page2 = await queue.list_jobs(None, JobFilter(limit=2, before=page1[-1].id))
+    assert [j.id for j in page1 + page2] == [c.id, b.id, a.id]
+    assert (await claim(queue)).id == a.id
+    running = await queue.list_jobs(None, JobFilter(status=JobStatus.running))
+    assert [j.id for j in running] == [a.id]
+    assert [j.id for j in await queue.list_jobs("pb")] == [b.id]
+
+
 async def test_list_filters(queue: WorkQueue) -> None:
     early = await put(queue, provider="alpha")
     middle = await put(queue, provider="beta")

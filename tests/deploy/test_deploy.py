@@ -283,7 +283,7 @@ def test_kubernetes_promises(rendered: list[dict[str, Any]]) -> None:
     policies = [o for o in rendered if o["kind"] == "NetworkPolicy"]
     assert any(p["spec"]["podSelector"] == {} and p["spec"]["policyTypes"] == ["Ingress"] for p in policies)
     secret_keys = set(objects[("Secret", "agentd-secrets")]["data"])
-    assert {"AGENTD_API_KEY", "AGENTD_DATABASE_URL"} <= secret_keys
+    assert {"AGENTD_API_KEY", "AGENTD_DATABASE_URL", "AGENTD_MASTER_KEY"} <= secret_keys
     assert "kubernetes/secrets.env" in (ROOT / ".gitignore").read_text().replace("deploy/", "")
 
 

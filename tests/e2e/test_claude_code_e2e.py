@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agentd.adapters.claude_code import process
+import agentd.adapters.agent_process as process
 from agentd.client import StreamItem
 from agentd.config import Settings
 from agentd.sse import aiter_sse

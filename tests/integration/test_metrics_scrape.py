@@ -83,6 +83,8 @@ async def test_metrics_count_a_job_that_ran_and_its_logs_carry_the_request_id(tm
     assert _value(got, "agentd_job_submit_to_first_event_seconds_count", **provider) == 1
     published = sum(v for (name, _), v in got.items() if name == "agentd_events_published_total")
     assert published == len(events)
+    assert _value(got, "agentd_streams_open") == 0  # the one SSE response ended: open/close balanced
+    assert _value(got, "agentd_stream_subscribers") == 0
     assert _value(got, "agentd_queue_stats_up") == 1
     assert _value(got, "agentd_queue_depth", **provider) == 0
     route = {"method": "POST", "route": "/projects/{project_id}/jobs"}

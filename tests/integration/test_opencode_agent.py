@@ -15,13 +15,15 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from agentd.adapters.opencode import FileAttachment, OpenCodeAgent, OpenCodeConfig, RunOptions, procs
+import agentd.adapters.agent_process as procs
+from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig, RunOptions
 from agentd.adapters.opencode.client import OpenCodeHTTPError
 from agentd.domain.models import (
     AgentEvent,
     AgentRequest,
     DoneEvent,
     ErrorEvent,
+    PromptFile,
     SessionEvent,
     StatusEvent,
     TextEvent,
@@ -98,10 +100,9 @@ def _cmdline(pid: int) -> str:
 
 
 async def collect(agent: OpenCodeAgent, prompt: str, **kw: Any) -> list[AgentEvent]:
-    files = kw.pop("files", ())
     run_id = kw.pop("run_id", None) or uuid.uuid4().hex
     req = AgentRequest(project_id=kw.pop("project_id", "p1"), prompt=prompt, **kw)
-    events = [ev async for ev in agent.execute(req, run_id=run_id, files=files)]
+    events = [ev async for ev in agent.execute(req, run_id=run_id)]
     check_stream(events)
     return events
 
@@ -276,7 +277,7 @@ async def test_continue_a_session(oc: OC) -> None:
 
 async def test_files_model_and_bad_model(oc: OC) -> None:
     (oc.workspace() / "notes.txt").write_text("file content QRS-7\n")
-    files = [FileAttachment(path="notes.txt"), FileAttachment(content="inline XYZ-42", filename="inline.txt")]
+    files = (PromptFile(path="notes.txt"), PromptFile(content="inline XYZ-42", filename="inline.txt"))
     events = await collect(oc.agent, "SCENARIO:text files", files=files, model="fake/fake-model")
     assert done(events).status == "succeeded"
     sent = json.dumps(oc.fake.requests[-1].body["messages"])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agentd.adapters.opencode import procs
+import agentd.adapters.agent_process as procs
 from agentd.adapters.opencode.client import OpenCodeClient, OpenCodeUnavailable
 from agentd.adapters.opencode.server import ManagedServer, ServerConfig
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from agentd.adapters.agent_process import LineFramer
 from agentd.adapters.claude_code import protocol as p
-from agentd.adapters.claude_code.process import LineFramer
 from agentd.domain.models import AgentEvent, AgentResult, TextEvent
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "claude_code"

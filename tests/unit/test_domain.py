@@ -9,10 +9,12 @@ from agentd.domain.models import (
     AgentRequest,
     AgentResult,
     DoneEvent,
+    Forced,
     JobStatus,
     OutputEvent,
     TextEvent,
     event_from_data,
+    run_status,
 )
 
 
@@ -134,3 +136,40 @@ def test_prompt_files_and_mentions() -> None:
         mentions=["reviewer"],
     )
     assert r.files[0].path == "src/a.py" and r.files[1].content == "hi" and r.mentions == ("reviewer",)
+
+
+@pytest.mark.parametrize(
+    ("forced", "error", "aborted", "exit_code", "status"),
+    [
+        ("cancelled", "model error", True, 1, "cancelled"),  # agentd's stop wins over what followed
+        ("timed_out", "model error", False, 137, "timed_out"),
+        (None, "model error", True, 0, "failed"),  # a reported error wins over an abort and exit 0
+        (None, None, True, 1, "cancelled"),  # aborted on the agent's side
+        (None, None, False, 2, "failed"),  # a non-zero exit without a reason
+        (None, None, False, 0, "succeeded"),
+        (None, None, False, None, "succeeded"),  # a server-side run has no exit code
+    ],
+)
+def test_run_status_precedence(
+    forced: Forced | None, error: str | None, aborted: bool, exit_code: int | None, status: str
+) -> None:
+    assert run_status(forced=forced, error=error, aborted=aborted, exit_code=exit_code) == status
+
+
+def test_ended_result_says_why() -> None:
+    cancelled = AgentResult.ended(forced="cancelled", forced_reason="cancelled by request", error="x")
+    assert (cancelled.status, cancelled.error) == ("cancelled", "cancelled by request")
+    assert AgentResult.ended(forced="timed_out").error == "timed out"
+    failed = AgentResult.ended(exit_code=3, duration_ms=5, result="partial")
+    assert (failed.status, failed.error, failed.exit_code, failed.result) == (
+        "failed",
+        "the agent exited with code 3",
+        3,
+        "partial",
+    )
+    aborted = AgentResult.ended(aborted="aborted in the agent", exit_code=0)
+    assert (aborted.status, aborted.error) == ("cancelled", "aborted in the agent")
+    ok = AgentResult.ended(exit_code=0, session_id="s", retryable=True)
+    assert (ok.status, ok.error, ok.session_id) == ("succeeded", None, "s")
+    done = DoneEvent.from_result(failed)
+    assert done.to_result() == failed and done.status == "failed"

@@ -79,12 +79,13 @@ async def test_a_scrape_reports_what_the_services_reported(aiohttp_client: Clien
     port: Metrics = metrics  # what the services see
     for _ in range(2):
         port.job_submitted("claude-code")
-    port.job_started("claude-code", since_submit_s=0.3)
+    port.run_started("claude-code", since_submit_s=0.3)
     port.first_event("claude-code", since_submit_s=1.2)
     port.events_published("text", 5)
     port.events_published("done")
-    port.job_finished("claude-code", "succeeded", run_s=42.0)
-    port.job_started("opencode", since_submit_s=0.1)  # still running
+    port.run_ended("claude-code", "succeeded", run_s=42.0)
+    port.job_finished("claude-code", "succeeded")
+    port.run_started("opencode", since_submit_s=0.1)  # still running
     port.job_retried("opencode")
     port.provider_error("opencode", "rate_limited")
     port.lease_recovered(2)

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig, opencode_config
+from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig
 from agentd.adapters.opencode.cli_mode import build_argv
-from agentd.adapters.opencode.prompt import FileAttachment, new_id, prompt_body, session_title, split_model
+from agentd.adapters.opencode.prompt import new_id, prompt_body, session_title, split_model
 from agentd.adapters.opencode.server import ServerConfig
+from agentd.bootstrap import opencode_config
 from agentd.config import Settings
-from agentd.domain.models import AgentRequest
+from agentd.domain.models import AgentRequest, PromptFile
 
 
 def test_ids_sort_like_opencodes_own() -> None:
@@ -41,7 +42,7 @@ def test_prompt_body_parts(tmp_path: Path) -> None:
         message_id="msg_1",
         model="p/m",
         agent="plan",
-        files=[FileAttachment(path="a.py"), FileAttachment(content="hi", filename="n.md")],
+        files=[PromptFile(path="a.py"), PromptFile(content="hi", filename="n.md")],
         mentions=["explore"],
     )
     assert body["messageID"] == "msg_1" and body["agent"] == "plan"
@@ -57,8 +58,6 @@ def test_prompt_body_parts(tmp_path: Path) -> None:
     assert inline["url"] == "data:text/markdown;base64," + base64.b64encode(b"hi").decode()
     assert agent == {"type": "agent", "name": "explore"}
     assert "model" not in prompt_body("x", directory=tmp_path, message_id="msg_2")
-    with pytest.raises(ValueError):
-        FileAttachment().part(tmp_path)
 
 
 def test_session_title() -> None:
@@ -103,17 +102,29 @@ def test_cli_argv(tmp_path: Path) -> None:
         project_id="p", prompt="-starts with a dash", model="p/m", agent="plan", session_id="ses_1"
     )
     argv = build_argv("opencode", req, tmp_path, [tmp_path / "f.txt"], ["explore"])
-    assert argv[:4] == ["opencode", "run", "--format", "json"]
+    assert argv[:3] == ["opencode", "run", "--format=json"]
     assert argv[-2:] == ["--", "-starts with a dash @explore"]
-    for flag, value in (
-        ("--session", "ses_1"),
-        ("--model", "p/m"),
-        ("--agent", "plan"),
-        ("--dir", str(tmp_path)),
+    for word in (
+        "--session=ses_1",
+        "--model=p/m",
+        "--agent=plan",
+        f"--dir={tmp_path}",
+        f"--file={tmp_path}/f.txt",
     ):
-        assert argv[argv.index(flag) + 1] == value
+        assert word in argv
     new = build_argv("opencode", AgentRequest(project_id="p", prompt="hello"), tmp_path, [], [])
-    assert "--session" not in new and new[new.index("--title") + 1] == "hello"
+    assert not any(w.startswith("--session") for w in new) and "--title=hello" in new
+
+
+def test_cli_argv_keeps_hostile_values_attached_to_their_flag(tmp_path: Path) -> None:
+    """A model (or agent, or title) that looks like an option must stay the value of its own flag."""
+    req = AgentRequest(project_id="p", prompt="--dir=/etc", model="--dir=/etc", agent="--dir=/etc")
+    argv = build_argv("opencode", req, tmp_path, [], [])
+    options = argv[: argv.index("--")]
+    assert "--model=--dir=/etc" in options and "--agent=--dir=/etc" in options
+    assert "--title=--dir=/etc" in options
+    assert [w for w in options if w.startswith("--dir")] == [f"--dir={tmp_path}"]
+    assert argv[argv.index("--") + 1 :] == ["--dir=/etc"]  # the prompt, after the end of options
 
 
 def test_settings_map_to_the_config(tmp_path: Path) -> None:

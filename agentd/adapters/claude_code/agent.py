@@ -9,7 +9,6 @@ import shlex
 import shutil
 import signal
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Literal
 
 import structlog
 
-from agentd.adapters.claude_code import process, protocol
+import agentd.adapters.agent_process as ap
+from agentd.adapters.claude_code import protocol
 from agentd.domain.models import (
     AgentEvent,
     AgentRequest,
@@ -62,16 +62,7 @@ class ClaudeCodeConfig:
         return self.data_dir / "claude" / "tmp"
 
     def workspace(self, project_id: str) -> Path:
-        return self.data_dir / "workspaces" / project_id
-
-
-@dataclass
-class _Run:
-    run_id: str
-    proc: asyncio.subprocess.Process | None = None
-    forced: str | None = None  # "cancelled" | "timed_out"
-    reason: str | None = None
-    stopper: asyncio.Task[None] | None = None
+        return ap.workspace(self.data_dir, project_id)
 
 
 class ClaudeCodeAgent(CodeAgent):
@@ -79,7 +70,7 @@ class ClaudeCodeAgent(CodeAgent):
 
     def __init__(self, config: ClaudeCodeConfig) -> None:
         self.config = config
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, ap.AgentProcess] = {}
         self._version: str | None = None
 
     def capabilities(self) -> Capabilities:
@@ -95,25 +86,19 @@ class ClaudeCodeAgent(CodeAgent):
 
     # --- environment and command line -----------------------------------------------------------------
 
-    def build_env(self, run_id: str) -> dict[str, str]:
-        src = self.config.environ
-        env = {
-            "PATH": src.get("PATH", os.defpath),
-            "LANG": src.get("LANG", "C.UTF-8"),
-            "HOME": str(self.config.home),
-            "CLAUDE_CODE_TMPDIR": str(self.config.tmpdir),
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-            "DISABLE_AUTOUPDATER": "1",
-            "DISABLE_TELEMETRY": "1",
-        }
-        for k, v in src.items():
-            if k.startswith(PASS_PREFIXES) or k in PASS_NAMES:
-                env[k] = v
+    def build_env(self) -> dict[str, str]:
+        env = ap.pick_env(self.config.environ)
+        env.update(
+            HOME=str(self.config.home),
+            CLAUDE_CODE_TMPDIR=str(self.config.tmpdir),
+            CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+            DISABLE_AUTOUPDATER="1",
+            DISABLE_TELEMETRY="1",
+        )
+        env.update(ap.pick_env(self.config.environ, names=PASS_NAMES, prefixes=PASS_PREFIXES))
         # As root, bypassPermissions is refused unless the CLI is told it runs in a sandbox.
         if self.config.permission_mode == "bypassPermissions" and os.geteuid() == 0:
             env.setdefault("IS_SANDBOX", "1")
-        env[process.RUN_MARKER] = run_id
-        env[process.OWNER_MARKER] = str(os.getpid())
         return env
 
     def build_args(self, request: AgentRequest) -> tuple[list[str], bytes | None]:
@@ -141,7 +126,7 @@ class ClaudeCodeAgent(CodeAgent):
         self, request: AgentRequest, run_id: str
     ) -> tuple[list[str], dict[str, str], bytes | None]:
         args, stdin = self.build_args(request)
-        env = self.build_env(run_id)
+        env = self.build_env()
         cwd = self.config.workspace(request.project_id)
         if self.config.transport == "local":
             return [self.config.binary, *args], env, stdin
@@ -202,15 +187,8 @@ class ClaudeCodeAgent(CodeAgent):
             return Availability(available=True, detail=f"kubectl exec into {self.config.pod}")
         if self._version is None:
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    binary,
-                    "--version",
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    env=self.build_env("version-probe"),
-                )
-                out, _ = await asyncio.wait_for(proc.communicate(), 20)
-                self._version = out.decode(errors="replace").strip().split(" ")[0] or None
+                version = await ap.probe_version(binary, self.build_env())
+                self._version = version.split(" ")[0] if version else None
             except (OSError, TimeoutError) as e:
                 return Availability(available=False, detail=f"{binary} --version failed: {e}")
         return Availability(available=True, detail=binary, version=self._version)
@@ -221,185 +199,85 @@ class ClaudeCodeAgent(CodeAgent):
         run = self._runs.get(run_id)
         if run is None:
             return False
-        self._stop(run, "cancelled", "cancelled by request")
+        run.stop("cancelled", "cancelled by request")
         return True
 
-    def _stop(self, run: _Run, forced: str, reason: str) -> None:
-        if run.forced is None:
-            run.forced, run.reason = forced, reason
-        if run.stopper is None and run.proc is not None:
-            run.stopper = asyncio.create_task(self._escalate(run))
-
-    async def _escalate(self, run: _Run) -> None:
-        """SIGINT (the CLI writes its own result) → SIGTERM → SIGKILL of the whole tree."""
-        proc = run.proc
-        assert proc is not None
-        for sig, grace in (
-            (signal.SIGINT, self.config.sigint_grace_s),
-            (signal.SIGTERM, self.config.sigterm_grace_s),
-        ):
-            if proc.returncode is not None:
-                return
-            await self._signal(run, sig)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
-        if proc.returncode is None:
-            log.warning("claude.kill", run_id=run.run_id, pid=proc.pid)
-            process.kill_run_tree(proc.pid, run.run_id)
-
-    async def _signal(self, run: _Run, sig: int) -> None:
-        assert run.proc is not None
-        if self.config.transport == "kubectl":
-            pidfile = shlex.quote(self._remote_pidfile(run.run_id))
-            with contextlib.suppress(OSError):
-                p = await asyncio.create_subprocess_exec(
-                    *self._kubectl_sh(f"kill -{int(sig)} $(cat {pidfile})"),
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL,
-                )
-                await asyncio.wait_for(p.wait(), 10)
-            return
-        with contextlib.suppress(ProcessLookupError):
-            run.proc.send_signal(sig)
+    async def _kubectl_signal(self, run_id: str, sig: int) -> None:
+        """Signal the remote CLI through the pid file its shell wrote."""
+        pidfile = shlex.quote(self._remote_pidfile(run_id))
+        with contextlib.suppress(OSError, TimeoutError):
+            p = await asyncio.create_subprocess_exec(
+                *self._kubectl_sh(f"kill -{int(sig)} $(cat {pidfile})"),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            await asyncio.wait_for(p.wait(), 10)
 
     async def execute(
         self, request: AgentRequest, *, run_id: str, env: Mapping[str, str] | None = None
     ) -> AsyncIterator[AgentEvent]:
-        run = _Run(run_id=run_id)
+        cfg = self.config
+        signaller = None
+        if cfg.transport == "kubectl":
+            signaller = lambda sig: self._kubectl_signal(run_id, sig)  # noqa: E731
+        run = ap.AgentProcess(
+            run_id,
+            escalation=((signal.SIGINT, cfg.sigint_grace_s), (signal.SIGTERM, cfg.sigterm_grace_s)),
+            signaller=signaller,
+        )
         self._runs[run_id] = run
-        started = time.monotonic()
         state = protocol.StreamState()
-        stderr_tail: deque[str] = deque(maxlen=20)
-        cwd = self.config.workspace(request.project_id)
+        cwd = cfg.workspace(request.project_id)
         try:
-            for d in (cwd, self.config.home, self.config.tmpdir):
+            for d in (cwd, cfg.home, cfg.tmpdir):
                 d.mkdir(parents=True, exist_ok=True)
-            argv, env, stdin = self.build_argv(request, run_id)
+            argv, run_env, stdin = self.build_argv(request, run_id)
             try:
-                run.proc = await process.spawn(argv, cwd=cwd, env=env, stdin_data=stdin)
+                await run.spawn(argv, cwd=cwd, env=run_env, stdin_data=stdin)
             except OSError as e:
-                yield self._done(state, None, started, f"could not start {argv[0]!r}: {e}")
+                yield self._done(state, run, None, f"could not start {argv[0]!r}: {e}")
                 return
-            if run.forced:  # cancelled while starting
-                self._stop(run, run.forced, run.reason or "")
-            log.info("claude.started", run_id=run_id, pid=run.proc.pid, transport=self.config.transport)
-            yield StatusEvent(status="running", detail=f"claude pid {run.proc.pid}")
-            async for ev in self._pump(run, request, state, stderr_tail, started):
-                yield ev
-            for ev in protocol.unfinished(state):
-                yield ev
-            code = run.proc.returncode
-            result = protocol.outcome(
-                state,
-                exit_code=code,
-                duration_ms=int((time.monotonic() - started) * 1000),
-                stderr_tail="\n".join(stderr_tail),
-                forced=run.forced,
-                forced_reason=run.reason,
-            )
-            log.info(
-                "claude.finished",
-                run_id=run_id,
-                status=result.status,
-                exit_code=code,
-                duration_ms=result.duration_ms,
-                session_id=result.session_id,
-            )
-            yield DoneEvent.from_result(result)
-        finally:
-            await self._cleanup(run)
-
-    async def _pump(
-        self,
-        run: _Run,
-        request: AgentRequest,
-        state: protocol.StreamState,
-        stderr_tail: deque[str],
-        started: float,
-    ) -> AsyncIterator[AgentEvent]:
-        """Read stdout and stderr concurrently until both end and the process exits; watch the clocks."""
-        proc = run.proc
-        assert proc is not None and proc.stdout is not None and proc.stderr is not None
-        queue: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue()
-
-        async def read(name: str, reader: asyncio.StreamReader) -> None:
-            try:
-                async for line in process.iter_lines(reader):
-                    await queue.put((name, line))
-            finally:
-                await queue.put((name, None))
-
-        readers = [
-            asyncio.create_task(read("stdout", proc.stdout)),
-            asyncio.create_task(read("stderr", proc.stderr)),
-        ]
-        try:
-            open_streams = 2
-            deadline = started + request.timeout_s
-            last_activity = time.monotonic()
-            while open_streams:
-                now = time.monotonic()
-                wait = min(deadline - now, last_activity + self.config.idle_timeout_s - now)
-                if run.stopper is not None:
-                    wait = 1.0  # already stopping: just keep draining
-                elif wait <= 0:
-                    if now >= deadline:
-                        self._stop(run, "timed_out", f"timed out after {request.timeout_s:g} s")
-                    else:
-                        self._stop(
-                            run,
-                            "timed_out",
-                            f"no output from claude for {self.config.idle_timeout_s:g} s "
-                            "(inactivity watchdog)",
-                        )
-                    continue
-                try:
-                    name, line = await asyncio.wait_for(queue.get(), max(wait, 0.01))
-                except TimeoutError:
-                    continue
-                last_activity = time.monotonic()
-                if line is None:
-                    open_streams -= 1
-                    continue
+            log.info("claude.started", run_id=run_id, pid=run.pid, transport=cfg.transport)
+            yield StatusEvent(status="running", detail=f"claude pid {run.pid}")
+            watchdog = ap.Watchdog(request.timeout_s, cfg.idle_timeout_s, "claude")
+            async for name, line in run.lines(watchdog):
                 if name == "stderr":
                     if line.strip():
-                        stderr_tail.append(line)
                         yield OutputEvent(type="stderr", content=line)
                     continue
                 for ev in protocol.translate_line(state, line):
                     yield ev
-            await proc.wait()
+            code = await run.wait()
+            for ev in protocol.unfinished(state):
+                yield ev
+            done = self._done(state, run, code, "\n".join(run.stderr_tail))
+            log.info(
+                "claude.finished",
+                run_id=run_id,
+                status=done.status,
+                exit_code=code,
+                duration_ms=done.duration_ms,
+                session_id=done.session_id,
+            )
+            yield done
         finally:
-            for t in readers:
-                t.cancel()
-            await asyncio.gather(*readers, return_exceptions=True)
+            self._runs.pop(run_id, None)
+            killed = await run.close(cfg.sigint_grace_s + 3)
+            if killed:
+                log.info("claude.leftovers_killed", run_id=run_id, count=killed)
 
-    def _done(self, state: protocol.StreamState, code: int | None, started: float, error: str) -> DoneEvent:
+    def _done(
+        self, state: protocol.StreamState, run: ap.AgentProcess, code: int | None, tail: str
+    ) -> DoneEvent:
         res = protocol.outcome(
-            state, exit_code=code, duration_ms=int((time.monotonic() - started) * 1000), stderr_tail=error
+            state,
+            exit_code=code,
+            duration_ms=int((time.monotonic() - run.started) * 1000),
+            stderr_tail=tail,
+            forced=run.forced,
+            forced_reason=run.reason,
         )
         return DoneEvent.from_result(res)
-
-    async def _cleanup(self, run: _Run) -> None:
-        """Whatever ended the run: no process of it may survive (tools, background tasks, the CLI)."""
-        self._runs.pop(run.run_id, None)
-        proc = run.proc
-        if proc is not None and proc.returncode is None:
-            # The consumer went away mid-run (iterator closed): stop politely, then by force.
-            self._stop(run, "cancelled", "the run's consumer went away")
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(proc.wait()), self.config.sigint_grace_s + 3)
-        if run.stopper is not None:
-            run.stopper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await run.stopper
-        killed = process.kill_run_tree(proc.pid if proc and proc.returncode is None else None, run.run_id)
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-        if killed:
-            log.info("claude.leftovers_killed", run_id=run.run_id, count=killed)
 
 
 def with_files(request: AgentRequest) -> str:
@@ -415,7 +293,3 @@ def with_files(request: AgentRequest) -> str:
         prompt += "\n\nUse these agents: " + ", ".join(request.mentions)
     return prompt
 
-
-def reap_stale() -> int:
-    """Kill processes left behind by runs of an agentd process that no longer exists (crash, kill -9)."""
-    return process.reap_orphans()

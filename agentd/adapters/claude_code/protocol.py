@@ -20,6 +20,7 @@ from agentd.domain.models import (
     AgentEvent,
     AgentResult,
     ErrorEvent,
+    Forced,
     OutputEvent,
     ReasoningEvent,
     SessionEvent,
@@ -300,7 +301,7 @@ def outcome(
     exit_code: int | None,
     duration_ms: int,
     stderr_tail: str = "",
-    forced: str | None = None,
+    forced: Forced | None = None,
     forced_reason: str | None = None,
 ) -> AgentResult:
     """The run's result. `forced` is "cancelled" or "timed_out" when agentd ended the run itself."""
@@ -321,22 +322,35 @@ def outcome(
         if isinstance(r.get("result"), str):
             text = r["result"]
         session_id = r.get("session_id") or session_id
-    common: dict[str, Any] = dict(
-        exit_code=exit_code, duration_ms=duration_ms, session_id=session_id, usage=usage, cost_usd=cost
+    error: str | None = None
+    retryable = False
+    if forced is None and r is None:
+        text = None
+        error = f"claude exited with code {exit_code} without a result"
+        if stderr_tail.strip():
+            error += f": {stderr_tail.strip()}"
+    elif forced is None and r is not None and (r.get("is_error") or exit_code not in (0, None)):
+        error = _failure(state, r, text, exit_code, stderr_tail)
+        status_code = r.get("api_error_status")
+        retryable = isinstance(status_code, int) and status_code in RETRYABLE_HTTP
+    return AgentResult.ended(
+        forced=forced,
+        forced_reason=forced_reason,
+        error=error,
+        exit_code=exit_code,
+        duration_ms=duration_ms,
+        session_id=session_id,
+        result=text,
+        usage=usage,
+        cost_usd=cost,
+        retryable=retryable,
     )
-    if forced == "cancelled":
-        return AgentResult(status="cancelled", result=text, error=forced_reason or "cancelled", **common)
-    if forced == "timed_out":
-        return AgentResult(status="timed_out", result=text, error=forced_reason or "timed out", **common)
-    if r is None:
-        tail = stderr_tail.strip()
-        err = f"claude exited with code {exit_code} without a result"
-        if tail:
-            err += f": {tail}"
-        return AgentResult(status="failed", result=None, error=err, **common)
-    if not r.get("is_error") and exit_code in (0, None):
-        return AgentResult(status="succeeded", result=text, **common)
-    status_code = r.get("api_error_status")
+
+
+def _failure(
+    state: StreamState, r: dict[str, Any], text: str | None, exit_code: int | None, stderr_tail: str
+) -> str:
+    """Why a run with a result failed: the CLI's errors, the API error, or the exit code and stderr."""
     errs = [str(e) for e in r.get("errors") or [] if e]
     reason = "; ".join(errs) or state.api_error or (text if r.get("is_error") else None)
     if not reason:
@@ -346,13 +360,7 @@ def outcome(
     terminal = r.get("terminal_reason")
     if terminal and terminal not in reason:
         reason = f"{reason} ({terminal})"
-    return AgentResult(
-        status="failed",
-        result=text,
-        error=reason,
-        retryable=isinstance(status_code, int) and status_code in RETRYABLE_HTTP,
-        **common,
-    )
+    return reason
 
 
 def _int(v: Any) -> int | None:

@@ -260,8 +260,9 @@ class SqliteWorkQueue(WorkQueue):
             raise JobNotFound(f"no job {job_id!r} in project {project_id!r}")
         return _row_to_job(row)
 
-    async def list_jobs(self, project_id: str, flt: JobFilter | None = None) -> list[Job]:
+    async def list_jobs(self, project_id: str | None, flt: JobFilter | None = None) -> list[Job]:
         f = flt or JobFilter()
+        query = Q["list_jobs"] if project_id is not None else Q["list_all_jobs"]
         params = {
             "project_id": project_id,
             "status": f.status.value if f.status is not None else None,
@@ -271,7 +272,7 @@ class SqliteWorkQueue(WorkQueue):
             "before": f.before,
             "limit": max(0, f.limit),
         }
-        rows = await self.db.run(lambda db: db.execute(Q["list_jobs"], params).fetchall())
+        rows = await self.db.run(lambda db: db.execute(query, params).fetchall())
         return [_row_to_job(r) for r in rows]
 
     async def recover(self, *, all_running: bool = False) -> list[Job]:

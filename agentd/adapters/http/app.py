@@ -11,6 +11,7 @@ from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -19,6 +20,7 @@ from pydantic import ValidationError
 
 from agentd import __version__, sse
 from agentd.adapters.http import errors as http_errors
+from agentd.adapters.http import opencode_stream
 from agentd.domain import errors
 from agentd.domain.models import AgentRequest, JobStatus, StoredEvent, validate_project_id
 from agentd.ports.work_queue import BusyPolicy, JobFilter
@@ -47,6 +49,13 @@ REQUEST_FIELDS = {
     "busy",
 }
 MAX_IDEMPOTENCY_KEY = 200
+DASHBOARD_DIR = Path(__file__).parent / "dashboard"
+DASHBOARD_FILES = frozenset(p.name for p in DASHBOARD_DIR.iterdir() if p.is_file())
+DASHBOARD_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -80,9 +89,14 @@ def create_app(service: JobService, config: ApiConfig, secrets: SecretService) -
     app.router.add_post("/projects/{project_id}/jobs", submit)
     app.router.add_post("/projects/{project_id}/claude", submit_claude)
     app.router.add_get("/projects/{project_id}/jobs", list_jobs)
+    app.router.add_get("/jobs", list_all_jobs)
     app.router.add_get("/projects/{project_id}/jobs/{job_id}", get_job)
     app.router.add_post("/projects/{project_id}/jobs/{job_id}/cancel", cancel_job)
     app.router.add_get("/projects/{project_id}/events/{stream_id}", events)
+    app.router.add_get("/projects/{project_id}/opencode/event", opencode_event)
+    app.router.add_get("/opencode/event", opencode_event)
+    app.router.add_get("/", dashboard_page)
+    app.router.add_get("/dashboard/{name}", dashboard_file)
     for prefix in ("/projects/{project_id}/secrets", "/secrets"):
         app.router.add_get(prefix, list_secrets)
         app.router.add_put(prefix + "/{name}", put_secret)
@@ -122,13 +136,18 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
 @web.middleware
 async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     key = request.app[CONFIG].api_key
-    if key and request.path != "/healthz":
+    if key and request.path != "/healthz" and not _is_dashboard_file(request.path):
         given = request.headers.get("X-API-Key", "")
         if not hmac.compare_digest(given.encode(), key.encode()):
             raise errors.Unauthorized(
                 "missing or wrong X-API-Key header" if given else "this server needs an X-API-Key header"
             )
     return await handler(request)
+
+
+def _is_dashboard_file(path: str) -> bool:
+    """The dashboard's page and static files are public: the page asks for the key and sends it."""
+    return path == "/" or path.startswith("/dashboard/")
 
 
 # --- handlers -----------------------------------------------------------------------------------------
@@ -207,11 +226,22 @@ async def submit_claude(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     project_id = validate_project_id(request.match_info["project_id"])
     job = await request.app[SERVICE].get(project_id, request.match_info["job_id"])
-    return web.json_response(job.public())
+    # The URL to follow it (what the dashboard opens with EventSource; with stream tokens, it carries one).
+    stream_url = f"{request.url.origin()}/projects/{project_id}/events/{job.stream_id}"
+    return web.json_response({**job.public(), "stream_url": stream_url})
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    project_id = validate_project_id(request.match_info["project_id"])
+    return await _list_jobs(request, validate_project_id(request.match_info["project_id"]))
+
+
+async def list_all_jobs(request: web.Request) -> web.Response:
+    """GET /jobs: every project's jobs (the dashboard), the same filters plus `project_id`."""
+    project_id = request.query.get("project_id") or None
+    return await _list_jobs(request, validate_project_id(project_id) if project_id else None)
+
+
+async def _list_jobs(request: web.Request, project_id: str | None) -> web.Response:
     q = request.query
     status: JobStatus | None = None
     if q.get("status"):
@@ -260,6 +290,34 @@ def _int_param(raw: str | None, name: str, *, default: int, lo: int, hi: int) ->
     if not raw.isdigit() or not (lo <= int(raw) <= hi):
         raise errors.InvalidRequest(f"{name} must be an integer from {lo} to {hi}, got {raw!r}")
     return int(raw)
+
+
+# --- the dashboard and the OpenCode-compatible event stream ------------------------------------------------
+
+
+async def dashboard_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(DASHBOARD_DIR / "index.html", headers=DASHBOARD_HEADERS)
+
+
+async def dashboard_file(request: web.Request) -> web.FileResponse:
+    name = request.match_info["name"]
+    if name not in DASHBOARD_FILES:
+        raise web.HTTPNotFound()
+    return web.FileResponse(DASHBOARD_DIR / name, headers=DASHBOARD_HEADERS)
+
+
+async def opencode_event(request: web.Request) -> web.StreamResponse:
+    """OpenCode's GET /event for one project's jobs, or (GET /opencode/event) every project's."""
+    raw = request.match_info.get("project_id")
+    project_id = validate_project_id(raw) if raw is not None else None
+    cfg = request.app[CONFIG]
+    config = opencode_stream.StreamConfig(
+        heartbeat_s=min(cfg.heartbeat_s, 10.0), write_timeout_s=cfg.write_timeout_s
+    )
+    closing = request.app[STATE].closing
+    return await opencode_stream.serve(
+        request, request.app[SERVICE], project_id, closing=closing, config=config
+    )
 
 
 # --- secrets (values go in, never out) -----------------------------------------------------------------

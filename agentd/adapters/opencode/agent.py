@@ -11,16 +11,16 @@ import os
 import re
 import shutil
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import structlog
 
+import agentd.adapters.agent_process as ap
 from agentd.adapters.opencode.cli_mode import CliRun, supports_json
 from agentd.adapters.opencode.client import OpenCodeClient, OpenCodeHTTPError, OpenCodeUnavailable
-from agentd.adapters.opencode.prompt import FileAttachment
 from agentd.adapters.opencode.run import RunControl, RunOptions, ServerRun
 from agentd.adapters.opencode.server import ManagedServer, ServerConfig
 from agentd.domain.models import (
@@ -61,7 +61,7 @@ class OpenCodeConfig:
         return self.data_dir / "opencode"
 
     def workspace(self, project_id: str) -> Path:
-        return self.data_dir / "workspaces" / project_id
+        return ap.workspace(self.data_dir, project_id)
 
     def server_config(self) -> ServerConfig:
         return ServerConfig(
@@ -175,7 +175,7 @@ class OpenCodeAgent(CodeAgent):
             return Availability(available=False, detail=self._missing_binary())
         if self._version is None:
             try:
-                self._version = await _version(binary, self._env)
+                self._version = await ap.probe_version(binary, self._env)
             except (OSError, TimeoutError) as e:
                 return Availability(available=False, detail=f"{binary} --version failed: {e!r}")
         how = "`opencode run` per job" if self.config.mode == "cli" else "managed `opencode serve`"
@@ -196,15 +196,7 @@ class OpenCodeAgent(CodeAgent):
         *,
         run_id: str,
         env: Mapping[str, str] | None = None,
-        files: Sequence[FileAttachment] = (),
-        mentions: Sequence[str] = (),
     ) -> AsyncIterator[AgentEvent]:
-        """Run one job. `files` / `mentions` default to the request's file and agent parts."""
-        files = files or [
-            FileAttachment(path=f.path, content=f.content, filename=f.filename, mime=f.mime)
-            for f in request.files
-        ]
-        mentions = mentions or request.mentions
         started = time.monotonic()
         control = RunControl(run_id)
         self._runs[run_id] = control
@@ -228,13 +220,11 @@ class OpenCodeAgent(CodeAgent):
                     self.client, request, control, directory,
                     _with_reply(self.config.run, self.config.idle_timeout_s, self.config.permission_reply),
                     ensure_server=self.ensure_server, server_epoch=self._epoch,
-                    files=files, mentions=mentions,
                 ).events
             else:
                 inner = CliRun(
                     self._binary_path() or self.config.binary, self._env, request, control, directory,
-                    idle_timeout_s=self.config.idle_timeout_s, files=files, mentions=mentions,
-                    scratch=scratch,
+                    idle_timeout_s=self.config.idle_timeout_s, scratch=scratch,
                 ).events
             stream = inner()
             try:
@@ -262,19 +252,6 @@ class OpenCodeAgent(CodeAgent):
         return self.server.rss_bytes() if self.server is not None else 0
 
 
-async def _version(binary: str, env: dict[str, str]) -> str | None:
-    proc = await asyncio.create_subprocess_exec(
-        binary, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), 20)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return out.decode(errors="replace").strip() or None
-
-
 def _with_reply(opts: RunOptions, idle_timeout_s: float, reply: str) -> RunOptions:
     return replace(opts, idle_timeout_s=idle_timeout_s, permission_reply=reply)
 
@@ -295,11 +272,12 @@ async def _until(control: RunControl, aw: Any) -> Any:
 
 
 def _done(control: RunControl, started: float, session_id: str | None, error: str | None) -> DoneEvent:
-    forced = control.forced
-    res = AgentResult(
-        status="cancelled" if forced == "cancelled" else "timed_out" if forced == "timed_out" else "failed",
+    """A run that ended before it reached a server or a CLI process."""
+    res = AgentResult.ended(
+        forced=control.forced,
+        forced_reason=control.reason,
+        error=error or control.reason or "the run did not start",
         duration_ms=int((time.monotonic() - started) * 1000),
         session_id=session_id,
-        error=error or control.reason,
     )
     return DoneEvent.from_result(res)

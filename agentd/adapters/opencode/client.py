@@ -197,10 +197,6 @@ class OpenCodeClient:
     async def reject_question(self, directory: Path, request_id: str) -> None:
         await self.request("POST", f"/question/{request_id}/reject", directory=directory)
 
-    async def providers(self, directory: Path) -> dict[str, Any]:
-        data = await self.request("GET", "/config/providers", directory=directory)
-        return data if isinstance(data, dict) else {}
-
 
 async def _decode(resp: aiohttp.ClientResponse) -> AsyncGenerator[dict[str, Any], None]:
     async for ev in aiter_sse(resp.content.iter_any()):

@@ -9,9 +9,10 @@ import string
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from agentd.domain.models import PromptFile
 
 _ALPHABET = string.ascii_letters + string.digits
 _lock = threading.Lock()
@@ -40,28 +41,16 @@ def split_model(model: str) -> dict[str, str]:
     return {"providerID": provider, "modelID": model_id}
 
 
-@dataclass(frozen=True)
-class FileAttachment:
-    """A file for the prompt: a `path` (absolute, or relative to the project directory) or `content`."""
-
-    path: str | None = None
-    content: str | bytes | None = None
-    filename: str | None = None
-    mime: str | None = None
-
-    def part(self, directory: Path) -> dict[str, Any]:
-        if (self.path is None) == (self.content is None):
-            raise ValueError("a file attachment needs exactly one of `path` or `content`")
-        name = self.filename or (Path(self.path).name if self.path else "attachment.txt")
-        mime = self.mime or mimetypes.guess_type(name)[0] or "text/plain"
-        if self.path is not None:
-            p = Path(self.path)
-            p = p if p.is_absolute() else directory / p
-            return {"type": "file", "mime": mime, "filename": name, "url": p.resolve().as_uri()}
-        raw = self.content.encode() if isinstance(self.content, str) else self.content
-        assert raw is not None
-        url = f"data:{mime};base64,{base64.b64encode(raw).decode()}"
-        return {"type": "file", "mime": mime, "filename": name, "url": url}
+def file_part(f: PromptFile, directory: Path) -> dict[str, Any]:
+    """A prompt file as a part: a file:// URL for a path (relative to the project), else a data: URL."""
+    name = f.filename or (Path(f.path).name if f.path else "attachment.txt")
+    mime = f.mime or mimetypes.guess_type(name)[0] or "text/plain"
+    if f.path is not None:
+        p = Path(f.path)
+        p = p if p.is_absolute() else directory / p
+        return {"type": "file", "mime": mime, "filename": name, "url": p.resolve().as_uri()}
+    url = f"data:{mime};base64,{base64.b64encode((f.content or '').encode()).decode()}"
+    return {"type": "file", "mime": mime, "filename": name, "url": url}
 
 
 def prompt_body(
@@ -71,21 +60,18 @@ def prompt_body(
     message_id: str,
     model: str | None = None,
     agent: str | None = None,
-    files: Sequence[FileAttachment] = (),
+    files: Sequence[PromptFile] = (),
     mentions: Sequence[str] = (),
-    system: str | None = None,
 ) -> dict[str, Any]:
     """The JSON body of POST /session/{id}/prompt_async (and /message)."""
     parts: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
-    parts += [f.part(directory) for f in files]
+    parts += [file_part(f, directory) for f in files]
     parts += [{"type": "agent", "name": name} for name in mentions]
     body: dict[str, Any] = {"messageID": message_id, "parts": parts}
     if model:
         body["model"] = split_model(model)
     if agent:
         body["agent"] = agent
-    if system:
-        body["system"] = system
     return body
 
 

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from agentd.adapters.opencode.text import Message, TextParts
 from agentd.domain.models import (
     AgentEvent,
     AgentResult,
     ErrorEvent,
+    Forced,
     StatusEvent,
     ToolResultEvent,
     ToolUseEvent,
@@ -306,44 +307,47 @@ class RunState:
 
     # --- the end ----------------------------------------------------------------------------------------
 
-    def outcome(
-        self,
-        *,
-        duration_ms: int,
-        forced: str | None = None,
-        forced_reason: str | None = None,
-        exit_code: int | None = None,
-    ) -> AgentResult:
-        """How the run ended. `forced` is "cancelled" or "timed_out" when agentd stopped it."""
-        common: dict[str, Any] = dict(
-            exit_code=exit_code,
-            duration_ms=duration_ms,
-            session_id=self.session_id,
+    def reported_error(self) -> tuple[str | None, bool]:
+        """The error OpenCode reported for the run, if any, and whether it is worth a retry."""
+        err = self.error if self.error is not None else self.early_error if not self.started else None
+        if err is None:
+            return None, False
+        data = _d(err.get("data"))
+        return str(data.get("message") or err.get("name") or "error"), bool(data.get("isRetryable"))
+
+    def result_fields(self) -> dict[str, Any]:
+        """What the run produced, for its AgentResult."""
+        return dict(
+            session_id=self.session_id or None,
             result=self.result_text(),
             usage=self.usage(),
             cost_usd=self.cost if self.steps else None,
         )
-        if forced in ("cancelled", "timed_out"):
-            status: Literal["cancelled", "timed_out"] = "cancelled" if forced == "cancelled" else "timed_out"
-            return AgentResult(status=status, error=forced_reason or forced, **common)
-        err = self.error if self.error is not None else self.early_error if not self.started else None
-        if err is not None:
-            data = _d(err.get("data"))
-            message = str(data.get("message") or err.get("name") or "error")
-            retryable = bool(data.get("isRetryable"))
-            return AgentResult(status="failed", error=message, retryable=retryable, **common)
-        if self.aborted:
-            return AgentResult(status="cancelled", error="the run was aborted in OpenCode", **common)
-        final = self.text.messages.get(self.final_id or "")
-        if final is None:
-            return AgentResult(
-                status="failed", error="OpenCode went idle without a final assistant message", **common
-            )
-        if final.finish is None:
-            return AgentResult(
-                status="failed", error="the assistant message ended without a finish reason", **common
-            )
-        return AgentResult(status="succeeded", **common)
+
+    def outcome(
+        self,
+        *,
+        duration_ms: int,
+        forced: Forced | None = None,
+        forced_reason: str | None = None,
+    ) -> AgentResult:
+        """How the run ended. `forced` is "cancelled" or "timed_out" when agentd stopped it."""
+        error, retryable = self.reported_error()
+        if error is None and not self.aborted:
+            final = self.text.messages.get(self.final_id or "")
+            if final is None:
+                error = "OpenCode went idle without a final assistant message"
+            elif final.finish is None:
+                error = "the assistant message ended without a finish reason"
+        return AgentResult.ended(
+            forced=forced,
+            forced_reason=forced_reason,
+            error=error,
+            aborted="the run was aborted in OpenCode" if self.aborted else None,
+            duration_ms=duration_ms,
+            retryable=retryable and forced is None,
+            **self.result_fields(),
+        )
 
 
 def _message_of(raw: Any) -> str | None:

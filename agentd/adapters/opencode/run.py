@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ import aiohttp
 import structlog
 
 from agentd.adapters.opencode.client import OpenCodeClient, OpenCodeHTTPError, OpenCodeUnavailable
-from agentd.adapters.opencode.prompt import FileAttachment, new_id, prompt_body, session_title
+from agentd.adapters.opencode.prompt import new_id, prompt_body, session_title
 from agentd.adapters.opencode.protocol import RunState
 from agentd.domain.models import (
     AgentEvent,
@@ -27,7 +27,7 @@ from agentd.domain.models import (
     AgentResult,
     DoneEvent,
     ErrorEvent,
-    ResultStatus,
+    Forced,
     SessionEvent,
     StatusEvent,
 )
@@ -44,12 +44,12 @@ class RunControl:
     """The handle cancel() and the timers use to stop a run, whatever stage it is in."""
 
     run_id: str
-    forced: str | None = None  # "cancelled" | "timed_out"
+    forced: Forced | None = None
     reason: str | None = None
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     listeners: list[Callable[[], None]] = field(default_factory=list)
 
-    def stop(self, forced: str, reason: str) -> None:
+    def stop(self, forced: Forced, reason: str) -> None:
         if self.forced is None:
             self.forced, self.reason = forced, reason
             self.stopped.set()
@@ -93,11 +93,9 @@ class ServerRun:
         *,
         ensure_server: Callable[[], Awaitable[object]],
         server_epoch: Callable[[], int] = lambda: 0,
-        files: Sequence[FileAttachment] = (),
-        mentions: Sequence[str] = (),
     ) -> None:
         self.client, self.request, self.control, self.dir = client, request, control, directory
-        self.options, self.ensure_server, self.files, self.mentions = options, ensure_server, files, mentions
+        self.options, self.ensure_server = options, ensure_server
         self.server_epoch, self.epoch = server_epoch, server_epoch()
         self.inbox: asyncio.Queue[object] = asyncio.Queue()
         control.listeners.append(lambda: self.inbox.put_nowait(_STOP))
@@ -108,16 +106,14 @@ class ServerRun:
 
     def _done(self, state: RunState | None, error: str | None = None) -> DoneEvent:
         ms = int((time.monotonic() - self.started) * 1000)
-        forced = self.control.forced
-        if state is None:
-            status: ResultStatus = "failed"
-            if forced in ("cancelled", "timed_out"):
-                status = "cancelled" if forced == "cancelled" else "timed_out"
-            res = AgentResult(
-                status=status, duration_ms=ms, session_id=self.session_id, error=error or self.control.reason
+        forced, reason = self.control.forced, self.control.reason
+        if state is None:  # nothing ran
+            res = AgentResult.ended(
+                forced=forced, forced_reason=reason, error=error or reason or "the run did not start",
+                duration_ms=ms, session_id=self.session_id,
             )
         else:
-            res = state.outcome(duration_ms=ms, forced=forced, forced_reason=self.control.reason)
+            res = state.outcome(duration_ms=ms, forced=forced, forced_reason=reason)
             if self.failure and not forced:
                 res = res.model_copy(update={"status": "failed", "error": self.failure})
         log.info("opencode.run.finished", run_id=self.control.run_id, session_id=res.session_id,
@@ -170,7 +166,8 @@ class ServerRun:
         try:
             body = prompt_body(
                 self.request.prompt, directory=self.dir, message_id=state.user_message_id or "",
-                model=self.request.model, agent=self.request.agent, files=self.files, mentions=self.mentions,
+                model=self.request.model, agent=self.request.agent, files=self.request.files,
+                mentions=self.request.mentions,
             )
         except ValueError as e:
             return str(e)

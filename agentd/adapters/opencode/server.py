@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from agentd.adapters.opencode import procs
+import agentd.adapters.agent_process as ap
 from agentd.adapters.opencode.client import OpenCodeClient, OpenCodeUnavailable
 
 log = structlog.get_logger(__name__)
@@ -61,8 +61,7 @@ class ServerConfig:
 
     def env(self) -> dict[str, str]:
         d = self.base_dir
-        env = {"PATH": os.defpath, "LANG": "C.UTF-8"}
-        env.update({k: v for k, v in self.environ.items() if k in PASS_NAMES or k in self.passthrough})
+        env = ap.pick_env(self.environ, names=(*PASS_NAMES, *self.passthrough))
         env.update(
             HOME=str(d / "home"),
             XDG_CONFIG_HOME=str(d / "config"),
@@ -72,7 +71,7 @@ class ServerConfig:
             TMPDIR=str(d / "tmp"),
         )
         env.update(QUIET_ENV)
-        env.update({k: v for k, v in self.environ.items() if k.startswith(PASS_PREFIXES)})
+        env.update(ap.pick_env(self.environ, prefixes=PASS_PREFIXES))
         env.update(self.extra_env)
         for k in DROPPED:
             env.pop(k, None)
@@ -97,7 +96,7 @@ class ManagedServer:
         self.config = config
         self.client = client  # its base_url follows the server
         client.username, client.password = config.username, config.password
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: ap.AgentProcess | None = None
         self.url: str | None = None
         self.version: str | None = None
         self.stderr_tail: deque[str] = deque(maxlen=40)
@@ -116,7 +115,7 @@ class ManagedServer:
 
     @property
     def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None and self.proc.returncode is None else None
+        return self.proc.agent_pid() if self.proc is not None and self.proc.returncode is None else None
 
     def crash_looping(self) -> bool:
         now = time.monotonic()
@@ -152,14 +151,11 @@ class ManagedServer:
         for d in cfg.dirs():
             d.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        argv = [cfg.binary, "serve", "--hostname", "127.0.0.1", "--port", str(port)]
+        argv = [cfg.binary, "serve", "--hostname", "127.0.0.1", "--port", str(port)]  # all ours
         started = time.monotonic()
+        proc = ap.AgentProcess(f"opencode-serve-{port}", escalation=((signal.SIGTERM, cfg.stop_grace_s),))
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=cfg.base_dir / "run", env=cfg.env(), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True, preexec_fn=procs.die_with_parent,
-            )
+            await proc.spawn(argv, cwd=cfg.base_dir / "run", env=cfg.env())
         except OSError as e:
             self.last_error = f"cannot run {cfg.binary!r}: {e}"
             raise OpenCodeUnavailable(
@@ -186,19 +182,11 @@ class ManagedServer:
         )
         return url
 
-    async def _await_ready(self, proc: asyncio.subprocess.Process) -> str:
-        """Read stdout up to the "listening on" line, then wait for /global/health to say healthy."""
-        assert proc.stdout is not None and proc.stderr is not None
-        self._spawn(self._drain(proc.stderr, self.stderr_tail, "stderr"))
-        url = None
-        while url is None:
-            line = await proc.stdout.readline()
-            if not line:
-                code = await procs.wait_exit(proc, 5.0)
-                raise OpenCodeUnavailable(f"`opencode serve` exited with code {code} before listening")
-            m = _LISTENING.search(line.decode(errors="replace"))
-            url = m.group(1).rstrip("/") if m else None
-        self._spawn(self._drain(proc.stdout, None, "stdout"))
+    async def _await_ready(self, proc: ap.AgentProcess) -> str:
+        """Read the output up to the "listening on" line, then wait for /global/health to say healthy."""
+        listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._spawn(self._drain(proc, listening))
+        url = await listening
         self.client.base_url = url
         while True:
             try:
@@ -212,20 +200,27 @@ class ManagedServer:
                 raise OpenCodeUnavailable(f"`opencode serve` exited with code {proc.returncode}")
             await asyncio.sleep(0.1)
 
-    async def _drain(self, stream: asyncio.StreamReader, tail: deque[str] | None, name: str) -> None:
-        while line := await stream.readline():
-            text = line.decode(errors="replace").rstrip()
-            if text:
-                if tail is not None:
-                    tail.append(text)
+    async def _drain(self, proc: ap.AgentProcess, listening: asyncio.Future[str]) -> None:
+        """Read stdout and stderr for the server's whole life; the "listening on" line settles `listening`."""
+        proc.stderr_tail = self.stderr_tail
+        async for name, text in proc.lines():
+            m = _LISTENING.search(text) if name == "stdout" and not listening.done() else None
+            if m:
+                listening.set_result(m.group(1).rstrip("/"))
+            if text.strip():
                 log.debug("opencode.server.output", stream=name, line=text[:500])
+        if not listening.done():
+            code = await proc.wait(5.0)
+            listening.set_exception(
+                OpenCodeUnavailable(f"`opencode serve` exited with code {code} before listening")
+            )
 
-    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
-        code = await procs.wait_exit(proc)
+    async def _watch(self, proc: ap.AgentProcess) -> None:
+        code = await proc.wait()
         if self._closing:
             return
         self.deaths += 1  # runs compare this to know that their server (and their run) is gone
-        procs.kill_tree(proc.pid, signal.SIGKILL)  # leftovers (tools) of the dead server
+        await proc.close()  # leftovers (tools) of the dead server
         if time.monotonic() - self._started_at < self.config.quick_death_s:
             self._deaths.append(time.monotonic())
         self.last_error = f"exited with code {code}; stderr: {' | '.join(list(self.stderr_tail)[-5:])}"
@@ -247,15 +242,12 @@ class ManagedServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _kill(self, proc: asyncio.subprocess.Process) -> None:
-        """SIGTERM to the whole tree, then SIGKILL after the grace period; waits until it is gone."""
-        pids = procs.tree(proc.pid)
-        procs.signal_all(proc.pid, pids, signal.SIGTERM)
-        if await procs.wait_exit(proc, self.config.stop_grace_s) is None:
-            log.warning("opencode.server.kill", pid=proc.pid)
-        procs.signal_all(proc.pid, pids | procs.tree(proc.pid), signal.SIGKILL)
-        await procs.wait_exit(proc)
-        await procs.wait_gone(pids, 2.0)
+    async def _kill(self, proc: ap.AgentProcess) -> None:
+        """SIGTERM, then SIGKILL of the whole tree after the grace period; waits until it is gone."""
+        pids = ap.tree(proc.pid) if proc.pid is not None else set()
+        proc.stop("cancelled", "stopping the server")
+        await proc.close(grace_s=self.config.stop_grace_s + 1.0)
+        await ap.wait_gone(pids, 2.0)
 
     async def stop(self) -> None:
         self._closing = True
@@ -270,4 +262,4 @@ class ManagedServer:
 
     def rss_bytes(self) -> int:
         """Resident memory of the server and everything it started (VmRSS summed over the tree)."""
-        return 0 if self.proc is None else procs.tree_rss(self.proc.pid)
+        return 0 if self.proc is None or self.proc.pid is None else ap.tree_rss(self.proc.pid)

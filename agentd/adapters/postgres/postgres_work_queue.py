@@ -234,10 +234,10 @@ class PostgresWorkQueue(WorkQueue):
             raise JobNotFound(f"no job {job_id!r} in project {project_id!r}")
         return row_to_job(row)
 
-    async def list_jobs(self, project_id: str, flt: JobFilter | None = None) -> list[Job]:
+    async def list_jobs(self, project_id: str | None, flt: JobFilter | None = None) -> list[Job]:
         f = flt or JobFilter()
         rows = await self._all(
-            "list_jobs",
+            "list_jobs" if project_id is not None else "list_all_jobs",
             {
                 "project_id": project_id,
                 "status": f.status.value if f.status is not None else None,

@@ -76,6 +76,17 @@ SELECT * FROM jobs
  ORDER BY seq DESC
  LIMIT :limit;
 
+-- name: list_all_jobs
+-- list_jobs across every project (the dashboard, the global OpenCode stream): newest first, same filters.
+SELECT * FROM jobs
+ WHERE (:status IS NULL OR status = :status)
+   AND (:provider IS NULL OR provider = :provider)
+   AND (:created_after IS NULL OR created_at > :created_after)
+   AND (:created_before IS NULL OR created_at < :created_before)
+   AND (:before IS NULL OR seq < (SELECT seq FROM jobs WHERE id = :before))
+ ORDER BY seq DESC
+ LIMIT :limit;
+
 -- name: lost_jobs
 -- Running jobs whose lease expired (or every running job), oldest first.
 SELECT id, attempts, max_attempts FROM jobs

@@ -117,6 +117,17 @@ SELECT * FROM agentd_jobs
  ORDER BY seq DESC
  LIMIT %(limit)s;
 
+-- name: list_all_jobs
+-- list_jobs across every project (the dashboard, the global OpenCode stream): newest first, same filters.
+SELECT * FROM agentd_jobs
+ WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
+   AND (%(provider)s::text IS NULL OR provider = %(provider)s::text)
+   AND (%(created_after)s::timestamptz IS NULL OR created_at > %(created_after)s::timestamptz)
+   AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz)
+   AND (%(before)s::text IS NULL OR seq < (SELECT seq FROM agentd_jobs WHERE id = %(before)s::text))
+ ORDER BY seq DESC
+ LIMIT %(limit)s;
+
 -- name: recover
 -- Running jobs whose lease expired (or all running jobs) go back to the queue, or fail for good once they
 -- used their attempts. One wake-up when something was re-queued. `delay_s` (queue_policy.requeue_delay):
