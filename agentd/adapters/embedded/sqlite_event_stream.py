@@ -10,10 +10,11 @@ to it, older runs are refused) and the insert never interleave. The SQL is in sq
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 from agentd.adapters.embedded.database import SqliteDatabase, queries
@@ -62,7 +63,8 @@ class SqliteEventStream(EventStream):
         self.retention_s = retention_s
         self.buffer = buffer
         self.poll_s = poll_s
-        self._changed: dict[str, asyncio.Event] = {}
+        self._changed: dict[str, asyncio.Event] = {}  # per followed stream: set (and replaced) on a write
+        self._followers: dict[str, int] = {}
 
     def _wake(self, stream_id: str) -> None:
         ev = self._changed.pop(stream_id, None)
@@ -145,33 +147,45 @@ class SqliteEventStream(EventStream):
             ).fetchall()
             return True, state["closed_at"] is not None, head, rows
 
-        while True:
-            changed = self._changed.setdefault(
-                stream_id, asyncio.Event()
-            )  # before reading: no wake is missed
-            exists, closed, head, rows = await self.db.run(lambda db, pos=pos: page(db, pos))  # type: ignore[misc]
-            if not exists:
+        with self._following(stream_id):
+            while True:
+                # Taken before reading: a write after the read wakes it.
+                changed = self._changed.setdefault(stream_id, asyncio.Event())
+                exists, closed, head, rows = await self.db.run(lambda db, pos=pos: page(db, pos))  # type: ignore[misc]
+                if not exists:
+                    if replay_until is None:
+                        raise _not_found(stream_id)
+                    return  # pruned while followed
                 if replay_until is None:
-                    raise _not_found(stream_id)
-                return  # pruned while followed
-            if replay_until is None:
-                replay_until = head
-            if pos >= replay_until and head - pos > self.buffer:
-                raise SubscriberTooSlow(
-                    f"subscriber fell {head - pos} events behind on {stream_id!r}; "
-                    f"reconnect with Last-Event-ID: {pos}"
-                )
-            for r in rows:
-                yield StoredEvent(seq=r["seq"], event=event_from_data(r["type"], json.loads(r["data"])))
-                pos = r["seq"]
-            if len(rows) == PAGE:
-                continue
-            if closed:
-                return
-            try:
-                await asyncio.wait_for(changed.wait(), self.poll_s)
-            except TimeoutError:
-                pass
+                    replay_until = head
+                if pos >= replay_until and head - pos > self.buffer:
+                    raise SubscriberTooSlow(
+                        f"subscriber fell {head - pos} events behind on {stream_id!r}; "
+                        f"reconnect with Last-Event-ID: {pos}"
+                    )
+                for r in rows:
+                    yield StoredEvent(seq=r["seq"], event=event_from_data(r["type"], json.loads(r["data"])))
+                    pos = r["seq"]
+                if len(rows) == PAGE:
+                    continue
+                if closed:
+                    return
+                try:
+                    await asyncio.wait_for(changed.wait(), self.poll_s)
+                except TimeoutError:
+                    pass
+
+    @contextlib.contextmanager
+    def _following(self, stream_id: str) -> Iterator[None]:
+        self._followers[stream_id] = self._followers.get(stream_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._followers.pop(stream_id, 1) - 1
+            if left:
+                self._followers[stream_id] = left
+            else:
+                self._changed.pop(stream_id, None)  # nobody follows it here any more
 
     async def prune(self) -> int:
         total = 0
