@@ -10,18 +10,28 @@ from aiohttp import web
 
 from agentd.adapters.agent_process import reap_orphans
 from agentd.adapters.claude_code.agent import ClaudeCodeAgent, ClaudeCodeConfig
+from agentd.adapters.codex.agent import CodexAgent, CodexConfig
 from agentd.adapters.embedded.sqlite_event_stream import SqliteEventStream
+from agentd.adapters.embedded.sqlite_project_store import SqliteProjectStore
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
+from agentd.adapters.git_workspace import GitWorkspaces
 from agentd.adapters.http.app import ApiConfig, create_app
+from agentd.adapters.memory.memory_project_store import MemoryProjectStore
 from agentd.adapters.memory.memory_secret_store import MemorySecretStore
 from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
 from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig
+from agentd.adapters.sandbox import Sandbox
+from agentd.adapters.template_library import SHIPPED, DirectoryTemplateLibrary
 from agentd.config import ConfigError, Settings, load_master_key, service_secrets
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
+from agentd.ports.project_store import ProjectStore
 from agentd.ports.secret_store import SecretStore
 from agentd.ports.work_queue import Limits, WorkQueue
+from agentd.ports.workspace import TemplateLibrary, Workspaces
+from agentd.services.git_runs import GitRuns
 from agentd.services.jobs import JobService
+from agentd.services.projects import ProjectService
 from agentd.services.redaction import LOG_SECRETS
 from agentd.services.registry import ProviderRegistry
 from agentd.services.runner import Runner
@@ -39,11 +49,20 @@ class Container:
     runner: Runner | None
     service: JobService
     secrets: SecretService
+    sandbox: Sandbox
+    projects: ProjectService
 
     def app(self) -> web.Application:
         api_key = self.settings.api_key.get_secret_value() if self.settings.api_key else None
         app = create_app(
-            self.service, ApiConfig(api_key=api_key, heartbeat_s=self.settings.sse_heartbeat_s), self.secrets
+            self.service,
+            ApiConfig(
+                api_key=api_key,
+                heartbeat_s=self.settings.sse_heartbeat_s,
+                sandbox=self.sandbox.mode,
+            ),
+            self.secrets,
+            projects=self.projects,
         )
         app.cleanup_ctx.append(self._lifecycle)
         return app
@@ -66,11 +85,18 @@ class Container:
         for _, agent in self.registry.items():
             await agent.close()
         await self.streams.close()
+        await self.projects.store.close()
         await self.queue.close()
 
 
-def claude_config(settings: Settings) -> ClaudeCodeConfig:
+def open_sandbox(settings: Settings) -> Sandbox:
+    """AGENTD_SANDBOX, probed once at start; the data dir is hidden from every jail."""
+    return Sandbox.start(settings.sandbox, hide=(settings.data_dir,))
+
+
+def claude_config(settings: Settings, sandbox: Sandbox | None = None) -> ClaudeCodeConfig:
     return ClaudeCodeConfig(
+        sandbox=sandbox,
         data_dir=settings.data_dir,
         binary=settings.claude_bin,
         transport=settings.claude_transport,
@@ -84,8 +110,26 @@ def claude_config(settings: Settings) -> ClaudeCodeConfig:
     )
 
 
-def opencode_config(settings: Settings) -> OpenCodeConfig:
+def codex_config(settings: Settings, sandbox: Sandbox | None = None) -> CodexConfig:
+    return CodexConfig(
+        sandbox=sandbox,
+        data_dir=settings.data_dir,
+        binary=settings.codex_bin,
+        mode=settings.codex_mode,
+        base_url=settings.codex_base_url,
+        provider=settings.codex_provider,
+        model=settings.codex_model,
+        env_key=settings.codex_env_key,
+        max_retries=settings.codex_max_retries,
+        idle_timeout_s=settings.codex_idle_timeout_s,
+    )
+
+
+def opencode_config(settings: Settings, sandbox: Sandbox | None = None) -> OpenCodeConfig:
     return OpenCodeConfig(
+        sandbox=sandbox,
+        max_servers=settings.opencode_max_servers,
+        idle_stop_s=settings.opencode_idle_stop_s,
         data_dir=settings.data_dir,
         binary=settings.opencode_bin,
         url=settings.opencode_url or None,
@@ -98,18 +142,20 @@ def opencode_config(settings: Settings) -> OpenCodeConfig:
     )
 
 
-def build_agents(settings: Settings) -> list[CodeAgent]:
+def build_agents(settings: Settings, sandbox: Sandbox | None = None) -> list[CodeAgent]:
     agents: list[CodeAgent] = []
     for name in settings.providers:
         if name == "claude-code":
-            agents.append(ClaudeCodeAgent(claude_config(settings)))
+            agents.append(ClaudeCodeAgent(claude_config(settings, sandbox)))
         elif name == "opencode":
-            agents.append(OpenCodeAgent(opencode_config(settings)))
+            agents.append(OpenCodeAgent(opencode_config(settings, sandbox)))
+        elif name == "codex":
+            agents.append(CodexAgent(codex_config(settings, sandbox)))
         elif name == "scripted":
             agents.append(ScriptedCodeAgent())
         else:
             raise ConfigError(
-                f"AGENTD_PROVIDERS: unknown provider {name!r}; known: claude-code, opencode, scripted"
+                f"AGENTD_PROVIDERS: unknown provider {name!r}; known: claude-code, opencode, codex, scripted"
             )
     return agents
 
@@ -146,6 +192,27 @@ async def open_secret_store(settings: Settings) -> SecretStore:
     return MemorySecretStore(load_master_key(settings))
 
 
+async def open_project_store(queue: WorkQueue) -> ProjectStore:
+    """Projects live in the queue's database (its claim reads their `max_running`)."""
+    if isinstance(queue, SqliteWorkQueue):
+        return SqliteProjectStore(queue.db)
+    from agentd.adapters.postgres import PostgresProjectStore, PostgresWorkQueue
+
+    if isinstance(queue, PostgresWorkQueue):
+        store = PostgresProjectStore(queue.db)
+        await store.open()
+        return store
+    return MemoryProjectStore()
+
+
+def template_library(settings: Settings) -> DirectoryTemplateLibrary:
+    return DirectoryTemplateLibrary(SHIPPED, settings.templates_dir)
+
+
+def git_workspaces(settings: Settings) -> GitWorkspaces:
+    return GitWorkspaces.in_data_dir(settings.data_dir, git=settings.git_bin)
+
+
 async def build(
     settings: Settings,
     *,
@@ -153,12 +220,16 @@ async def build(
     queue: WorkQueue | None = None,
     streams: EventStream | None = None,
     secrets: SecretStore | None = None,
+    projects: ProjectStore | None = None,
+    workspaces: Workspaces | None = None,
+    templates: TemplateLibrary | None = None,
     with_workers: bool = True,
 ) -> Container:
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings.data_dir.chmod(0o700)  # also an older, wider one: nothing beneath it is reachable by others
+    sandbox = open_sandbox(settings)
     registry = ProviderRegistry()
-    for agent in agents if agents is not None else build_agents(settings):
+    for agent in agents if agents is not None else build_agents(settings, sandbox):
         registry.register(agent)
     if queue is None or streams is None:
         q, s = await open_storage(settings)
@@ -166,6 +237,11 @@ async def build(
     secrets = secrets or await open_secret_store(settings)
     own_keys = service_secrets(settings, load_master_key(settings))
     LOG_SECRETS.add(own_keys)
+    projects = projects or await open_project_store(queue)
+    workspaces = workspaces or git_workspaces(settings)
+    project_service = ProjectService(
+        projects, queue, templates or template_library(settings), workspaces, secrets
+    )
     runner = None
     if with_workers:
         runner = Runner(
@@ -181,6 +257,9 @@ async def build(
             secrets=secrets,
             service_secrets=own_keys,
             job_retention_s=settings.job_retention_s,
+            git_runs=GitRuns(projects, workspaces, secrets),
         )
-    service = JobService(queue, streams, registry, runner)
-    return Container(settings, queue, streams, registry, runner, service, SecretService(secrets))
+    service = JobService(queue, streams, registry, runner, projects=project_service)
+    return Container(
+        settings, queue, streams, registry, runner, service, SecretService(secrets), sandbox, project_service
+    )

@@ -38,13 +38,24 @@ def main(argv: list[str] | None = None) -> int:
 
     submit = sub.add_parser("submit", help="submit a prompt; with --follow print its stream")
     submit.add_argument("--project", required=True, help="project id, e.g. my-repo")
-    submit.add_argument("--provider", help="claude-code | opencode (default: the server's default)")
+    submit.add_argument("--provider", help="claude-code | opencode | codex (default: the server's default)")
     submit.add_argument("--model")
     submit.add_argument("--session-id", help="continue this agent session")
     submit.add_argument("--timeout", type=float, dest="timeout_s", help="seconds before the job times out")
     submit.add_argument("--max-turns", type=int)
     submit.add_argument("--follow", action="store_true", help="print the events until the job ends")
     submit.add_argument("--json", action="store_true", help="with --follow: print raw events as JSON lines")
+    submit.add_argument("--ref", help="git projects: the branch, tag or commit to start from")
+    submit.add_argument(
+        "--push",
+        nargs="?",
+        const="",
+        metavar="BRANCH",
+        help="git projects: commit and push the changes to BRANCH (default agentd/<job id>)",
+    )
+    submit.add_argument(
+        "--patch", metavar="FILE", help="with --follow: write the job's patch to FILE when it ends"
+    )
     submit.add_argument(
         "--server",
         default=os.environ.get("AGENTD_URL"),
@@ -52,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     submit.add_argument("prompt", help="the prompt; '-' reads it from stdin")
     _add_secrets_parser(sub)
+    _add_projects_parser(sub)
 
     args = parser.parse_args(argv)
     if args.command in ("serve", "api", "worker"):
@@ -94,6 +106,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         return _migrate(settings)
     if args.command == "secrets":
         return asyncio.run(_secrets(settings, args))
+    if args.command == "projects":
+        return asyncio.run(_projects(settings, args))
     return asyncio.run(_submit(settings, args))
 
 
@@ -111,6 +125,83 @@ def _add_secrets_parser(sub: Any) -> None:
     cmds.add_parser("new-master-key", help="print a new master key for AGENTD_MASTER_KEY")
     r = cmds.add_parser("rotate", help="re-encrypt every secret under a new master key")
     r.add_argument("--new-key-file", help="file holding the new key (default: AGENTD_NEW_MASTER_KEY)")
+
+
+def _add_projects_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "projects", help="create, list, show and delete projects (git repositories, templates)"
+    )
+    p.add_argument(
+        "--server",
+        default=os.environ.get("AGENTD_URL"),
+        help="agentd URL (AGENTD_URL, default from settings)",
+    )
+    cmds = p.add_subparsers(dest="projects_command", required=True)
+    c = cmds.add_parser("create", help="create or update a project")
+    c.add_argument("project", help="project id, e.g. my-repo")
+    c.add_argument("--git-url", help="the repository, e.g. https://github.com/org/repo.git")
+    c.add_argument("--default-ref", help="the branch jobs start from without a ref (default: the remote's)")
+    c.add_argument("--credentials", help="the secret holding a token for the repository, e.g. GITHUB_TOKEN")
+    c.add_argument("--template", help="start from a template (`agentd projects templates` lists them)")
+    c.add_argument("--var", action="append", default=[], metavar="NAME=VALUE", help="a template variable")
+    c.add_argument("--description")
+    c.add_argument("--max-running", type=int, help="jobs of this project that may run at once (default 1)")
+    cmds.add_parser("list", help="every project")
+    s = cmds.add_parser("show", help="one project")
+    s.add_argument("project")
+    d = cmds.add_parser("delete", help="delete a project (refused while it has queued or running jobs)")
+    d.add_argument("project")
+    cmds.add_parser("templates", help="the templates projects can start from")
+
+
+async def _projects(settings: Settings, args: argparse.Namespace) -> int:
+    from agentd.client import AgentdClient, ApiError
+
+    server = args.server or f"http://{settings.host}:{settings.port}"
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    cmd = args.projects_command
+    async with AgentdClient(server, api_key=key) as client:
+        try:
+            out: Any
+            if cmd == "create":
+                variables = {}
+                for item in args.var:
+                    name, sep, value = item.partition("=")
+                    if not sep:
+                        print(f"agentd projects: --var {item!r}: use NAME=VALUE", file=sys.stderr)
+                        return 2
+                    variables[name] = value
+                git = None
+                if args.git_url:
+                    git = {
+                        "url": args.git_url,
+                        "default_ref": args.default_ref,
+                        "credentials": args.credentials,
+                    }
+                    git = {k: v for k, v in git.items() if v is not None}
+                out = await client.put_project(
+                    args.project,
+                    git=git,
+                    template=args.template,
+                    variables=variables or None,
+                    description=args.description,
+                    max_running=args.max_running,
+                )
+            elif cmd == "list":
+                out = await client.projects()
+            elif cmd == "show":
+                out = await client.project(args.project)
+            elif cmd == "delete":
+                await client.delete_project(args.project)
+                print(f"agentd projects: deleted {args.project}", file=sys.stderr)
+                return 0
+            else:
+                out = await client.templates()
+        except ApiError as e:
+            print(f"agentd projects: {e.message} ({e.code}, HTTP {e.status})", file=sys.stderr)
+            return 1 if e.status == 404 else 2
+    print(json.dumps(out, indent=2))
+    return 0
 
 
 def _new_master_key() -> str:
@@ -331,6 +422,8 @@ async def _submit(settings: Settings, args: argparse.Namespace) -> int:
                 session_id=args.session_id,
                 timeout_s=args.timeout_s,
                 max_turns=args.max_turns,
+                ref=args.ref,
+                push={"branch": args.push or None} if args.push is not None else None,
             )
         except ApiError as e:
             print(f"agentd: {e.message} ({e.code}, HTTP {e.status})", file=sys.stderr)
@@ -369,7 +462,22 @@ async def _submit(settings: Settings, args: argparse.Namespace) -> int:
             return 3
         finally:
             loop.remove_signal_handler(signal.SIGINT)
+        if args.patch:
+            await _save_patch(client, args.project, job["job_id"], args.patch)
         return 0 if status == "succeeded" else 1
+
+
+async def _save_patch(client: Any, project: str, job_id: str, path: str) -> None:
+    """Write the job's patch to `path` (empty when the job has none, so CI steps can test `-s`)."""
+    from agentd.client import ApiError
+
+    try:
+        patch: bytes = await client.patch(project, job_id)
+    except ApiError as e:
+        print(f"agentd: no patch: {e.message}", file=sys.stderr)
+        patch = b""
+    await asyncio.to_thread(Path(path).write_bytes, patch)
+    print(f"agentd: patch ({len(patch)} bytes) written to {path}", file=sys.stderr)
 
 
 def _print_event(event: str, d: dict[str, Any]) -> None:

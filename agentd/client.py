@@ -79,6 +79,41 @@ class AgentdClient:
         out: dict[str, Any] = await self._json("POST", f"/projects/{project_id}/jobs/{job_id}/cancel")
         return out
 
+    async def put_project(self, project_id: str, **fields: Any) -> dict[str, Any]:
+        """Create or update a project: git={"url", "default_ref", "credentials"}, template, variables,
+        description, max_running."""
+        body = {k: v for k, v in fields.items() if v is not None}
+        out: dict[str, Any] = await self._json("PUT", f"/projects/{project_id}", json=body)
+        return out
+
+    async def project(self, project_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = await self._json("GET", f"/projects/{project_id}")
+        return out
+
+    async def projects(self) -> list[dict[str, Any]]:
+        out: dict[str, Any] = await self._json("GET", "/projects")
+        return list(out["projects"])
+
+    async def delete_project(self, project_id: str) -> None:
+        await self._json("DELETE", f"/projects/{project_id}")
+
+    async def templates(self) -> list[dict[str, Any]]:
+        out: dict[str, Any] = await self._json("GET", "/templates")
+        return list(out["templates"])
+
+    async def patch(self, project_id: str, job_id: str) -> bytes:
+        """The job's patch (`git diff --binary`; apply it with `git apply`)."""
+        url = f"{self.base_url}/projects/{project_id}/jobs/{job_id}/patch"
+        async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=self._timeout)) as r:
+            body = await r.read()
+            if r.status >= 400:
+                try:
+                    d = json.loads(body)
+                except json.JSONDecodeError:
+                    d = {}
+                raise ApiError(r.status, d.get("error", "http_error"), d.get("message", ""))
+            return body
+
     async def follow(
         self, stream_url: str, *, last_event_id: int = 0, max_reconnects: int = 20
     ) -> AsyncIterator[StreamItem]:

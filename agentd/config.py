@@ -64,8 +64,11 @@ class Settings(BaseModel):
     master_key: SecretStr | None = None
     master_key_file: Path | None = None
 
-    # Providers, in registration order (the first is the default): "claude-code,opencode".
-    providers: tuple[str, ...] = ("claude-code", "opencode")
+    # Providers, in registration order (the first is the default): "claude-code,opencode,codex".
+    providers: tuple[str, ...] = ("claude-code", "opencode", "codex")
+    # Projects: user templates (folders with a template.toml) beside the shipped ones; the git command.
+    templates_dir: Path | None = None
+    git_bin: str = "git"
     # Jail agent processes with bubblewrap: auto = when it works, bwrap = required, off = never.
     sandbox: Literal["auto", "bwrap", "off"] = "auto"
 
@@ -89,6 +92,18 @@ class Settings(BaseModel):
     opencode_username: str = "opencode"
     opencode_env_passthrough: tuple[str, ...] = ()  # "GITHUB_TOKEN,NPM_TOKEN"
     opencode_permission_reply: Literal["once", "always", "reject"] = "reject"
+    opencode_max_servers: int = 4  # managed servers, one per project; the least recently used one yields
+    opencode_idle_stop_s: float = 600.0  # a managed server without a run for this long is stopped
+
+    # Codex (OpenAI's Codex CLI); written into each project's private CODEX_HOME/config.toml.
+    codex_bin: str = "codex"
+    codex_mode: Literal["auto", "app-server", "exec"] = "auto"
+    codex_base_url: str | None = None  # a Responses API base URL, e.g. http://127.0.0.1:8000/v1
+    codex_provider: str = Field("openai", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    codex_model: str | None = None
+    codex_env_key: str = Field("OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    codex_max_retries: int = Field(4, ge=0, le=100)
+    codex_idle_timeout_s: float = Field(300.0, gt=0)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -97,7 +112,16 @@ class Settings(BaseModel):
             return v.lower()
         raise ValueError(f"use one of {', '.join(LOG_LEVELS)}, got {v!r}")
 
-    @field_validator("database_url", "opencode_url", "claude_pod", "max_running", mode="before")
+    @field_validator(
+        "database_url",
+        "opencode_url",
+        "claude_pod",
+        "max_running",
+        "codex_base_url",
+        "codex_model",
+        "templates_dir",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v

@@ -71,7 +71,7 @@ async def main() -> None:
             agent = OpenCodeAgent(config)
             try:
                 t0 = time.perf_counter()
-                await agent.ensure_server()
+                await agent.ensure_server("bench")
                 startup = time.perf_counter() - t0
                 cold = await one(agent, "SCENARIO:text cold")
                 rss_start = agent.server_rss_bytes()

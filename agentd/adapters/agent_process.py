@@ -1,8 +1,8 @@
 """One agent process and its whole tree: every CLI-driving adapter starts, reads, watches and stops its
 agent CLI (or server) through this module. The adapters keep only their command line and protocol.
 
-- `spawn`: a clean environment (`pick_env`), its own session, stdin fed and closed; optionally inside the
-  sandbox (`Jail`, see adapters/sandbox.py), with the run's environment only.
+- `spawn`: a clean environment (`pick_env`), its own session, stdin fed and closed; inside the sandbox
+  when it is on (adapters/sandbox.py: bwrap is started with the run's environment only).
 - `lines`: stdout and stderr read concurrently, framed into lines of any length (`LineFramer`: a line
   longer than 64 MiB is dropped, not fatal); a bounded stderr tail; the watchdog (total deadline +
   inactivity) ends the run as timed out.
@@ -25,14 +25,17 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import structlog
 
 from agentd.domain.models import Forced
+
+if TYPE_CHECKING:
+    from agentd.adapters.sandbox import Jail, Sandbox
 
 log = structlog.get_logger(__name__)
 
@@ -120,7 +123,15 @@ async def iter_lines(reader: asyncio.StreamReader, framer: LineFramer | None = N
 # --- the process tree (Linux /proc) -------------------------------------------------------------------
 
 
-def _stat_fields(pid: int | str) -> list[str] | None:
+def proc_pids() -> list[int]:
+    try:
+        return [int(n) for n in os.listdir("/proc") if n.isdigit()]
+    except OSError:
+        return []
+
+
+def stat_fields(pid: int | str) -> list[str] | None:
+    """The fields after "(comm)" of /proc/<pid>/stat: [state, ppid, pgrp, ...]."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read().decode(errors="replace")
@@ -132,11 +143,19 @@ def _stat_fields(pid: int | str) -> list[str] | None:
 
 def _children_map() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
-    with contextlib.suppress(OSError):
-        for name in os.listdir("/proc"):
-            if name.isdigit() and (fields := _stat_fields(name)) is not None and len(fields) > 1:
-                kids.setdefault(int(fields[1]), []).append(int(name))
+    for pid in proc_pids():
+        if (fields := stat_fields(pid)) is not None and len(fields) > 1:
+            kids.setdefault(int(fields[1]), []).append(pid)
     return kids
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of `pid`."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return sorted(_children_map().get(pid, []))
 
 
 def descendants(pid: int) -> list[int]:
@@ -158,7 +177,7 @@ def tree(root: int) -> set[int]:
 
 
 def alive(pid: int) -> bool:
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     return bool(fields) and fields[0] not in ("Z", "X")  # type: ignore[index]
 
 
@@ -167,6 +186,14 @@ def command_name(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:
         return ""
+
+
+def kill_group(pid: int, sig: int) -> None:
+    """Signal the process group `pid` leads (start_new_session), if it leads one."""
+    fields = stat_fields(pid)
+    if fields and len(fields) > 2 and fields[2] == str(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
 
 
 def kill_all(pids: Iterable[int], sig: int = signal.SIGKILL) -> int:
@@ -317,12 +344,6 @@ async def probe_version(binary: str, env: Mapping[str, str], timeout_s: float = 
 # --- one agent process --------------------------------------------------------------------------------
 
 
-class Jail(Protocol):
-    """Wraps a command line so that it runs inside the sandbox (adapters/sandbox.py)."""
-
-    def wrap(self, argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]) -> list[str]: ...
-
-
 Signaller = Callable[[int], Awaitable[None]]
 
 
@@ -346,12 +367,15 @@ class AgentProcess:
         run_id: str,
         *,
         escalation: Escalation = ((signal.SIGINT, 3.0), (signal.SIGTERM, 2.0)),
+        sandbox: Sandbox | None = None,
         jail: Jail | None = None,
         stderr_lines: int = 20,
         signaller: Signaller | None = None,
     ) -> None:
         self.run_id = run_id
         self.escalation = escalation
+        # Jailed when the sandbox is on and the adapter said what the run may see.
+        self.sandbox = sandbox if sandbox is not None and sandbox.mode == "bwrap" and jail else None
         self.jail = jail
         self.signaller = signaller  # how to signal the agent when it does not run here (kubectl)
         self.proc: asyncio.subprocess.Process | None = None
@@ -376,11 +400,13 @@ class AgentProcess:
         cwd: Path,
         env: Mapping[str, str],
         stdin_data: bytes | None = None,
+        keep_stdin: bool = False,
     ) -> asyncio.subprocess.Process:
-        """Start it in its own session. Raises OSError when it cannot start."""
+        """Start it in its own session. Raises OSError when it cannot start. `keep_stdin`: leave stdin open
+        after `stdin_data`, for a protocol spoken over it (Codex's app-server: JSON-RPC over stdio)."""
         env = dict(env)
-        if self.jail is not None:
-            argv = self.jail.wrap(argv, cwd=cwd, env=env)
+        if self.sandbox is not None and self.jail is not None:
+            argv, env = self.sandbox.wrap(argv, env, self.jail)
         else:
             env[RUN_MARKER], env[OWNER_MARKER] = self.run_id, str(os.getpid())
         self.started = time.monotonic()
@@ -400,14 +426,15 @@ class AgentProcess:
             if stdin_data:
                 proc.stdin.write(stdin_data)
                 await proc.stdin.drain()
-            proc.stdin.close()
+            if not keep_stdin:
+                proc.stdin.close()
         except (BrokenPipeError, ConnectionResetError):
             pass
         if self.forced is not None:  # stopped while starting
             self._start_stopper()
         return proc
 
-    async def lines(self, watchdog: Watchdog | None = None) -> AsyncIterator[tuple[str, str]]:
+    async def lines(self, watchdog: Watchdog | None = None) -> AsyncGenerator[tuple[str, str], None]:
         """("stdout" | "stderr", line) as they come, until both streams end. Non-empty stderr lines also go
         to `stderr_tail`. With a watchdog, the run is stopped as timed out when a clock runs out (the
         iterator then goes on draining until the tree is gone)."""
@@ -487,7 +514,7 @@ class AgentProcess:
             await wait_exit(proc, grace)
         if proc.returncode is None:
             log.warning("agent_process.kill", run_id=self.run_id, pid=proc.pid)
-            kill_tree(proc.pid, self._marker())
+            self._kill_tree()
             await wait_exit(proc)
 
     async def signal(self, sig: int) -> None:
@@ -496,20 +523,30 @@ class AgentProcess:
         if self.signaller is not None:
             await self.signaller(sig)
             return
+        assert self.proc is not None
+        if self.sandbox is not None:
+            self.sandbox.signal_command(self.proc.pid, sig)
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(self.agent_pid(), sig)
+            os.kill(self.proc.pid, sig)
 
     def agent_pid(self) -> int:
         """The agent's pid: the spawned process, or in the sandbox the first one below bwrap."""
         assert self.proc is not None
-        if self.jail is not None:
+        if self.sandbox is not None:
             for pid in descendants(self.proc.pid):
                 if command_name(pid) != "bwrap":
                     return pid
         return self.proc.pid
 
-    def _marker(self) -> str | None:
-        return None if self.jail is not None else self.run_id
+    def _kill_tree(self) -> int:
+        """SIGKILL the whole tree: the sandbox's PID namespace, or the descendants and marked processes."""
+        assert self.proc is not None
+        if self.sandbox is not None:
+            members = self.sandbox.members(self.proc.pid)
+            self.sandbox.kill_tree(self.proc.pid)
+            return len(members)
+        return kill_tree(self.proc.pid if self.proc.returncode is None else None, self.run_id)
 
     async def close(self, grace_s: float = 5.0) -> int:
         """Whatever ended the run: no process of it may survive. Returns how many leftovers were killed."""
@@ -525,8 +562,9 @@ class AgentProcess:
             self._stopper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._stopper
-        running = proc.returncode is None
-        killed = kill_tree(proc.pid if running else None, self._marker())
-        if running:
+        if proc.returncode is None:
+            killed = self._kill_tree()
             await wait_exit(proc)
-        return killed
+            return killed
+        # It exited. In the sandbox its namespace went with it; else kill what it left behind.
+        return 0 if self.sandbox is not None else kill_tree(None, self.run_id)

@@ -13,7 +13,8 @@ so its environment and argv can be read there through /proc/1/environ and /proc/
 reason nothing from agentd's environment may reach bwrap, and no value goes into bwrap's argv (no
 `--setenv`).
 
-Processes and signals (checked in tests/integration/test_sandbox.py):
+Processes and signals (checked in tests/integration/test_sandbox.py; the /proc walking is
+agent_process.py's):
 - `wrap()` gives `bwrap ... -- argv`. The pid you get from spawning it is bwrap's outer (monitor) process.
   Its only child is the namespace's PID 1 (bwrap again), and that starts the command as PID 2.
 - When the command exits, PID 1 exits, and the kernel SIGKILLs every process left in the namespace,
@@ -50,6 +51,7 @@ from typing import Literal
 
 import structlog
 
+import agentd.adapters.agent_process as ap
 from agentd.domain.errors import SandboxUnavailable
 
 log = structlog.get_logger(__name__)
@@ -93,15 +95,17 @@ class Jail:
     """What one run may see. The workspace and home are mounted read-write at their own paths.
 
     `ro_paths` (e.g. `install_paths(binary)`) are mounted read-only and skipped when missing. `extra_rw`
-    paths are mounted read-write and skipped when missing. `cwd` defaults to the workspace. The
-    sandbox's hidden paths (the data dir) win over `ro_paths`, even a folder that contains the data dir;
-    the workspace, the home and `extra_rw` win over the hidden paths.
+    paths are mounted read-write and `extra_ro` read-only, both skipped when missing. `cwd` defaults to
+    the workspace. The sandbox's hidden paths (the data dir) win over `ro_paths`, even a folder that
+    contains the data dir; the workspace, the home, `extra_rw` and `extra_ro` win over the hidden paths
+    (`extra_ro`: the git objects a job's tree borrows from its project's mirror).
     """
 
     workspace: Path
     home: Path
     ro_paths: tuple[Path, ...] = ()
     extra_rw: tuple[Path, ...] = ()
+    extra_ro: tuple[Path, ...] = ()
     cwd: Path | None = None
 
 
@@ -133,6 +137,28 @@ def install_paths(binary: str, path: str | None = None) -> tuple[Path, ...]:
             continue
         keep.append(p)
     return tuple(keep)
+
+
+def runtime_paths(binary: str, path: str | None = None) -> tuple[Path, ...]:
+    """What a jail must mount read-only to run `binary`: its install and, for a script whose interpreter
+    is not in the system directories, the interpreter's (`#!/usr/bin/env node` with node under ~/.nvm)."""
+    paths = list(install_paths(binary, path))
+    found = binary if os.sep in binary else shutil.which(binary, path=path)
+    interpreter = None
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        with open(found or "", "rb") as f:
+            first = f.readline(256).decode()
+        if first.startswith("#!"):
+            words = first[2:].split()
+            if words and os.path.basename(words[0]) == "env":
+                interpreter = next((w for w in words[1:] if not w.startswith("-")), None)
+            elif words:
+                interpreter = words[0]
+    system_path = os.pathsep.join(SYSTEM_DIRS)
+    if interpreter and not shutil.which(os.path.basename(interpreter), path=system_path):
+        # Not in the system directories (which every jail has): mount where PATH finds it.
+        paths += [p for p in install_paths(interpreter, path) if p not in paths]
+    return tuple(paths)
 
 
 def _system_args() -> list[str]:
@@ -224,6 +250,8 @@ class Sandbox:
             args += ["--bind", str(p), str(p)]
         for p in jail.extra_rw:
             args += ["--bind-try", str(p), str(p)]
+        for p in jail.extra_ro:
+            args += ["--ro-bind-try", str(p), str(p)]
         for p in self.hide:  # read-only too, so nothing can be written there that looks like data
             args += ["--remount-ro", str(p)]
         args += ["--chdir", str(jail.cwd or jail.workspace)]
@@ -235,44 +263,44 @@ class Sandbox:
         """SIGKILL everything started from `pid` (the pid `wrap()`'s command was spawned as). The caller
         still reaps `pid` itself (await proc.wait())."""
         if self._jailed(pid):
-            inner = _children(pid)
+            inner = ap.children(pid)
             for p in inner:
-                _kill(p, signal.SIGKILL)  # PID 1 of the namespace: the kernel kills every member
+                ap.kill_all([p], signal.SIGKILL)  # PID 1 of the namespace: the kernel kills every member
             if not inner:
-                _kill(pid, signal.SIGKILL)
+                ap.kill_all([pid], signal.SIGKILL)
             return
-        _kill_group(pid, signal.SIGKILL)
-        for p in _descendants(pid):
-            _kill(p, signal.SIGKILL)
-        _kill(pid, signal.SIGKILL)
+        ap.kill_group(pid, signal.SIGKILL)
+        for p in set(ap.descendants(pid)):
+            ap.kill_all([p], signal.SIGKILL)
+        ap.kill_all([pid], signal.SIGKILL)
 
     def signal_command(self, pid: int, sig: int) -> None:
         """Send `sig` to the agent command itself (inside the sandbox: PID 2, bwrap's grandchild)."""
         if self._jailed(pid):
-            targets = [c for inner in _children(pid) for c in _children(inner)]
+            targets = [c for inner in ap.children(pid) for c in ap.children(inner)]
             for p in targets:
-                _kill(p, sig)
+                ap.kill_all([p], sig)
             return
-        _kill(pid, sig)
+        ap.kill_all([pid], sig)
 
     def alive(self, pid: int) -> bool:
         """Whether `pid` or anything it started (in bwrap mode: anything in its namespace) still runs.
         Ask before reaping `pid`: after that its number may belong to someone else."""
-        return any(_running(p) for p in self.members(pid))
+        return any(ap.alive(p) for p in self.members(pid))
 
     def members(self, pid: int) -> set[int]:
         """`pid` and the processes that belong to it, as pids seen from agentd. In bwrap mode these are
         the outer bwrap and every process in the sandbox's PID namespace."""
-        found = {pid} if _running(pid) else set()
+        found = {pid} if ap.alive(pid) else set()
         if not self._jailed(pid):
-            return found | _descendants(pid)
+            return found | set(ap.descendants(pid))
         namespaces = set()
-        for inner in _children(pid):
+        for inner in ap.children(pid):
             with contextlib.suppress(OSError):
                 namespaces.add(os.readlink(f"/proc/{inner}/ns/pid"))
         if not namespaces:
-            return found | _descendants(pid)
-        for name in _proc_pids():
+            return found | set(ap.descendants(pid))
+        for name in ap.proc_pids():
             with contextlib.suppress(OSError):
                 if os.readlink(f"/proc/{name}/ns/pid") in namespaces:
                     found.add(name)
@@ -310,64 +338,3 @@ def probe(bwrap: str = "bwrap") -> tuple[str | None, str]:
         err = done.stderr.decode(errors="replace").strip() or f"exit status {done.returncode}"
         return None, err
     return path, ""
-
-
-# -- /proc helpers ------------------------------------------------------------------------------------------
-
-
-def _proc_pids() -> list[int]:
-    try:
-        return [int(n) for n in os.listdir("/proc") if n.isdigit()]
-    except OSError:
-        return []
-
-
-def _stat(pid: int) -> list[str] | None:
-    """The fields after "(comm)" of /proc/<pid>/stat: [state, ppid, pgrp, ...]."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode(errors="replace")
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2 :].split()
-
-
-def _running(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is not None and bool(fields) and fields[0] not in ("Z", "X")
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return sorted(p for p in _proc_pids() if (s := _stat(p)) and len(s) > 1 and s[1] == str(pid))
-
-
-def _descendants(pid: int) -> set[int]:
-    kids: dict[int, list[int]] = {}
-    for p in _proc_pids():
-        s = _stat(p)
-        if s and len(s) > 1:
-            kids.setdefault(int(s[1]), []).append(p)
-    out: set[int] = set()
-    todo = [pid]
-    while todo:
-        for c in kids.get(todo.pop(), []):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
-    return out
-
-
-def _kill(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, sig)
-
-
-def _kill_group(pid: int, sig: int) -> None:
-    s = _stat(pid)
-    if s and len(s) > 2 and s[2] == str(pid):  # only when it leads its own group (start_new_session)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)

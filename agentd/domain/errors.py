@@ -153,6 +153,46 @@ class SandboxUnavailable(AgentdError):
     code = "sandbox_unavailable"
 
 
+class ProjectNotFound(AgentdError):
+    """No such project: create it with PUT /projects/{project_id}."""
+
+    code = "project_not_found"
+
+
+class InvalidProject(InvalidRequest):
+    """The project definition is not valid."""
+
+    code = "invalid_project"
+
+
+class TemplateNotFound(InvalidRequest):
+    """No template of that name: GET /templates lists them."""
+
+    code = "template_not_found"
+
+
+class ProjectInUse(AgentdError):
+    """The project has queued or running jobs; cancel them or wait for them to end, then try again."""
+
+    code = "project_in_use"
+
+
+class PatchNotFound(AgentdError):
+    """This job has no patch: its project has no git repository, or the job has not ended yet."""
+
+    code = "patch_not_found"
+
+
+class WorkspaceFailed(AgentdError):
+    """The job's git workspace could not be prepared or recorded."""
+
+    code = "workspace_failed"
+
+    def __init__(self, message: str | None = None, *, retryable: bool = False, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.retryable = retryable
+
+
 class RunSuperseded(AgentdError):
     """This run of the job is no longer its current one (its lease expired, it was handed back, or a later
     attempt started): its writes are refused and the run must stop."""

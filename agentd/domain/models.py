@@ -34,6 +34,78 @@ def validate_project_id(project_id: str) -> str:
     return project_id
 
 
+MAX_REF_LEN = 255
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+
+
+def validate_ref(ref: str, what: str = "ref") -> str:
+    """A branch, tag, full ref name or commit id, as `git check-ref-format` would accept it (and never an
+    option: no leading '-')."""
+    bad = (
+        not isinstance(ref, str)
+        or not ref
+        or len(ref) > MAX_REF_LEN
+        or ref.startswith(("-", "/", "."))
+        or ref.endswith(("/", ".", ".lock"))
+        or ".." in ref
+        or "//" in ref
+        or "@{" in ref
+        or "/." in ref
+        or ref == "@"
+        or _REF_FORBIDDEN.search(ref) is not None
+    )
+    if bad:
+        raise errors.InvalidRequest(
+            f"{what} {ref!r} is not a valid git branch, tag or commit name (no spaces, '..', '~', '^', ':', "
+            f"'?', '*', '[', '\\', no leading '-' or '.', at most {MAX_REF_LEN} characters)"
+        )
+    return ref
+
+
+class ChangedFile(BaseModel):
+    """One file a run changed, against the commit it started from. `added`/`removed` count lines; both
+    are null for a binary file. A renamed file has its previous path in `old_path`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    status: Literal["added", "modified", "deleted", "renamed"]
+    old_path: str | None = None
+    added: int | None = None
+    removed: int | None = None
+    binary: bool = False
+
+
+class PushRequest(BaseModel):
+    """Commit the run's changes and push them to `branch` (default `agentd/<job id>`; `{job_id}` in the
+    name is replaced by the job's id)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    branch: str | None = None
+
+    @field_validator("branch")
+    @classmethod
+    def _branch(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if v.startswith("refs/"):
+            raise errors.InvalidRequest("push.branch is a branch name, e.g. 'agentd/fix-1', not a full ref")
+        return validate_ref(v.replace("{job_id}", "job"), "push.branch") and v
+
+    def branch_for(self, job_id: str) -> str:
+        return (self.branch or "agentd/{job_id}").replace("{job_id}", job_id)
+
+
+class PushResult(BaseModel):
+    """Where a run's changes were pushed: the branch and the commit."""
+
+    model_config = ConfigDict(frozen=True)
+
+    branch: str
+    commit: str
+
+
 class PromptFile(BaseModel):
     """A file given with the prompt: a `path` inside the project's workspace, or inline `content`."""
 
@@ -72,6 +144,13 @@ class AgentRequest(BaseModel):
     agent: str | None = None
     files: tuple[PromptFile, ...] = ()
     mentions: tuple[str, ...] = ()
+    ref: str | None = None  # projects with a git repository: the branch, tag or commit to start from
+    push: PushRequest | None = None  # commit and push the run's changes to a branch
+
+    @field_validator("ref")
+    @classmethod
+    def _ref(cls, v: str | None) -> str | None:
+        return None if v is None else validate_ref(v)
 
     @field_validator("project_id")
     @classmethod
@@ -140,6 +219,8 @@ class AgentResult(BaseModel):
     cost_usd: float | None = None
     error: str | None = None
     retryable: bool = False
+    changed_files: list[ChangedFile] | None = None  # runs in a git workspace: what the run changed
+    push: PushResult | None = None
 
     @classmethod
     def ended(
@@ -281,6 +362,11 @@ class DoneEvent(_Event):
     usage: dict[str, Any] = Field(default_factory=dict)
     cost_usd: float | None = None
     error: str | None = None
+    changed_files: list[ChangedFile] | None = None
+    push: PushResult | None = None
+
+    def data(self) -> dict[str, Any]:
+        return _without_git_fields(super().data())
 
     @classmethod
     def from_result(cls, r: AgentResult) -> DoneEvent:
@@ -288,6 +374,14 @@ class DoneEvent(_Event):
 
     def to_result(self) -> AgentResult:
         return AgentResult(**self.model_dump(exclude={"event"}))
+
+
+def _without_git_fields(d: dict[str, Any]) -> dict[str, Any]:
+    """Runs outside a git workspace keep the shape they always had: no `changed_files`, no `push`."""
+    for k in ("changed_files", "push"):
+        if d.get(k) is None:
+            d.pop(k, None)
+    return d
 
 
 AgentEvent = Annotated[
@@ -364,8 +458,14 @@ class Job(BaseModel):
                 "session_id": req.session_id,
                 "timeout_s": req.timeout_s,
                 "max_turns": req.max_turns,
+                "ref": req.ref,
+                "push": req.push.model_dump(mode="json") if req.push else None,
             },
-            "result": self.result.model_dump(mode="json", exclude={"retryable"}) if self.result else None,
+            "result": (
+                _without_git_fields(self.result.model_dump(mode="json", exclude={"retryable"}))
+                if self.result
+                else None
+            ),
         }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Protocol
 
 from agentd.domain.models import AgentEvent, AgentRequest, Availability, Capabilities
@@ -28,10 +29,17 @@ class CodeAgent(Protocol):
 
     @abstractmethod
     def execute(
-        self, request: AgentRequest, *, run_id: str, env: Mapping[str, str] | None = None
+        self,
+        request: AgentRequest,
+        *,
+        run_id: str,
+        env: Mapping[str, str] | None = None,
+        workdir: Path | None = None,
     ) -> AsyncIterator[AgentEvent]:
         """Run `request`. `env` holds the run's secrets: extra environment variables for the agent
-        process only (never logged, stored or put on a command line)."""
+        process only (never logged, stored or put on a command line). `workdir` is where the agent works
+        when the runner chose a directory for this run (the job's git working tree); None means the
+        project's own workspace, as the adapter computes it."""
         ...
 
     @abstractmethod

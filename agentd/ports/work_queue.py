@@ -38,8 +38,9 @@ class WorkQueue(Protocol):
     - a job is handed to at most one worker at a time (`claim_many`), under a lease the worker renews
       (`heartbeat`); `recover` returns jobs whose lease expired to the queue (or fails them after
       `max_attempts`), so no job stays "running" with nobody running it;
-    - at most one job per project runs at a time, fleet-wide (a busy project's jobs wait); `Limits`
-      cap running jobs globally and per provider;
+    - at most one job per project runs at a time, fleet-wide (a busy project's jobs wait), or the
+      project's `max_running` when a project store shares the queue's database; `Limits` cap running
+      jobs globally and per provider;
     - `finish_many` records a final result once; a result marked `retryable` is instead re-queued with
       backoff while attempts remain;
     - `enqueue` with an idempotency key returns the existing job for the same key and request, and

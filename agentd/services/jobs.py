@@ -13,6 +13,7 @@ from agentd.domain.models import AgentRequest, DoneEvent, Job, JobStatus, Status
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
 from agentd.ports.work_queue import BusyPolicy, JobFilter, WorkQueue
+from agentd.services.projects import ProjectService
 from agentd.services.registry import ProviderRegistry
 from agentd.services.runner import Runner
 
@@ -28,7 +29,10 @@ class JobService:
         streams: EventStream,
         registry: ProviderRegistry,
         runner: Runner | None = None,
+        *,
+        projects: ProjectService | None = None,
     ) -> None:
+        self.projects = projects
         self.queue = queue
         self.streams = streams
         self.registry = registry
@@ -39,6 +43,8 @@ class JobService:
     ) -> tuple[Job, bool]:
         """Queue a job. Returns (job, created): an idempotent repeat returns the first job, created=False."""
         provider = self.registry.resolve(request.provider)
+        if self.projects is not None:
+            await self.projects.check_request(request)  # `ref` / `push` need a repository
         job_id, stream_id = new_job_ids()
         # The stream exists before the job can be claimed, so "queued" is always its first event.
         await self.streams.create(stream_id, [StatusEvent(status="queued", detail=f"provider {provider}")])

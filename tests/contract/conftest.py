@@ -174,3 +174,25 @@ async def secret_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Async
         close = getattr(store, "close", None)
         if close is not None:
             await close()
+
+
+PROJECT_ADAPTERS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"]
+
+
+@pytest.fixture(params=PROJECT_ADAPTERS)
+async def project_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """A ProjectStore (agentd/ports/project_store.py) on fresh storage."""
+    from agentd.adapters.embedded.sqlite_project_store import SqliteProjectStore
+    from agentd.adapters.memory.memory_project_store import MemoryProjectStore
+    from agentd.adapters.postgres import PostgresProjectStore
+
+    store: Any
+    if request.param == "sqlite":
+        store = SqliteProjectStore(tmp_path / "queue.sqlite3")
+    elif request.param == "postgres":
+        store = PostgresProjectStore(PgDatabase(request.getfixturevalue("pg_dsn"), pool_size=2, listen=False))
+        await store.open()
+    else:
+        store = MemoryProjectStore()
+    yield store
+    await store.close()

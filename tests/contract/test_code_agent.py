@@ -21,10 +21,11 @@ from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig
 from agentd.config import Settings
 from agentd.domain.models import AgentEvent, AgentRequest, DoneEvent, TextEvent
 from agentd.ports.code_agent import CodeAgent
-from tests.conftest import claude_agent, tool_path
-from tests.support import fake_openai
+from tests.conftest import claude_agent, codex_agent, jail_for_tests, tool_path
+from tests.support import fake_openai, fake_responses
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.fake_responses import FakeResponses
 
 
 @dataclass
@@ -33,12 +34,15 @@ class Subject:
     quick: str  # a prompt that succeeds with some text
     quick_text: str
     slow: str  # a prompt that streams text for a long time
+    streaming: bool = True  # what capabilities() says (codex in exec mode: text arrives whole)
 
 
 ADAPTERS = [
     "scripted",
     pytest.param("claude-code", marks=pytest.mark.e2e),
     pytest.param("opencode", marks=pytest.mark.e2e),
+    pytest.param("codex-app-server", marks=pytest.mark.e2e),
+    pytest.param("codex-exec", marks=pytest.mark.e2e),
 ]
 
 
@@ -65,16 +69,31 @@ async def subject(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         async with FakeOpenAI() as oai:
             env = {"PATH": os.environ.get("PATH", ""), "OPENCODE_CONFIG_CONTENT": json.dumps(oai.config())}
             oc = OpenCodeAgent(
-                OpenCodeConfig(data_dir=tmp_path / "data", binary=binary, mode="server", environ=env)
+                OpenCodeConfig(
+                    data_dir=tmp_path / "data",
+                    binary=binary,
+                    mode="server",
+                    environ=env,
+                    sandbox=jail_for_tests(tmp_path / "data"),
+                )
             )
             yield Subject(oc, "SCENARIO:text", fake_openai.TEXT_ANSWER, "SCENARIO:slow")
             await oc.close()
+        return
+    if request.param.startswith("codex-"):
+        mode = request.param.removeprefix("codex-")
+        codex = request.getfixturevalue("codex_bin")
+        async with FakeResponses() as responses:
+            cx = codex_agent(Settings(data_dir=tmp_path / "data"), codex, responses.base_url, mode=mode)
+            slow = "SCENARIO:slow delay_ms=100 chunks=300"
+            yield Subject(cx, "SCENARIO:text", fake_responses.TEXT_ANSWER, slow, streaming=mode != "exec")
+            await cx.close()
         return
     raise AssertionError(request.param)  # pragma: no cover
 
 
 def req(prompt: str, **kw: object) -> AgentRequest:
-    return AgentRequest(project_id="contract", prompt=prompt, **kw)  # type: ignore[arg-type]
+    return AgentRequest(project_id="contract", prompt=prompt, **kw)
 
 
 async def run(agent: CodeAgent, request: AgentRequest, run_id: str | None = None) -> list[AgentEvent]:
@@ -97,7 +116,7 @@ async def test_ends_with_exactly_one_done(subject: Subject) -> None:
 
 async def test_capabilities_and_availability(subject: Subject) -> None:
     caps = subject.agent.capabilities()
-    assert caps.streaming and caps.cancel
+    assert caps.streaming is subject.streaming and caps.cancel
     avail = await subject.agent.is_available()
     assert avail.available, avail.detail
 

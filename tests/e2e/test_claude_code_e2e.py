@@ -17,7 +17,7 @@ import agentd.adapters.agent_process as process
 from agentd.client import StreamItem
 from agentd.config import Settings
 from agentd.sse import aiter_sse
-from tests.conftest import RunningAgentd, claude_agent
+from tests.conftest import RunningAgentd, claude_agent, jail_for_tests
 from tests.support import fake_anthropic as fa
 from tests.support.fake_anthropic import FakeAnthropic
 
@@ -33,10 +33,10 @@ async def model() -> AsyncIterator[FakeAnthropic]:
 @pytest.fixture(autouse=True)
 def no_orphans() -> Any:
     yield
-    # Every process a run started carries our pid as its owner marker; none may outlive its job.
+    # Every process a run started is below this test process (jailed or not); none may outlive its job.
     deadline = time.monotonic() + 5
     while True:
-        left = [p for p in process.marked_processes(str(os.getpid()), key=process.OWNER_MARKER)]
+        left = process.descendants(os.getpid())
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.1)
@@ -57,7 +57,8 @@ async def _start(
     cfg_kw = {k: kw.pop(k) for k in list(kw) if k.startswith("claude_")}
     settings = Settings(data_dir=data, **cfg_kw)
     agent = claude_agent(settings, claude_bin, model.base_url, **kw)
-    return await agentd_factory([agent], data_dir=data, **cfg_kw)
+    running: RunningAgentd = await agentd_factory([agent], data_dir=data, **cfg_kw)
+    return running
 
 
 async def _collect(srv: RunningAgentd, job: dict[str, Any]) -> list[StreamItem]:
@@ -177,13 +178,15 @@ async def test_cancel_during_tool_leaves_no_process(
         items.append(it)
         if it.event == "tool_use":
             await asyncio.sleep(0.5)  # let the tool's `sleep 300` start
-            sleepers = [p for p in process.marked_processes(f"{job['job_id']}.1") if "sleep" in _cmdline(p)]
+            sleepers = [p for p in process.descendants(os.getpid()) if "sleep" in _cmdline(p)]
             assert sleepers, "the Bash tool should be running"
+            if jail_for_tests(srv.settings.data_dir).mode == "bwrap":  # it runs in the jail
+                assert any(process.command_name(p) == "bwrap" for p in process.descendants(os.getpid()))
             cancelled = await srv.client.cancel("demo", job["job_id"])
             assert cancelled["cancel_requested"] is True
     done = items[-1].data
     assert done["status"] == "cancelled"
-    assert not process.marked_processes(f"{job['job_id']}.1")
+    assert not [p for p in process.descendants(os.getpid()) if "sleep" in _cmdline(p)]
     assert (await srv.client.job("demo", job["job_id"]))["status"] == "cancelled"
 
 
@@ -268,7 +271,7 @@ async def test_total_timeout_ends_as_timed_out(
     items = await _collect(srv, job)
     done = items[-1].data
     assert done["status"] == "timed_out" and "timed out after 3 s" in done["error"]
-    assert not process.marked_processes(f"{job['job_id']}.1")
+    assert not process.descendants(os.getpid())
 
 
 async def test_inactivity_watchdog(
@@ -315,11 +318,18 @@ async def test_kubectl_transport_with_stand_in_kubectl(
         claude_transport="kubectl",
         claude_pod="agent-0",
         claude_kubectl_bin=str(fake),
+        CLAUDE_CODE_OAUTH_HINT="oauth-like secret\\with\nnewline",
     )
     items = await _collect(srv, await srv.client.submit("demo", "SCENARIO:tool_bash"))
     assert items[-1].data["status"] == "succeeded", items[-1].data
     assert items[-1].data["result"] == fa.TOOL_BASH_DONE
     assert "exec -i agent-0 -n default -- sh -c" in calls.read_text()
+    # No secret on any command line: the environment went over stdin (and arrived: the run reached
+    # the model through ANTHROPIC_BASE_URL, and the value with a backslash and a newline is intact).
+    for secret in ("sk-fake", "oauth-like", model.base_url):
+        assert secret not in calls.read_text()
+    for pid in process.descendants(os.getpid()):
+        assert "sk-fake" not in _cmdline(pid)
     assert (srv.settings.workspace("demo") / "out.txt").read_text().strip() == "hello"
     # Cancel through kubectl: the remote pid file gets the signal.
     job = await srv.client.submit("demo", "SCENARIO:slow delay_ms=100 chunks=100")
@@ -354,3 +364,27 @@ async def test_huge_lines_stream_through(
     items = await _collect(srv, await srv.client.submit("demo", "SCENARIO:big size=300000"))
     assert items[-1].data["status"] == "succeeded"
     assert list(_texts(items).values()) == [fa.big_text(300_000)]
+
+
+async def test_root_with_an_inherited_is_sandbox_value(
+    agentd_factory: Any, tmp_path: Path, claude_bin: str, model: FakeAnthropic
+) -> None:
+    """bypassPermissions as root: the CLI accepts only IS_SANDBOX=1, whatever agentd's environment says."""
+    srv = await _start(agentd_factory, tmp_path, claude_bin, model, IS_SANDBOX="yes")
+    items = await _collect(srv, await srv.client.submit("demo", "SCENARIO:text"))
+    assert items[-1].data["status"] == "succeeded", items[-1].data
+    assert items[-1].data["result"] == fa.TEXT_REPLY
+    async with aiohttp.ClientSession() as http, http.get(f"{srv.base_url}/healthz") as r:
+        assert (await r.json())["sandbox"] == srv.container.sandbox.mode
+
+
+async def test_each_project_has_its_own_home(
+    agentd_factory: Any, tmp_path: Path, claude_bin: str, model: FakeAnthropic
+) -> None:
+    srv = await _start(agentd_factory, tmp_path, claude_bin, model)
+    for project in ("alpha", "beta"):
+        items = await _collect(srv, await srv.client.submit(project, "SCENARIO:text"))
+        assert items[-1].data["status"] == "succeeded", items[-1].data
+    homes = srv.settings.data_dir / "homes" / "claude-code"
+    assert sorted(p.name for p in homes.iterdir()) == ["alpha", "beta"]
+    assert not (srv.settings.data_dir / "claude").exists()  # no shared home any more

@@ -1,6 +1,8 @@
 """A hostile agent against the whole service: `agentd serve` as a real process, tests/support/hostile_agent.py
-as its `claude` binary. With the jail on, every escape comes back empty or denied; with AGENTD_SANDBOX=off
-the same run gets what it should not (so the test can fail)."""
+as its `claude` binary. With the jail on, every escape comes back empty or denied, and the run's own secrets
+(set through the secrets API) come back as [REDACTED:NAME]; with AGENTD_SANDBOX=off the same run gets what it
+should not (so the test can fail). The agent reports other processes' environments as digests, which the
+redaction of the stream cannot hide: the difference between the two modes shows through it."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ import pytest
 
 from agentd.adapters.sandbox import probe
 from agentd.client import AgentdClient
+from agentd.services.redaction import placeholder
 
 pytestmark = pytest.mark.e2e
 
@@ -36,17 +40,28 @@ needs_bwrap = pytest.mark.skipif(BWRAP is None, reason=f"bubblewrap cannot run h
 
 @dataclass
 class Secrets:
-    """What must never reach a run: the service's keys, the other project's data. And the run's own
-    provider key, which it gets but which must not come back in the stream."""
+    """What must never reach a run: the service's keys, the other project's data and secrets. And alpha's
+    own secrets (from the store: the project's over the global ones), which its run gets but which must not
+    come back in the stream."""
 
     api_key: str
     master_key: str
-    provider_key: str
     beta_file: str
     beta_prompt: str
+    global_secrets: dict[str, str]
+    alpha_secrets: dict[str, str]
+    beta_secrets: dict[str, str]
 
     def service(self) -> dict[str, str]:
         return {"AGENTD_API_KEY": self.api_key, "AGENTD_MASTER_KEY": self.master_key}
+
+    def alpha_run(self) -> dict[str, str]:
+        """The secrets alpha's run is given."""
+        return {**self.global_secrets, **self.alpha_secrets}
+
+    def every_value(self) -> list[str]:
+        stores = (self.global_secrets, self.alpha_secrets, self.beta_secrets, self.service())
+        return [v for store in stores for v in store.values()]
 
 
 @dataclass
@@ -55,12 +70,74 @@ class Attack:
     stream: str  # every event of alpha's stream, as JSON
     data_dir: Path
     secrets: Secrets
+    log: str  # agentd's own log (stderr)
+
+
+def _new_master_key() -> str:
+    out = subprocess.run(
+        [*AGENTD, "secrets", "new-master-key"],
+        env={"PATH": os.environ.get("PATH", os.defpath), "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+def _put_secret(base: str, api_key: str, project: str | None, name: str, value: str) -> None:
+    """PUT /projects/{project}/secrets/{name} (or /secrets/{name}, global) through the HTTP API."""
+    path = f"/projects/{project}/secrets/{name}" if project else f"/secrets/{name}"
+    req = urllib.request.Request(
+        base + path,
+        data=json.dumps({"value": value}).encode(),
+        method="PUT",
+        headers={"X-API-Key": api_key, "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 204, (path, r.status)
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _new_secrets() -> Secrets:
+    sec = Secrets(
+        api_key="svc-key-" + secrets.token_hex(16),
+        master_key=_new_master_key(),
+        beta_file="beta-workspace-secret-" + secrets.token_hex(8),
+        beta_prompt="BETA-PROMPT-" + secrets.token_hex(8),
+        global_secrets={
+            "GLOBAL_TOKEN": "global-" + secrets.token_hex(16),
+            "ANTHROPIC_API_KEY": "sk-ant-global-" + secrets.token_hex(16),  # alpha's own wins
+        },
+        alpha_secrets={
+            "ANTHROPIC_API_KEY": "sk-ant-alpha-" + secrets.token_hex(16),  # the run's provider key
+            "DEPLOY_TOKEN": "deploy-" + secrets.token_hex(16),
+        },
+        beta_secrets={"BETA_TOKEN": "beta-token-" + secrets.token_hex(16)},
+    )
+    assert len(base64.urlsafe_b64decode(sec.master_key)) == 32
+    return sec
+
+
+def _serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    """`agentd serve` on `port`, its stderr into `log`; returns once it accepts connections."""
+    with log.open("ab") as f:
+        proc = subprocess.Popen(
+            [*AGENTD, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=f
+        )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise AssertionError("agentd serve did not start: " + log.read_text()) from None
+            time.sleep(0.1)
 
 
 @pytest.fixture
@@ -70,13 +147,7 @@ def attack(tmp_path: Path) -> Iterator[Any]:
     servers: list[subprocess.Popen[bytes]] = []
 
     def run(sandbox: str) -> Attack:
-        sec = Secrets(
-            api_key="svc-key-" + secrets.token_hex(16),
-            master_key=base64.urlsafe_b64encode(os.urandom(32)).decode(),
-            provider_key="sk-ant-fake-" + secrets.token_hex(16),
-            beta_file="beta-workspace-secret-" + secrets.token_hex(8),
-            beta_prompt="BETA-PROMPT-" + secrets.token_hex(8),
-        )
+        sec = _new_secrets()
         data = tmp_path / f"data-{sandbox}"
         port = _free_port()
         env = {
@@ -89,28 +160,22 @@ def attack(tmp_path: Path) -> Iterator[Any]:
             "AGENTD_PROVIDERS": "claude-code",
             "AGENTD_CLAUDE_BIN": str(HOSTILE),
             "AGENTD_SANDBOX": sandbox,
-            "ANTHROPIC_API_KEY": sec.provider_key,
             **sec.service(),
         }
         log = tmp_path / f"serve-{sandbox}.log"
-        with log.open("ab") as f:
-            proc = subprocess.Popen(
-                [*AGENTD, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=f
-            )
-        servers.append(proc)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "agentd serve did not start: " + log.read_text()
-                time.sleep(0.1)
+        servers.append(_serve(env, port, log))
+        base = f"http://127.0.0.1:{port}"
+        for scope, values in (
+            (None, sec.global_secrets),
+            ("alpha", sec.alpha_secrets),
+            ("beta", sec.beta_secrets),
+        ):
+            for name, value in values.items():
+                _put_secret(base, sec.api_key, scope, name, value)
         shared_home = data / "claude" / "home"  # the one home every project shared before the jail
 
         async def jobs() -> tuple[dict[str, Any], str]:
-            async with AgentdClient(f"http://127.0.0.1:{port}", api_key=sec.api_key) as client:
+            async with AgentdClient(base, api_key=sec.api_key) as client:
                 beta = {"plant": sec.beta_file, "marker": sec.beta_prompt}
                 job = await client.submit("beta", "HOSTILE " + json.dumps(beta))
                 items = [it async for it in client.follow(job["stream_url"])]
@@ -126,7 +191,8 @@ def attack(tmp_path: Path) -> Iterator[Any]:
         done, stream = asyncio.run(jobs())
         text = str(done["result"])
         assert text.startswith("HOSTILE-REPORT "), text[:500]
-        return Attack(json.loads(text.removeprefix("HOSTILE-REPORT ")), stream, data, sec)
+        report = json.loads(text.removeprefix("HOSTILE-REPORT "))
+        return Attack(report, stream, data, sec, log.read_text(errors="replace"))
 
     yield run
     for proc in servers:
@@ -167,9 +233,6 @@ def _written_outside(data: Path, needle: str, allowed: list[Path]) -> list[str]:
 
 
 @needs_bwrap
-@pytest.mark.xfail(
-    strict=True, reason="jail not wired yet: the process helper's branch runs agents through the Sandbox"
-)
 def test_with_the_jail_every_escape_comes_back_empty(attack: Any) -> None:
     got: Attack = attack("bwrap")
     r, sec = got.report, got.secrets
@@ -193,20 +256,27 @@ def test_with_the_jail_every_escape_comes_back_empty(attack: Any) -> None:
     assert r["foreign_hook"] == ""
     allowed = [Path(r["home"]), Path(r["cwd"])]
     assert not _written_outside(got.data_dir, "pwn alpha", allowed)
-    # And none of it reached the stream.
-    for value in (sec.api_key, sec.master_key, sec.beta_file, sec.beta_prompt):
-        assert value not in got.stream
+    # Another project's secrets: not given to this run.
+    assert not set(sec.beta_secrets) & set(r["env"])
+    # And none of it reached the stream, not even as a digest.
+    for value in (sec.api_key, sec.master_key, sec.beta_file, sec.beta_prompt, *sec.beta_secrets.values()):
+        assert value not in got.stream and _sha(value) not in got.stream
 
 
 @needs_bwrap
-@pytest.mark.xfail(
-    strict=True,
-    reason="jail and redaction not wired yet: the run's own provider key must come back as [REDACTED:NAME]",
-)
-def test_with_the_jail_the_runs_own_key_is_redacted_from_the_stream(attack: Any) -> None:
+def test_with_the_jail_the_runs_own_secrets_are_redacted_from_the_stream(attack: Any) -> None:
+    """The run gets its secrets from the store (the project's over the global ones, its provider key among
+    them) and prints its whole environment: every value comes back as [REDACTED:NAME], in no event and
+    no log line in full."""
     got: Attack = attack("bwrap")
-    assert got.secrets.provider_key not in got.stream
-    assert "[REDACTED:ANTHROPIC_API_KEY]" in got.stream
+    r, sec = got.report, got.secrets
+    for name, value in sec.alpha_run().items():
+        assert r["env_sha"].get(name) == _sha(value), f"the run did not get its secret {name}"
+        assert r["env"][name] == placeholder(name)
+        assert placeholder(name) in got.stream
+    for value in sec.every_value():
+        assert value not in got.stream
+        assert value not in got.log
 
 
 def test_without_the_jail_the_same_run_gets_what_it_should_not(attack: Any) -> None:
@@ -215,8 +285,10 @@ def test_without_the_jail_the_same_run_gets_what_it_should_not(attack: Any) -> N
     r, sec = got.report, got.secrets
     assert r["agentd"], "the agentd process is visible"
     assert _environ_hits(r, [sec.api_key]), "agentd's AGENTD_API_KEY is readable in /proc/<pid>/environ"
+    assert _environ_hits(r, [sec.master_key]), "and so is its AGENTD_MASTER_KEY"
     assert "beta" in r["siblings_ls"]
     assert sec.beta_file in json.dumps(r["other_read"])
     assert any(e.startswith("queue") for e in r["data_ls"])
     assert sec.beta_prompt in json.dumps(r["data_files"])  # the other project's prompt, from the queue
-    assert sec.api_key in got.stream  # and it all went back to the caller
+    # And it all went back to the caller: redaction hides the key itself, not what the run learnt about it.
+    assert sec.api_key not in got.stream and _sha(sec.api_key) in got.stream

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -93,6 +92,6 @@ async def test_metrics_count_a_job_that_ran_and_its_logs_carry_the_request_id(tm
     assert [(e["status"], e["request_id"]) for e in request_lines] == [(202, "req-m-1")]
     finished = [e for e in logs if e["event"] == "job.finished"]
     assert len(finished) == 1
-    line: dict[str, Any] = finished[0]
+    line = finished[0]
     assert line["request_id"] == "req-m-1", "the job's log lines carry the submitting request's id"
     assert {"job_id", "project_id", "provider", "status", "attempts", "duration_ms", "cost_usd"} <= set(line)

@@ -7,7 +7,7 @@ import asyncio
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from agentd.domain.models import (
     ToolResultEvent,
     ToolUseEvent,
 )
-from tests.conftest import tool_path
+from tests.conftest import jail_for_tests, tool_path
 from tests.support import fake_openai
 from tests.support.fake_openai import FakeOpenAI
 
@@ -71,8 +71,10 @@ async def oc(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[OC]:
     async with FakeOpenAI() as fake:
         hook = Hook()
         env = {"PATH": os.environ.get("PATH", ""), "OPENCODE_CONFIG_CONTENT": json.dumps(fake.config())}
+        data = tmp_path_factory.mktemp("oc")
         config = OpenCodeConfig(
-            data_dir=tmp_path_factory.mktemp("oc"),
+            data_dir=data,
+            sandbox=jail_for_tests(data),
             binary=binary,
             mode="server",
             idle_timeout_s=60,
@@ -80,9 +82,14 @@ async def oc(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[OC]:
             run=RunOptions(reconnect_delays=(0.3, 0.5, 1.0), event_hook=hook),  # events get lost
         )
         agent = OpenCodeAgent(config)
-        await agent.ensure_server()
-        assert agent.server is not None and agent.server.pid is not None
-        pid = agent.server.pid
+        await agent.ensure_server("p1")
+        server = agent.server_for("p1")
+        assert server is not None and server.pid is not None
+        pid = server.pid
+        assert server.proc is not None and server.proc.pid is not None
+        if config.sandbox is not None and config.sandbox.mode == "bwrap":  # jailed: below bwrap, no marker
+            assert procs.command_name(server.proc.pid) == "bwrap" and pid != server.proc.pid
+            assert not procs.marked_processes(str(os.getpid()), key=procs.OWNER_MARKER)
         try:
             yield OC(fake, agent, config, hook)
         finally:
@@ -169,8 +176,8 @@ async def test_abort_mid_stream_cancel_twice(oc: OC) -> None:
     streamed = text(events)
     assert streamed.startswith("tick0 tick1 ") and streamed.endswith(" ") and len(streamed) < 60
     assert d.result == streamed and d.session_id is not None
-    assert d.session_id not in await oc.agent.client.status(oc.workspace())  # not busy any more
-    last = (await oc.agent.client.messages(oc.workspace(), d.session_id))[-1]["info"]
+    assert d.session_id not in await oc.agent.client_for("p1").status(oc.workspace())  # not busy any more
+    last = (await oc.agent.client_for("p1").messages(oc.workspace(), d.session_id))[-1]["info"]
     assert last["error"]["name"] == "MessageAbortedError"
 
 
@@ -198,7 +205,7 @@ async def test_cancel_before_the_prompt_is_accepted(oc: OC) -> None:
     sid = next(e.session_id for e in events if isinstance(e, SessionEvent))
     assert done(events).status == "cancelled" and done(events).session_id is None
     with pytest.raises(OpenCodeHTTPError) as err:
-        await oc.agent.client.get_session(oc.workspace(), sid)
+        await oc.agent.client_for("p1").get_session(oc.workspace(), sid)
     assert err.value.status == 404 and "GET" in str(err.value) and sid in str(err.value)
     sent = json.dumps([r.body for r in oc.fake.requests])
     assert "never-1" not in sent and "never-2" not in sent
@@ -292,13 +299,15 @@ async def test_request_timeout(oc: OC) -> None:
     events = await collect(oc.agent, "SCENARIO:slow", timeout_s=1)
     d = done(events)
     assert (d.status, d.error) == ("timed_out", "timed out after 1 s") and d.duration_ms < 8000
-    assert d.session_id not in await oc.agent.client.status(oc.workspace())
+    assert d.session_id not in await oc.agent.client_for("p1").status(oc.workspace())
 
 
 async def test_external_server(oc: OC, tmp_path: Path) -> None:
-    assert oc.agent.server is not None
-    url, password = oc.agent.client.base_url, oc.agent.server.config.password
-    ext = OpenCodeAgent(replace(oc.config, data_dir=tmp_path, url=url, password=password))
+    server = oc.agent.server_for("p1")
+    assert server is not None
+    url, password = oc.agent.client_for("p1").base_url, server.config.password
+    # The managed server is jailed to its project: as an external server, it serves the same workspace.
+    ext = OpenCodeAgent(replace(oc.config, url=url, password=password))
     wrong = OpenCodeAgent(replace(oc.config, data_dir=tmp_path, url=url, password="nope"))
     down = OpenCodeAgent(replace(oc.config, data_dir=tmp_path, url="http://127.0.0.1:9"))
     try:
@@ -337,25 +346,27 @@ async def test_parallel_runs_and_a_consumer_that_goes_away(oc: OC) -> None:
     )
     assert (done(a).result, done(b).result) == ("OK, I will remember ONE.", "OK, I will remember TWO.")
     gen = oc.agent.execute(AgentRequest(project_id="p1", prompt="SCENARIO:slow"), run_id="goes-away")
+    assert isinstance(gen, AsyncGenerator)  # the port promises an AsyncIterator; the adapter's can be closed
     sid = None
     async for ev in gen:
         sid = ev.session_id if isinstance(ev, SessionEvent) else sid
         if isinstance(ev, TextEvent):
             break
     await gen.aclose()  # the consumer stops reading: the run is aborted on the server
-    assert sid is not None and sid not in await oc.agent.client.status(oc.workspace())
+    assert sid is not None and sid not in await oc.agent.client_for("p1").status(oc.workspace())
     assert await oc.agent.cancel("goes-away") is False
 
 
 async def test_inactivity_watchdog(oc: OC) -> None:
-    assert oc.agent.server is not None
-    url, password = oc.agent.client.base_url, oc.agent.server.config.password
+    server = oc.agent.server_for("p1")
+    assert server is not None
+    url, password = oc.agent.client_for("p1").base_url, server.config.password
     # An external-server agent on the module's server, with a short watchdog.
     agent = OpenCodeAgent(replace(oc.config, url=url, password=password, idle_timeout_s=1.5))
     try:
         d = done(await collect(agent, "SCENARIO:stall"))
         assert d.status == "timed_out" and "inactivity watchdog" in (d.error or "")
-        assert d.session_id not in await agent.client.status(oc.workspace())
+        assert d.session_id not in await agent.client_for("p1").status(oc.workspace())
     finally:
         await agent.close()
 
@@ -378,7 +389,7 @@ async def test_retry_after_text_abandons_it(oc: OC) -> None:
 
 async def test_server_dies_mid_run_then_is_restarted(oc: OC) -> None:
     """Kept last: it kills the module's server. The run in flight fails; the next job gets a new server."""
-    server = oc.agent.server
+    server = oc.agent.server_for("p1")
     assert server is not None and server.pid is not None
     old = server.pid
     run_id = uuid.uuid4().hex

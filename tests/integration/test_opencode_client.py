@@ -59,7 +59,7 @@ async def test_json_calls_and_errors(server: str, tmp_path: Path) -> None:
     client = OpenCodeClient(server, password="pw")
     try:
         assert await client.health() == {"healthy": True, "version": "1.18.33"}
-        assert await client.prompt_async(tmp_path, "ses_1", {"parts": []}) is None
+        await client.prompt_async(tmp_path, "ses_1", {"parts": []})  # 204: nothing to return
         with pytest.raises(OpenCodeHTTPError) as e:
             await client.get_session(tmp_path, "ses_x")
         msg = str(e.value)

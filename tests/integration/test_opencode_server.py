@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 import agentd.adapters.agent_process as procs
 from agentd.adapters.opencode.client import OpenCodeClient, OpenCodeUnavailable
+from agentd.adapters.opencode.pool import ServerPool
 from agentd.adapters.opencode.server import ManagedServer, ServerConfig
 
 # A stand-in for `opencode serve`: checks the password, answers /global/health, has a child process
@@ -109,3 +112,44 @@ async def test_a_server_that_does_not_start_is_reported(tmp_path: Path) -> None:
             await server.ensure_started()
     finally:
         await client.close()
+
+
+async def test_pool_one_server_per_project_bounded_and_idle_stopped(tmp_path: Path) -> None:
+    binary = script(tmp_path, "serve.py", FAKE_SERVE)
+
+    def factory(project: str, env: Mapping[str, str]) -> ManagedServer:
+        base = tmp_path / "homes" / project
+        cfg = ServerConfig(binary=binary, base_dir=base, environ={"PATH": os.environ["PATH"]}, run_env=env)
+        return ManagedServer(cfg, OpenCodeClient("http://127.0.0.1:0"))
+
+    pool = ServerPool(factory, max_servers=2, idle_stop_s=0.5)
+    try:
+        a = await pool.acquire("a", {"SECRET_A": "1"})
+        b = await pool.acquire("b", {})
+        assert a.server is not b.server and a.client.base_url != b.client.base_url
+        env_a = json.loads((tmp_path / "homes" / "a" / "home" / "env.json").read_text())
+        assert env_a["SECRET_A"] == "1" and "SECRET_A" not in str(
+            (tmp_path / "homes" / "b").rglob("env.json")
+        )
+        again = await pool.acquire("a", {"SECRET_A": "1"})  # the same project: the same server
+        assert again is a and a.active == 2
+        with pytest.raises(OpenCodeUnavailable, match="AGENTD_OPENCODE_MAX_SERVERS"):
+            await pool.acquire("c", {})  # both busy
+        pool.release(b)
+        b_pid = b.server.pid
+        c = await pool.acquire("c", {})  # b was idle: it makes room
+        assert set(pool.slots) == {"a", "c"} and b_pid is not None and not procs.alive(b_pid)
+        pool.release(c)
+        for _ in range(40):  # idle for 0.5 s: stopped
+            if "c" not in pool.slots:
+                break
+            await asyncio.sleep(0.1)
+        assert set(pool.slots) == {"a"}
+        pool.release(a)
+        pool.release(again)
+        changed = await pool.acquire("a", {"SECRET_A": "2"})  # new secrets, idle server: replaced
+        assert changed is not a and a.server.pid is None
+        pool.release(changed)
+    finally:
+        await pool.close()
+    assert not pool.slots and not [p for p in procs.tree(os.getpid()) if p != os.getpid()]

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from agentd.adapters.embedded.database import SCHEMA_VERSION, SqliteDatabase
 from agentd.adapters.embedded.sqlite_event_stream import SqliteEventStream
+from agentd.adapters.embedded.sqlite_project_store import SqliteProjectStore
 from agentd.adapters.embedded.sqlite_secret_store import SqliteSecretStore
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
 from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
@@ -22,6 +23,7 @@ from agentd.client import AgentdClient, ApiError
 from agentd.config import Settings
 from agentd.domain.errors import QueueUnavailable
 from agentd.domain.models import AgentRequest, JobStatus
+from agentd.domain.projects import ProjectSpec
 from agentd.services.jobs import JobService
 from agentd.services.registry import ProviderRegistry
 from agentd.services.runner import Runner
@@ -53,12 +55,32 @@ async def test_a_schema_1_file_gets_the_secrets_table_and_keeps_its_jobs(tmp_pat
     await store.put("p", "TOKEN", "a-secret-value")
     assert await store.resolve("p") == {"TOKEN": "a-secret-value"}
     await store.close()
-    assert user_version(path) == SCHEMA_VERSION == 3
-    with contextlib.closing(sqlite3.connect(path)) as db:  # schema 3: the event log
+    assert user_version(path) == SCHEMA_VERSION >= 4
+    with contextlib.closing(sqlite3.connect(path)) as db:  # schema 4: the event log
         assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 0
     reopened = SqliteWorkQueue(path)
     assert (await reopened.get("p", job.id)).id == "j1"
     await reopened.close()
+
+
+async def test_a_schema_2_file_gets_the_projects_tables_and_its_queue_still_claims(tmp_path: Path) -> None:
+    path = tmp_path / "queue.sqlite3"
+    queue = SqliteWorkQueue(path)
+    await queue.enqueue(AgentRequest(project_id="p", prompt="x"), provider="s", job_id="j1", stream_id="s1")
+    await queue.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:  # as agentd before projects left it
+        db.execute("DROP TABLE projects")
+        db.execute("DROP TABLE job_patches")
+        db.execute("PRAGMA user_version = 2")
+        db.commit()
+    queue = SqliteWorkQueue(path)
+    store = SqliteProjectStore(queue.db)
+    assert [j.id for j in await queue.claim_many("w", 5)] == ["j1"]  # the claim reads `projects`
+    await store.put("p", ProjectSpec(template="empty", max_running=2))
+    await store.put_patch("p", "j1", b"diff")
+    assert user_version(path) == SCHEMA_VERSION >= 3
+    await store.close()
+    await queue.close()
 
 
 async def test_the_queue_and_the_secrets_share_one_file_until_the_last_close(tmp_path: Path) -> None:
@@ -144,10 +166,10 @@ async def test_the_runner_waits_out_a_locked_file_and_the_job_ends_once(tmp_path
         with locked(path):  # the run ends while storage is unusable: its result must wait, not be lost
             await asyncio.sleep(1.5)
 
-        async def final() -> bool:
+        async def ended() -> bool:
             return (await queue.get("p", job.id)).status.is_final
 
-        await until(final, "the job to end once the file is usable again")
+        await until(ended, "the job to end once the file is usable again")
     finally:
         await runner.stop(1)
     final = await queue.get("p", job.id)

@@ -177,8 +177,9 @@ class FakeOpenAI:
             self._counters.by_session[key] = n + 1
             if n == 0:
                 rec.status = 500
-                err = {"message": ERROR500_MESSAGE, "type": "server_error", "code": 500}
-                return web.json_response({"error": err}, status=500)
+                return web.json_response(
+                    {"error": {"message": ERROR500_MESSAGE, "type": "server_error", "code": 500}}, status=500
+                )
 
         stream = _Stream(request, rec, self._closing)
         await stream.open()

@@ -6,8 +6,10 @@ prints Claude Code stream-json lines (system/init, assistant text, result), the 
 The prompt is `HOSTILE <json>` with the targets the test wants tried: {"data_dir": ..., "other": ...,
 "shared": ...}. The answer text is `HOSTILE-REPORT <json>` and reports what each attempt got:
 
-- environ: /proc/<pid>/environ of every process it can see (its own excepted), with their cmdlines
-  (values in full for agentd's processes, as "sha256:<hex>" for the others);
+- environ: /proc/<pid>/environ of every process it can see (its own excepted), with their cmdlines; each
+  value as "sha256:<hex>": agentd redacts the secret values it knows from a run's output, so a value in
+  full would come back as [REDACTED:NAME] whether it leaked or not; its digest proves the leak, and copies
+  nothing of whatever else runs on the machine;
 - agentd: the pids of visible agentd processes (`agentd.cli` / `bin/agentd` in the cmdline);
 - signal_parent: whether SIGCONT to its parent and to each agentd process was accepted (harmless, but
   SIGKILL would have been too);
@@ -16,7 +18,8 @@ The prompt is `HOSTILE <json>` with the targets the test wants tried: {"data_dir
 - home_siblings: the folders next to its HOME, and whether a hook could be written into each;
 - shared_write: whether a hook could be written into the `shared` path;
 - foreign_hook: a hook another project's run planted in its own HOME (a shared home);
-- env: its own environment.
+- env / env_sha: its own environment, as it is (the run's secrets in it must come back redacted) and as
+  digests (proof that the run did get each value).
 
 Every run also plants a hook naming its cwd's project into $HOME/.claude/settings.json and drops a
 `secret.txt` in its workspace, so a later run of another project has something to find. Stdlib only.
@@ -82,9 +85,7 @@ def is_agentd(cmdline: str) -> bool:
 
 
 def processes() -> dict[str, dict[str, object]]:
-    """Every visible process's environment. Values in full for agentd's processes (the test's target);
-    for any other process only a digest of each value, so the report proves what was readable without
-    copying the environment of whatever else runs on the machine."""
+    """Every visible process's environment, each value as a digest (see the module's docstring)."""
     out: dict[str, dict[str, object]] = {}
     for name in sorted(os.listdir("/proc")):
         if not name.isdigit() or int(name) == os.getpid():
@@ -96,8 +97,7 @@ def processes() -> dict[str, dict[str, object]]:
             environ = raw
         else:
             pairs = [kv.split("=", 1) for kv in raw.split("\0") if "=" in kv]
-            full = is_agentd(cmdline)
-            environ = {k: v if full else "sha256:" + digest(v) for k, v in pairs}
+            environ = {k: "sha256:" + digest(v) for k, v in pairs}
         out[name] = {"cmdline": cmdline, "environ": environ}
     return out
 
@@ -163,6 +163,7 @@ def attack(targets: dict[str, str]) -> dict[str, object]:
     write(os.path.join(os.getcwd(), "secret.txt"), targets.get("plant", f"{project} workspace secret"))
 
     report["env"] = dict(os.environ)
+    report["env_sha"] = {k: "sha256:" + digest(v) for k, v in os.environ.items()}
     return report
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import agentd.adapters.agent_process as ap
+from agentd.adapters.sandbox import Jail, Sandbox, runtime_paths
 
 PY = sys.executable
 
@@ -231,3 +233,92 @@ def test_reap_orphans_kills_what_a_dead_agentd_left_and_nothing_else(tmp_path: P
         for p in (orphan, ours):
             p.kill()
             p.wait()
+
+
+# --- in the jail --------------------------------------------------------------------------------------
+
+SANDBOX = Sandbox.start("auto")
+needs_bwrap = pytest.mark.skipif(SANDBOX.mode != "bwrap", reason="bubblewrap cannot run here")
+SYSTEM_PY = os.path.realpath(sys.executable)
+PY_INSTALL = Path(SYSTEM_PY).parents[1]  # mounted read-only, like an agent CLI's install
+
+
+def _jail(tmp_path: Path) -> Jail:
+    return Jail(workspace=tmp_path / "ws", home=tmp_path / "home", ro_paths=(PY_INSTALL,))
+
+
+def _jailed_script(tmp_path: Path, body: str) -> list[str]:
+    (tmp_path / "ws").mkdir(exist_ok=True)
+    path = tmp_path / "ws" / "agent.py"
+    path.write_text(textwrap.dedent(body))
+    return [SYSTEM_PY, str(path)]
+
+
+@needs_bwrap
+async def test_jailed_run_gets_the_run_env_only_and_no_marker(tmp_path: Path) -> None:
+    argv = _jailed_script(tmp_path, "import json, os\nprint(json.dumps(dict(os.environ)), os.getpid())\n")
+    proc = ap.AgentProcess("run-jail", sandbox=SANDBOX, jail=_jail(tmp_path))
+    await proc.spawn(argv, cwd=tmp_path / "ws", env={"PATH": "/usr/bin:/bin", "RUN_SECRET": "s3cret-value"})
+    items = await _drain(proc)
+    assert await proc.wait() == 0, items
+    env_json, pid = items[0][1].rsplit(" ", 1)
+    env = json.loads(env_json)
+    assert env["RUN_SECRET"] == "s3cret-value" and not [k for k in env if k.startswith("AGENTD_")]
+    assert int(pid) == 2  # its own PID namespace: bwrap is 1
+    await proc.close()
+
+
+@needs_bwrap
+async def test_jailed_escalation_signals_the_agent_then_kills_the_whole_namespace(tmp_path: Path) -> None:
+    argv = [*_jailed_script(tmp_path, TREE), str(tmp_path / "ws" / "daemon.pid")]
+    proc = ap.AgentProcess(
+        "run-jail-tree", escalation=((signal.SIGINT, 0.3),), sandbox=SANDBOX, jail=_jail(tmp_path)
+    )
+    await proc.spawn(argv, cwd=tmp_path / "ws", env={"PATH": "/usr/bin:/bin"})
+    members: set[int] = set()
+    async for _, _line in proc.lines():
+        if not members:
+            assert proc.pid is not None and ap.command_name(proc.agent_pid()) != "bwrap"
+            members = SANDBOX.members(proc.pid)
+            assert len(members) >= 5  # bwrap, its init, the agent, the tool and the daemon
+            proc.stop("cancelled", "cancelled by request")
+    await proc.wait()
+    await proc.close()
+    assert proc.forced == "cancelled" and await ap.wait_gone(members, 3.0)
+
+
+@needs_bwrap
+async def test_jailed_agent_gets_sigint_not_bwrap(tmp_path: Path) -> None:
+    argv = _jailed_script(
+        tmp_path,
+        """
+        import os, signal, time
+        def bye(*_):
+            os.write(1, b"interrupted: final result\\n")
+            os._exit(0)
+        signal.signal(signal.SIGINT, bye)
+        print("ready", flush=True)
+        time.sleep(60)
+        """,
+    )
+    proc = ap.AgentProcess("run-jail-int", sandbox=SANDBOX, jail=_jail(tmp_path))
+    await proc.spawn(argv, cwd=tmp_path / "ws", env={"PATH": "/usr/bin:/bin"})
+    items = []
+    async for item in proc.lines():
+        items.append(item)
+        if item == ("stdout", "ready"):
+            proc.stop("cancelled", "cancelled by request")
+    assert items[-1] == ("stdout", "interrupted: final result") and await proc.wait() == 0
+    await proc.close()
+
+
+def test_runtime_paths_include_a_scripts_interpreter(tmp_path: Path) -> None:
+    runtime, cli = tmp_path / "runtime" / "bin", tmp_path / "cli"
+    runtime.mkdir(parents=True)
+    cli.mkdir()
+    (runtime / "mynode").write_text("#!/bin/sh\n")
+    (runtime / "mynode").chmod(0o755)
+    (cli / "agent").write_text("#!/usr/bin/env mynode\nconsole.log(1)\n")
+    (cli / "agent").chmod(0o755)
+    assert runtime_paths(str(cli / "agent"), path=str(runtime)) == (cli, runtime)
+    assert runtime_paths(str(runtime / "mynode")) == (runtime,)  # /bin/sh: a system directory

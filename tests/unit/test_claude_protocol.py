@@ -10,12 +10,12 @@ import pytest
 
 from agentd.adapters.agent_process import LineFramer
 from agentd.adapters.claude_code import protocol as p
-from agentd.domain.models import AgentEvent, AgentResult, TextEvent
+from agentd.domain.models import AgentEvent, AgentResult, Forced, TextEvent
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "claude_code"
 
 
-def replay(name: str, *, forced: str | None = None) -> tuple[list[AgentEvent], AgentResult]:
+def replay(name: str, *, forced: Forced | None = None) -> tuple[list[AgentEvent], AgentResult]:
     d = FIXTURES / name
     meta = json.loads((d / "meta.json").read_text())
     state = p.StreamState()

@@ -27,7 +27,7 @@ def load(**env: str) -> Settings:
 
 def test_defaults_without_any_variable() -> None:
     s = load_settings({})
-    assert s.providers == ("claude-code", "opencode")
+    assert s.providers == ("claude-code", "opencode", "codex")
     assert s.provider_limits == {} and s.claude_extra_args == () and s.database_url is None
 
 

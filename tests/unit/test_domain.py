@@ -70,7 +70,7 @@ def test_session_id_cannot_smuggle_flags(sid: str) -> None:
 
 def test_wrong_types_are_pydantic_errors() -> None:
     with pytest.raises(ValidationError):
-        AgentRequest(project_id="p", prompt="x", timeout_s="soon")  # type: ignore[arg-type]
+        AgentRequest(project_id="p", prompt="x", timeout_s="soon")
     with pytest.raises(ValidationError):
         AgentRequest(project_id="p", prompt="x", surprise=1)  # type: ignore[call-arg]
 
@@ -125,14 +125,14 @@ def test_ids_pair_and_map_back() -> None:
 )
 def test_bad_prompt_files(entry: dict[str, str]) -> None:
     with pytest.raises(errors.InvalidRequest):
-        AgentRequest(project_id="p", prompt="x", files=[entry])  # type: ignore[list-item]
+        AgentRequest(project_id="p", prompt="x", files=[entry])
 
 
 def test_prompt_files_and_mentions() -> None:
     r = AgentRequest(
         project_id="p",
         prompt="x",
-        files=[{"path": "src/a.py"}, {"content": "hi", "filename": "n.txt"}],  # type: ignore[list-item]
+        files=[{"path": "src/a.py"}, {"content": "hi", "filename": "n.txt"}],
         mentions=["reviewer"],
     )
     assert r.files[0].path == "src/a.py" and r.files[1].content == "hi" and r.mentions == ("reviewer",)

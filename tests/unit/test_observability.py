@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 import aiohttp
@@ -193,7 +193,7 @@ ROUTES = [
 ]
 
 
-def _lines(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _lines(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
     return [e for e in logs if e["event"] == "http.request"]
 
 

@@ -325,7 +325,7 @@ def _kind(e: dict[str, Any]) -> str:
         return f"session.status [{p['status']['type']}]"
     if e["type"] == "session.error":
         return f"session.error [{p['error']['name']}]"
-    return e["type"]
+    return str(e["type"])
 
 
 def test_fields_match_the_real_opencode_server() -> None:

@@ -144,7 +144,8 @@ def test_settings_map_to_the_config(tmp_path: Path) -> None:
         "cli",
         12,
     )
-    assert cfg.workspace("p1") == s.workspace("p1") and cfg.base_dir == tmp_path / "opencode"
+    assert cfg.workspace("p1") == s.workspace("p1")
+    assert cfg.home("p1") == tmp_path / "homes" / "opencode" / "p1"
 
 
 async def test_missing_binary_is_reported_with_what_to_do(tmp_path: Path) -> None:
@@ -159,8 +160,8 @@ async def test_missing_binary_is_reported_with_what_to_do(tmp_path: Path) -> Non
             and "AGENTD_OPENCODE_URL" in avail.detail
         )
         events = [e async for e in agent.execute(AgentRequest(project_id="p", prompt="hi"), run_id="r")]
-        assert events[-1].event == "done" and events[-1].status == "failed"  # type: ignore[union-attr]
-        assert "not found" in (events[-1].error or "")  # type: ignore[union-attr]
+        assert events[-1].event == "done" and events[-1].status == "failed"
+        assert "not found" in (events[-1].error or "")
         assert await agent.cancel("r") is False
     finally:
         await agent.close()

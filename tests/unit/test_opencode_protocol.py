@@ -35,7 +35,7 @@ def messages(case: str) -> list[dict[str, Any]]:
 
 
 def session_of(events: list[dict[str, Any]]) -> str:
-    return next(e["properties"]["sessionID"] for e in events if e["type"] == "session.created")
+    return str(next(e["properties"]["sessionID"] for e in events if e["type"] == "session.created"))
 
 
 def user_ids(events: list[dict[str, Any]]) -> list[str]:

@@ -18,6 +18,8 @@ import structlog
 
 import agentd.adapters.agent_process as ap
 from agentd.adapters.claude_code import protocol
+from agentd.adapters.git_workspace import job_tree_mounts
+from agentd.adapters.sandbox import Jail, Sandbox, runtime_paths
 from agentd.domain.models import (
     AgentEvent,
     AgentRequest,
@@ -33,7 +35,9 @@ log = structlog.get_logger(__name__)
 
 STDIN_PROMPT_BYTES = 64 * 1024  # larger prompts go on stdin (argv limits; 200 KB fails with E2BIG)
 PASS_PREFIXES = ("ANTHROPIC_", "CLAUDE_CODE_")
-PASS_NAMES = ("IS_SANDBOX", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS")
+PROXY_NAMES = ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS")
+PASS_NAMES = ("IS_SANDBOX", *PROXY_NAMES)
+KUBECTL_NAMES = ("HOME", "KUBECONFIG", *PROXY_NAMES)  # kubectl itself gets no secret either
 
 
 @dataclass(frozen=True)
@@ -52,14 +56,14 @@ class ClaudeCodeConfig:
     extra_args: tuple[str, ...] = ()
     include_partial: bool = True
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    sandbox: Sandbox | None = None  # None or mode "off": runs are not jailed
 
-    @property
-    def home(self) -> Path:
-        return self.data_dir / "claude" / "home"
+    def home(self, project_id: str) -> Path:
+        """The CLI's HOME for one project: its settings, sessions and hooks stay with that project."""
+        return ap.agent_home(self.data_dir, "claude-code", project_id)
 
-    @property
-    def tmpdir(self) -> Path:
-        return self.data_dir / "claude" / "tmp"
+    def tmpdir(self, project_id: str) -> Path:
+        return self.home(project_id) / "tmp"
 
     def workspace(self, project_id: str) -> Path:
         return ap.workspace(self.data_dir, project_id)
@@ -86,19 +90,22 @@ class ClaudeCodeAgent(CodeAgent):
 
     # --- environment and command line -----------------------------------------------------------------
 
-    def build_env(self) -> dict[str, str]:
+    def build_env(self, project_id: str, run_env: Mapping[str, str] | None = None) -> dict[str, str]:
+        """PATH, LANG, the CLI's own settings and variables, the run's secrets; nothing else of agentd's."""
         env = ap.pick_env(self.config.environ)
         env.update(
-            HOME=str(self.config.home),
-            CLAUDE_CODE_TMPDIR=str(self.config.tmpdir),
             CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
             DISABLE_AUTOUPDATER="1",
             DISABLE_TELEMETRY="1",
         )
         env.update(ap.pick_env(self.config.environ, names=PASS_NAMES, prefixes=PASS_PREFIXES))
-        # As root, bypassPermissions is refused unless the CLI is told it runs in a sandbox.
+        env.update(run_env or {})
+        env["HOME"] = str(self.config.home(project_id))
+        env["CLAUDE_CODE_TMPDIR"] = str(self.config.tmpdir(project_id))
+        # As root, bypassPermissions is refused unless the CLI is told it runs in a sandbox, and it
+        # accepts exactly "1" (an inherited IS_SANDBOX=yes failed every job).
         if self.config.permission_mode == "bypassPermissions" and os.geteuid() == 0:
-            env.setdefault("IS_SANDBOX", "1")
+            env["IS_SANDBOX"] = "1"
         return env
 
     def build_args(self, request: AgentRequest) -> tuple[list[str], bytes | None]:
@@ -123,30 +130,33 @@ class ClaudeCodeAgent(CodeAgent):
         return [*args, prompt], None
 
     def build_argv(
-        self, request: AgentRequest, run_id: str
+        self,
+        request: AgentRequest,
+        run_id: str,
+        run_env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> tuple[list[str], dict[str, str], bytes | None]:
+        """The command line, its environment and its stdin. No secret goes on a command line."""
         args, stdin = self.build_args(request)
-        env = self.build_env()
-        cwd = self.config.workspace(request.project_id)
+        env = self.build_env(request.project_id, run_env)
+        cwd = cwd or self.config.workspace(request.project_id)
         if self.config.transport == "local":
-            return [self.config.binary, *args], env, stdin
-        # kubectl exec: the pod gets no environment from us except what the command line sets, so the
-        # remote shell exports the non-secret variables, records its pid (for cancel) and execs claude.
-        remote_env = " ".join(
-            f"{k}={shlex.quote(v)}" for k, v in env.items() if not k.startswith("ANTHROPIC_") and k != "PATH"
-        )
+            binary = shutil.which(self.config.binary, path=env["PATH"]) or self.config.binary
+            return [os.path.abspath(binary) if os.sep in binary else binary, *args], env, stdin
+        # kubectl exec: the pod gets no environment from us, and a command line is visible in every
+        # process list. The remote shell records its pid (for cancel), reads the run's environment from
+        # stdin (one NAME=value per line, backslash-escaped, up to an empty line), then execs claude,
+        # which reads the rest of stdin (the prompt, when it is not on the command line).
         script = (
             f"echo $$ > {shlex.quote(self._remote_pidfile(run_id))}; "
+            'while IFS= read -r kv && [ -n "$kv" ]; do export "${kv%%=*}=$(printf %b "${kv#*=}")"; done; '
             f"mkdir -p {shlex.quote(str(cwd))} && cd {shlex.quote(str(cwd))} && "
-            f'exec env {remote_env} "$@"'
+            'exec "$@"'
         )
-        argv = [
-            *self._kubectl_sh(script, stdin=True),
-            "agentd",
-            self.config.binary,
-            *args,
-        ]
-        return argv, env, stdin
+        header = "".join(f"{k}={_escape(v)}\n" for k, v in env.items() if k != "PATH") + "\n"
+        argv = [*self._kubectl_sh(script, stdin=True), "agentd", self.config.binary, *args]
+        local = ap.pick_env(self.config.environ, names=KUBECTL_NAMES)
+        return argv, local, header.encode() + (stdin or b"")
 
     def _kubectl_sh(self, script: str, *, stdin: bool = False) -> list[str]:
         """`kubectl exec [-i] <pod> -n <ns> -- sh -c <script>`."""
@@ -165,7 +175,7 @@ class ClaudeCodeAgent(CodeAgent):
         ]
 
     def _remote_pidfile(self, run_id: str) -> str:
-        return f"{self.config.tmpdir}/agentd-{run_id}.pid"
+        return f"/tmp/agentd-{run_id}.pid"
 
     # --- availability ---------------------------------------------------------------------------------
 
@@ -187,7 +197,7 @@ class ClaudeCodeAgent(CodeAgent):
             return Availability(available=True, detail=f"kubectl exec into {self.config.pod}")
         if self._version is None:
             try:
-                version = await ap.probe_version(binary, self.build_env())
+                version = await ap.probe_version(binary, self.build_env("version-probe"))
                 self._version = version.split(" ")[0] if version else None
             except (OSError, TimeoutError) as e:
                 return Availability(available=False, detail=f"{binary} --version failed: {e}")
@@ -214,24 +224,39 @@ class ClaudeCodeAgent(CodeAgent):
             await asyncio.wait_for(p.wait(), 10)
 
     async def execute(
-        self, request: AgentRequest, *, run_id: str, env: Mapping[str, str] | None = None
+        self,
+        request: AgentRequest,
+        *,
+        run_id: str,
+        env: Mapping[str, str] | None = None,
+        workdir: Path | None = None,
     ) -> AsyncIterator[AgentEvent]:
         cfg = self.config
         signaller = None
         if cfg.transport == "kubectl":
             signaller = lambda sig: self._kubectl_signal(run_id, sig)  # noqa: E731
+        cwd, home = workdir or cfg.workspace(request.project_id), cfg.home(request.project_id)
+        jail = None
+        if cfg.transport == "local":
+            jail = Jail(
+                workspace=cwd,
+                home=home,
+                ro_paths=runtime_paths(cfg.binary, cfg.environ.get("PATH")),
+                extra_ro=job_tree_mounts(cfg.data_dir, request.project_id)[1:],
+            )
         run = ap.AgentProcess(
             run_id,
             escalation=((signal.SIGINT, cfg.sigint_grace_s), (signal.SIGTERM, cfg.sigterm_grace_s)),
+            sandbox=cfg.sandbox,
+            jail=jail,
             signaller=signaller,
         )
         self._runs[run_id] = run
         state = protocol.StreamState()
-        cwd = cfg.workspace(request.project_id)
         try:
-            for d in (cwd, cfg.home, cfg.tmpdir):
-                d.mkdir(parents=True, exist_ok=True)
-            argv, run_env, stdin = self.build_argv(request, run_id)
+            for d in (cwd, home, cfg.tmpdir(request.project_id)):
+                d.mkdir(mode=0o700, parents=True, exist_ok=True)
+            argv, run_env, stdin = self.build_argv(request, run_id, env, cwd)
             try:
                 await run.spawn(argv, cwd=cwd, env=run_env, stdin_data=stdin)
             except OSError as e:
@@ -280,6 +305,11 @@ class ClaudeCodeAgent(CodeAgent):
         return DoneEvent.from_result(res)
 
 
+def _escape(value: str) -> str:
+    """A value on one line, for the remote shell's `printf %b` (trailing newlines are lost)."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n")
+
+
 def with_files(request: AgentRequest) -> str:
     """Claude Code reads files the prompt mentions as @path; inline content goes into the prompt itself."""
     prompt = request.prompt
@@ -292,4 +322,3 @@ def with_files(request: AgentRequest) -> str:
     if request.mentions:
         prompt += "\n\nUse these agents: " + ", ".join(request.mentions)
     return prompt
-

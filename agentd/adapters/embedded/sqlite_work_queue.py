@@ -318,7 +318,15 @@ class SqliteWorkQueue(WorkQueue):
     async def purge(self, retention_s: float, *, batch: int = 500) -> int:
         cutoff = _iso(datetime.now(UTC) - timedelta(seconds=retention_s))
         params = {"cutoff": cutoff, "batch": batch}
-        return await self.db.run(lambda db: db.execute(Q["purge"], params).rowcount)
+
+        def op(db: sqlite3.Connection) -> int:
+            ids = [r["id"] for r in db.execute(Q["expired_jobs"], params).fetchall()]
+            for job_id in ids:  # the job, its idempotency key (a column) and its patch
+                db.execute(Q["purge_job"], {"id": job_id})
+                db.execute(Q["purge_patch"], {"id": job_id})
+            return len(ids)
+
+        return await self.db.run(op)
 
     async def close(self) -> None:
         await self.db.close()

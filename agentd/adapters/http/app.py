@@ -21,10 +21,12 @@ from pydantic import ValidationError
 from agentd import __version__, sse
 from agentd.adapters.http import errors as http_errors
 from agentd.adapters.http import opencode_stream
+from agentd.adapters.http.projects import add_project_routes
 from agentd.domain import errors
 from agentd.domain.models import AgentRequest, JobStatus, StoredEvent, validate_project_id
 from agentd.ports.work_queue import BusyPolicy, JobFilter
 from agentd.services.jobs import JobService
+from agentd.services.projects import ProjectService
 from agentd.services.secrets import SecretService
 
 log = structlog.get_logger(__name__)
@@ -47,6 +49,8 @@ REQUEST_FIELDS = {
     "files",
     "mentions",
     "busy",
+    "ref",
+    "push",
 }
 MAX_IDEMPOTENCY_KEY = 200
 DASHBOARD_DIR = Path(__file__).parent / "dashboard"
@@ -65,6 +69,7 @@ class ApiConfig:
     heartbeat_s: float = 15.0
     retry_ms: int = 2000
     write_timeout_s: float = 30.0
+    sandbox: str = "off"  # "bwrap" when agent runs are jailed
 
 
 @dataclass
@@ -78,7 +83,13 @@ CONFIG = web.AppKey("config", ApiConfig)
 STATE = web.AppKey("state", _State)
 
 
-def create_app(service: JobService, config: ApiConfig, secrets: SecretService) -> web.Application:
+def create_app(
+    service: JobService,
+    config: ApiConfig,
+    secrets: SecretService,
+    *,
+    projects: ProjectService | None = None,
+) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors_middleware, _auth_middleware])
     app[SERVICE] = service
     app[SECRETS] = secrets
@@ -101,6 +112,8 @@ def create_app(service: JobService, config: ApiConfig, secrets: SecretService) -
         app.router.add_get(prefix, list_secrets)
         app.router.add_put(prefix + "/{name}", put_secret)
         app.router.add_delete(prefix + "/{name}", delete_secret)
+    if projects is not None:
+        add_project_routes(app, projects)
     app.on_shutdown.append(_close_streams)
     return app
 
@@ -154,11 +167,13 @@ def _is_dashboard_file(path: str) -> bool:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "version": __version__})
+    return web.json_response({"status": "ok", "version": __version__, "sandbox": request.app[CONFIG].sandbox})
 
 
 async def providers(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[SERVICE].providers())
+    body = await request.app[SERVICE].providers()
+    body["sandbox"] = request.app[CONFIG].sandbox
+    return web.json_response(body)
 
 
 async def _read_body(request: web.Request) -> dict[str, Any]:

@@ -22,6 +22,10 @@ STATUS: dict[type[errors.AgentdError], int] = {
     errors.ProviderUnavailable: 503,
     errors.QueueUnavailable: 503,
     errors.SecretsUnavailable: 503,
+    errors.ProjectNotFound: 404,
+    errors.PatchNotFound: 404,
+    errors.ProjectInUse: 409,
+    errors.WorkspaceFailed: 502,  # the git server refused or could not be reached
 }
 
 

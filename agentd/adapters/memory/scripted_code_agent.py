@@ -2,17 +2,20 @@
 
 Used by API tests and benchmarks (the "instantly answering agent") and as the in-memory adapter in the
 CodeAgent contract tests. Prompts may steer it: `sleep:<seconds>` waits (cancellable), `fail:<message>`
-fails, `ticks:<n>[:<ms>]` sends n text events (ms apart; cancellable); anything else is echoed back as text
-in two chunks.
+fails, `ticks:<n>[:<ms>]` sends n text events (ms apart; cancellable), `edit:<json>` changes files in
+the run's working directory (see `edit_files`); anything else is echoed back as text in two chunks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Literal
 
 from agentd.domain.models import (
@@ -33,6 +36,8 @@ class ScriptedCodeAgent(CodeAgent):
         self.name = name
         self._cancels: dict[str, asyncio.Event] = {}
         self.runs: list[AgentRequest] = []
+        self.workdirs: list[Path | None] = []
+        self.envs: list[dict[str, str]] = []
 
     def capabilities(self) -> Capabilities:
         return Capabilities(partial_text=True, tools=False, max_turns=False)
@@ -48,9 +53,16 @@ class ScriptedCodeAgent(CodeAgent):
         return True
 
     async def execute(
-        self, request: AgentRequest, *, run_id: str, env: Mapping[str, str] | None = None
+        self,
+        request: AgentRequest,
+        *,
+        run_id: str,
+        env: Mapping[str, str] | None = None,
+        workdir: Path | None = None,
     ) -> AsyncIterator[AgentEvent]:
         self.runs.append(request)
+        self.workdirs.append(workdir)
+        self.envs.append(dict(env or {}))
         started = time.monotonic()
         cancel = self._cancels.setdefault(run_id, asyncio.Event())
         session = request.session_id or f"scripted-{uuid.uuid4().hex[:12]}"
@@ -61,29 +73,25 @@ class ScriptedCodeAgent(CodeAgent):
             error: str | None = None
             text = prompt
             if prompt.startswith("sleep:"):
-                want = float(prompt.split(":", 1)[1])
-                try:
-                    await asyncio.wait_for(cancel.wait(), min(want, request.timeout_s))
-                    status, error = "cancelled", "cancelled by request"
-                except TimeoutError:
-                    if want > request.timeout_s:
-                        status, error = "timed_out", f"timed out after {request.timeout_s:g} s"
-                text = "slept" if status == "succeeded" else ""
+                status, error, text = await _sleep(prompt, request.timeout_s, cancel)
             elif prompt.startswith("ticks:"):
-                parts = prompt.split(":")
-                n, gap = int(parts[1]), (float(parts[2]) / 1000 if len(parts) > 2 else 0.0)
-                mid = f"msg_{uuid.uuid4().hex[:16]}"
-                for i in range(n):
-                    if cancel.is_set():
-                        status, error = "cancelled", "cancelled by request"
-                        break
-                    yield TextEvent(message_id=mid, chunk=f"{i} ", is_complete=i == n - 1)
-                    if gap:
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(cancel.wait(), gap)
+                async for ev in _ticks(prompt, cancel):
+                    yield ev
+                if cancel.is_set():
+                    status, error = "cancelled", "cancelled by request"
                 text = ""
             elif prompt.startswith("fail:"):
                 status, error, text = "failed", prompt.split(":", 1)[1].strip() or "failed", ""
+            elif prompt.startswith("edit:"):
+                try:
+                    script = prompt.split(":", 1)[1]
+                    pause = float(json.loads(script).get("sleep", 0))
+                    if pause > 0:  # hold the working tree a while (concurrency tests)
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(cancel.wait(), pause)
+                    text = edit_files(workdir, script)
+                except (ValueError, OSError) as e:
+                    status, error, text = "failed", f"edit: {e}", ""
             if text:
                 mid = f"msg_{uuid.uuid4().hex[:16]}"
                 half = len(text) // 2
@@ -101,3 +109,68 @@ class ScriptedCodeAgent(CodeAgent):
             )
         finally:
             self._cancels.pop(run_id, None)
+
+
+Status = Literal["succeeded", "failed", "cancelled", "timed_out"]
+
+
+async def _sleep(prompt: str, timeout_s: float, cancel: asyncio.Event) -> tuple[Status, str | None, str]:
+    """`sleep:<seconds>`: wait (cancellable, within the request's timeout)."""
+    want = float(prompt.split(":", 1)[1])
+    try:
+        await asyncio.wait_for(cancel.wait(), min(want, timeout_s))
+        return "cancelled", "cancelled by request", ""
+    except TimeoutError:
+        if want > timeout_s:
+            return "timed_out", f"timed out after {timeout_s:g} s", ""
+    return "succeeded", None, "slept"
+
+
+async def _ticks(prompt: str, cancel: asyncio.Event) -> AsyncIterator[AgentEvent]:
+    """`ticks:<n>[:<ms>]`: n text events of one message, ms apart, until cancelled."""
+    parts = prompt.split(":")
+    n, gap = int(parts[1]), (float(parts[2]) / 1000 if len(parts) > 2 else 0.0)
+    mid = f"msg_{uuid.uuid4().hex[:16]}"
+    for i in range(n):
+        if cancel.is_set():
+            return
+        yield TextEvent(message_id=mid, chunk=f"{i} ", is_complete=i == n - 1)
+        if gap:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cancel.wait(), gap)
+
+
+def edit_files(workdir: Path | None, script: str) -> str:
+    """Apply `{"write": {path: text}, "write_b64": {path: base64}, "delete": [path], "rename": {old: new},
+    "sleep": seconds}` inside `workdir` (paths relative, never outside it). Returns a summary."""
+    if workdir is None:
+        raise ValueError("no working directory: the project has no git repository")
+    ops = json.loads(script)
+    root = workdir.resolve()
+
+    def inside(rel: str) -> Path:
+        p = (root / rel).resolve()
+        if p != root and root not in p.parents:
+            raise ValueError(f"{rel!r} is outside the working directory")
+        return p
+
+    done: list[str] = []
+    for rel, text in ops.get("write", {}).items():
+        p = inside(rel)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        done.append(f"wrote {rel}")
+    for rel, b64 in ops.get("write_b64", {}).items():
+        p = inside(rel)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(base64.b64decode(b64))
+        done.append(f"wrote {rel}")
+    for rel in ops.get("delete", []):
+        inside(rel).unlink()
+        done.append(f"deleted {rel}")
+    for old, new in ops.get("rename", {}).items():
+        target = inside(new)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        inside(old).rename(target)
+        done.append(f"renamed {old} to {new}")
+    return "; ".join(done) or "nothing to do"

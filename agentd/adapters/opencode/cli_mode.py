@@ -21,6 +21,7 @@ import agentd.adapters.agent_process as ap
 from agentd.adapters.opencode.prompt import session_title
 from agentd.adapters.opencode.protocol import RunState
 from agentd.adapters.opencode.run import RunControl
+from agentd.adapters.sandbox import Jail, Sandbox
 from agentd.domain.models import (
     AgentEvent,
     AgentRequest,
@@ -82,13 +83,15 @@ class CliRun:
         idle_timeout_s: float,
         scratch: Path,
         stop_grace_s: float = 3.0,
-        jail: ap.Jail | None = None,
+        sandbox: Sandbox | None = None,
+        jail: Jail | None = None,
     ) -> None:
         self.binary, self.env, self.request, self.control, self.dir = binary, env, request, control, directory
         self.idle_timeout_s, self.scratch = idle_timeout_s, scratch
         self.proc = ap.AgentProcess(
             control.run_id,
             escalation=((signal.SIGINT, stop_grace_s), (signal.SIGTERM, stop_grace_s)),
+            sandbox=sandbox,
             jail=jail,
         )
         control.listeners.append(lambda: self.proc.stop(control.forced or "cancelled", control.reason or ""))
@@ -178,4 +181,3 @@ def _as_event(obj: dict[str, Any]) -> dict[str, Any]:
     if kind in _LINE_TYPES and isinstance(obj.get("part"), dict):
         return {"type": _LINE_TYPES[kind], "properties": {"sessionID": sid, "part": obj["part"]}}
     return {"type": f"cli.{kind}", "properties": {"sessionID": sid}}
-

@@ -121,7 +121,10 @@ class OpenCodeClient:
                     raise OpenCodeHTTPError(method, str(url), resp.status, text)
                 if not ctype.startswith("application/json"):
                     raise OpenCodeHTTPError(
-                        method, str(url), resp.status, text,
+                        method,
+                        str(url),
+                        resp.status,
+                        text,
                         f"expected JSON, got {ctype or 'no content type'}: not an OpenCode API route",
                     )
                 try:

@@ -34,7 +34,7 @@ def new_id(prefix: str, now_ms: int | None = None) -> str:
 
 
 def split_model(model: str) -> dict[str, str]:
-    """"<providerID>/<modelID>" (the model id may contain more slashes) -> the body's model object."""
+    """ "<providerID>/<modelID>" (the model id may contain more slashes) -> the body's model object."""
     provider, sep, model_id = model.partition("/")
     if not sep or not provider or not model_id:
         raise ValueError(f"model {model!r} must be written as OpenCode writes it: '<providerID>/<modelID>'")

@@ -105,8 +105,10 @@ class RunState:
         """One /event item in, zero or more events out (events of other sessions are ignored)."""
         etype = event.get("type")
         props = _d(event.get("properties"))
-        sid = props.get("sessionID") or _d(props.get("part")).get("sessionID") or _d(props.get("info")).get(
-            "sessionID"
+        sid = (
+            props.get("sessionID")
+            or _d(props.get("part")).get("sessionID")
+            or _d(props.get("info")).get("sessionID")
         )
         if sid != self.session_id or self.finished:
             return []

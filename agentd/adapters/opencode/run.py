@@ -35,7 +35,12 @@ from agentd.domain.models import (
 log = structlog.get_logger(__name__)
 EventHook = Callable[[dict[str, Any]], None]
 _STREAM_ERRORS = (
-    OpenCodeHTTPError, OpenCodeUnavailable, aiohttp.ClientError, OSError, TimeoutError, ValueError
+    OpenCodeHTTPError,
+    OpenCodeUnavailable,
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+    ValueError,
 )
 
 
@@ -82,6 +87,21 @@ class _Dropped:
 _STOP = object()
 
 
+@dataclass
+class _Timers:
+    """What the pump waits for: the run's deadline, the inactivity watchdog (`last_activity`, and `seen`,
+    the session's event count then), the next re-read of the messages (`check_at`, `checks` so far), the
+    end of the grace after an abort (`stop_by`) and since when the event stream is gone."""
+
+    deadline: float
+    last_activity: float
+    seen: int
+    check_at: float | None = None
+    checks: int = 0
+    stop_by: float | None = None
+    offline_since: float | None = None
+
+
 class ServerRun:
     def __init__(
         self,
@@ -109,15 +129,24 @@ class ServerRun:
         forced, reason = self.control.forced, self.control.reason
         if state is None:  # nothing ran
             res = AgentResult.ended(
-                forced=forced, forced_reason=reason, error=error or reason or "the run did not start",
-                duration_ms=ms, session_id=self.session_id,
+                forced=forced,
+                forced_reason=reason,
+                error=error or reason or "the run did not start",
+                duration_ms=ms,
+                session_id=self.session_id,
             )
         else:
             res = state.outcome(duration_ms=ms, forced=forced, forced_reason=reason)
             if self.failure and not forced:
                 res = res.model_copy(update={"status": "failed", "error": self.failure})
-        log.info("opencode.run.finished", run_id=self.control.run_id, session_id=res.session_id,
-                 status=res.status, duration_ms=res.duration_ms, error=res.error)
+        log.info(
+            "opencode.run.finished",
+            run_id=self.control.run_id,
+            session_id=res.session_id,
+            status=res.status,
+            duration_ms=res.duration_ms,
+            error=res.error,
+        )
         self.finished = True
         return DoneEvent.from_result(res)
 
@@ -165,8 +194,12 @@ class ServerRun:
         assert self.session_id is not None
         try:
             body = prompt_body(
-                self.request.prompt, directory=self.dir, message_id=state.user_message_id or "",
-                model=self.request.model, agent=self.request.agent, files=self.request.files,
+                self.request.prompt,
+                directory=self.dir,
+                message_id=state.user_message_id or "",
+                model=self.request.model,
+                agent=self.request.agent,
+                files=self.request.files,
                 mentions=self.request.mentions,
             )
         except ValueError as e:
@@ -260,77 +293,122 @@ class ServerRun:
         return checks >= 20  # the prompt never showed up
 
     async def _pump(self, state: RunState) -> AsyncIterator[AgentEvent]:
-        opts, control = self.options, self.control
-        deadline = self.started + self.request.timeout_s
-        last_activity, seen = time.monotonic(), state.relevant
-        check_at: float | None = None
-        checks = 0
-        stop_by: float | None = None
-        offline_since: float | None = None
-        if control.forced is not None:
+        """The run's events until it is finished, settled, stopped or lost."""
+        t = _Timers(self.started + self.request.timeout_s, time.monotonic(), state.relevant)
+        if self.control.forced is not None:
             await self._abort()
-            stop_by = time.monotonic() + opts.stop_grace_s
+            t.stop_by = time.monotonic() + self.options.stop_grace_s
         while not state.finished:
             now = time.monotonic()
-            if control.forced is None and now >= deadline:
-                control.stop("timed_out", f"timed out after {self.request.timeout_s:g} s")
-            elif control.forced is None and now >= last_activity + opts.idle_timeout_s:
-                idle = opts.idle_timeout_s
-                control.stop("timed_out", f"no activity from OpenCode for {idle:g} s (inactivity watchdog)")
-            if control.forced is not None and not self.abort_sent:
-                await self._abort()
-                stop_by = time.monotonic() + opts.stop_grace_s
-                check_at = min(check_at or now + opts.finish_grace_s, now + opts.finish_grace_s)
-            if stop_by is not None and now >= stop_by:
-                for ev in await self._reconcile(state):
+            await self._enforce_limits(t, now)
+            due = await self._due(state, t, now)
+            if due is not None:
+                events, over = due
+                for ev in events:
                     yield ev
-                return
-            if check_at is not None and now >= check_at:
-                checks += 1
-                check_at = None
-                for ev in await self._reconcile(state):
-                    yield ev
-                if state.finished or self._settled(state, checks):
+                if over:
                     return
-                if state.idle or state.failed:
-                    check_at = time.monotonic() + opts.finish_grace_s
                 continue
-            if offline_since is not None and now - offline_since > opts.reconnect_limit_s:
-                self.failure = f"lost the OpenCode event stream for more than {opts.reconnect_limit_s:g} s"
-                return
-            wake = [deadline, last_activity + opts.idle_timeout_s] if control.forced is None else [now + 1.0]
-            wake += [t for t in (check_at, stop_by) if t is not None]
             try:
-                item = await asyncio.wait_for(self.inbox.get(), max(0.01, min(wake) - now))
+                item = await asyncio.wait_for(self.inbox.get(), self._wait_s(t, now))
             except TimeoutError:
                 continue
-            if item is _STOP:
-                continue
-            if isinstance(item, _Dropped):
-                state.stream_reset()
-                offline_since = offline_since or time.monotonic()
-                continue
-            if isinstance(item, _Connected):
-                offline_since = None
-                for ev in await self._reconcile(state):
-                    yield ev
-                if not state.finished and state.idle:
-                    check_at = check_at or time.monotonic() + opts.finish_grace_s
-                continue
-            assert isinstance(item, dict)
-            for ev in state.handle(item, now_ms=int(time.time() * 1000)):
+            async for ev in self._take(state, t, item):
                 yield ev
-            if state.relevant != seen:
-                seen, last_activity = state.relevant, time.monotonic()
-            while state.requests:
-                for ev in await self._answer(state.requests.pop(0)):
-                    yield ev
-            if not state.finished and check_at is None and (state.idle or state.failed):
-                quick = state.idle and not state.text.messages and state.failed
-                check_at = time.monotonic() + (0.0 if quick else opts.finish_grace_s)
         if state.open_parts:  # final text snapshots may still be missing: the stored list has them
             for ev in await self._reconcile(state):
                 yield ev
+
+    async def _enforce_limits(self, t: _Timers, now: float) -> None:
+        """The run's timeout and the inactivity watchdog stop the run; a stopped run is aborted once."""
+        opts, control = self.options, self.control
+        if control.forced is None and now >= t.deadline:
+            control.stop("timed_out", f"timed out after {self.request.timeout_s:g} s")
+        elif control.forced is None and now >= t.last_activity + opts.idle_timeout_s:
+            idle = opts.idle_timeout_s
+            control.stop("timed_out", f"no activity from OpenCode for {idle:g} s (inactivity watchdog)")
+        if control.forced is not None and not self.abort_sent:
+            await self._abort()
+            t.stop_by = time.monotonic() + opts.stop_grace_s
+            t.check_at = min(t.check_at or now + opts.finish_grace_s, now + opts.finish_grace_s)
+
+    async def _due(self, state: RunState, t: _Timers, now: float) -> tuple[list[AgentEvent], bool] | None:
+        """The timer that has come, if any: its events, and whether the run is over."""
+        if t.stop_by is not None and now >= t.stop_by:  # the grace after an abort is over
+            return await self._reconcile(state), True
+        if t.check_at is not None and now >= t.check_at:
+            return await self._check(state, t)
+        if self._offline_too_long(t, now):
+            return [], True
+        return None
+
+    async def _check(self, state: RunState, t: _Timers) -> tuple[list[AgentEvent], bool]:
+        """Re-read the messages: their events, and whether the run is over."""
+        t.checks += 1
+        t.check_at = None
+        out = await self._reconcile(state)
+        if state.finished or self._settled(state, t.checks):
+            return out, True
+        if state.idle or state.failed:
+            t.check_at = time.monotonic() + self.options.finish_grace_s
+        return out, False
+
+    def _offline_too_long(self, t: _Timers, now: float) -> bool:
+        limit = self.options.reconnect_limit_s
+        if t.offline_since is not None and now - t.offline_since > limit:
+            self.failure = f"lost the OpenCode event stream for more than {limit:g} s"
+            return True
+        return False
+
+    def _wait_s(self, t: _Timers, now: float) -> float:
+        """How long to wait for the inbox: until the next timer (each second once the run is stopped)."""
+        opts = self.options
+        wake = (
+            [t.deadline, t.last_activity + opts.idle_timeout_s]
+            if self.control.forced is None
+            else [now + 1.0]
+        )
+        wake += [x for x in (t.check_at, t.stop_by) if x is not None]
+        return max(0.01, min(wake) - now)
+
+    async def _take(self, state: RunState, t: _Timers, item: object) -> AsyncIterator[AgentEvent]:
+        """One inbox item: a server event (and the questions it asks, answered), or a marker."""
+        if not isinstance(item, dict):
+            for ev in await self._on_marker(state, t, item):
+                yield ev
+            return
+        for ev in self._handle(state, t, item):
+            yield ev
+        while state.requests:
+            for ev in await self._answer(state.requests.pop(0)):
+                yield ev
+        self._check_when_idle(state, t)
+
+    def _handle(self, state: RunState, t: _Timers, item: dict[str, Any]) -> list[AgentEvent]:
+        """One server event; any news about the session counts as activity for the watchdog."""
+        out = state.handle(item, now_ms=int(time.time() * 1000))
+        if state.relevant != t.seen:
+            t.seen, t.last_activity = state.relevant, time.monotonic()
+        return out
+
+    def _check_when_idle(self, state: RunState, t: _Timers) -> None:
+        """Idle or failed without the final message: re-read the messages soon (at once when nothing came)."""
+        if not state.finished and t.check_at is None and (state.idle or state.failed):
+            quick = state.idle and not state.text.messages and state.failed
+            t.check_at = time.monotonic() + (0.0 if quick else self.options.finish_grace_s)
+
+    async def _on_marker(self, state: RunState, t: _Timers, item: object) -> list[AgentEvent]:
+        """A marker from the event reader (or a stop request, which the next turn of the pump acts on)."""
+        if isinstance(item, _Dropped):
+            state.stream_reset()
+            t.offline_since = t.offline_since or time.monotonic()
+        elif isinstance(item, _Connected):  # (re)connected: what happened meanwhile is in the stored list
+            t.offline_since = None
+            out = await self._reconcile(state)
+            if not state.finished and state.idle:
+                t.check_at = t.check_at or time.monotonic() + self.options.finish_grace_s
+            return out
+        return []
 
     async def _answer(self, req: dict[str, Any]) -> list[AgentEvent]:
         """Permission and question requests would block the run: agentd runs unattended."""

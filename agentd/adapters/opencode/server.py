@@ -20,6 +20,7 @@ import structlog
 
 import agentd.adapters.agent_process as ap
 from agentd.adapters.opencode.client import OpenCodeClient, OpenCodeUnavailable
+from agentd.adapters.sandbox import Jail, Sandbox
 
 log = structlog.get_logger(__name__)
 
@@ -37,8 +38,19 @@ QUIET_ENV = {
 }
 PASS_PREFIXES = ("OPENCODE_",)
 PASS_NAMES = (
-    "PATH", "LANG", "LC_ALL", "TZ", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy",
-    "no_proxy", "SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS",
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "NO_PROXY",
+    "https_proxy",
+    "http_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "NODE_EXTRA_CA_CERTS",
 )
 # Unknown routes would then proxy to the internet (and answer 500); the password is always ours.
 DROPPED = ("OPENCODE_DISABLE_EMBEDDED_WEB_UI", "OPENCODE_SERVER_PASSWORD", "OPENCODE_SERVER_USERNAME")
@@ -58,6 +70,9 @@ class ServerConfig:
     stop_grace_s: float = 3.0
     max_quick_deaths: int = 5  # stop restarting after this many deaths within `quick_death_s` of a start
     quick_death_s: float = 10.0
+    run_env: Mapping[str, str] = field(default_factory=dict)  # the project's secrets
+    sandbox: Sandbox | None = None
+    jail: Jail | None = None  # what the server (and the tools it runs) may see, when the sandbox is on
 
     def env(self) -> dict[str, str]:
         d = self.base_dir
@@ -73,6 +88,7 @@ class ServerConfig:
         env.update(QUIET_ENV)
         env.update(ap.pick_env(self.environ, prefixes=PASS_PREFIXES))
         env.update(self.extra_env)
+        env.update(self.run_env)
         for k in DROPPED:
             env.pop(k, None)
         env["OPENCODE_SERVER_USERNAME"] = self.username
@@ -153,7 +169,12 @@ class ManagedServer:
         port = free_port()
         argv = [cfg.binary, "serve", "--hostname", "127.0.0.1", "--port", str(port)]  # all ours
         started = time.monotonic()
-        proc = ap.AgentProcess(f"opencode-serve-{port}", escalation=((signal.SIGTERM, cfg.stop_grace_s),))
+        proc = ap.AgentProcess(
+            f"opencode-serve-{port}",
+            escalation=((signal.SIGTERM, cfg.stop_grace_s),),
+            sandbox=cfg.sandbox,
+            jail=cfg.jail,
+        )
         try:
             await proc.spawn(argv, cwd=cfg.base_dir / "run", env=cfg.env())
         except OSError as e:
@@ -177,8 +198,12 @@ class ManagedServer:
         self._started_at = time.monotonic()
         self._spawn(self._watch(proc))
         log.info(
-            "opencode.server.started", pid=proc.pid, url=url, version=self.version,
-            startup_ms=int((time.monotonic() - started) * 1000), restarts=self.restarts,
+            "opencode.server.started",
+            pid=proc.pid,
+            url=url,
+            version=self.version,
+            startup_ms=int((time.monotonic() - started) * 1000),
+            restarts=self.restarts,
         )
         return url
 

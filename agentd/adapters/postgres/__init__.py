@@ -10,6 +10,7 @@ from __future__ import annotations
 from agentd.adapters.postgres.database import PgDatabase
 from agentd.adapters.postgres.migrate import check_schema, migrate
 from agentd.adapters.postgres.postgres_event_stream import PostgresEventStream
+from agentd.adapters.postgres.postgres_project_store import PostgresProjectStore
 from agentd.adapters.postgres.postgres_secret_store import PostgresSecretStore
 from agentd.adapters.postgres.postgres_work_queue import PostgresWorkQueue
 from agentd.adapters.postgres.queries import SCHEMA_VERSION
@@ -18,6 +19,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "PgDatabase",
     "PostgresEventStream",
+    "PostgresProjectStore",
     "PostgresSecretStore",
     "PostgresWorkQueue",
     "check_schema",

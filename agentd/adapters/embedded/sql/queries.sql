@@ -24,14 +24,16 @@ SELECT provider, count(*) AS n FROM jobs WHERE status = 'running' GROUP BY provi
 
 -- name: next_runnable
 -- The oldest queued job that may start now: past its backoff, its provider not full (`full` is a JSON
--- array of provider names), its project running nothing, and no older queued job of its project waiting
--- (a project's jobs start in submission order; an older one backing off holds the turn). `exclude` (a JSON
--- array of job ids) are jobs the claiming process still runs: they, and so their project, wait.
+-- array of provider names), its project running fewer jobs than its `max_running` (1 for a project that
+-- was never created), and no older queued job of its project waiting (a project's jobs start in
+-- submission order; an older one backing off holds the turn). `exclude` (a JSON array of job ids) are jobs
+-- the claiming process still runs: they, and so their project's newer jobs, wait.
 SELECT id FROM jobs
  WHERE status = 'queued' AND run_after <= :now
    AND provider NOT IN (SELECT value FROM json_each(:full))
    AND id NOT IN (SELECT value FROM json_each(:exclude))
-   AND project_id NOT IN (SELECT project_id FROM jobs WHERE status = 'running')
+   AND (SELECT count(*) FROM jobs r WHERE r.project_id = jobs.project_id AND r.status = 'running')
+       < coalesce((SELECT p.max_running FROM projects p WHERE p.id = jobs.project_id), 1)
    AND NOT EXISTS (SELECT 1 FROM jobs o
                     WHERE o.project_id = jobs.project_id AND o.status = 'queued' AND o.seq < jobs.seq)
  ORDER BY seq
@@ -112,7 +114,12 @@ UPDATE jobs SET status = 'queued', worker_id = NULL, lease_expires_at = NULL, ru
                 max_attempts = max_attempts + 1, last_error = :reason
  WHERE id = :id AND status = 'running' AND attempts = :attempt AND cancel_requested = 0;
 
--- name: purge
+-- name: expired_jobs
 -- Final jobs that finished before :cutoff (ISO 8601), a bounded batch at a time.
-DELETE FROM jobs WHERE id IN (
-    SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < :cutoff LIMIT :batch);
+SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < :cutoff LIMIT :batch;
+
+-- name: purge_job
+DELETE FROM jobs WHERE id = :id;
+
+-- name: purge_patch
+DELETE FROM job_patches WHERE job_id = :id;

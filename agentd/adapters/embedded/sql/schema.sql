@@ -41,7 +41,25 @@ CREATE TABLE IF NOT EXISTS secrets (
     PRIMARY KEY (scope, name)
 );
 
--- Schema 3: the event log (agentd.adapters.embedded.sqlite_event_stream), fencing and retention.
+-- Schema 3: projects (agentd.adapters.embedded.sqlite_project_store). `spec` is the project's JSON
+-- (git source, template, description); `max_running` is also a column because the queue's claim reads it.
+CREATE TABLE IF NOT EXISTS projects (
+    id          TEXT PRIMARY KEY,
+    spec        TEXT NOT NULL,
+    max_running INTEGER NOT NULL DEFAULT 1,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+
+-- The patch each job of a git project produced (`git diff --binary`, bytes).
+CREATE TABLE IF NOT EXISTS job_patches (
+    job_id     TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    patch      BLOB NOT NULL,
+    created_at TEXT NOT NULL
+);
+
+-- Schema 4: the event log (agentd.adapters.embedded.sqlite_event_stream), fencing and retention.
 -- `run` is the newest run (job attempt) that wrote to the stream: older runs' writes are refused.
 CREATE TABLE IF NOT EXISTS streams (
     stream_id  TEXT PRIMARY KEY,

@@ -279,14 +279,17 @@ SELECT upd.* FROM upd WHERE (SELECT count(*) FROM wake) >= 0;
 
 -- name: purge
 -- Final jobs that finished more than `retention_s` ago (and so their idempotency keys), a bounded batch.
+-- Their patches go with them.
 WITH gone AS (
     DELETE FROM agentd_jobs WHERE id IN (
         SELECT id FROM agentd_jobs
          WHERE finished_at < now() - make_interval(secs => %(retention_s)s)
          LIMIT %(batch)s FOR UPDATE SKIP LOCKED)
-    RETURNING 1
+    RETURNING id
+), patches AS (
+    DELETE FROM agentd_job_patches p USING gone WHERE p.job_id = gone.id RETURNING 1
 )
-SELECT count(*) AS n FROM gone;
+SELECT count(*) AS n FROM gone WHERE (SELECT count(*) FROM patches) >= 0;
 
 -- name: notify_streams
 SELECT pg_notify('agentd_events', sid) FROM unnest(%(stream_ids)s::text[]) AS sid;
@@ -324,3 +327,25 @@ SELECT scope, name, value FROM agentd_secrets;
 UPDATE agentd_secrets s SET value = u.value
   FROM unnest(%(scopes)s::text[], %(names)s::text[], %(values)s::bytea[]) AS u(scope, name, value)
  WHERE s.scope = u.scope AND s.name = u.name;
+
+-- name: project_get
+SELECT * FROM agentd_projects WHERE id = %(id)s;
+
+-- name: project_put
+-- Create or update; an update keeps the creation time. `created` tells which.
+INSERT INTO agentd_projects AS p (id, spec, max_running) VALUES (%(id)s, %(spec)s::jsonb, %(max_running)s)
+ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, max_running = excluded.max_running, updated_at = now()
+RETURNING p.*, (xmax = 0) AS created;
+
+-- name: project_list
+SELECT * FROM agentd_projects ORDER BY id;
+
+-- name: project_delete
+DELETE FROM agentd_projects WHERE id = %(id)s RETURNING id;
+
+-- name: patch_put
+INSERT INTO agentd_job_patches (job_id, project_id, patch) VALUES (%(job_id)s, %(project_id)s, %(patch)s)
+ON CONFLICT (job_id) DO UPDATE SET patch = excluded.patch, created_at = now();
+
+-- name: patch_get
+SELECT patch FROM agentd_job_patches WHERE job_id = %(job_id)s AND project_id = %(project_id)s;

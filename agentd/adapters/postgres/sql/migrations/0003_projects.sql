@@ -1,19 +1,37 @@
--- agentd schema 3: fencing, retention, and claims that skip the claimer's own running jobs.
--- A stream keeps the newest run (job attempt) that wrote to it; writes of older runs are refused
--- (agentd.adapters.postgres.postgres_event_stream). Each event records the run that wrote it.
-ALTER TABLE agentd_streams ADD COLUMN run integer NOT NULL DEFAULT 0;
-ALTER TABLE agentd_events ADD COLUMN run integer NOT NULL DEFAULT 0;
+-- agentd schema 3: projects (agentd.adapters.postgres.postgres_project_store) and the patches of their jobs.
+-- The claim now lets a project run up to its `max_running` jobs at once (1 for a project that was never
+-- created, as before): agentd_claim is the one of 0001 with its two "project runs nothing" checks replaced
+-- by agentd_project_has_room(project_id).
 
--- Retention (`purge`): final jobs by the time they finished.
-CREATE INDEX agentd_jobs_finished ON agentd_jobs (finished_at) WHERE finished_at IS NOT NULL;
+CREATE TABLE agentd_projects (
+    id          text PRIMARY KEY,
+    spec        jsonb NOT NULL,      -- git source, template, variables, description (domain ProjectSpec)
+    max_running integer NOT NULL DEFAULT 1 CHECK (max_running >= 1),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
 
--- agentd_claim as in schema 1, plus p_exclude: jobs the claiming process still runs (a lease that expired
--- under a live run) are not handed to it again; as they stay queued, their projects' newer jobs wait too.
-DROP FUNCTION agentd_claim(text, double precision, integer, integer, jsonb);
+CREATE TABLE agentd_job_patches (
+    job_id     text PRIMARY KEY,
+    project_id text NOT NULL,
+    patch      bytea NOT NULL,       -- `git diff --binary` against the commit the job started from
+    created_at timestamptz NOT NULL DEFAULT now()
+);
 
-CREATE FUNCTION agentd_claim(
-    p_worker_id text, p_lease_s double precision, p_max integer, p_global_max integer, p_provider_caps jsonb,
-    p_exclude text[]
+-- A project may now run several jobs: the unique index of 0001 becomes a plain one (recover and the limits
+-- still scan running jobs through it). The claim keeps the limit race-free as before: it takes the
+-- project's advisory lock before it starts a job of that project, and counts again under it.
+DROP INDEX agentd_jobs_one_running_per_project;
+CREATE INDEX agentd_jobs_running_per_project ON agentd_jobs (project_id) WHERE status = 'running';
+
+-- Whether a project may start one more job: fewer running than its max_running (1 when not created).
+CREATE FUNCTION agentd_project_has_room(p_project_id text) RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT (SELECT count(*) FROM agentd_jobs r WHERE r.project_id = p_project_id AND r.status = 'running')
+         < coalesce((SELECT p.max_running FROM agentd_projects p WHERE p.id = p_project_id), 1)
+$$;
+
+CREATE OR REPLACE FUNCTION agentd_claim(
+    p_worker_id text, p_lease_s double precision, p_max integer, p_global_max integer, p_provider_caps jsonb
 ) RETURNS SETOF agentd_jobs LANGUAGE plpgsql AS $$
 DECLARE
     v_want integer := p_max;
@@ -38,10 +56,8 @@ BEGIN
             SELECT j.id, j.project_id, j.provider, j.seq FROM agentd_jobs j
              WHERE j.status = 'queued' AND j.run_after <= now()
                AND j.project_id <> ALL (v_skipped)
-               AND j.id <> ALL (p_exclude)
                AND coalesce((v_room ->> j.provider)::integer, 1) > 0
-               AND NOT EXISTS (
-                   SELECT 1 FROM agentd_jobs r WHERE r.project_id = j.project_id AND r.status = 'running')
+               AND agentd_project_has_room(j.project_id)
                -- A project's jobs start in submission order: while an older one waits (locked by another
                -- claimer, or backing off before a retry), the newer ones wait too.
                AND NOT EXISTS (
@@ -68,8 +84,7 @@ BEGIN
                SET status = 'running', worker_id = p_worker_id, started_at = now(),
                    attempts = attempts + 1, lease_expires_at = now() + make_interval(secs => p_lease_s)
              WHERE j.id = ANY (v_picked)
-               AND NOT EXISTS (
-                   SELECT 1 FROM agentd_jobs r WHERE r.project_id = j.project_id AND r.status = 'running')
+               AND agentd_project_has_room(j.project_id)
             RETURNING j.*
         )
         SELECT array_agg(s) INTO v_started FROM started s;
