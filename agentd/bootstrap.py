@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import structlog
 from aiohttp import web
@@ -12,23 +14,27 @@ from agentd.adapters.agent_process import reap_orphans
 from agentd.adapters.claude_code.agent import ClaudeCodeAgent, ClaudeCodeConfig
 from agentd.adapters.codex.agent import CodexAgent, CodexConfig
 from agentd.adapters.embedded.sqlite_event_stream import SqliteEventStream
+from agentd.adapters.embedded.sqlite_key_store import SqliteKeyStore
 from agentd.adapters.embedded.sqlite_project_store import SqliteProjectStore
+from agentd.adapters.embedded.sqlite_secret_store import SqliteSecretStore
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
 from agentd.adapters.git_workspace import GitWorkspaces
 from agentd.adapters.http.app import ApiConfig, create_app
 from agentd.adapters.memory.memory_project_store import MemoryProjectStore
-from agentd.adapters.memory.memory_secret_store import MemorySecretStore
 from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
 from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig
 from agentd.adapters.sandbox import Sandbox
 from agentd.adapters.template_library import SHIPPED, DirectoryTemplateLibrary
 from agentd.config import ConfigError, Settings, load_master_key, service_secrets
+from agentd.observability import PrometheusMetrics, QueueStat, QueueStatsSource, start_metrics_server
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
+from agentd.ports.key_store import KeyStore
 from agentd.ports.project_store import ProjectStore
 from agentd.ports.secret_store import SecretStore
 from agentd.ports.work_queue import Limits, WorkQueue
 from agentd.ports.workspace import TemplateLibrary, Workspaces
+from agentd.services.access import KeyService, RateLimit
 from agentd.services.git_runs import GitRuns
 from agentd.services.jobs import JobService
 from agentd.services.projects import ProjectService
@@ -38,6 +44,7 @@ from agentd.services.runner import Runner
 from agentd.services.secrets import SecretService
 
 log = structlog.get_logger(__name__)
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 @dataclass
@@ -49,20 +56,36 @@ class Container:
     runner: Runner | None
     service: JobService
     secrets: SecretService
+    keys: KeyService
     sandbox: Sandbox
     projects: ProjectService
+    metrics: PrometheusMetrics
+    metrics_server: web.AppRunner | None = None
 
-    def app(self) -> web.Application:
-        api_key = self.settings.api_key.get_secret_value() if self.settings.api_key else None
+    def app(self, host: str | None = None, port: int | None = None) -> web.Application:
+        """The API, answering the Host names of the address it is bound to (`host`, `port`: the settings'
+        unless given; port 0: any port)."""
+        s = self.settings
+        rate = s.rate_limit
+        self.keys.allow_anonymous = (host or s.host) in LOOPBACK
+        config = ApiConfig(
+            heartbeat_s=s.sse_heartbeat_s,
+            allowed_hosts=s.allowed_hosts_for(host or s.host, s.port if port is None else port),
+            public_url=s.public_url,
+            cors_origins=frozenset(s.cors_origins),
+            rate_limit=RateLimit(rate[0], rate[1], s.rate_limit_text or "") if rate else None,
+            max_streams_per_key=s.max_streams_per_key,
+            max_streams=s.max_streams,
+            sandbox=self.sandbox.mode,
+        )
         app = create_app(
             self.service,
-            ApiConfig(
-                api_key=api_key,
-                heartbeat_s=self.settings.sse_heartbeat_s,
-                sandbox=self.sandbox.mode,
-            ),
+            config,
             self.secrets,
+            self.keys,
             projects=self.projects,
+            metrics=self.metrics,
+            serve_metrics=s.metrics_port is None,  # else on AGENTD_METRICS_PORT, without a key
         )
         app.cleanup_ctx.append(self._lifecycle)
         return app
@@ -73,6 +96,10 @@ class Container:
         await self.stop()
 
     async def start(self) -> None:
+        port = self.settings.metrics_port
+        if port is not None and self.metrics_server is None:
+            self.metrics_server = await start_metrics_server(self.metrics, self.settings.host, port)
+            log.info("agentd.metrics_listening", host=self.settings.host, port=port)
         if self.runner is not None:
             reaped = reap_orphans()  # what runs of a crashed agentd left behind
             if reaped:
@@ -85,8 +112,15 @@ class Container:
         for _, agent in self.registry.items():
             await agent.close()
         await self.streams.close()
+        for store in (self.secrets.store, self.keys.store):
+            close = getattr(store, "close", None)
+            if close is not None:
+                await close()
         await self.projects.store.close()
         await self.queue.close()
+        if self.metrics_server is not None:
+            await self.metrics_server.cleanup()
+            self.metrics_server = None
 
 
 def open_sandbox(settings: Settings) -> Sandbox:
@@ -183,13 +217,41 @@ async def open_storage(settings: Settings) -> tuple[WorkQueue, EventStream]:
     return queue, streams
 
 
-async def open_secret_store(settings: Settings) -> SecretStore:
-    """The secret store (for `agentd serve` and the `agentd secrets` commands). Without a master key every
-    call answers SecretsUnavailable, which says how to set one.
+async def open_secret_store(settings: Settings, queue: WorkQueue | None = None) -> SecretStore:
+    """The secret store, in the queue's database: the SQLite file of the embedded queue, or PostgreSQL.
 
-    For now an in-memory store: the SQLite and PostgreSQL stores come with the queue's database.
+    `queue`: the running process's queue, whose database (connection or pool) the store shares; without
+    one (the `agentd secrets` commands) the store opens the same database itself, so a command and a running
+    server see the same secrets. Without a master key every call answers SecretsUnavailable, which says how
+    to set one.
     """
-    return MemorySecretStore(load_master_key(settings))
+    key = load_master_key(settings)
+    if settings.database_url:
+        from agentd.adapters.postgres import PgDatabase, PostgresWorkQueue, open_postgres_secrets
+
+        db = queue.db if isinstance(queue, PostgresWorkQueue) else None
+        return await open_postgres_secrets(
+            db or PgDatabase(settings.database_url, pool_size=2, listen=False), key
+        )
+    db_or_path = queue.db if isinstance(queue, SqliteWorkQueue) else settings.data_dir / "queue.sqlite3"
+    return SqliteSecretStore(db_or_path, key)
+
+
+async def open_key_store(settings: Settings, queue: WorkQueue | None = None) -> KeyStore:
+    """The API keys, in the queue's database (shared with `queue` when given, as for the secrets)."""
+    if settings.database_url:
+        from agentd.adapters.postgres import PgDatabase, PostgresWorkQueue, open_postgres_keys
+
+        db = queue.db if isinstance(queue, PostgresWorkQueue) else None
+        return await open_postgres_keys(db or PgDatabase(settings.database_url, pool_size=2, listen=False))
+    return SqliteKeyStore(
+        queue.db if isinstance(queue, SqliteWorkQueue) else settings.data_dir / "queue.sqlite3"
+    )
+
+
+def key_service(settings: Settings, store: KeyStore) -> KeyService:
+    bootstrap = settings.api_key.get_secret_value() if settings.api_key else None
+    return KeyService(store, bootstrap_key=bootstrap, stream_token_ttl_s=settings.stream_token_ttl_s)
 
 
 async def open_project_store(queue: WorkQueue) -> ProjectStore:
@@ -220,6 +282,7 @@ async def build(
     queue: WorkQueue | None = None,
     streams: EventStream | None = None,
     secrets: SecretStore | None = None,
+    keys: KeyStore | None = None,
     projects: ProjectStore | None = None,
     workspaces: Workspaces | None = None,
     templates: TemplateLibrary | None = None,
@@ -227,6 +290,9 @@ async def build(
 ) -> Container:
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     settings.data_dir.chmod(0o700)  # also an older, wider one: nothing beneath it is reachable by others
+    # A bad key file fails here, first. Credentials in agentd's own environment are redacted too.
+    own_keys = service_secrets(settings, load_master_key(settings), os.environ)
+    LOG_SECRETS.add(own_keys)
     sandbox = open_sandbox(settings)
     registry = ProviderRegistry()
     for agent in agents if agents is not None else build_agents(settings, sandbox):
@@ -234,14 +300,14 @@ async def build(
     if queue is None or streams is None:
         q, s = await open_storage(settings)
         queue, streams = queue or q, streams or s
-    secrets = secrets or await open_secret_store(settings)
-    own_keys = service_secrets(settings, load_master_key(settings))
-    LOG_SECRETS.add(own_keys)
+    secrets = secrets or await open_secret_store(settings, queue)
+    keys = keys or await open_key_store(settings, queue)
     projects = projects or await open_project_store(queue)
     workspaces = workspaces or git_workspaces(settings)
     project_service = ProjectService(
         projects, queue, templates or template_library(settings), workspaces, secrets
     )
+    metrics = PrometheusMetrics(queue_stats=_queue_stats(queue), providers=registry.names())
     runner = None
     if with_workers:
         runner = Runner(
@@ -258,8 +324,41 @@ async def build(
             service_secrets=own_keys,
             job_retention_s=settings.job_retention_s,
             git_runs=GitRuns(projects, workspaces, secrets),
+            metrics=metrics,
         )
-    service = JobService(queue, streams, registry, runner, projects=project_service)
-    return Container(
-        settings, queue, streams, registry, runner, service, SecretService(secrets), sandbox, project_service
+    service = JobService(
+        queue,
+        streams,
+        registry,
+        runner,
+        max_queued_per_project=settings.max_queued_per_project,
+        workspaces_dir=settings.workspaces_dir,
+        projects=project_service,
+        metrics=metrics,
     )
+    return Container(
+        settings,
+        queue,
+        streams,
+        registry,
+        runner,
+        service,
+        SecretService(secrets),
+        key_service(settings, keys),
+        sandbox,
+        project_service,
+        metrics,
+    )
+
+
+def _queue_stats(queue: WorkQueue) -> QueueStatsSource:
+    """The queue gauges' source: the queue's per-provider counts, with the oldest job's age."""
+
+    async def stats() -> dict[str, QueueStat]:
+        now = datetime.now(UTC)
+        return {
+            p: QueueStat(n, (now - oldest).total_seconds() if oldest else None)
+            for p, (n, oldest) in (await queue.queue_stats()).items()
+        }
+
+    return stats

@@ -15,7 +15,9 @@ import structlog
 from aiohttp import web
 
 from agentd import __version__
-from agentd.config import ConfigError, Settings, check_master_key, load_settings
+from agentd.config import ConfigError, Settings, load_settings
+from agentd.domain.errors import InvalidMasterKey
+from agentd.domain.secrets import new_master_key, parse_master_key
 
 log = structlog.get_logger("agentd.cli")
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     submit.add_argument("prompt", help="the prompt; '-' reads it from stdin")
     _add_secrets_parser(sub)
+    _add_keys_parser(sub)
     _add_projects_parser(sub)
 
     args = parser.parse_args(argv)
@@ -106,6 +109,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         return _migrate(settings)
     if args.command == "secrets":
         return asyncio.run(_secrets(settings, args))
+    if args.command == "keys":
+        return asyncio.run(_keys(settings, args))
     if args.command == "projects":
         return asyncio.run(_projects(settings, args))
     return asyncio.run(_submit(settings, args))
@@ -125,6 +130,22 @@ def _add_secrets_parser(sub: Any) -> None:
     cmds.add_parser("new-master-key", help="print a new master key for AGENTD_MASTER_KEY")
     r = cmds.add_parser("rotate", help="re-encrypt every secret under a new master key")
     r.add_argument("--new-key-file", help="file holding the new key (default: AGENTD_NEW_MASTER_KEY)")
+
+
+def _add_keys_parser(sub: Any) -> None:
+    p = sub.add_parser("keys", help="create, list and revoke API keys (README: Access)")
+    cmds = p.add_subparsers(dest="keys_command", required=True)
+    c = cmds.add_parser("create", help="create a key; prints it once, alone on the last line")
+    c.add_argument("--name", help="what the key is for, e.g. ci-web (default: its id)")
+    scope = c.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--admin", action="store_true", help="every project, keys and global secrets")
+    scope.add_argument(
+        "--project", action="append", dest="projects", metavar="P", help="a project it may use (repeat)"
+    )
+    c.add_argument("--read-only", action="store_true", help="read jobs and streams, never write")
+    cmds.add_parser("list", help="every key: id, name, scope, access, times (never the key)")
+    r = cmds.add_parser("revoke", help="revoke a key (it stops working at once)")
+    r.add_argument("key_id", help="the key's id, e.g. key_0123456789abcdef")
 
 
 def _add_projects_parser(sub: Any) -> None:
@@ -204,12 +225,41 @@ async def _projects(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _new_master_key() -> str:
-    """32 random bytes, url-safe base64: what cryptography's Fernet.generate_key() returns."""
-    import base64
-    import secrets
+async def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    """Administrative commands: they talk to the key store directly, beside a running server."""
+    from agentd.bootstrap import key_service, open_key_store
+    from agentd.domain.errors import AgentdError
 
-    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
+    service = key_service(settings, await open_key_store(settings))
+    try:
+        cmd = args.keys_command
+        if cmd == "create":
+            key, token = await service.create(
+                name=args.name, admin=args.admin, projects=args.projects or [], read_only=args.read_only
+            )
+            scope = "admin" if key.admin else "projects " + ",".join(key.projects)
+            print(f"created {key.id} ({key.name}): {scope}, {key.access.value}. The key is shown once:")
+            print(token)
+        elif cmd == "list":
+            for k in await service.list():
+                d = k.public()
+                scope = "admin" if k.admin else ",".join(k.projects)
+                state = f"revoked {d['revoked_at']}" if k.revoked_at else "active"
+                print(
+                    f"{k.id}\t{k.name}\t{scope}\t{k.access.value}\tcreated {d['created_at']}\t"
+                    f"last used {d['last_used_at'] or 'never'}\t{state}"
+                )
+        else:
+            key = await service.revoke(args.key_id)
+            print(f"agentd keys: revoked {key.id} ({key.name})", file=sys.stderr)
+    except AgentdError as e:
+        print(f"agentd keys: {e.message}", file=sys.stderr)
+        return 1 if e.code == "key_not_found" else 2
+    finally:
+        close = getattr(service.store, "close", None)
+        if close is not None:
+            await close()
+    return 0
 
 
 def _read_secret_value(name: str) -> str:
@@ -237,24 +287,36 @@ def _read_new_master_key(args: argparse.Namespace) -> bytes:
                 "`agentd secrets new-master-key`"
             )
     try:
-        return check_master_key(text)
-    except ValueError as e:
-        raise ConfigError(f"{where}: the new key {e}") from None
+        return parse_master_key(text, source=f"the new key ({where})")
+    except InvalidMasterKey as e:
+        raise ConfigError(e.message) from None
 
 
 async def _secrets(settings: Settings, args: argparse.Namespace) -> int:
     """Administrative commands: they talk to the store directly, beside a running server."""
     from agentd.bootstrap import open_secret_store
-    from agentd.domain.errors import AgentdError, SecretNotFound
     from agentd.services.secrets import SecretService
 
     cmd = args.secrets_command
     if cmd == "new-master-key":
-        print(_new_master_key())
+        print(new_master_key())
         return 0
     new_key = _read_new_master_key(args) if cmd == "rotate" else None
     service = SecretService(await open_secret_store(settings))
     project = getattr(args, "project", None)
+    try:
+        return await _secrets_command(service, cmd, args, project, new_key)
+    finally:
+        close = getattr(service.store, "close", None)
+        if close is not None:
+            await close()
+
+
+async def _secrets_command(
+    service: Any, cmd: str, args: argparse.Namespace, project: str | None, new_key: bytes | None
+) -> int:
+    from agentd.domain.errors import AgentdError, SecretNotFound
+
     try:
         if cmd == "set":
             value = args.value if args.value is not None else _read_secret_value(args.name)
@@ -283,6 +345,18 @@ async def _secrets(settings: Settings, args: argparse.Namespace) -> int:
 
 def _scope_text(project: str | None) -> str:
     return f"project {project}" if project else "every project (global)"
+
+
+async def _keys_exist(settings: Settings) -> bool:
+    from agentd.bootstrap import open_key_store
+
+    store = await open_key_store(settings)
+    try:
+        return await store.any_active()
+    finally:
+        close = getattr(store, "close", None)
+        if close is not None:
+            await close()
 
 
 def _need_database(settings: Settings, role: str) -> bool:
@@ -359,23 +433,25 @@ def _serve(settings: Settings, host: str | None, port: int | None, *, workers: b
     host = host or settings.host
     port = port if port is not None else settings.port
     if settings.api_key is None:
-        if host not in LOOPBACK:
+        if host not in LOOPBACK and not asyncio.run(_keys_exist(settings)):
             log.error(
                 "agentd.refusing_open_bind",
                 host=host,
-                hint="AGENTD_API_KEY is not set: set it, or bind to 127.0.0.1",
+                hint="no API key: set AGENTD_API_KEY (or make keys with `agentd keys create`), or bind to "
+                "127.0.0.1",
             )
             print(
-                f"agentd: refusing to listen on {host} without AGENTD_API_KEY; set AGENTD_API_KEY or use "
-                "--host 127.0.0.1",
+                f"agentd: refusing to listen on {host} without AGENTD_API_KEY or a key made with "
+                "`agentd keys create`; set AGENTD_API_KEY or use --host 127.0.0.1",
                 file=sys.stderr,
             )
             return 2
-        log.warning(
-            "agentd.no_api_key",
-            message="AGENTD_API_KEY is not set: anyone on this machine can run agents; listening on "
-            f"{host} only",
-        )
+        if host in LOOPBACK:
+            log.warning(
+                "agentd.no_api_key",
+                message="AGENTD_API_KEY is not set: until a key is made with `agentd keys create`, anyone "
+                f"on this machine can run agents; listening on {host} only",
+            )
 
     async def make_app() -> web.Application:
         container = await build(settings, with_workers=workers)
@@ -389,7 +465,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, *, workers: b
             queue=type(container.queue).__name__,
             streams=type(container.streams).__name__,
         )
-        return container.app()
+        return container.app(host, port)
 
     try:
         web.run_app(
@@ -398,6 +474,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, *, workers: b
             port=port,
             print=None,
             shutdown_timeout=settings.shutdown_grace_s + 5,
+            access_log=None,  # one `http.request` line per request comes from agentd.observability
             handle_signals=True,
         )
     except AgentdError as e:

@@ -2,6 +2,9 @@
 
 `follow()` reconnects with Last-Event-ID when the connection drops, so a caller sees every event exactly
 once and in order, ending with `done`.
+
+The key goes only to the origin the client was given: a URL from an answer (`stream_url`) that names
+another origin is refused, and redirects are not followed.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
+import yarl
 
 from agentd.sse import aiter_sse
 
@@ -34,9 +38,10 @@ class StreamItem:
 class AgentdClient:
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout_s: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
-        headers = {"X-API-Key": api_key} if api_key else {}
+        self._origin = _origin(self.base_url)
+        self._key_header = {"X-API-Key": api_key} if api_key else {}
         self._session = aiohttp.ClientSession(
-            headers=headers, timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout_s)
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout_s)
         )
         self._timeout = timeout_s
 
@@ -51,10 +56,31 @@ class AgentdClient:
     async def close(self) -> None:
         await self._session.close()
 
+    def _url(self, path_or_url: str) -> str:
+        """An absolute URL on this client's origin; ApiError for a URL on any other origin."""
+        if "://" not in path_or_url:
+            return f"{self.base_url}/{path_or_url.lstrip('/')}"
+        if _origin(path_or_url) != self._origin:
+            raise ApiError(
+                0,
+                "foreign_origin",
+                f"refusing to send the API key to {_origin(path_or_url)}: this client talks to "
+                f"{self._origin} only (set AGENTD_PUBLIC_URL on the server to the URL clients use)",
+            )
+        return path_or_url
+
     async def _json(self, method: str, path: str, **kw: Any) -> Any:
-        url = path if path.startswith("http") else f"{self.base_url}{path}"
+        url = self._url(path)
+        headers = {**self._key_header, **kw.pop("headers", {})}
+        if method != "GET" and "json" not in kw:
+            headers.setdefault("Content-Type", "application/json")
         async with self._session.request(
-            method, url, timeout=aiohttp.ClientTimeout(total=self._timeout), **kw
+            method,
+            url,
+            headers=headers,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            **kw,
         ) as r:
             body = await r.read()
             try:
@@ -118,16 +144,16 @@ class AgentdClient:
         self, stream_url: str, *, last_event_id: int = 0, max_reconnects: int = 20
     ) -> AsyncIterator[StreamItem]:
         """Yield the stream's events until `done`; reconnect (Last-Event-ID) when the connection drops."""
-        url = stream_url if stream_url.startswith("http") else f"{self.base_url}{stream_url}"
+        url = self._url(stream_url)
         last = last_event_id
         failures = 0
         retry_s = 1.0
         while True:
-            headers = {"Accept": "text/event-stream"}
+            headers = {"Accept": "text/event-stream", **self._key_header}
             if last:
                 headers["Last-Event-ID"] = str(last)
             try:
-                async with self._session.get(url, headers=headers) as r:
+                async with self._session.get(url, headers=headers, allow_redirects=False) as r:
                     if r.status >= 400:
                         body = await r.read()
                         try:
@@ -157,3 +183,8 @@ class AgentdClient:
                     0, "stream_lost", f"lost the event stream {url} after {max_reconnects} retries"
                 )
             await asyncio.sleep(min(retry_s * failures, 5.0))
+
+
+def _origin(url: str) -> str:
+    u = yarl.URL(url)
+    return f"{u.scheme}://{u.host}:{u.explicit_port or u.port}".lower()

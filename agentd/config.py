@@ -7,7 +7,6 @@ start with a one-line `ConfigError` that names the variable (`agentd` prints it 
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 import shlex
 from collections.abc import Mapping
@@ -25,7 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from agentd.domain.secrets import MIN_SECRET_LEN
+from agentd.domain.errors import InvalidMasterKey
+from agentd.domain.secrets import MIN_SECRET_LEN, parse_master_key
 
 ENV_PREFIX = "AGENTD_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -59,6 +59,19 @@ class Settings(BaseModel):
     provider_limits: dict[str, int] = Field(default_factory=dict)  # "claude-code=4,opencode=2"
     shutdown_grace_s: float = Field(30.0, ge=0)
     db_pool_size: int = Field(10, ge=1)
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535
+    )  # /metrics + /healthz on a port of their own, no key
+
+    # Access (README "Access"): Host allow-list, public URL, CORS, limits.
+    allowed_hosts: tuple[str, ...] = ()  # "agentd.example.com,10.0.0.5:8080"; default: see allowed_hosts()
+    public_url: str | None = None  # "https://agentd.example.com": absolute URLs in answers start with it
+    cors_origins: tuple[str, ...] = ()  # "https://dash.example.com"; none: CORS off
+    rate_limit: tuple[int, float] | None = None  # "60/min": submissions per key
+    max_queued_per_project: int | None = Field(None, ge=1)
+    max_streams_per_key: int = Field(20, ge=1)
+    max_streams: int = Field(1000, ge=1)
+    stream_token_ttl_s: float = Field(3600.0, gt=0)
 
     # Secrets: the master key (url-safe base64 of 32 bytes), inline or in a file.
     master_key: SecretStr | None = None
@@ -112,9 +125,25 @@ class Settings(BaseModel):
             return v.lower()
         raise ValueError(f"use one of {', '.join(LOG_LEVELS)}, got {v!r}")
 
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _api_key_not_empty(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError(
+                "is set but empty, which would leave the API open to anyone who can reach it; set it to "
+                "a long random key (e.g. `openssl rand -hex 32`) or unset it"
+            )
+        return v
+
     @field_validator(
         "database_url",
+        "public_url",
+        "rate_limit",
+        "max_queued_per_project",
+        "master_key",
+        "master_key_file",
         "opencode_url",
+        "opencode_password",
         "claude_pod",
         "max_running",
         "codex_base_url",
@@ -125,6 +154,47 @@ class Settings(BaseModel):
     @classmethod
     def _empty_is_unset(cls, v: Any) -> Any:
         return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("allowed_hosts", "cors_origins", mode="before")
+    @classmethod
+    def _plain_comma_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return tuple(p.strip().lower() for p in v.split(",") if p.strip())
+        return v
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in v:
+            u = urlsplit(origin)
+            if u.scheme not in ("http", "https") or not u.netloc or u.path not in ("", "/"):
+                raise ValueError(
+                    f"an origin is scheme://host[:port], e.g. https://dash.example.com, got {origin!r}"
+                )
+        return tuple(o.rstrip("/") for o in v)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        u = urlsplit(v)
+        if u.scheme not in ("http", "https") or not u.netloc or u.query or u.fragment:
+            raise ValueError(f"use an absolute http(s) URL, e.g. https://agentd.example.com, got {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("rate_limit", mode="before")
+    @classmethod
+    def _rate(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        m = re.fullmatch(r"\s*([0-9]{1,9})\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*", v)
+        if m is None or int(m.group(1)) < 1:
+            raise ValueError(f"expected a count per unit, e.g. 60/min, 5/s or 1000/hour, got {v!r}")
+        unit = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0}.get(
+            m.group(2), 3600.0
+        )
+        return (int(m.group(1)), unit)
 
     @field_validator("providers", "opencode_env_passthrough", mode="before")
     @classmethod
@@ -181,7 +251,10 @@ class Settings(BaseModel):
     @classmethod
     def _master_key(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None:
-            check_master_key(v.get_secret_value())
+            try:
+                parse_master_key(v.get_secret_value(), source="the value")
+            except InvalidMasterKey as e:
+                raise ValueError(e.message) from None
         return v
 
     @model_validator(mode="after")
@@ -196,6 +269,35 @@ class Settings(BaseModel):
         return self
 
     @property
+    def rate_limit_text(self) -> str | None:
+        if self.rate_limit is None:
+            return None
+        count, per = self.rate_limit
+        return f"{count}/{ {1.0: 's', 60.0: 'min'}.get(per, 'hour') }"
+
+    def allowed_hosts_for(self, host: str, port: int) -> frozenset[str] | None:
+        """The Host values answered (AGENTD_ALLOWED_HOSTS, lower case; a name without a port allows any
+        port). Default: bound to loopback, localhost / 127.0.0.1 / [::1] with the port; otherwise the bind
+        address with the port (and the host of AGENTD_PUBLIC_URL, when set). None (any Host): bound to every
+        address (0.0.0.0) with neither set; a key is required there, which a rebinding page does not have."""
+        if self.allowed_hosts:
+            return frozenset(self.allowed_hosts)
+        if host in ("0.0.0.0", "::", "") and not self.public_url:
+            return None
+        suffix = f":{port}" if port else ""
+        if host in ("127.0.0.1", "::1", "localhost"):
+            names = {"localhost", "127.0.0.1", "[::1]"}
+        elif host in ("0.0.0.0", "::", ""):
+            names = set()  # every address: the public URL's host
+        else:
+            names = {f"[{host}]" if ":" in host else host}
+        out = {n + suffix for n in names}
+        if self.public_url:
+            u = urlsplit(self.public_url)
+            out.add(u.netloc.lower().rsplit("@", 1)[-1])
+        return frozenset(out)
+
+    @property
     def workspaces_dir(self) -> Path:
         return self.data_dir / "workspaces"
 
@@ -203,44 +305,52 @@ class Settings(BaseModel):
         return self.workspaces_dir / project_id
 
 
-def check_master_key(key: str) -> bytes:
-    """A master key is 32 random bytes in url-safe base64 (what `agentd secrets new-master-key` prints)."""
-    try:
-        raw = base64.urlsafe_b64decode(key.strip().encode("ascii"))
-    except (binascii.Error, ValueError, UnicodeEncodeError):
-        raw = b""
-    if len(raw) != 32:
-        raise ValueError(
-            "must be 32 bytes in url-safe base64; create one with `agentd secrets new-master-key`"
-        )
-    return key.strip().encode("ascii")
-
-
 def load_master_key(settings: Settings) -> bytes | None:
-    """The master key (its base64 text as bytes) from AGENTD_MASTER_KEY or AGENTD_MASTER_KEY_FILE."""
+    """The master key's 32 bytes from AGENTD_MASTER_KEY or AGENTD_MASTER_KEY_FILE (None: neither is set).
+
+    The one loader: `agentd serve`, the `agentd secrets` commands and every store get the key from here, in
+    the form `agentd.domain.secrets.parse_master_key` gives (the stores, `rotate` included, take it)."""
     if settings.master_key is not None:
-        return settings.master_key.get_secret_value().strip().encode("ascii")
+        return parse_master_key(settings.master_key.get_secret_value())
     if settings.master_key_file is None:
         return None
     try:
-        text = settings.master_key_file.read_text().strip()
-    except OSError as e:
+        text = settings.master_key_file.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not ASCII text"
         raise ConfigError(
-            f"AGENTD_MASTER_KEY_FILE: cannot read {settings.master_key_file}: {e.strerror}"
+            f"AGENTD_MASTER_KEY_FILE: cannot read {settings.master_key_file}: {reason}"
         ) from None
     try:
-        return check_master_key(text)
-    except ValueError as e:
-        raise ConfigError(f"AGENTD_MASTER_KEY_FILE: the key in {settings.master_key_file} {e}") from None
+        return parse_master_key(text, source=f"the key in {settings.master_key_file}")
+    except InvalidMasterKey as e:
+        raise ConfigError(f"AGENTD_MASTER_KEY_FILE: {e.message}") from None
 
 
-def service_secrets(settings: Settings, master_key: bytes | None = None) -> dict[str, str]:
-    """The service's own keys, redacted wherever a run's output could show them."""
+def master_key_text(key: bytes) -> str:
+    """The key as it is written in AGENTD_MASTER_KEY, without the `=` (for redaction: it matches the key
+    written with or without its padding)."""
+    return base64.urlsafe_b64encode(key).decode("ascii").rstrip("=")
+
+
+# Names in agentd's own environment that look like credentials: provider keys that agentd passes through
+# to runs (ANTHROPIC_API_KEY, OPENAI_API_KEY, CLAUDE_CODE_OAUTH_TOKEN, ...) and anything else of the kind.
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH|COOKIE", re.IGNORECASE)
+
+
+def service_secrets(
+    settings: Settings, master_key: bytes | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The service's own keys, redacted wherever a run's output could show them: agentd's settings, and
+    every credential-looking variable of its environment (`environ`; provider keys passed to runs)."""
     out: dict[str, str] = {}
+    for name, value in (environ or {}).items():
+        if _SECRET_NAME.search(name) and not name.startswith("AGENTD_"):
+            out[name] = value
     if settings.api_key is not None:
         out["AGENTD_API_KEY"] = settings.api_key.get_secret_value()
     if master_key is not None:
-        out["AGENTD_MASTER_KEY"] = master_key.decode("ascii")
+        out["AGENTD_MASTER_KEY"] = master_key_text(master_key)
     if settings.opencode_password is not None:
         out["AGENTD_OPENCODE_PASSWORD"] = settings.opencode_password.get_secret_value()
     password = database_password(settings.database_url)

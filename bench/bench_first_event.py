@@ -46,7 +46,7 @@ def fmt(values: list[float]) -> str:
 async def through_agentd(claude: str, model: FakeAnthropic, n: int, data: Path) -> dict[str, list[float]]:
     settings = Settings(data_dir=data, workers=1)
     container = await build(settings, agents=[claude_agent(settings, claude, model.base_url)])
-    runner = web.AppRunner(container.app())
+    runner = web.AppRunner(container.app(port=0))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

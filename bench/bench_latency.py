@@ -56,7 +56,7 @@ async def run(settings: Settings, n: int, *, worker_process: bool = False) -> di
         }
         worker = await asyncio.create_subprocess_exec(sys.executable, "-m", "agentd.cli", "worker", env=env)
         await asyncio.sleep(2.0)
-    runner = web.AppRunner(container.app(), access_log=None)
+    runner = web.AppRunner(container.app(port=0), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -19,6 +19,7 @@ from agentd.bootstrap import Container, build, claude_config, codex_config
 from agentd.client import AgentdClient
 from agentd.config import Settings
 from agentd.ports.code_agent import CodeAgent
+from tests.support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS_BIN = ROOT / ".tools" / "node" / "node_modules" / ".bin"
@@ -86,11 +87,11 @@ async def agentd_factory(
     ) -> RunningAgentd:
         s = Settings(data_dir=data_dir or tmp_path / "data", **settings)
         container = await build(s, agents=agents)
-        runner = web.AppRunner(container.app(), shutdown_timeout=5)
+        port = free_port()  # known before the app is built: its Host allow-list names it
+        runner = web.AppRunner(container.app(port=port), shutdown_timeout=5)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", port)
         await site.start()
-        port = runner.addresses[0][1]
         base = f"http://127.0.0.1:{port}"
         key = s.api_key.get_secret_value() if s.api_key else None
         client = AgentdClient(base, api_key=key)

@@ -32,7 +32,7 @@ CANCELLED_JSON = CANCELLED.model_dump_json()
 
 
 def request_hash(request: AgentRequest) -> str:
-    return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
+    return hashlib.sha256(request.model_dump_json(exclude={"request_id"}).encode()).hexdigest()
 
 
 def idempotency_conflict(key: str, project_id: str, existing_job_id: str) -> IdempotencyConflict:

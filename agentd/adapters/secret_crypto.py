@@ -11,32 +11,31 @@ Stored form: version byte 0x01 | 12-byte random nonce | ciphertext with its 16-b
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
-import re
-from collections.abc import Mapping
-from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from agentd.domain import errors
+from agentd.domain.errors import InvalidMasterKey
+from agentd.domain.secrets import MASTER_KEY_BYTES, check_master_key_bytes, new_master_key, parse_master_key
 
-MASTER_KEY_ENV = "AGENTD_MASTER_KEY"
-MASTER_KEY_FILE_ENV = "AGENTD_MASTER_KEY_FILE"
-KEY_BYTES = 32
+KEY_BYTES = MASTER_KEY_BYTES
 _VERSION = b"\x01"
 _NONCE_BYTES = 12
-_KEY_TEXT = re.compile(r"[A-Za-z0-9_-]{43}=?")
 
-
-class InvalidMasterKey(errors.SecretsUnavailable):
-    """The master key is not 32 bytes in url-safe base64: set it to the output of
-    `agentd secrets new-master-key`."""
-
-    code = "invalid_master_key"
+__all__ = [
+    "GLOBAL_SCOPE",
+    "KEY_BYTES",
+    "InvalidMasterKey",
+    "SecretCipher",
+    "WrongMasterKey",
+    "new_master_key",
+    "parse_master_key",
+    "project_of",
+    "scope_of",
+]
 
 
 class WrongMasterKey(errors.SecretsUnavailable):
@@ -44,45 +43,6 @@ class WrongMasterKey(errors.SecretsUnavailable):
     (after `agentd secrets rotate`, the new one)."""
 
     code = "wrong_master_key"
-
-
-def new_master_key() -> str:
-    """A fresh master key: 32 random bytes, url-safe base64 (44 characters)."""
-    return base64.urlsafe_b64encode(os.urandom(KEY_BYTES)).decode("ascii")
-
-
-def parse_master_key(text: str, *, source: str = MASTER_KEY_ENV) -> bytes:
-    """The key bytes of `text` (whitespace around it ignored); InvalidMasterKey naming `source` otherwise."""
-    value = text.strip()
-    if not _KEY_TEXT.fullmatch(value):
-        raise InvalidMasterKey(
-            f"{source} is not a master key: expected 32 bytes in url-safe base64 (44 characters, "
-            f"got {len(value)}); create one with `agentd secrets new-master-key`"
-        )
-    try:
-        key = base64.urlsafe_b64decode(value if value.endswith("=") else value + "=")
-    except (binascii.Error, ValueError) as e:  # pragma: no cover - the pattern above already excludes it
-        raise InvalidMasterKey(f"{source} is not valid url-safe base64: {e}") from e
-    return key
-
-
-def load_master_key(environ: Mapping[str, str] | None = None) -> bytes | None:
-    """The master key from AGENTD_MASTER_KEY or the file AGENTD_MASTER_KEY_FILE names; None when neither
-    is set (then the secret stores answer SecretsUnavailable). InvalidMasterKey, naming the variable, when
-    the value is malformed, the file unreadable, or both are set."""
-    env = os.environ if environ is None else environ
-    inline, file = env.get(MASTER_KEY_ENV, ""), env.get(MASTER_KEY_FILE_ENV, "")
-    if inline and file:
-        raise InvalidMasterKey(f"set {MASTER_KEY_ENV} or {MASTER_KEY_FILE_ENV}, not both")
-    if inline:
-        return parse_master_key(inline, source=MASTER_KEY_ENV)
-    if file:
-        try:
-            text = Path(file).read_text(encoding="ascii")
-        except (OSError, UnicodeDecodeError) as e:
-            raise InvalidMasterKey(f"{MASTER_KEY_FILE_ENV}={file!r} cannot be read: {e}") from e
-        return parse_master_key(text, source=f"the file {MASTER_KEY_FILE_ENV} names ({file})")
-    return None
 
 
 def _associated_data(project_id: str | None, name: str) -> bytes:
@@ -93,9 +53,7 @@ class SecretCipher:
     """Encrypts and decrypts secret values under one master key."""
 
     def __init__(self, master_key: bytes) -> None:
-        if len(master_key) != KEY_BYTES:
-            raise InvalidMasterKey(f"a master key is {KEY_BYTES} bytes, got {len(master_key)}")
-        self._aead = AESGCM(master_key)
+        self._aead = AESGCM(check_master_key_bytes(master_key))
 
     def encrypt(self, project_id: str | None, name: str, value: str) -> bytes:
         nonce = os.urandom(_NONCE_BYTES)

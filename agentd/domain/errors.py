@@ -147,16 +147,78 @@ class SecretsUnavailable(AgentdError):
     code = "secrets_unavailable"
 
 
+class InvalidMasterKey(SecretsUnavailable):
+    """The master key is not 32 bytes in url-safe base64: set it to the output of
+    `agentd secrets new-master-key`."""
+
+    code = "invalid_master_key"
+
+
 class SandboxUnavailable(AgentdError):
     """AGENTD_SANDBOX=bwrap, but bubblewrap cannot start a sandbox here."""
 
     code = "sandbox_unavailable"
 
 
+class Forbidden(AgentdError):
+    """This key may not do that (a read-only key cannot write; only admin keys manage keys and global
+    secrets)."""
+
+    code = "forbidden"
+
+
+class KeyNotFound(AgentdError):
+    """No such API key."""
+
+    code = "key_not_found"
+
+
 class ProjectNotFound(AgentdError):
     """No such project: create it with PUT /projects/{project_id}."""
 
     code = "project_not_found"
+
+
+class LimitExceeded(AgentdError):
+    """A limit was hit; `details` name it (`limit`) and say when to retry (`retry_after_s`)."""
+
+    code = "limit_exceeded"
+
+
+class RateLimited(LimitExceeded):
+    """This key submitted more jobs than AGENTD_RATE_LIMIT allows; retry after Retry-After seconds."""
+
+    code = "rate_limited"
+
+
+class QueueFull(LimitExceeded):
+    """The project has AGENTD_MAX_QUEUED_PER_PROJECT queued jobs already; retry when some have started."""
+
+    code = "queue_full"
+
+
+class TooManyStreams(LimitExceeded):
+    """This key has AGENTD_MAX_STREAMS_PER_KEY event streams open; close one first."""
+
+    code = "too_many_streams"
+
+
+class ServerBusy(LimitExceeded):
+    """The server has AGENTD_MAX_STREAMS event streams open; retry shortly."""
+
+    code = "server_busy"
+
+
+class UnsupportedMediaType(InvalidRequest):
+    """Send the body as JSON, with Content-Type: application/json."""
+
+    code = "unsupported_media_type"
+
+
+class MisdirectedRequest(InvalidRequest):
+    """The Host header names a host this server does not answer for (AGENTD_ALLOWED_HOSTS)."""
+
+    code = "misdirected_request"
 
 
 class InvalidProject(InvalidRequest):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 
@@ -9,6 +10,8 @@ from agentd.domain.errors import StreamNotFound
 
 JOB_PREFIX = "job_"
 STREAM_PREFIX = "stm_"
+_TOKEN = re.compile(r"[0-9A-Za-z]{1,64}")  # ASCII only ("²".isalnum() is true)
+JOB_ID_RE = re.compile(r"job_[0-9A-Za-z]{1,64}")
 
 
 def new_job_ids() -> tuple[str, str]:
@@ -19,6 +22,6 @@ def new_job_ids() -> tuple[str, str]:
 
 def job_id_for_stream(stream_id: str) -> str:
     token = stream_id.removeprefix(STREAM_PREFIX)
-    if token == stream_id or not token.isalnum() or len(token) > 64:
+    if token == stream_id or not _TOKEN.fullmatch(token):
         raise StreamNotFound(f"no event stream {stream_id!r}")
     return JOB_PREFIX + token

@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator,
 
 from agentd.domain import errors
 
-PROJECT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-SESSION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# Used with fullmatch: `$` alone would accept a trailing newline ("abc\n").
+PROJECT_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 MIN_TIMEOUT_S = 1
 MAX_TIMEOUT_S = 24 * 3600
 DEFAULT_TIMEOUT_S = 1800
@@ -24,7 +25,11 @@ MAX_TURNS_LIMIT = 1000
 
 def validate_project_id(project_id: str) -> str:
     # ".." and "." match the pattern's character class; they must never become directory names.
-    if not isinstance(project_id, str) or not PROJECT_ID_RE.match(project_id) or project_id in {".", ".."}:
+    if (
+        not isinstance(project_id, str)
+        or not PROJECT_ID_RE.fullmatch(project_id)
+        or project_id in {".", ".."}
+    ):
         raise errors.InvalidProjectId(
             f"invalid project id {project_id!r}: use 1-63 characters from a-z, 0-9, '.', '_', '-', "
             "starting with a letter or digit"
@@ -129,6 +134,21 @@ class PromptFile(BaseModel):
         return self
 
 
+_OWN_PATTERN = frozenset({"project_id", "session_id"})  # their own validators refuse U+0000, with their codes
+
+
+def _fields_with_nul(data: Any, where: str = "") -> list[str]:
+    if isinstance(data, str):
+        return [where or "value"] if "\0" in data else []
+    if isinstance(data, dict):
+        return [b for k, v in data.items() for b in _fields_with_nul(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(data, list | tuple):
+        return [b for i, v in enumerate(data) for b in _fields_with_nul(v, f"{where}[{i}]")]
+    if isinstance(data, BaseModel):
+        return _fields_with_nul(data.model_dump(), where)
+    return []
+
+
 class AgentRequest(BaseModel):
     """One prompt for one project, to be run by one provider."""
 
@@ -146,11 +166,24 @@ class AgentRequest(BaseModel):
     mentions: tuple[str, ...] = ()
     ref: str | None = None  # projects with a git repository: the branch, tag or commit to start from
     push: PushRequest | None = None  # commit and push the run's changes to a branch
+    request_id: str | None = None  # the submitting HTTP request's X-Request-Id, for the job's logs
 
     @field_validator("ref")
     @classmethod
     def _ref(cls, v: str | None) -> str | None:
         return None if v is None else validate_ref(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        """U+0000 cannot be stored by every queue (PostgreSQL text refuses it): a 400 that says so."""
+        checked = {k: v for k, v in data.items() if k not in _OWN_PATTERN} if isinstance(data, dict) else data
+        bad = _fields_with_nul(checked)
+        if bad:
+            raise errors.InvalidRequest(
+                f"{', '.join(bad)} must not contain the character U+0000 (NUL); remove it or encode the data"
+            )
+        return data
 
     @field_validator("project_id")
     @classmethod
@@ -183,7 +216,7 @@ class AgentRequest(BaseModel):
     @field_validator("session_id")
     @classmethod
     def _session_id(cls, v: str | None) -> str | None:
-        if v is not None and not SESSION_ID_RE.match(v):
+        if v is not None and not SESSION_ID_RE.fullmatch(v):
             raise errors.InvalidSessionId(f"invalid session_id {v!r}: {errors.InvalidSessionId.__doc__}")
         return v
 

@@ -6,6 +6,9 @@ names are environment variable names; names that would change how the run itself
 
 from __future__ import annotations
 
+import base64
+import binascii
+import os
 import re
 from datetime import datetime
 
@@ -14,6 +17,8 @@ from pydantic import BaseModel, ConfigDict
 from agentd.domain import errors
 
 SECRET_NAME_RE = re.compile(r"[A-Z_][A-Z0-9_]{0,127}")
+MASTER_KEY_BYTES = 32
+_MASTER_KEY_TEXT = re.compile(r"[A-Za-z0-9_-]{43}=?")
 MIN_SECRET_LEN = 8
 MAX_SECRET_LEN = 64 * 1024
 
@@ -84,3 +89,31 @@ class SecretInfo(BaseModel):
     name: str
     project_id: str | None  # None: a global secret, given to every project
     updated_at: datetime
+
+
+def new_master_key() -> str:
+    """A fresh master key: 32 random bytes, url-safe base64 (44 characters; Fernet.generate_key()'s form)."""
+    return base64.urlsafe_b64encode(os.urandom(MASTER_KEY_BYTES)).decode("ascii")
+
+
+def parse_master_key(text: str, *, source: str = "AGENTD_MASTER_KEY") -> bytes:
+    """The 32 key bytes of a master key's text (whitespace around it ignored): the one parser, for the
+    settings, `agentd secrets rotate` and the stores. InvalidMasterKey naming `source` otherwise."""
+    value = text.strip() if isinstance(text, str) else ""
+    if not _MASTER_KEY_TEXT.fullmatch(value):
+        raise errors.InvalidMasterKey(
+            f"{source} is not a master key: expected 32 bytes in url-safe base64 (44 characters, "
+            f"got {len(value)}); create one with `agentd secrets new-master-key`"
+        )
+    try:
+        return base64.urlsafe_b64decode(value if value.endswith("=") else value + "=")
+    except (binascii.Error, ValueError) as e:  # pragma: no cover - the pattern above already excludes it
+        raise errors.InvalidMasterKey(f"{source} is not valid url-safe base64: {e}") from e
+
+
+def check_master_key_bytes(key: bytes) -> bytes:
+    """A parsed master key (what the stores take): exactly 32 bytes."""
+    if not isinstance(key, bytes) or len(key) != MASTER_KEY_BYTES:
+        n = len(key) if isinstance(key, bytes) else type(key).__name__
+        raise errors.InvalidMasterKey(f"a master key is {MASTER_KEY_BYTES} bytes, got {n}")
+    return key

@@ -148,4 +148,10 @@ class WorkQueue(Protocol):
         ...
 
     @abstractmethod
+    async def queue_stats(self) -> dict[str, tuple[int, datetime | None]]:
+        """Per provider with queued jobs, fleet-wide: (how many are queued, the oldest one's created_at).
+        Read at every metrics scrape: one query over the queued rows only."""
+        ...
+
+    @abstractmethod
     async def close(self) -> None: ...

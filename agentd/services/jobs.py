@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import structlog
 
+from agentd.domain.errors import QueueFull, SubscriberTooSlow
 from agentd.domain.ids import job_id_for_stream, new_job_ids
 from agentd.domain.models import AgentRequest, DoneEvent, Job, JobStatus, StatusEvent, StoredEvent
+from agentd.domain.workspace import workspace_path
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
+from agentd.ports.metrics import NO_METRICS, Metrics
 from agentd.ports.work_queue import BusyPolicy, JobFilter, WorkQueue
 from agentd.services.projects import ProjectService
 from agentd.services.registry import ProviderRegistry
@@ -30,21 +34,35 @@ class JobService:
         registry: ProviderRegistry,
         runner: Runner | None = None,
         *,
+        max_queued_per_project: int | None = None,
+        workspaces_dir: Path | None = None,
         projects: ProjectService | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.projects = projects
+        self.metrics = metrics
         self.queue = queue
         self.streams = streams
         self.registry = registry
         self.runner = runner
+        self.max_queued_per_project = max_queued_per_project
+        self.workspaces_dir = workspaces_dir
 
     async def submit(
         self, request: AgentRequest, *, idempotency_key: str | None = None, busy: BusyPolicy = "enqueue"
     ) -> tuple[Job, bool]:
         """Queue a job. Returns (job, created): an idempotent repeat returns the first job, created=False."""
         provider = self.registry.resolve(request.provider)
+        if self.workspaces_dir is not None:
+            for f in request.files:
+                if f.path is not None:  # inside the workspace after symlinks, or a 400 now
+                    workspace_path(self.workspaces_dir / request.project_id, f.path)
         if self.projects is not None:
             await self.projects.check_request(request)  # `ref` / `push` need a repository
+        await self._check_queue_room(request.project_id)
+        request_id = structlog.contextvars.get_contextvars().get("request_id")
+        if request_id and request.request_id is None:  # bound by the HTTP request-log middleware
+            request = request.model_copy(update={"request_id": request_id})
         job_id, stream_id = new_job_ids()
         # The stream exists before the job can be claimed, so "queued" is always its first event.
         await self.streams.create(stream_id, [StatusEvent(status="queued", detail=f"provider {provider}")])
@@ -64,13 +82,31 @@ class JobService:
             await self.streams.close_stream(stream_id)
             log.info("job.idempotent_repeat", job_id=job.id, idempotency_key=idempotency_key)
             return job, False
+        self.metrics.job_submitted(provider)
+        self.metrics.events_published("status")  # the "queued" event the stream was created with
         log.info("job.submitted", job_id=job.id, project_id=job.project_id, provider=provider)
         return job, True
+
+    async def _check_queue_room(self, project_id: str) -> None:
+        cap = self.max_queued_per_project
+        if cap is None:
+            return
+        queued = await self.queue.list_jobs(project_id, JobFilter(status=JobStatus.queued, limit=cap))
+        if len(queued) >= cap:
+            log.info("limit.queue_full", project_id=project_id, limit=cap)
+            raise QueueFull(
+                f"project {project_id} has {cap} queued jobs, the most AGENTD_MAX_QUEUED_PER_PROJECT allows; "
+                "retry when some have started",
+                limit="AGENTD_MAX_QUEUED_PER_PROJECT",
+                retry_after_s=5,
+            )
 
     async def cancel(self, project_id: str, job_id: str) -> Job:
         job, ended = await self.queue.request_cancel(project_id, job_id)
         if ended and job.result is not None:
             await self.streams.publish(job.stream_id, [DoneEvent.from_result(job.result)])
+            self.metrics.events_published("done")
+            self.metrics.job_finished(job.provider, job.result.status)
             await self.streams.close_stream(job.stream_id)
             log.info("job.cancelled", job_id=job.id, while_status="queued")
         elif job.status == JobStatus.running and self.runner is not None:
@@ -95,10 +131,23 @@ class JobService:
         (JobNotFound / StreamNotFound otherwise). A subscriber that falls too far behind gets
         SubscriberTooSlow from the stream (it resumes with `after=<last seq it saw>`).
         """
-        await asyncio.gather(
-            self.queue.get(project_id, job_id_for_stream(stream_id)), self.streams.last_seq(stream_id)
-        )
-        return self.streams.subscribe(stream_id, after=after)
+        await self.queue.get(project_id, job_id_for_stream(stream_id))  # the job first: one answer per case
+        await self.streams.last_seq(stream_id)
+        return self._counted(self.streams.subscribe(stream_id, after=after))
+
+    async def _counted(self, inner: AsyncIterator[StoredEvent]) -> AsyncIterator[StoredEvent]:
+        self.metrics.subscriber_added()
+        try:
+            async for ev in inner:
+                yield ev
+        except SubscriberTooSlow:
+            self.metrics.slow_subscriber_disconnected()
+            raise
+        finally:
+            self.metrics.subscriber_removed()
+            aclose = getattr(inner, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def check_provider(self, name: str) -> None:
         """UnknownProvider (listing the known ones) unless a provider of that name is registered."""

@@ -29,6 +29,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,9 +42,10 @@ from agentd.domain.errors import (
     SecretsUnavailable,
     WorkspaceFailed,
 )
-from agentd.domain.models import AgentEvent, AgentResult, DoneEvent, Job, JobStatus, StatusEvent
+from agentd.domain.models import AgentEvent, AgentResult, DoneEvent, ErrorEvent, Job, JobStatus, StatusEvent
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
+from agentd.ports.metrics import NO_METRICS, Metrics
 from agentd.ports.secret_store import SecretStore
 from agentd.ports.work_queue import Limits, WorkQueue
 from agentd.services.git_runs import GitRun, GitRuns
@@ -57,6 +59,11 @@ SUPERSEDED_GRACE_S = 5.0  # a superseded run's agent gets this long to stop on i
 SHUTDOWN_REASON = "worker shutting down"
 PURGE_BATCH = 500
 T = TypeVar("T")
+
+
+def _since(t: datetime) -> float:
+    """Seconds from `t` (a job's created_at, UTC) to now, for the metrics."""
+    return (datetime.now(UTC) - t).total_seconds()
 
 
 @dataclass
@@ -103,7 +110,9 @@ class Runner:
         service_secrets: Mapping[str, str] | None = None,
         job_retention_s: float | None = None,
         git_runs: GitRuns | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
+        self.metrics = metrics
         self.queue = queue
         self.streams = streams
         self.registry = registry
@@ -140,8 +149,9 @@ class Runner:
         self._tasks.append(asyncio.create_task(self._dispatch(self.worker_prefix)))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
 
-    @staticmethod
-    def _log_recovered(jobs: list[Job]) -> None:
+    def _log_recovered(self, jobs: list[Job]) -> None:
+        if jobs:
+            self.metrics.lease_recovered(len(jobs))
         for job in jobs:
             log.warning(
                 "job.recovered",
@@ -272,8 +282,12 @@ class Runner:
             log.exception("job.crashed", job_id=job.id)
 
     async def run_job(self, job: Job, worker_id: str, *, claimed_at: float | None = None) -> AgentResult:
-        structlog.contextvars.bind_contextvars(job_id=job.id, project_id=job.project_id)
+        structlog.contextvars.bind_contextvars(
+            job_id=job.id, project_id=job.project_id, request_id=job.request.request_id
+        )
         started = time.monotonic()
+        self.metrics.run_started(job.provider, since_submit_s=_since(job.created_at))
+        ended = False
         try:
             await self._durably(lambda: self.streams.create(job.stream_id), "create_stream")
             try:
@@ -300,50 +314,73 @@ class Runner:
                     if not self._active:
                         self._idle.set()
                 if run.superseded.is_set():
+                    ended = True
+                    self.metrics.run_ended(job.provider, "cancelled", run_s=time.monotonic() - started)
+                    self.metrics.run_fenced(job.provider)
                     log.warning("job.result_discarded", reason=run.why, run_id=job.run_id)
                     return result
             stored = await self._finish(job, result, worker_id)
+            ended = True
+            self.metrics.run_ended(job.provider, result.status, run_s=time.monotonic() - started)
             if stored.status == JobStatus.queued:
-                if not result.retryable:
-                    log.warning("job.result_discarded", reason="the job moved on", run_id=job.run_id)
-                    return result
-                # A retryable failure (rate limit, overload): the queue runs it again after a backoff.
-                with contextlib.suppress(AgentdError):
-                    await self.streams.supersede(
-                        job.stream_id,
-                        job.attempts + 1,
-                        [
-                            StatusEvent(
-                                status="retrying",
-                                detail=f"attempt {job.attempts} failed: {result.error}",
-                                attempt=job.attempts,
-                            )
-                        ],
-                    )
-                log.warning("job.retry_scheduled", attempts=job.attempts, error=result.error)
+                await self._requeued_by_us(job, result)
                 return result
             if stored.status == JobStatus.running or stored.result is None:
                 # Our lease expired and another worker owns the job now: its result will count.
+                self.metrics.run_fenced(job.provider)
                 log.warning("job.result_discarded", reason="lease lost", owner=stored.worker_id)
                 return result
-            final = stored.result
-            try:
-                await self._publish(job, DoneEvent.from_result(final))
-            except RunSuperseded:  # the job was stored final by this run: nobody else may write; a bug
-                log.error("job.done_refused", run_id=job.run_id)
-                return final
-            await self._durably(lambda: self.streams.close_stream(job.stream_id), "close_stream")
-            log.info(
-                "job.finished",
-                status=final.status,
-                provider=job.provider,
-                worker_id=worker_id,
-                duration_ms=int((time.monotonic() - started) * 1000),
-                error=final.error,
-            )
-            return final
+            return await self._publish_final(job, stored, worker_id, started)
         finally:
-            structlog.contextvars.unbind_contextvars("job_id", "project_id")
+            if not ended:  # crashed before its result was stored
+                self.metrics.run_ended(job.provider, "failed", run_s=time.monotonic() - started)
+            structlog.contextvars.unbind_contextvars("job_id", "project_id", "request_id")
+
+    async def _publish_final(self, job: Job, stored: Job, worker_id: str, started: float) -> AgentResult:
+        """The job's final result is stored: say `done` (after the store, so a client that saw it finds the
+        final status) and close the stream."""
+        assert stored.result is not None
+        final = stored.result
+        self.metrics.job_finished(job.provider, final.status)
+        try:
+            await self._publish(job, DoneEvent.from_result(final))
+        except RunSuperseded:  # the job was stored final by this run: nobody else may write; a bug
+            log.error("job.done_refused", run_id=job.run_id)
+            return final
+        await self._durably(lambda: self.streams.close_stream(job.stream_id), "close_stream")
+        log.info(
+            "job.finished",
+            status=final.status,
+            provider=job.provider,
+            attempts=stored.attempts,
+            worker_id=worker_id,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            cost_usd=final.cost_usd,
+            error=final.error,
+        )
+        return final
+
+    async def _requeued_by_us(self, job: Job, result: AgentResult) -> None:
+        """The stored job is queued again: our retryable failure (announce the retry), or it had moved on."""
+        if not result.retryable:
+            self.metrics.run_fenced(job.provider)
+            log.warning("job.result_discarded", reason="the job moved on", run_id=job.run_id)
+            return
+        self.metrics.job_retried(job.provider)
+        # A retryable failure (rate limit, overload): the queue runs it again after a backoff.
+        with contextlib.suppress(AgentdError):
+            await self.streams.supersede(
+                job.stream_id,
+                job.attempts + 1,
+                [
+                    StatusEvent(
+                        status="retrying",
+                        detail=f"attempt {job.attempts} failed: {result.error}",
+                        attempt=job.attempts,
+                    )
+                ],
+            )
+        log.warning("job.retry_scheduled", attempts=job.attempts, error=result.error)
 
     async def _drive(self, run: _Run, worker_id: str) -> AgentResult:
         job = run.job
@@ -469,6 +506,7 @@ class Runner:
             )
         except Exception as e:
             log.exception("job.provider_error", provider=job.provider)
+            self.metrics.provider_error(job.provider, "exception")
             return AgentResult(status="failed", error=f"provider {job.provider} failed: {e}")
         finally:
             # Stop the watcher by its own flag, not only by cancellation: a cancel that lands while one of
@@ -512,10 +550,16 @@ class Runner:
         job = run.job
         where = {"workdir": workdir} if workdir is not None else {}  # adapters without it run as before
         events = run.agent.execute(job.request, run_id=run.run_id, env=env or None, **where)
+        first = True
         try:
             async for ev in events:
+                if first:
+                    first = False
+                    self.metrics.first_event(job.provider, since_submit_s=_since(job.created_at))
                 if isinstance(ev, DoneEvent):
                     return ev
+                if isinstance(ev, ErrorEvent):
+                    self.metrics.provider_error(job.provider, ev.code)
                 for out in redactor.feed(ev):
                     await self._publish_run(run, out)
             return None
@@ -572,6 +616,7 @@ class Runner:
 
     async def _publish(self, job: Job, ev: AgentEvent) -> None:
         await self._durably(lambda: self.streams.publish(job.stream_id, [ev], run=job.attempts), "publish")
+        self.metrics.events_published(ev.event)
 
     async def _durably(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         """Retry `op` while storage is unreachable (a database restart): the run waits, nothing is lost.
@@ -682,9 +727,12 @@ class Runner:
     async def _announce(self, job: Job, reason: str) -> None:
         if job.status == JobStatus.queued:
             await self._say_requeued(job, reason)
+            self.metrics.events_published("status")
         elif job.result is not None:
             # Written as the next run: the lost run can write nothing after it.
             await self.streams.publish(
                 job.stream_id, [DoneEvent.from_result(job.result)], run=job.attempts + 1
             )
+            self.metrics.events_published("done")
+            self.metrics.job_finished(job.provider, job.result.status)
             await self.streams.close_stream(job.stream_id)

@@ -8,8 +8,6 @@ PostgreSQL instances each get their own pool and listener on a fresh database pe
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -20,32 +18,31 @@ import psycopg
 import pytest
 
 from agentd.adapters.embedded.sqlite_event_stream import SqliteEventStream
+from agentd.adapters.embedded.sqlite_key_store import SqliteKeyStore
 from agentd.adapters.embedded.sqlite_secret_store import SqliteSecretStore
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
 from agentd.adapters.memory.memory_event_stream import MemoryEventStream
+from agentd.adapters.memory.memory_key_store import MemoryKeyStore
+from agentd.adapters.memory.memory_secret_store import MemorySecretStore
 from agentd.adapters.postgres import (
     PgDatabase,
     PostgresEventStream,
     PostgresWorkQueue,
+    open_postgres_keys,
     open_postgres_secrets,
 )
 from agentd.ports.event_stream import EventStream
+from agentd.ports.key_store import KeyStore
 from agentd.ports.secret_store import SecretStore
 from agentd.ports.work_queue import WorkQueue
 from tests.support.postgres import pg_dsn, pg_template  # noqa: F401 - fixtures
 
 QUEUE_ADAPTERS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 STREAM_ADAPTERS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-MEMORY_SECRETS = "agentd.adapters.memory.memory_secret_store"
 SECRET_ADAPTERS = [
     "sqlite",
     pytest.param("postgres", marks=pytest.mark.postgres),
-    pytest.param(
-        "memory",
-        marks=pytest.mark.skipif(
-            importlib.util.find_spec(MEMORY_SECRETS) is None, reason=f"{MEMORY_SECRETS} is not on this branch"
-        ),
-    ),
+    "memory",
 ]
 
 QUEUE_DEFAULTS: dict[str, Any] = {
@@ -155,7 +152,7 @@ async def secret_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Async
         elif adapter == "postgres":
             store = await open_postgres_secrets(PgDatabase(dsn, pool_size=2, listen=False), key)
         elif adapter == "memory":
-            store = importlib.import_module(MEMORY_SECRETS).MemorySecretStore(key)
+            store = MemorySecretStore(key)
         else:  # pragma: no cover - new adapters register above
             raise AssertionError(adapter)
         opened.append(store)
@@ -174,6 +171,50 @@ async def secret_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Async
         close = getattr(store, "close", None)
         if close is not None:
             await close()
+
+
+KEY_ADAPTERS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"]
+
+
+@dataclass
+class KeyStores:
+    """`open()` opens another instance on the SAME storage (the memory adapter: the same instance);
+    `at_rest()` is every stored column of every key, as text (None for the memory adapter)."""
+
+    adapter: str
+    open: Callable[[], Awaitable[KeyStore]]
+    at_rest: Callable[[], str] | None
+
+
+@pytest.fixture(params=KEY_ADAPTERS)
+async def key_stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[KeyStores]:
+    opened: list[Any] = []
+    adapter = request.param
+    dsn = request.getfixturevalue("pg_dsn") if adapter == "postgres" else ""
+    path = tmp_path / "queue.sqlite3"
+    memory = MemoryKeyStore()
+
+    async def open_store() -> KeyStore:
+        store: Any
+        if adapter == "sqlite":
+            store = SqliteKeyStore(path)
+        elif adapter == "postgres":
+            store = await open_postgres_keys(PgDatabase(dsn, pool_size=2, listen=False))
+        else:
+            return memory
+        opened.append(store)
+        return store  # type: ignore[no-any-return]
+
+    def at_rest() -> str:
+        if adapter == "sqlite":
+            with contextlib.closing(sqlite3.connect(path)) as db:
+                return repr(db.execute("SELECT * FROM api_keys").fetchall())
+        with psycopg.connect(dsn) as conn:
+            return repr(conn.execute("SELECT * FROM agentd_api_keys").fetchall())
+
+    yield KeyStores(adapter, open_store, None if adapter == "memory" else at_rest)
+    for store in reversed(opened):
+        await store.close()
 
 
 PROJECT_ADAPTERS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), "memory"]

@@ -382,3 +382,35 @@ async def test_a_job_whose_lease_expired_waits_before_its_next_attempt(make_queu
     assert (await claim(queue)).attempts == 2
     await queue.recover(all_running=True)  # its process is known gone: no wait
     assert (await claim(queue)).attempts == 3
+
+
+async def test_queue_stats_count_queued_jobs_per_provider(queue: WorkQueue) -> None:
+    assert await queue.queue_stats() == {}
+    first = await put(queue, project="a", provider="claude-code")
+    await put(queue, project="b", provider="claude-code")
+    await put(queue, project="c", provider="opencode")
+    stats = await queue.queue_stats()
+    assert set(stats) == {"claude-code", "opencode"}
+    assert stats["claude-code"][0] == 2 and stats["opencode"][0] == 1
+    oldest = stats["claude-code"][1]
+    assert oldest is not None and abs((oldest - first.created_at).total_seconds()) < 1
+    assert (await claim(queue)).id == first.id  # a running job is not queued
+    assert (await queue.queue_stats())["claude-code"][0] == 1
+
+
+async def test_the_request_id_does_not_make_an_idempotent_repeat_a_conflict(queue: WorkQueue) -> None:
+    """The X-Request-Id the job carries for its logs differs on every retry of the same submission."""
+    ids = [new_job_ids() for _ in range(2)]
+    jobs = [
+        await queue.enqueue(
+            AgentRequest(project_id="p", prompt="same", request_id=f"req-{n}"),
+            provider="scripted",
+            job_id=job_id,
+            stream_id=stream_id,
+            idempotency_key="retry-1",
+        )
+        for n, (job_id, stream_id) in enumerate(ids)
+    ]
+    (first, created), (again, created_again) = jobs
+    assert created and not created_again and again.id == first.id
+    assert first.request.request_id == "req-0"

@@ -27,7 +27,7 @@ K8S = DEPLOY / "kubernetes"
 K8S_VERSIONS = ("1.33.0", "1.37.0")
 # Settings the deploy files use that agentd/config.py does not define yet (the lead wires them; see
 # deploy/README.md "Metrics"). Empty this set once they exist.
-PENDING_SETTINGS = {"AGENTD_METRICS_PORT"}
+PENDING_SETTINGS: set[str] = set()
 
 
 def _tool(name: str, package: str) -> str:

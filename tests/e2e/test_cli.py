@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import os
 import signal
 import socket
@@ -133,6 +135,82 @@ def test_submit_follow_runs_the_real_claude_cli(serve: Any, claude_bin: str) -> 
     assert len(requests) == 2  # two model turns: tool call, then the answer
 
 
+def test_secrets_set_by_the_cli_reach_a_running_servers_runs_and_survive_a_restart(
+    serve: Any, base_env: dict[str, str]
+) -> None:
+    key = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    value = "ghp_from-the-cli-" + os.urandom(4).hex()
+    srv = serve(AGENTD_PROVIDERS="scripted", AGENTD_MASTER_KEY=key)
+    cli_env = {**base_env, "AGENTD_MASTER_KEY": key}
+    res = subprocess.run(
+        [*AGENTD, "secrets", "set", "GH_TOKEN", "--project", "demo"],
+        env=cli_env,
+        input=value + "\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )  # beside the running server, on the same database
+    assert res.returncode == 0, res.stderr
+    want = f"GH_TOKEN sha256 {hashlib.sha256(value.encode()).hexdigest()}"
+    ran = submit(srv, "--project", "demo", "--follow", "env:GH_TOKEN")
+    assert ran.returncode == 0 and want in ran.stdout, ran.stderr
+    assert srv.stop() == 0
+    srv.start()  # a restart keeps it
+    ran = submit(srv, "--project", "demo", "--follow", "env:GH_TOKEN")
+    assert ran.returncode == 0 and want in ran.stdout, ran.stderr
+    listed = subprocess.run(
+        [*AGENTD, "secrets", "list", "--project", "demo"], env=cli_env, capture_output=True, text=True
+    )
+    assert listed.stdout.startswith("GH_TOKEN\t") and value not in listed.stdout
+    deleted = subprocess.run(
+        [*AGENTD, "secrets", "delete", "GH_TOKEN", "--project", "demo"], env=cli_env, capture_output=True
+    )
+    assert deleted.returncode == 0
+    ran = submit(srv, "--project", "demo", "--follow", "env:GH_TOKEN")
+    assert "GH_TOKEN unset" in ran.stdout, ran.stderr
+
+
+def test_a_key_made_by_the_cli_opens_its_project_on_a_running_server(
+    serve: Any, base_env: dict[str, str]
+) -> None:
+    srv = serve(AGENTD_PROVIDERS="scripted", AGENTD_API_KEY="bootstrap-admin-key-123456")
+    made = subprocess.run(
+        [*AGENTD, "keys", "create", "--name", "ci", "--project", "demo"],
+        env=base_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip().splitlines()[-1]
+    env = {**srv.env, "AGENTD_URL": srv.url, "AGENTD_API_KEY": key}
+    ok = subprocess.run(
+        [*AGENTD, "submit", "--project", "demo", "--follow", "hello with a scoped key"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0 and "hello with a scoped key" in ok.stdout, ok.stderr
+    other = subprocess.run(
+        [*AGENTD, "submit", "--project", "elsewhere", "x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert other.returncode == 2 and "project_not_found" in other.stderr
+    key_id = key.split("_")[1] + "_" + key.split("_")[2]
+    revoked = subprocess.run(
+        [*AGENTD, "keys", "revoke", key_id], env=base_env, capture_output=True, timeout=30
+    )
+    assert revoked.returncode == 0
+    gone = subprocess.run(
+        [*AGENTD, "submit", "--project", "demo", "x"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert gone.returncode == 2 and "401" in gone.stderr
+
+
 def test_open_bind_without_api_key_is_refused(base_env: dict[str, str]) -> None:
     res = subprocess.run(
         [*AGENTD, "serve", "--host", "0.0.0.0", "--port", str(free_port())],
@@ -142,6 +220,31 @@ def test_open_bind_without_api_key_is_refused(base_env: dict[str, str]) -> None:
         timeout=30,
     )
     assert res.returncode == 2 and "AGENTD_API_KEY" in res.stderr
+
+
+def test_an_open_bind_with_keys_made_by_the_cli_needs_one_even_after_the_last_is_revoked(
+    serve: Any, base_env: dict[str, str]
+) -> None:
+    made = subprocess.run(
+        [*AGENTD, "keys", "create", "--admin"], env=base_env, capture_output=True, text=True, timeout=30
+    )
+    key = made.stdout.strip().splitlines()[-1]
+    srv = serve(
+        AGENTD_PROVIDERS="scripted", AGENTD_HOST="0.0.0.0"
+    )  # no AGENTD_API_KEY: the stored key will do
+
+    async def status(key: str | None) -> int:
+        headers = {"X-API-Key": key} if key else {}
+        async with aiohttp.ClientSession() as s, s.get(f"{srv.url}/providers", headers=headers) as r:
+            return r.status
+
+    assert asyncio.run(status(None)) == 401 and asyncio.run(status(key)) == 200
+    key_id = "_".join(key.split("_")[1:3])
+    subprocess.run(
+        [*AGENTD, "keys", "revoke", key_id], env=base_env, capture_output=True, timeout=30, check=True
+    )
+    assert asyncio.run(status(None)) == 401  # no key left: still closed, never open to the network
+    assert asyncio.run(status(key)) == 401
 
 
 def test_api_and_worker_roles_need_a_database(base_env: dict[str, str]) -> None:

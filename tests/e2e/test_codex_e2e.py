@@ -65,7 +65,8 @@ async def _start(
 ) -> RunningAgentd:
     data = tmp_path / "data"
     agent = codex_agent(Settings(data_dir=data), codex_bin, model.base_url, mode=mode)
-    return await agentd_factory([agent], data_dir=data)
+    srv: RunningAgentd = await agentd_factory([agent], data_dir=data)
+    return srv
 
 
 async def _collect(srv: RunningAgentd, job: dict[str, Any]) -> list[StreamItem]:

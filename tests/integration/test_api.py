@@ -25,6 +25,8 @@ async def srv(agentd_factory: Any) -> RunningAgentd:
 
 
 async def call(srv: RunningAgentd, method: str, path: str, **kw: Any) -> tuple[int, Any, Any]:
+    if method != "GET" and "json" not in kw and "data" not in kw:  # as agentd.client does: writes are JSON
+        kw["headers"] = {"Content-Type": "application/json", **kw.get("headers", {})}
     async with aiohttp.ClientSession() as s, s.request(method, srv.base_url + path, **kw) as r:
         body = await r.read()
         try:
@@ -104,11 +106,11 @@ async def test_claude_route_forces_the_provider(srv: RunningAgentd) -> None:
 async def test_bad_input_is_a_400_that_says_what_to_fix(
     srv: RunningAgentd, body: Any, code: str, fragment: str
 ) -> None:
-    kw: dict[str, Any] = {}
+    kw: dict[str, Any] = {"headers": {"Content-Type": "application/json"}}
     if isinstance(body, str):
         kw["data"] = body
     elif body is not None:
-        kw["json"] = body
+        kw = {"json": body}
     status, data, _ = await call(srv, "POST", "/projects/p/jobs", **kw)
     assert status == 400, data
     assert data["error"] == code and fragment in data["message"], data
@@ -140,7 +142,13 @@ async def test_not_found_and_wrong_method_are_json(srv: RunningAgentd) -> None:
 
 
 async def test_body_too_large(srv: RunningAgentd) -> None:
-    status, data, _ = await call(srv, "POST", "/projects/a/jobs", data=io.BytesIO(b"x" * (9 * 1024 * 1024)))
+    status, data, _ = await call(
+        srv,
+        "POST",
+        "/projects/a/jobs",
+        data=io.BytesIO(b"x" * (9 * 1024 * 1024)),
+        headers={"Content-Type": "application/json"},
+    )
     assert status == 413 and data["error"] == "body_too_large"
 
 
@@ -156,9 +164,11 @@ async def test_api_key(agentd_factory: Any) -> None:
         srv, "POST", "/projects/p/jobs", json={"prompt": "x"}, headers={"X-API-Key": "s3cret"}
     )
     assert status == 202
-    status, _, _ = await call(srv, "GET", body["stream_url"].replace(srv.base_url, ""))
+    bare, _token = body["stream_url"].split("?token=")
+    status, _, _ = await call(srv, "GET", bare.replace(srv.base_url, ""))
     assert status == 401  # streams are protected too
-    items = [it async for it in srv.client.follow(body["stream_url"])]  # the client sends the key
+    items = [it async for it in srv.client.follow(bare)]  # the client sends the key
+    assert items[-1].event == "done"
     assert items[-1].event == "done"
 
 
@@ -184,15 +194,15 @@ async def test_cancel_queued_and_running_jobs(srv: RunningAgentd) -> None:
     assert (await events_of(srv, other["stream_url"]))[-1][1] == "done"
     status, job, _ = await call(srv, "GET", f"/projects/p/jobs/{queued['job_id']}")
     assert job["status"] == "queued"  # one running job per project: this one waits
-    status, job, _ = await call(srv, "POST", f"/projects/p/jobs/{queued['job_id']}/cancel")
+    status, job, _ = await call(srv, "POST", f"/projects/p/jobs/{queued['job_id']}/cancel", json={})
     assert status == 200 and job["status"] == "cancelled"
     evs = await events_of(srv, queued["stream_url"])
     assert [e[1] for e in evs] == ["status", "done"] and evs[-1][2]["status"] == "cancelled"
-    status, job, _ = await call(srv, "POST", f"/projects/p/jobs/{running['job_id']}/cancel")
+    status, job, _ = await call(srv, "POST", f"/projects/p/jobs/{running['job_id']}/cancel", json={})
     assert status == 202 and job["cancel_requested"] is True
     evs = await asyncio.wait_for(events_of(srv, running["stream_url"]), 10)
     assert evs[-1][1] == "done" and evs[-1][2]["status"] == "cancelled"
-    status, _, _ = await call(srv, "POST", "/projects/p/jobs/job_404/cancel")
+    status, _, _ = await call(srv, "POST", "/projects/p/jobs/job_404/cancel", json={})
     assert status == 404
 
 
@@ -211,7 +221,9 @@ async def test_busy_reject_and_idempotency(srv: RunningAgentd) -> None:
     )
     assert status == 400
     for job in (first, a):
-        await call(srv, "POST", f"/projects/{'p' if job is first else 'q'}/jobs/{job['job_id']}/cancel")
+        await call(
+            srv, "POST", f"/projects/{'p' if job is first else 'q'}/jobs/{job['job_id']}/cancel", json={}
+        )
 
 
 async def test_list_jobs_with_filters_and_paging(srv: RunningAgentd) -> None:
@@ -320,5 +332,5 @@ async def test_a_subscriber_that_falls_behind_is_cut_off_and_can_resume(agentd_f
             if len(resumed) == 20:
                 break
     assert resumed == list(range(4, 24))
-    status, cancelled, _ = await call(srv, "POST", f"/projects/p/jobs/{job['job_id']}/cancel")
+    status, cancelled, _ = await call(srv, "POST", f"/projects/p/jobs/{job['job_id']}/cancel", json={})
     assert status == 202 and cancelled["cancel_requested"] is True

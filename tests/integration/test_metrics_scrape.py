@@ -1,14 +1,9 @@
 """After a job ran through the real composition root, `/metrics` (parsed with prometheus-client's parser)
 counts it, and the job's log lines carry the request id of the request that submitted it.
-
-Runs once the composition root wires observability (a `metrics: PrometheusMetrics` on the Container, fed
-to the runner, the job service, the event stream and the HTTP app; see agentd/observability.py); until then
-it says so and skips.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -19,7 +14,7 @@ from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
-from agentd.bootstrap import Container, build
+from agentd.bootstrap import build
 from agentd.config import Settings
 from agentd.sse import aiter_sse
 
@@ -60,11 +55,9 @@ async def _one_job(base: str) -> tuple[list[str], dict[tuple[str, frozenset[tupl
 
 
 async def test_metrics_count_a_job_that_ran_and_its_logs_carry_the_request_id(tmp_path: Path) -> None:
-    if "metrics" not in {f.name for f in dataclasses.fields(Container)}:
-        pytest.skip("the composition root does not wire observability yet (no Container.metrics)")
     settings = Settings(data_dir=tmp_path / "data", api_key=KEY, providers="scripted")
     container = await build(settings, agents=[ScriptedCodeAgent("scripted")])
-    runner = web.AppRunner(container.app(), shutdown_timeout=5, access_log=None)
+    runner = web.AppRunner(container.app(port=0), shutdown_timeout=5, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
@@ -84,6 +77,8 @@ async def test_metrics_count_a_job_that_ran_and_its_logs_carry_the_request_id(tm
     assert published == len(events)
     assert _value(got, "agentd_streams_open") == 0  # the one SSE response ended: open/close balanced
     assert _value(got, "agentd_stream_subscribers") == 0
+    assert _value(got, "agentd_streams_open") == 0  # the one SSE response ended: open/close balanced
+    assert _value(got, "agentd_stream_subscribers") == 0
     assert _value(got, "agentd_queue_stats_up") == 1
     assert _value(got, "agentd_queue_depth", **provider) == 0
     route = {"method": "POST", "route": "/projects/{project_id}/jobs"}
@@ -95,3 +90,57 @@ async def test_metrics_count_a_job_that_ran_and_its_logs_carry_the_request_id(tm
     line = finished[0]
     assert line["request_id"] == "req-m-1", "the job's log lines carry the submitting request's id"
     assert {"job_id", "project_id", "provider", "status", "attempts", "duration_ms", "cost_usd"} <= set(line)
+
+
+async def test_metrics_need_an_admin_key_and_the_request_log_names_the_key(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", api_key=KEY, providers="scripted")
+    container = await build(settings, agents=[ScriptedCodeAgent("scripted")], with_workers=False)
+    scoped, token = await container.keys.create(name="p1-only", admin=False, projects=["p1"], read_only=False)
+    runner = web.AppRunner(container.app(port=0), shutdown_timeout=5, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"{base}/metrics", headers={"X-API-Key": token}) as r:
+                    assert r.status == 403, "a project key does not see the fleet's metrics"
+                    assert (await r.json())["error"] == "forbidden"
+                    assert len(r.headers["X-Request-Id"]) == 32  # none given: a new one
+    finally:
+        await runner.cleanup()
+    (line,) = [e for e in logs if e["event"] == "http.request"]
+    assert (line["route"], line["status"], line["key_id"]) == ("/metrics", 403, scoped.id)
+
+
+async def test_with_a_metrics_port_metrics_and_health_are_served_there_without_a_key(
+    tmp_path: Path, unused_tcp_port: int
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        api_key=KEY,
+        providers="scripted",
+        host="127.0.0.1",
+        metrics_port=unused_tcp_port,
+    )
+    container = await build(settings, agents=[ScriptedCodeAgent("scripted")])
+    runner = web.AppRunner(container.app(port=0), shutdown_timeout=5, access_log=None)
+    await runner.setup()  # starts the container, and with it the metrics server
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{unused_tcp_port}/metrics") as r:
+                assert r.status == 200
+                got = _samples(await r.text())
+            assert _value(got, "agentd_queue_stats_up") == 1
+            async with s.get(f"http://127.0.0.1:{unused_tcp_port}/healthz") as r:
+                assert r.status == 200
+            api = f"http://127.0.0.1:{runner.addresses[0][1]}/metrics"
+            async with s.get(api, headers={"X-API-Key": KEY}) as r:
+                assert r.status == 404, "the API does not serve /metrics when AGENTD_METRICS_PORT does"
+    finally:
+        await runner.cleanup()
+    assert container.metrics_server is None
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await s.get(f"http://127.0.0.1:{unused_tcp_port}/metrics")

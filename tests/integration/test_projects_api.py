@@ -40,6 +40,8 @@ def remote(tmp_path: Path) -> Path:
 
 
 async def call(srv: RunningAgentd, method: str, path: str, **kw: Any) -> tuple[int, Any, Any]:
+    if method != "GET" and "json" not in kw and "data" not in kw:  # as agentd.client does: writes are JSON
+        kw["headers"] = {"Content-Type": "application/json", **kw.get("headers", {})}
     async with aiohttp.ClientSession() as s, s.request(method, srv.base_url + path, **kw) as r:
         body = await r.read()
         try:
@@ -75,7 +77,11 @@ async def test_templates_are_listed(srv: RunningAgentd) -> None:
 
 
 async def test_create_show_list_update_and_delete_a_project(srv: RunningAgentd, remote: Path) -> None:
-    spec = {"git": {"url": remote.as_uri(), "default_ref": "main"}, "description": "demo", "max_running": 2}
+    spec: dict[str, Any] = {
+        "git": {"url": remote.as_uri(), "default_ref": "main"},
+        "description": "demo",
+        "max_running": 2,
+    }
     status, body, headers = await call(srv, "PUT", "/projects/demo", json=spec)
     assert status == 201 and headers["Location"] == "/projects/demo"
     assert body["project_id"] == "demo" and body["git"] == {**spec["git"], "credentials": None}
@@ -231,7 +237,8 @@ async def test_jobs_of_plain_projects_work_as_before(srv: RunningAgentd, agent: 
     assert status == 404 and err["error"] == "patch_not_found"
     status, err, _ = await call(srv, "GET", "/projects/never-created/jobs/nope/patch")
     assert status == 404 and err["error"] == "job_not_found"
-    for field in ({"ref": "main"}, {"push": {}}):
+    fields: list[dict[str, Any]] = [{"ref": "main"}, {"push": {}}]
+    for field in fields:
         status, err, _ = await call(
             srv, "POST", "/projects/never-created/jobs", json={"prompt": "x", **field}
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator, Iterator, Mapping, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -100,7 +101,9 @@ async def test_bad_input_is_a_400_that_says_what_to_fix(
     srv: RunningAgentd, path: str, body: Any, code: str, fragment: str
 ) -> None:
     status, data = (
-        await call(srv, "PUT", path, json=body) if body is not None else await call(srv, "PUT", path)
+        await call(srv, "PUT", path, json=body)
+        if body is not None
+        else await call(srv, "PUT", path, headers={"Content-Type": "application/json"})
     )
     assert status == 400 and data["error"] == code and fragment in data["message"], data
 
@@ -137,7 +140,12 @@ class LeakyAgent(ScriptedCodeAgent):
         self.envs: list[dict[str, str]] = []
 
     async def execute(
-        self, request: AgentRequest, *, run_id: str, env: Mapping[str, str] | None = None
+        self,
+        request: AgentRequest,
+        *,
+        run_id: str,
+        env: Mapping[str, str] | None = None,
+        workdir: Path | None = None,
     ) -> AsyncIterator[AgentEvent]:
         given = dict(env or {})
         self.envs.append(given)

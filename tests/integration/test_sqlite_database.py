@@ -7,6 +7,7 @@ import contextlib
 import os
 import sqlite3
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from aiohttp import web
 
 from agentd.adapters.embedded.database import SCHEMA_VERSION, SqliteDatabase
 from agentd.adapters.embedded.sqlite_event_stream import SqliteEventStream
+from agentd.adapters.embedded.sqlite_key_store import SqliteKeyStore
 from agentd.adapters.embedded.sqlite_project_store import SqliteProjectStore
 from agentd.adapters.embedded.sqlite_secret_store import SqliteSecretStore
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
@@ -22,6 +24,7 @@ from agentd.bootstrap import build
 from agentd.client import AgentdClient, ApiError
 from agentd.config import Settings
 from agentd.domain.errors import QueueUnavailable
+from agentd.domain.keys import ApiKey, KeyAccess
 from agentd.domain.models import AgentRequest, JobStatus
 from agentd.domain.projects import ProjectSpec
 from agentd.services.jobs import JobService
@@ -45,9 +48,16 @@ async def test_a_schema_1_file_gets_the_secrets_table_and_keeps_its_jobs(tmp_pat
     )
     await queue.close()
     with contextlib.closing(sqlite3.connect(path)) as db:  # as agentd before secrets left it
-        db.execute("DROP TABLE secrets")
-        db.execute("DROP TABLE events")
-        db.execute("DROP TABLE streams")
+        for table in (
+            "secrets",
+            "projects",
+            "job_patches",
+            "api_keys",
+            "server_secrets",
+            "events",
+            "streams",
+        ):
+            db.execute(f"DROP TABLE {table}")
         db.execute("DROP INDEX jobs_finished")
         db.execute("PRAGMA user_version = 1")
         db.commit()
@@ -55,8 +65,8 @@ async def test_a_schema_1_file_gets_the_secrets_table_and_keeps_its_jobs(tmp_pat
     await store.put("p", "TOKEN", "a-secret-value")
     assert await store.resolve("p") == {"TOKEN": "a-secret-value"}
     await store.close()
-    assert user_version(path) == SCHEMA_VERSION >= 4
-    with contextlib.closing(sqlite3.connect(path)) as db:  # schema 4: the event log
+    assert user_version(path) == SCHEMA_VERSION >= 5
+    with contextlib.closing(sqlite3.connect(path)) as db:  # schema 5: the event log
         assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 0
     reopened = SqliteWorkQueue(path)
     assert (await reopened.get("p", job.id)).id == "j1"
@@ -69,18 +79,68 @@ async def test_a_schema_2_file_gets_the_projects_tables_and_its_queue_still_clai
     await queue.enqueue(AgentRequest(project_id="p", prompt="x"), provider="s", job_id="j1", stream_id="s1")
     await queue.close()
     with contextlib.closing(sqlite3.connect(path)) as db:  # as agentd before projects left it
-        db.execute("DROP TABLE projects")
-        db.execute("DROP TABLE job_patches")
+        for table in ("projects", "job_patches", "api_keys", "server_secrets"):
+            db.execute(f"DROP TABLE {table}")
         db.execute("PRAGMA user_version = 2")
         db.commit()
     queue = SqliteWorkQueue(path)
     store = SqliteProjectStore(queue.db)
+    keys = SqliteKeyStore(queue.db)
     assert [j.id for j in await queue.claim_many("w", 5)] == ["j1"]  # the claim reads `projects`
     await store.put("p", ProjectSpec(template="empty", max_running=2))
     await store.put_patch("p", "j1", b"diff")
-    assert user_version(path) == SCHEMA_VERSION >= 3
+    await keys.create(_key("key_0000000000000001"), "h1")
+    assert (await keys.find("h1")) is not None
+    assert user_version(path) == SCHEMA_VERSION == 5
+    await keys.close()
     await store.close()
     await queue.close()
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [("api_keys", "server_secrets"), ("projects", "job_patches")],
+    ids=["schema-3-with-projects", "schema-3-with-keys"],
+)
+async def test_a_schema_3_file_gets_what_it_lacks_and_keeps_what_it_has(
+    tmp_path: Path, missing: tuple[str, ...]
+) -> None:
+    """Version 3 was projects on one branch and keys on the other: either kind of file upgrades to 4."""
+    path = tmp_path / "queue.sqlite3"
+    queue = SqliteWorkQueue(path)
+    await queue.enqueue(AgentRequest(project_id="p", prompt="x"), provider="s", job_id="j1", stream_id="s1")
+    projects, keys = SqliteProjectStore(queue.db), SqliteKeyStore(queue.db)
+    await projects.put("p", ProjectSpec(template="empty"))
+    await keys.create(_key("key_0000000000000001"), "h1")
+    await keys.close()
+    await projects.close()
+    await queue.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        for table in missing:
+            db.execute(f"DROP TABLE {table}")
+        db.execute("PRAGMA user_version = 3")
+        db.commit()
+    queue = SqliteWorkQueue(path)
+    projects, keys = SqliteProjectStore(queue.db), SqliteKeyStore(queue.db)
+    assert user_version(path) == SCHEMA_VERSION == 5
+    if "projects" in missing:
+        assert await projects.find("p") is None
+        assert (await keys.find("h1")) is not None  # kept
+    else:
+        assert (await projects.find("p")) is not None  # kept
+        assert await keys.find("h1") is None
+    await projects.put("q", ProjectSpec(template="empty"))
+    await keys.create(_key("key_0000000000000002"), "h2")
+    assert (await projects.find("q")) is not None
+    assert (await keys.find("h2")) is not None
+    assert (await queue.get("p", "j1")).id == "j1"
+    await keys.close()
+    await projects.close()
+    await queue.close()
+
+
+def _key(key_id: str) -> ApiKey:
+    return ApiKey(id=key_id, name=key_id, admin=True, access=KeyAccess.write, created_at=datetime.now(UTC))
 
 
 async def test_the_queue_and_the_secrets_share_one_file_until_the_last_close(tmp_path: Path) -> None:

@@ -182,7 +182,7 @@ class FakeResponses:
         model = str(body.get("model") or "")
         if model == BAD_MODEL:
             rec.status = 404
-            err = {
+            err: dict[str, Any] = {
                 "message": bad_model_message(model),
                 "type": "invalid_request_error",
                 "param": "model",

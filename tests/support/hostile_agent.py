@@ -14,7 +14,7 @@ The prompt is `HOSTILE <json>` with the targets the test wants tried: {"data_dir
 - signal_parent: whether SIGCONT to its parent and to each agentd process was accepted (harmless, but
   SIGKILL would have been too);
 - other_ls / other_read: `../<other>` listed, and each file in it read;
-- data_ls / data_files: the data dir listed, and its database files read (first 4 MiB, as text);
+- data_ls / data_files: the data dir listed, and its database files read (their printable strings);
 - home_siblings: the folders next to its HOME, and whether a hook could be written into each;
 - shared_write: whether a hook could be written into the `shared` path;
 - foreign_hook: a hook another project's run planted in its own HOME (a shared home);
@@ -30,20 +30,30 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import sys
 import uuid
 
 MAX_READ = 64 * 1024
-MAX_READ_DB = 4 * 1024 * 1024  # the embedded database holds the event log too: the jobs are further in
 
 
-def read(path: str, limit: int = MAX_READ) -> str:
+def read(path: str) -> str:
     try:
         with open(path, "rb") as f:
-            return f.read(limit).decode("utf-8", errors="replace")
+            return f.read(MAX_READ).decode("utf-8", errors="replace")
     except OSError as e:
         return f"<{type(e).__name__}>"
+
+
+def strings(path: str) -> str:
+    """The printable runs (8+ characters) of a whole binary file, like `strings`: what a database leaks."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(16 * 1024 * 1024)
+    except OSError as e:
+        return f"<{type(e).__name__}>"
+    return "\n".join(m.decode() for m in re.findall(rb"[\x20-\x7e]{8,}", data))[: 4 * MAX_READ]
 
 
 def listdir(path: str) -> list[str] | str:
@@ -141,9 +151,7 @@ def attack(targets: dict[str, str]) -> dict[str, object]:
     report["data_ls"] = listdir(data)
     entries = report["data_ls"] if isinstance(report["data_ls"], list) else []
     report["data_files"] = {
-        e: read(os.path.join(data, e), MAX_READ_DB)
-        for e in entries
-        if e.endswith((".sqlite3", ".db", "-wal", ".json"))
+        e: strings(os.path.join(data, e)) for e in entries if e.endswith((".sqlite3", ".db", "-wal", ".json"))
     }
 
     # A shared agent home: someone else's hook in mine, or mine in theirs.

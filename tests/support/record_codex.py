@@ -168,7 +168,7 @@ async def record_app_server(
         os.killpg(proc.pid, signal.SIGKILL)
         await proc.wait()
     (out / "app_server" / f"{case}.jsonl").write_text("".join(json.dumps(m) + "\n" for m in rpc.log))
-    thread = next(
+    thread: dict[str, Any] = next(
         (
             m["msg"]["result"]["thread"]
             for m in rpc.log

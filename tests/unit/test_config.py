@@ -114,27 +114,47 @@ def test_each_bad_value_names_its_variable(env: dict[str, str], fragment: str) -
 
 
 def test_empty_optional_values_mean_unset() -> None:
-    s = load(database_url="", max_running="", opencode_url=" ")
+    s = load(database_url="", max_running="", opencode_url=" ", master_key="", master_key_file="")
     assert s.database_url is None and s.max_running is None and s.opencode_url is None
+    assert s.master_key is None and s.master_key_file is None
+
+
+@pytest.mark.parametrize("empty", ["", " ", "\n"])
+def test_an_api_key_set_but_empty_is_refused_saying_why(empty: str) -> None:
+    # An empty key must never pass for "no key" (auth off) nor for a key: agentd refuses to start.
+    with pytest.raises(ConfigError, match="AGENTD_API_KEY: is set but empty") as e:
+        load(api_key=empty)
+    assert "unset it" in str(e.value)
+    assert load(opencode_password="").opencode_password is None
+
+
+def test_limits_given_as_a_mapping_are_checked_too() -> None:
+    with pytest.raises(ValueError, match=r"limits must be >= 1, got x=0"):
+        Settings(provider_limits={"x": 0})
 
 
 def test_secret_values_are_not_echoed_in_errors() -> None:
     with pytest.raises(ConfigError) as e:
         load(master_key="hunter2-but-longer")
-    assert "AGENTD_MASTER_KEY: must be 32 bytes in url-safe base64" in str(e.value)
+    assert "AGENTD_MASTER_KEY: the value is not a master key: expected 32 bytes in url-safe base64" in str(
+        e.value
+    )
     assert "hunter2" not in str(e.value)
 
 
 def test_master_key_inline_or_from_a_file(tmp_path: Path) -> None:
-    assert load_master_key(load(master_key=KEY)) == KEY.encode()
+    raw = base64.urlsafe_b64decode(KEY)
+    assert load_master_key(load(master_key=KEY)) == raw and len(raw) == 32
     assert load_master_key(load_settings({})) is None
     f = tmp_path / "key"
     f.write_text(KEY + "\n")
-    assert load_master_key(load(master_key_file=str(f))) == KEY.encode()
+    assert load_master_key(load(master_key_file=str(f))) == raw
     with pytest.raises(ConfigError, match="not both"):
         load(master_key=KEY, master_key_file=str(f))
     f.write_text("short")
-    with pytest.raises(ConfigError, match=r"AGENTD_MASTER_KEY_FILE: the key in .* must be 32 bytes"):
+    with pytest.raises(
+        ConfigError, match=r"AGENTD_MASTER_KEY_FILE: the key in .* is not a master key: expected 32 bytes"
+    ):
         load_master_key(load(master_key_file=str(f)))
     with pytest.raises(ConfigError, match="AGENTD_MASTER_KEY_FILE: cannot read"):
         load_master_key(load(master_key_file=str(tmp_path / "missing")))
@@ -160,10 +180,25 @@ def test_service_secrets_are_the_long_enough_keys() -> None:
         database_url="postgresql://u:database-pw@h/d",
         opencode_password="short",
     )
-    assert service_secrets(s, KEY.encode()) == {
+    assert service_secrets(s, base64.urlsafe_b64decode(KEY)) == {
         "AGENTD_API_KEY": "api-key-123456",
-        "AGENTD_MASTER_KEY": KEY,
+        "AGENTD_MASTER_KEY": KEY.rstrip("="),
         "AGENTD_DATABASE_PASSWORD": "database-pw",
+    }
+
+
+def test_service_secrets_include_credentials_from_agentds_environment() -> None:
+    environ = {
+        "ANTHROPIC_API_KEY": "sk-ant-1234567890",
+        "CLAUDE_CODE_OAUTH_TOKEN": "oauth-token-abcdef",
+        "OPENAI_API_KEY": "short",
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "AGENTD_API_KEY": "not-from-here-123",
+    }
+    assert service_secrets(Settings(), None, environ) == {
+        "ANTHROPIC_API_KEY": "sk-ant-1234567890",
+        "CLAUDE_CODE_OAUTH_TOKEN": "oauth-token-abcdef",
     }
 
 
@@ -172,6 +207,7 @@ def test_service_secrets_are_the_long_enough_keys() -> None:
     [
         ({"AGENTD_PROVIDER_LIMITS": "claude-code"}, "agentd: AGENTD_PROVIDER_LIMITS: expected name=number"),
         ({"AGENTD_MASTER_KEY_FILE": "/nonexistent/key"}, "agentd: AGENTD_MASTER_KEY_FILE: cannot read"),
+        ({"AGENTD_API_KEY": ""}, "agentd: AGENTD_API_KEY: is set but empty"),
     ],
 )
 def test_agentd_exits_2_with_one_line_and_no_traceback(

@@ -43,7 +43,25 @@ def test_timeout_out_of_range(timeout: float) -> None:
 
 
 @pytest.mark.parametrize(
-    "pid", ["", ".", "..", "../etc", "a/b", "A", "-x", "_x", ".hidden", "a" * 64, "a..b", "a b", "é", "a\0"]
+    "pid",
+    [
+        "",
+        ".",
+        "..",
+        "../etc",
+        "a/b",
+        "A",
+        "-x",
+        "_x",
+        ".hidden",
+        "a" * 64,
+        "a..b",
+        "a b",
+        "é",
+        "a\0",
+        "abc\n",
+        "\nabc",
+    ],
 )
 def test_bad_project_ids_are_rejected(pid: str) -> None:
     with pytest.raises(errors.InvalidProjectId):

@@ -7,7 +7,7 @@ import pytest
 from agentd.adapters.memory.memory_secret_store import MemorySecretStore
 from agentd.domain.errors import SecretsUnavailable
 
-KEY = b"k" * 44
+KEY = b"k" * 32
 
 
 async def test_without_a_master_key_every_call_says_how_to_set_one() -> None:
@@ -59,5 +59,15 @@ async def test_rotate_keeps_every_secret() -> None:
     store = MemorySecretStore(KEY)
     await store.put("p", "A_NAME", "value-aaaa")
     await store.put(None, "B_NAME", "value-bbbb")
-    assert await store.rotate(b"n" * 44) == 2
+    assert await store.rotate(b"n" * 32) == 2
     assert await store.resolve("p") == {"A_NAME": "value-aaaa", "B_NAME": "value-bbbb"}
+
+
+async def test_it_takes_the_key_form_the_real_stores_take() -> None:
+    from agentd.domain.errors import InvalidMasterKey
+
+    with pytest.raises(InvalidMasterKey, match="32 bytes"):
+        MemorySecretStore(b"k" * 44)  # the base64 text is not the key
+    store = MemorySecretStore(KEY)
+    with pytest.raises(InvalidMasterKey, match="32 bytes"):
+        await store.rotate(b"short")

@@ -12,10 +12,10 @@ from agentd.adapters.secret_crypto import (
     InvalidMasterKey,
     SecretCipher,
     WrongMasterKey,
-    load_master_key,
     new_master_key,
     parse_master_key,
 )
+from agentd.config import load_master_key, load_settings
 from agentd.domain.errors import SecretsUnavailable
 
 
@@ -31,27 +31,24 @@ def test_a_fernet_key_and_an_unpadded_key_are_accepted() -> None:
     assert parse_master_key(fernet.rstrip("=") + "\n") == base64.urlsafe_b64decode(fernet)
 
 
-@pytest.mark.parametrize("bad", ["", "short", "x" * 44, "+/" * 21 + "A=", new_master_key() + "AAAA"])
-def test_a_malformed_key_names_the_variable(bad: str) -> None:
+@pytest.mark.parametrize("bad", ["", " ", "short", "x" * 44, "+/" * 21 + "A=", new_master_key() + "AAAA"])
+def test_a_malformed_key_names_its_source(bad: str) -> None:
     with pytest.raises(InvalidMasterKey, match="AGENTD_MASTER_KEY is not a master key") as info:
-        load_master_key({"AGENTD_MASTER_KEY": bad} if bad else {"AGENTD_MASTER_KEY": " "})
+        parse_master_key(bad)
     assert isinstance(info.value, SecretsUnavailable) and "new-master-key" in info.value.message
+    with pytest.raises(InvalidMasterKey, match="the new key is not a master key"):
+        parse_master_key(bad, source="the new key")
 
 
-def test_load_from_the_variable_the_file_or_neither(tmp_path: Path) -> None:
+def test_one_loader_the_settings_give_the_bytes_the_stores_take(tmp_path: Path) -> None:
     key = new_master_key()
-    assert load_master_key({}) is None
-    assert load_master_key({"AGENTD_MASTER_KEY": key}) == parse_master_key(key)
+    assert load_master_key(load_settings({"AGENTD_MASTER_KEY": key})) == parse_master_key(key)
     file = tmp_path / "master.key"
     file.write_text(key + "\n")
-    assert load_master_key({"AGENTD_MASTER_KEY_FILE": str(file)}) == parse_master_key(key)
-    with pytest.raises(InvalidMasterKey, match=r"AGENTD_MASTER_KEY_FILE=.*cannot be read"):
-        load_master_key({"AGENTD_MASTER_KEY_FILE": str(tmp_path / "missing")})
-    file.write_text("not a key")
-    with pytest.raises(InvalidMasterKey, match="AGENTD_MASTER_KEY_FILE"):
-        load_master_key({"AGENTD_MASTER_KEY_FILE": str(file)})
-    with pytest.raises(InvalidMasterKey, match="not both"):
-        load_master_key({"AGENTD_MASTER_KEY": key, "AGENTD_MASTER_KEY_FILE": str(file)})
+    raw = load_master_key(load_settings({"AGENTD_MASTER_KEY_FILE": str(file)}))
+    assert raw == parse_master_key(key)
+    assert raw is not None
+    SecretCipher(raw)  # what the stores build from it
 
 
 def test_encrypt_decrypt_round_trip_with_fresh_nonces() -> None:

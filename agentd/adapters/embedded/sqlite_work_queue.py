@@ -328,5 +328,12 @@ class SqliteWorkQueue(WorkQueue):
 
         return await self.db.run(op)
 
+    async def queue_stats(self) -> dict[str, tuple[int, datetime | None]]:
+        def op(db: sqlite3.Connection) -> dict[str, tuple[int, datetime | None]]:
+            rows = db.execute(Q["queue_stats"]).fetchall()
+            return {r["provider"]: (r["queued"], datetime.fromisoformat(r["oldest"])) for r in rows}
+
+        return await self.db.run(op)
+
     async def close(self) -> None:
         await self.db.close()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import time
 from asyncio import FIRST_COMPLETED
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,13 +17,18 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from agentd import __version__, sse
+from agentd import __version__, observability, sse
+from agentd.adapters.http import access, opencode_stream
 from agentd.adapters.http import errors as http_errors
-from agentd.adapters.http import opencode_stream
+from agentd.adapters.http.access import PRINCIPAL
 from agentd.adapters.http.projects import add_project_routes
 from agentd.domain import errors
+from agentd.domain.ids import JOB_ID_RE, job_id_for_stream
+from agentd.domain.keys import ANONYMOUS_KEY_ID, Principal
 from agentd.domain.models import AgentRequest, JobStatus, StoredEvent, validate_project_id
+from agentd.ports.metrics import NO_METRICS
 from agentd.ports.work_queue import BusyPolicy, JobFilter
+from agentd.services.access import KeyService, RateLimit
 from agentd.services.jobs import JobService
 from agentd.services.projects import ProjectService
 from agentd.services.secrets import SecretService
@@ -65,34 +69,63 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @dataclass
 class ApiConfig:
-    api_key: str | None = None
     heartbeat_s: float = 15.0
     retry_ms: int = 2000
     write_timeout_s: float = 30.0
+    allowed_hosts: frozenset[str] | None = None  # None: any Host (see Settings.allowed_hosts_for)
+    public_url: str | None = None
+    cors_origins: frozenset[str] = frozenset()
+    rate_limit: RateLimit | None = None
+    max_streams_per_key: int = 20
+    max_streams: int = 1000
     sandbox: str = "off"  # "bwrap" when agent runs are jailed
 
 
 @dataclass
 class _State:
     closing: asyncio.Event = field(default_factory=asyncio.Event)  # set on shutdown: end every stream
+    streams_open: int = 0
+    streams_by_key: dict[str, int] = field(default_factory=dict)
 
 
 SERVICE = web.AppKey("service", JobService)
 SECRETS = web.AppKey("secrets", SecretService)
+KEYS = web.AppKey("keys", KeyService)
 CONFIG = web.AppKey("config", ApiConfig)
 STATE = web.AppKey("state", _State)
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+JSON_TYPES = frozenset({"application/json"})
+CORS_HEADERS = "Content-Type, X-API-Key, Last-Event-ID, Idempotency-Key"
+CORS_METHODS = "GET, POST, PUT, DELETE"
+MAX_QUERY_NUMBER_DIGITS = 18
 
 
 def create_app(
     service: JobService,
     config: ApiConfig,
     secrets: SecretService,
+    keys: KeyService,
     *,
     projects: ProjectService | None = None,
+    metrics: observability.PrometheusMetrics | None = None,
+    serve_metrics: bool = True,
 ) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[_errors_middleware, _auth_middleware])
+    """The API. `metrics`: the request log line, X-Request-Id and, with `serve_metrics`, `GET /metrics`
+    (admin keys only; False when AGENTD_METRICS_PORT serves it)."""
+    app = web.Application(
+        client_max_size=MAX_BODY,
+        # The Host check comes first: a Host not allowed gets its 421 before anything else, preflights too.
+        middlewares=[
+            _errors_middleware,
+            _host_middleware,
+            _cors_middleware,
+            _auth_middleware,
+            _media_middleware,
+        ],
+    )
     app[SERVICE] = service
     app[SECRETS] = secrets
+    app[KEYS] = keys
     app[CONFIG] = config
     app[STATE] = _State()
     app.router.add_get("/healthz", healthz)
@@ -112,13 +145,44 @@ def create_app(
         app.router.add_get(prefix, list_secrets)
         app.router.add_put(prefix + "/{name}", put_secret)
         app.router.add_delete(prefix + "/{name}", delete_secret)
+    app.router.add_post("/keys", create_key)
+    app.router.add_get("/keys", list_keys)
+    app.router.add_delete("/keys/{key_id}", revoke_key)
     if projects is not None:
         add_project_routes(app, projects)
+    if metrics is not None:
+        observability.install(app, metrics, expose=False)  # the request log: the outermost middleware
+        if serve_metrics:
+            app.router.add_get("/metrics", metrics_page)
     app.on_shutdown.append(_close_streams)
     return app
 
 
-# --- middlewares --------------------------------------------------------------------------------------
+# --- middlewares (outermost first) --------------------------------------------------------------------
+
+
+@web.middleware
+async def _cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CORS only for the origins AGENTD_CORS_ORIGINS lists; without it, no CORS header at all."""
+    origin = request.headers.get("Origin")
+    allowed = origin is not None and origin.rstrip("/").lower() in request.app[CONFIG].cors_origins
+    if not allowed:
+        return await handler(request)
+    cors = {"Access-Control-Allow-Origin": origin or "", "Vary": "Origin"}
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        return web.Response(
+            status=204,
+            headers={
+                **cors,
+                "Access-Control-Allow-Methods": CORS_METHODS,
+                "Access-Control-Allow-Headers": CORS_HEADERS,
+                "Access-Control-Max-Age": "600",
+            },
+        )
+    resp = await _errors_middleware(request, handler)  # errors too carry the CORS headers
+    if not resp.prepared:
+        resp.headers.update(cors)
+    return resp
 
 
 @web.middleware
@@ -136,26 +200,98 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
             e.status, "http_error"
         )
         msg = {
-            404: f"no route {request.method} {request.path}",
-            405: f"{request.method} is not allowed on {request.path}",
+            404: f"no route {request.method} {_printable(request.path)}",
+            405: f"{request.method} is not allowed on {_printable(request.path)}",
             413: f"request body larger than {MAX_BODY} bytes",
         }.get(e.status, e.reason)
         return http_errors.error_response(e.status, code, msg)
     except Exception:
-        log.exception("http.unhandled", method=request.method, path=request.path)
+        log.exception("http.unhandled", method=request.method, path=_printable(request.path))
         return http_errors.error_response(500, "internal_error", "internal error; see the server log")
+
+
+_printable = access.printable
+
+
+def _host_name(host: str) -> str:
+    """The name part of a Host value: `[::1]:8080` → `[::1]`, `localhost:8080` → `localhost`."""
+    if host.startswith("["):
+        return host[: host.find("]") + 1] or host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+@web.middleware
+async def _host_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """DNS rebinding: a Host this server does not answer for gets a 421, before any route runs."""
+    allowed = request.app[CONFIG].allowed_hosts
+    if allowed is not None:
+        host = request.headers.get("Host", "").strip().lower()
+        if host not in allowed and _host_name(host) not in allowed:
+            log.info("http.host_refused", host=_printable(host))
+            raise errors.MisdirectedRequest(
+                f"this server does not answer for Host {_printable(host)!r}; use one of "
+                f"{', '.join(sorted(allowed))} (AGENTD_ALLOWED_HOSTS)"
+            )
+    return await handler(request)
 
 
 @web.middleware
 async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    key = request.app[CONFIG].api_key
-    if key and request.path != "/healthz" and not _is_dashboard_file(request.path):
-        given = request.headers.get("X-API-Key", "")
-        if not hmac.compare_digest(given.encode(), key.encode()):
-            raise errors.Unauthorized(
-                "missing or wrong X-API-Key header" if given else "this server needs an X-API-Key header"
+    """Who is asking: a key (X-API-Key), a stream token (`?token=`, its one stream only), or nobody when
+    no key exists at all (loopback development mode)."""
+    if request.path == "/healthz" or _is_dashboard_file(request.path):
+        return await handler(request)
+    keys = request.app[KEYS]
+    given = request.headers.get("X-API-Key")
+    token = request.query.get("token")
+    stream_id = request.match_info.get("stream_id")
+    if not given and token is not None and stream_id is not None and request.method == "GET":
+        project_id = validate_project_id(request.match_info.get("project_id", ""))
+        request[PRINCIPAL] = await keys.check_stream_token(token, project_id, stream_id)
+    else:
+        request[PRINCIPAL] = await keys.authenticate(given)
+    request[observability.KEY_ID] = request[PRINCIPAL].key_id  # for the `http.request` log line
+    return await handler(request)
+
+
+@web.middleware
+async def _media_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Writes take JSON only (a cross-site form or a text/plain POST cannot pass). A write without a body
+    passes with X-API-Key (a header a cross-site request cannot carry without a CORS preflight)."""
+    if request.match_info.http_exception is not None:  # no such route or method: 404 / 405 come first
+        return await handler(request)
+    size = request.content_length
+    if size is not None and size > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=size)
+    if request.method in WRITE_METHODS:
+        declared = "Content-Type" in request.headers
+        has_body = request.body_exists
+        if (declared or has_body) and request.content_type not in JSON_TYPES:
+            raise errors.UnsupportedMediaType(
+                f"send the body as JSON with Content-Type: application/json (got "
+                f"{_printable(request.headers.get('Content-Type', 'none'))!r})"
+            )
+        if not declared and not has_body and "X-API-Key" not in request.headers:
+            raise errors.UnsupportedMediaType(
+                "send Content-Type: application/json (an empty body is fine) or an X-API-Key header"
             )
     return await handler(request)
+
+
+def _principal(request: web.Request) -> Principal:
+    return access.principal(request)
+
+
+_refuse = access.refuse
+_project = access.project
+_job_id = access.job
+_admin = access.admin
+
+
+def _base_url(request: web.Request) -> str:
+    """Where absolute URLs start: AGENTD_PUBLIC_URL, else the (allowed) Host this request came to."""
+    public = request.app[CONFIG].public_url
+    return public or f"{request.scheme}://{request.host}"
 
 
 def _is_dashboard_file(path: str) -> bool:
@@ -176,20 +312,26 @@ async def providers(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-async def _read_body(request: web.Request) -> dict[str, Any]:
+async def _json_object(request: web.Request, example: str) -> dict[str, Any]:
     raw = await request.read()
     if not raw.strip():
-        raise errors.InvalidRequest('send a JSON object body, e.g. {"prompt": "..."}')
+        raise errors.InvalidRequest(f"send a JSON object body, e.g. {example}")
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise errors.InvalidRequest(f"body is not valid JSON: {e}") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, nesting too deep
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
+        raise errors.InvalidRequest(f"body is not valid JSON: {reason}") from None
     if not isinstance(body, dict):
-        raise errors.InvalidRequest('body must be a JSON object, e.g. {"prompt": "..."}')
+        raise errors.InvalidRequest(f"body must be a JSON object, e.g. {example}")
+    return body
+
+
+async def _read_body(request: web.Request) -> dict[str, Any]:
+    body = await _json_object(request, '{"prompt": "..."}')
     unknown = sorted(set(body) - REQUEST_FIELDS)
     if unknown:
         raise errors.InvalidRequest(
-            f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(REQUEST_FIELDS))}"
+            f"unknown field(s) {_printable(', '.join(unknown))}; allowed: {', '.join(sorted(REQUEST_FIELDS))}"
         )
     if "prompt" not in body:
         raise errors.PromptRequired()
@@ -197,7 +339,7 @@ async def _read_body(request: web.Request) -> dict[str, Any]:
 
 
 async def _submit(request: web.Request, provider: str | None) -> web.Response:
-    project_id = validate_project_id(request.match_info["project_id"])
+    project_id = _project(request, write=True)
     body = await _read_body(request)
     if provider is not None:
         body["provider"] = provider
@@ -208,18 +350,25 @@ async def _submit(request: web.Request, provider: str | None) -> web.Response:
         raise errors.InvalidRequest(f"busy must be 'enqueue' (default) or 'reject', got {busy_raw!r}")
     busy: BusyPolicy = "reject" if busy_raw == "reject" else "enqueue"
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isprintable()):
-        raise errors.InvalidRequest(f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters")
+    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY and key.isascii() and key.isprintable()):
+        raise errors.InvalidRequest(
+            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+        )
     agent_request = AgentRequest(project_id=project_id, **body)
+    limit = request.app[CONFIG].rate_limit
+    if limit is not None:
+        limit.take(_principal(request).key_id)
     job, created = await request.app[SERVICE].submit(agent_request, idempotency_key=key, busy=busy)
-    base = f"/projects/{project_id}"
-    origin = str(request.url.origin())
-    status_url = f"{origin}{base}/jobs/{job.id}"
+    base = f"{_base_url(request)}/projects/{project_id}"
+    status_url = f"{base}/jobs/{job.id}"
+    stream_url = f"{base}/events/{job.stream_id}"
+    if _principal(request).key_id != ANONYMOUS_KEY_ID:  # EventSource cannot send X-API-Key
+        stream_url += "?token=" + await request.app[KEYS].stream_token(project_id, job.stream_id)
     return web.json_response(
         {
             "job_id": job.id,
             "stream_id": job.stream_id,
-            "stream_url": f"{origin}{base}/events/{job.stream_id}",
+            "stream_url": stream_url,
             "status_url": status_url,
             "status": job.status.value,
             "project_id": project_id,
@@ -239,24 +388,41 @@ async def submit_claude(request: web.Request) -> web.Response:
 
 
 async def get_job(request: web.Request) -> web.Response:
-    project_id = validate_project_id(request.match_info["project_id"])
-    job = await request.app[SERVICE].get(project_id, request.match_info["job_id"])
-    # The URL to follow it (what the dashboard opens with EventSource; with stream tokens, it carries one).
-    stream_url = f"{request.url.origin()}/projects/{project_id}/events/{job.stream_id}"
+    project_id, job_id = _job_id(request)
+    job = await request.app[SERVICE].get(project_id, job_id)
+    # The URL to follow it (what the dashboard opens with EventSource: EventSource cannot send X-API-Key, so
+    # with keys on it carries a stream token, as submit's does).
+    stream_url = await _stream_url(request, project_id, job.stream_id)
     return web.json_response({**job.public(), "stream_url": stream_url})
 
 
+async def _stream_url(request: web.Request, project_id: str, stream_id: str) -> str:
+    url = f"{_base_url(request)}/projects/{project_id}/events/{stream_id}"
+    if _principal(request).key_id != ANONYMOUS_KEY_ID:
+        url += "?token=" + await request.app[KEYS].stream_token(project_id, stream_id)
+    return url
+
+
 async def list_jobs(request: web.Request) -> web.Response:
-    return await _list_jobs(request, validate_project_id(request.match_info["project_id"]))
+    return await _list_jobs(request, [_project(request)])
 
 
 async def list_all_jobs(request: web.Request) -> web.Response:
-    """GET /jobs: every project's jobs (the dashboard), the same filters plus `project_id`."""
-    project_id = request.query.get("project_id") or None
-    return await _list_jobs(request, validate_project_id(project_id) if project_id else None)
+    """GET /jobs: every project's jobs (the dashboard), the same filters plus `project_id`; a key that is
+    not an admin key sees only its own projects' jobs."""
+    raw = request.query.get("project_id") or None
+    project_id = validate_project_id(raw) if raw else None
+    who = _principal(request)
+    if who.admin:
+        return await _list_jobs(request, [project_id] if project_id else None)
+    mine = sorted(who.projects)
+    return await _list_jobs(request, [project_id] if project_id else mine, visible=who.projects)
 
 
-async def _list_jobs(request: web.Request, project_id: str | None) -> web.Response:
+async def _list_jobs(
+    request: web.Request, project_ids: list[str] | None, *, visible: frozenset[str] | None = None
+) -> web.Response:
+    """`project_ids` None: every project's; `visible`: the projects this key may see (None: all)."""
     q = request.query
     status: JobStatus | None = None
     if q.get("status"):
@@ -264,28 +430,41 @@ async def _list_jobs(request: web.Request, project_id: str | None) -> web.Respon
             status = JobStatus(q["status"])
         except ValueError:
             raise errors.InvalidRequest(
-                f"unknown status {q['status']!r}; use one of {', '.join(s.value for s in JobStatus)}"
+                f"unknown status {_printable(q['status'])!r}; use one of "
+                f"{', '.join(s.value for s in JobStatus)}"
             ) from None
     limit = _int_param(q.get("limit"), "limit", default=50, lo=1, hi=500)
     provider = q.get("provider") or None
     if provider is not None:
         request.app[SERVICE].check_provider(provider)  # unknown → 400 listing the known ones
+    before = q.get("before") or None
+    if before is not None and not JOB_ID_RE.fullmatch(before):
+        raise errors.InvalidRequest(f"before must be a job id (a job_id of an earlier page), got {before!r}")
     flt = JobFilter(
         status=status,
         provider=provider,
         created_after=_time_param(q.get("created_after"), "created_after"),
         created_before=_time_param(q.get("created_before"), "created_before"),
         limit=limit,
-        before=q.get("before") or None,
+        before=before,
     )
-    jobs = await request.app[SERVICE].list_jobs(project_id, flt)
+    service = request.app[SERVICE]
+    if project_ids is None:
+        jobs = await service.list_jobs(None, flt)
+    else:
+        jobs = []
+        for project_id in project_ids:  # a project the key may not see lists as an empty one does
+            if visible is None or project_id in visible:
+                jobs += await service.list_jobs(project_id, flt)
+        # newest first across projects (job ids start with their creation time), one page
+        jobs = sorted(jobs, key=lambda j: (j.created_at, j.id), reverse=True)[:limit]
     nxt = jobs[-1].id if len(jobs) == limit else None
     return web.json_response({"jobs": [j.public() for j in jobs], "next_before": nxt})
 
 
 async def cancel_job(request: web.Request) -> web.Response:
-    project_id = validate_project_id(request.match_info["project_id"])
-    job = await request.app[SERVICE].cancel(project_id, request.match_info["job_id"])
+    project_id, job_id = _job_id(request)
+    job = await request.app[SERVICE].cancel(project_id, job_id)
     return web.json_response(job.public(), status=202 if job.status == JobStatus.running else 200)
 
 
@@ -294,16 +473,23 @@ def _time_param(raw: str | None, name: str) -> datetime | None:
         return None
     try:
         t = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise errors.InvalidRequest(f"{name} must be an ISO 8601 time, e.g. 2026-11-22T10:00:00Z") from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
+        t = t if t.tzinfo else t.replace(tzinfo=UTC)
+        t.astimezone(UTC)  # 0001-01-01T00:00:00+05:00 has no UTC time
+    except (ValueError, OverflowError):
+        raise errors.InvalidRequest(
+            f"{name} must be an ISO 8601 time between years 1 and 9999 in UTC, e.g. 2026-11-22T10:00:00Z"
+        ) from None
+    return t
 
 
 def _int_param(raw: str | None, name: str, *, default: int, lo: int, hi: int) -> int:
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not (lo <= int(raw) <= hi):
-        raise errors.InvalidRequest(f"{name} must be an integer from {lo} to {hi}, got {raw!r}")
+    ok = raw.isascii() and raw.isdigit() and len(raw) <= MAX_QUERY_NUMBER_DIGITS
+    if not ok or not (lo <= int(raw) <= hi):
+        raise errors.InvalidRequest(
+            f"{name} must be an integer from {lo} to {hi}, got {_printable(raw, 40)!r}"
+        )
     return int(raw)
 
 
@@ -323,50 +509,91 @@ async def dashboard_file(request: web.Request) -> web.FileResponse:
 
 async def opencode_event(request: web.Request) -> web.StreamResponse:
     """OpenCode's GET /event for one project's jobs, or (GET /opencode/event) every project's."""
-    raw = request.match_info.get("project_id")
-    project_id = validate_project_id(raw) if raw is not None else None
+    if "project_id" in request.match_info:
+        project_id: str | None = _project(request)  # read access to that project
+    else:
+        _admin(request, write=False)  # every project's jobs: admin keys only
+        project_id = None
     cfg = request.app[CONFIG]
     config = opencode_stream.StreamConfig(
         heartbeat_s=min(cfg.heartbeat_s, 10.0), write_timeout_s=cfg.write_timeout_s
     )
     closing = request.app[STATE].closing
-    return await opencode_stream.serve(
-        request, request.app[SERVICE], project_id, closing=closing, config=config
-    )
+    with _stream_slot(request, _principal(request).key_id):
+        return await opencode_stream.serve(
+            request, request.app[SERVICE], project_id, closing=closing, config=config
+        )
 
 
 # --- secrets (values go in, never out) -----------------------------------------------------------------
 
 
-def _secret_scope(request: web.Request) -> str | None:
-    """The project of a /projects/{project_id}/secrets route; None for the global /secrets routes."""
-    project_id = request.match_info.get("project_id")
-    return validate_project_id(project_id) if project_id is not None else None
+def _secret_scope(request: web.Request, *, write: bool) -> str | None:
+    """The project of a /projects/{project_id}/secrets route; None for the global /secrets routes (admin)."""
+    if "project_id" in request.match_info:
+        return _project(request, write=write)
+    _admin(request, write=write)
+    return None
 
 
 async def put_secret(request: web.Request) -> web.Response:
-    project_id = _secret_scope(request)
-    raw = await request.read()
-    try:
-        body = json.loads(raw) if raw.strip() else None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        body = None
-    if not isinstance(body, dict) or set(body) != {"value"}:
+    project_id = _secret_scope(request, write=True)
+    body = await _json_object(request, '{"value": "..."}')
+    if set(body) != {"value"}:
         raise errors.InvalidRequest('send a JSON object with one field, e.g. {"value": "..."}')
     await request.app[SECRETS].put(project_id, request.match_info["name"], body["value"])
     return web.Response(status=204)
 
 
 async def list_secrets(request: web.Request) -> web.Response:
-    infos = await request.app[SECRETS].list(_secret_scope(request))
+    infos = await request.app[SECRETS].list(_secret_scope(request, write=False))
     return web.json_response(
         {"secrets": [{"name": i.name, "updated_at": i.updated_at.isoformat()} for i in infos]}
     )
 
 
 async def delete_secret(request: web.Request) -> web.Response:
-    await request.app[SECRETS].delete(_secret_scope(request), request.match_info["name"])
+    await request.app[SECRETS].delete(_secret_scope(request, write=True), request.match_info["name"])
     return web.Response(status=204)
+
+
+# --- keys (admin) -------------------------------------------------------------------------------------
+
+KEY_FIELDS = {"name", "admin", "projects", "read_only"}
+
+
+async def create_key(request: web.Request) -> web.Response:
+    _admin(request, write=True)
+    body = await _json_object(request, '{"name": "ci", "projects": ["web"], "read_only": false}')
+    unknown = sorted(set(body) - KEY_FIELDS)
+    if unknown:
+        raise errors.InvalidRequest(
+            f"unknown field(s) {_printable(', '.join(unknown))}; allowed: {', '.join(sorted(KEY_FIELDS))}"
+        )
+    key, token = await request.app[KEYS].create(
+        name=body.get("name"),
+        admin=body.get("admin", False),
+        projects=body.get("projects", []),
+        read_only=body.get("read_only", False),
+    )
+    return web.json_response({**key.public(), "key": token}, status=201)
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    """Prometheus metrics: an admin key's (they describe every project)."""
+    _admin(request, write=False)
+    return await observability.metrics_handler(request)
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    _admin(request, write=False)
+    return web.json_response({"keys": [k.public() for k in await request.app[KEYS].list()]})
+
+
+async def revoke_key(request: web.Request) -> web.Response:
+    _admin(request, write=True)
+    key = await request.app[KEYS].revoke(request.match_info["key_id"])
+    return web.json_response(key.public())
 
 
 # --- the event stream ---------------------------------------------------------------------------------
@@ -377,17 +604,62 @@ async def delete_secret(request: web.Request) -> web.Response:
 
 async def events(request: web.Request) -> web.StreamResponse:
     project_id = validate_project_id(request.match_info["project_id"])
-    after = _resume_point(request)
     stream_id = request.match_info["stream_id"]
-    subscription = await request.app[SERVICE].subscribe(project_id, stream_id, after=after)
-    cfg = request.app[CONFIG]
-    resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
-    await resp.prepare(request)
-    await resp.write(sse.encode_retry(cfg.retry_ms))
-    await _send(resp, subscription, cfg, request.app[STATE].closing, stream_id)
-    with contextlib.suppress(ConnectionResetError):
-        await resp.write_eof()
-    return resp
+    who = _principal(request)
+    if not who.sees(project_id) or (who.stream_id is not None and who.stream_id != stream_id):
+        job_id_for_stream(stream_id)  # a malformed id answers the same for every project
+        hidden = errors.JobNotFound(f"no job {job_id_for_stream(stream_id)!r} in project {project_id!r}")
+        raise _refuse(request, hidden)
+    after = _resume_point(request)
+    with _stream_slot(request, who.key_id):
+        subscription = await request.app[SERVICE].subscribe(project_id, stream_id, after=after)
+        cfg = request.app[CONFIG]
+        metrics = request.app.get(observability.METRICS) or NO_METRICS
+        resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        await resp.prepare(request)
+        metrics.stream_opened()
+        try:
+            await resp.write(sse.encode_retry(cfg.retry_ms))
+            await _send(resp, subscription, cfg, request.app[STATE].closing, stream_id)
+        finally:
+            metrics.stream_closed()
+        with contextlib.suppress(ConnectionResetError):
+            await resp.write_eof()
+        return resp
+
+
+@contextlib.contextmanager
+def _stream_slot(request: web.Request, key_id: str) -> Iterator[None]:
+    """One open event stream, within AGENTD_MAX_STREAMS (503) and AGENTD_MAX_STREAMS_PER_KEY (429)."""
+    state, cfg = request.app[STATE], request.app[CONFIG]
+    if state.streams_open >= cfg.max_streams:
+        log.warning("limit.streams", limit=cfg.max_streams)
+        raise errors.ServerBusy(
+            f"the server has {cfg.max_streams} event streams open, the most AGENTD_MAX_STREAMS allows; "
+            "retry shortly",
+            limit="AGENTD_MAX_STREAMS",
+            retry_after_s=5,
+        )
+    mine = state.streams_by_key.get(key_id, 0)
+    if mine >= cfg.max_streams_per_key:
+        log.info("limit.streams_per_key", key_id=key_id, limit=cfg.max_streams_per_key)
+        raise errors.TooManyStreams(
+            f"key {key_id} has {mine} event streams open, the most AGENTD_MAX_STREAMS_PER_KEY allows; "
+            "close one first",
+            limit="AGENTD_MAX_STREAMS_PER_KEY",
+            retry_after_s=5,
+        )
+    state.streams_open += 1
+    state.streams_by_key[key_id] = mine + 1
+    try:
+        yield
+    finally:
+        state.streams_open -= 1
+        left = state.streams_by_key[key_id] - 1
+        if left:
+            state.streams_by_key[key_id] = left
+        else:
+            del state.streams_by_key[key_id]
 
 
 def _resume_point(request: web.Request) -> int:
@@ -395,8 +667,10 @@ def _resume_point(request: web.Request) -> int:
     last_id = request.headers.get("Last-Event-ID", "").strip()
     if not last_id:
         return _int_param(request.query.get("after"), "after", default=0, lo=0, hi=2**62)
-    if not last_id.isdigit():
-        raise errors.InvalidRequest(f"Last-Event-ID must be an event sequence number, got {last_id!r}")
+    if not (last_id.isascii() and last_id.isdigit() and len(last_id) <= MAX_QUERY_NUMBER_DIGITS):
+        raise errors.InvalidRequest(
+            f"Last-Event-ID must be an event sequence number, got {_printable(last_id, 40)!r}"
+        )
     return int(last_id)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from aiohttp import web
@@ -22,10 +23,16 @@ STATUS: dict[type[errors.AgentdError], int] = {
     errors.ProviderUnavailable: 503,
     errors.QueueUnavailable: 503,
     errors.SecretsUnavailable: 503,
+    errors.Forbidden: 403,
+    errors.KeyNotFound: 404,
     errors.ProjectNotFound: 404,
     errors.PatchNotFound: 404,
     errors.ProjectInUse: 409,
+    errors.UnsupportedMediaType: 415,
+    errors.MisdirectedRequest: 421,
+    errors.LimitExceeded: 429,
     errors.WorkspaceFailed: 502,  # the git server refused or could not be reached
+    errors.ServerBusy: 503,
 }
 
 
@@ -42,6 +49,11 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> web.Re
 
 
 def from_domain(exc: errors.AgentdError) -> web.Response:
+    if isinstance(exc, errors.LimitExceeded):
+        retry = max(1, math.ceil(float(exc.details.get("retry_after_s", 1))))
+        resp = error_response(status_for(exc), exc.code, exc.message, limit=exc.details.get("limit"))
+        resp.headers["Retry-After"] = str(retry)
+        return resp
     return error_response(status_for(exc), exc.code, exc.message)
 
 

@@ -1,5 +1,9 @@
 """The projects API: PUT/GET/DELETE /projects/{project_id}, GET /projects, GET /templates, and a job's
-patch at GET /projects/{project_id}/jobs/{job_id}/patch (text/x-diff)."""
+patch at GET /projects/{project_id}/jobs/{job_id}/patch (text/x-diff).
+
+Access: PUT/DELETE need write access to the project, GET and the patch read access (a project the key may
+not see answers as an unknown one); GET /projects lists the key's own projects (every one for an admin
+key); GET /templates needs any valid key."""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from agentd.adapters.http import access
 from agentd.domain import errors
-from agentd.domain.models import validate_project_id
 from agentd.services.projects import ProjectService
 
 PROJECTS = web.AppKey("projects", ProjectService)
@@ -41,7 +45,7 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
 
 
 async def put_project(request: web.Request) -> web.Response:
-    project_id = validate_project_id(request.match_info["project_id"])
+    project_id = access.project(request, write=True)
     project, created = await request.app[PROJECTS].put(project_id, await _json_object(request))
     return web.json_response(
         project.public(),
@@ -51,17 +55,18 @@ async def put_project(request: web.Request) -> web.Response:
 
 
 async def get_project(request: web.Request) -> web.Response:
-    project = await request.app[PROJECTS].get(request.match_info["project_id"])
+    project = await request.app[PROJECTS].get(access.project(request))
     return web.json_response(project.public())
 
 
 async def list_projects(request: web.Request) -> web.Response:
-    projects = await request.app[PROJECTS].list_projects()
+    who = access.principal(request)
+    projects = [p for p in await request.app[PROJECTS].list_projects() if who.sees(p.id)]
     return web.json_response({"projects": [p.public() for p in projects]})
 
 
 async def delete_project(request: web.Request) -> web.Response:
-    await request.app[PROJECTS].delete(request.match_info["project_id"])
+    await request.app[PROJECTS].delete(access.project(request, write=True))
     return web.Response(status=204)
 
 
@@ -71,8 +76,7 @@ async def list_templates(request: web.Request) -> web.Response:
 
 
 async def get_patch(request: web.Request) -> web.Response:
-    project_id = validate_project_id(request.match_info["project_id"])
-    job_id = request.match_info["job_id"]
+    project_id, job_id = access.job(request)
     patch = await request.app[PROJECTS].patch(project_id, job_id)
     return web.Response(
         body=patch,

@@ -1,6 +1,7 @@
 """In-memory secrets: a dict, for tests and single-process trials. Nothing survives a restart.
 
-It keeps the port's rules like the real stores: without a master key every call raises SecretsUnavailable,
+It keeps the port's rules like the real stores (and takes the same key form, 32 bytes): without a master
+key every call raises SecretsUnavailable,
 values are only ever handed out by `resolve`, and `rotate` replaces the key. It does not encrypt: it never
 writes anything down.
 """
@@ -11,13 +12,14 @@ import builtins
 from datetime import UTC, datetime
 
 from agentd.domain.errors import SecretsUnavailable
-from agentd.domain.secrets import SecretInfo
+from agentd.domain.secrets import SecretInfo, check_master_key_bytes
 from agentd.ports.secret_store import SecretStore
 
 
 class MemorySecretStore(SecretStore):
     def __init__(self, master_key: bytes | None) -> None:
-        self._key = master_key
+        """`master_key`: the 32 bytes `agentd.domain.secrets.parse_master_key` gives, like the real stores."""
+        self._key = check_master_key_bytes(master_key) if master_key is not None else None
         self._values: dict[tuple[str | None, str], tuple[str, datetime]] = {}
 
     def _ready(self) -> None:
@@ -48,5 +50,5 @@ class MemorySecretStore(SecretStore):
 
     async def rotate(self, new_master_key: bytes) -> int:
         self._ready()
-        self._key = new_master_key
+        self._key = check_master_key_bytes(new_master_key)
         return len(self._values)

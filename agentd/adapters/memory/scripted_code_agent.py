@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import time
 import uuid
@@ -80,16 +81,15 @@ class ScriptedCodeAgent(CodeAgent):
                 if cancel.is_set():
                     status, error = "cancelled", "cancelled by request"
                 text = ""
+            elif prompt.startswith("env:"):  # which value the run got, without showing it: its sha256
+                name = prompt.split(":", 1)[1].strip()
+                value = (env or {}).get(name)
+                text = f"{name} unset" if value is None else f"{name} sha256 {_sha256(value)}"
             elif prompt.startswith("fail:"):
                 status, error, text = "failed", prompt.split(":", 1)[1].strip() or "failed", ""
             elif prompt.startswith("edit:"):
                 try:
-                    script = prompt.split(":", 1)[1]
-                    pause = float(json.loads(script).get("sleep", 0))
-                    if pause > 0:  # hold the working tree a while (concurrency tests)
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(cancel.wait(), pause)
-                    text = edit_files(workdir, script)
+                    text = await _edit(workdir, prompt.split(":", 1)[1], cancel)
                 except (ValueError, OSError) as e:
                     status, error, text = "failed", f"edit: {e}", ""
             if text:
@@ -138,6 +138,18 @@ async def _ticks(prompt: str, cancel: asyncio.Event) -> AsyncIterator[AgentEvent
         if gap:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(cancel.wait(), gap)
+
+
+async def _edit(workdir: Path | None, script: str, cancel: asyncio.Event) -> str:
+    pause = float(json.loads(script).get("sleep", 0))
+    if pause > 0:  # hold the working tree a while (concurrency tests)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(cancel.wait(), pause)
+    return edit_files(workdir, script)
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
 def edit_files(workdir: Path | None, script: str) -> str:

@@ -31,6 +31,7 @@ from agentd.domain.models import (
     SessionEvent,
     StatusEvent,
 )
+from agentd.domain.workspace import workspace_path
 
 log = structlog.get_logger(__name__)
 
@@ -99,12 +100,11 @@ class CliRun:
     def _file_paths(self) -> list[Path]:
         paths = []
         for i, f in enumerate(self.request.files):
-            if f.path is not None:
-                p = Path(f.path)
-                paths.append(p if p.is_absolute() else self.dir / p)
+            if f.path is not None:  # inside the workspace after symlinks, or InvalidRequest
+                paths.append(workspace_path(self.dir, f.path))
             else:
                 self.scratch.mkdir(parents=True, exist_ok=True)
-                p = self.scratch / f"{i}-{f.filename or 'attachment.txt'}"
+                p = self.scratch / f"{i}-{Path(f.filename or 'attachment.txt').name}"
                 p.write_bytes((f.content or "").encode())
                 paths.append(p)
         return paths

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agentd.domain.models import PromptFile
+from agentd.domain.workspace import workspace_path
 
 _ALPHABET = string.ascii_letters + string.digits
 _lock = threading.Lock()
@@ -46,9 +47,9 @@ def file_part(f: PromptFile, directory: Path) -> dict[str, Any]:
     name = f.filename or (Path(f.path).name if f.path else "attachment.txt")
     mime = f.mime or mimetypes.guess_type(name)[0] or "text/plain"
     if f.path is not None:
-        p = Path(f.path)
-        p = p if p.is_absolute() else directory / p
-        return {"type": "file", "mime": mime, "filename": name, "url": p.resolve().as_uri()}
+        # inside the workspace after symlinks (checked at submission, and again here: a link can change)
+        p = workspace_path(directory, f.path)
+        return {"type": "file", "mime": mime, "filename": name, "url": p.as_uri()}
     url = f"data:{mime};base64,{base64.b64encode((f.content or '').encode()).decode()}"
     return {"type": "file", "mime": mime, "filename": name, "url": url}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from agentd.adapters.postgres.database import PgDatabase
 from agentd.adapters.postgres.migrate import check_schema, migrate
 from agentd.adapters.postgres.postgres_event_stream import PostgresEventStream
+from agentd.adapters.postgres.postgres_key_store import PostgresKeyStore
 from agentd.adapters.postgres.postgres_project_store import PostgresProjectStore
 from agentd.adapters.postgres.postgres_secret_store import PostgresSecretStore
 from agentd.adapters.postgres.postgres_work_queue import PostgresWorkQueue
@@ -19,12 +20,14 @@ __all__ = [
     "SCHEMA_VERSION",
     "PgDatabase",
     "PostgresEventStream",
+    "PostgresKeyStore",
     "PostgresProjectStore",
     "PostgresSecretStore",
     "PostgresWorkQueue",
     "check_schema",
     "migrate",
     "open_postgres",
+    "open_postgres_keys",
     "open_postgres_secrets",
 ]
 
@@ -69,5 +72,12 @@ async def open_postgres_secrets(db: PgDatabase, master_key: bytes | None) -> Pos
     Without a master key every call of the store raises SecretsUnavailable.
     """
     store = PostgresSecretStore(db, master_key)
+    await store.open()
+    return store
+
+
+async def open_postgres_keys(db: PgDatabase) -> PostgresKeyStore:
+    """The key store on a `PgDatabase` (the queue's: `queue.db`); closed by its own `close`."""
+    store = PostgresKeyStore(db)
     await store.open()
     return store

@@ -35,6 +35,7 @@ from psycopg import errors as pg_errors
 from psycopg.rows import DictRow
 
 from agentd.adapters.postgres.database import EVENTS_CHANNEL, Connection, PgDatabase
+from agentd.adapters.postgres.nul import from_jsonb, to_jsonb
 from agentd.adapters.postgres.queries import QUERIES
 from agentd.domain.errors import QueueUnavailable, RunSuperseded, StreamNotFound, SubscriberTooSlow
 from agentd.domain.models import AgentEvent, StoredEvent, event_from_data
@@ -187,7 +188,7 @@ class PostgresEventStream(EventStream):
             return await cur.fetchall()
 
     async def create(self, stream_id: str, first: Sequence[AgentEvent] = ()) -> None:
-        rows = [(ev.event, ev.model_dump_json(exclude={"event"})) for ev in first]
+        rows = [(ev.event, to_jsonb(ev.model_dump_json(exclude={"event"}))) for ev in first]
         params = {
             "stream_id": stream_id,
             "types": [t for t, _ in rows],
@@ -216,7 +217,9 @@ class PostgresEventStream(EventStream):
             if (await self._state(stream_id))["closed"]:
                 raise StreamNotFound(f"event stream {stream_id!r} is closed")
             return []
-        item = _Publish(stream_id, [(ev.event, ev.model_dump_json(exclude={"event"})) for ev in events], run)
+        item = _Publish(
+            stream_id, [(ev.event, to_jsonb(ev.model_dump_json(exclude={"event"}))) for ev in events], run
+        )
         self._pending.append(item)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="agentd-event-flusher")
@@ -265,8 +268,7 @@ class PostgresEventStream(EventStream):
                 cur = await conn.execute(QUERIES["append_events"], numbered.columns)
                 return numbered.written(await cur.fetchall())
 
-    async def _write(self, batch: list[_Publish]) -> None:
-        stream_ids = list(dict.fromkeys(item.stream_id for item in batch))
+    async def _append_retrying(self, batch: list[_Publish], stream_ids: list[str]) -> _Numbered:
         serialised = not self._contended.isdisjoint(stream_ids)
         for _ in range(RENUMBER_TRIES):
             try:
@@ -283,9 +285,12 @@ class PostgresEventStream(EventStream):
                 for s in stream_ids:  # the batch may or may not be stored: re-read the heads next time
                     self._heads.pop(s, None)
                 raise
-            break
-        else:
-            raise QueueUnavailable(f"could not number events: other processes keep writing to {stream_ids}")
+            return numbered
+        raise QueueUnavailable(f"could not number events: other processes keep writing to {stream_ids}")
+
+    async def _write(self, batch: list[_Publish]) -> None:
+        stream_ids = list(dict.fromkeys(item.stream_id for item in batch))
+        numbered = await self._append_retrying(batch, stream_ids)
         self.batches += 1
         heads = numbered.heads()
         self._after_write(numbered, set(heads))
@@ -328,7 +333,9 @@ class PostgresEventStream(EventStream):
         return RunSuperseded(f"a newer run has written to stream {stream_id!r}")
 
     async def supersede(self, stream_id: str, run: int, events: Sequence[AgentEvent]) -> bool:
-        rows: list[tuple[str, str]] = [(ev.event, ev.model_dump_json(exclude={"event"})) for ev in events]
+        rows: list[tuple[str, str]] = [
+            (ev.event, to_jsonb(ev.model_dump_json(exclude={"event"}))) for ev in events
+        ]
         mine = [item.done for item in self._inflight + self._pending if item.stream_id == stream_id]
         if mine:  # this process's earlier writes to the stream go first
             await asyncio.gather(*mine, return_exceptions=True)
@@ -422,7 +429,7 @@ class PostgresEventStream(EventStream):
                     )
                 page = [r for r in rows if r["seq"] is not None]
                 for r in page:
-                    yield StoredEvent(seq=r["seq"], event=event_from_data(r["type"], r["data"]))
+                    yield StoredEvent(seq=r["seq"], event=event_from_data(r["type"], from_jsonb(r["data"])))
                     pos = r["seq"]
                 if len(page) == PAGE:
                     continue

@@ -22,6 +22,7 @@ from typing import Any
 from psycopg.rows import DictRow
 
 from agentd.adapters.postgres.database import JOBS_CHANNEL, PgDatabase
+from agentd.adapters.postgres.nul import from_jsonb, text_safe, to_jsonb
 from agentd.adapters.postgres.queries import QUERIES
 from agentd.adapters.queue_policy import (
     CANCELLED_JSON,
@@ -64,15 +65,17 @@ def row_to_job(row: DictRow) -> Job:
         attempts=row["attempts"],
         cancel_requested=row["cancel_requested"],
         worker_id=row["worker_id"],
-        result=AgentResult.model_validate(result) if result is not None else None,
+        result=AgentResult.model_validate(from_jsonb(result)) if result is not None else None,
     )
 
 
 def _finish_input(job_id: str, result: AgentResult, attempt: int | None) -> str:
+    stored = to_jsonb(result.model_dump_json())  # U+0000 in the output: escaped, not a failed batch
+    error = json.dumps(text_safe(result.error))
+    retryable = "true" if wants_retry(result) else "false"
     return (
-        f'{{"id":{json.dumps(job_id)},"status":"{result.status}","result":{result.model_dump_json()},'
-        f'"retryable":{"true" if wants_retry(result) else "false"},"error":{json.dumps(result.error)},'
-        f'"attempt":{json.dumps(attempt)}}}'
+        f'{{"id":{json.dumps(job_id)},"status":"{result.status}","result":{stored},'
+        f'"retryable":{retryable},"error":{error},"attempt":{json.dumps(attempt)}}}'
     )
 
 
@@ -100,6 +103,9 @@ class PostgresWorkQueue(WorkQueue):
     async def open(self) -> None:
         """Open (or share) the pool and listener; SchemaMismatch when the schema is not this agentd's."""
         await self.db.open()
+
+    async def queue_stats(self) -> dict[str, tuple[int, datetime | None]]:
+        return {r["provider"]: (r["queued"], r["oldest"]) for r in await self._all("queue_stats", {})}
 
     async def close(self) -> None:
         await self.db.close()

@@ -123,3 +123,6 @@ DELETE FROM jobs WHERE id = :id;
 
 -- name: purge_patch
 DELETE FROM job_patches WHERE job_id = :id;
+-- name: queue_stats
+-- The queue gauges, read at every metrics scrape. created_at is ISO 8601 UTC text: min() is the oldest.
+SELECT provider, count(*) AS queued, min(created_at) AS oldest FROM jobs WHERE status = 'queued' GROUP BY provider;

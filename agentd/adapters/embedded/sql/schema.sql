@@ -1,7 +1,7 @@
--- The embedded database's schema (queue and secrets), applied at open by agentd.adapters.embedded.database
--- (every statement is idempotent: a file of an older version gets what it lacks; PRAGMA user_version
--- records the version). Times the queue compares (run_after, lease_expires_at) are epoch seconds; the
--- others are ISO 8601 text in UTC.
+-- The embedded database's schema (queue, secrets, projects, keys), applied at open by
+-- agentd.adapters.embedded.database (every statement is idempotent: a file of an older version gets what
+-- it lacks; PRAGMA user_version records the version). Times the queue compares (run_after,
+-- lease_expires_at) are epoch seconds; the others are ISO 8601 text in UTC.
 
 CREATE TABLE IF NOT EXISTS jobs (
     seq              INTEGER PRIMARY KEY AUTOINCREMENT,  -- FIFO order and paging
@@ -59,7 +59,26 @@ CREATE TABLE IF NOT EXISTS job_patches (
     created_at TEXT NOT NULL
 );
 
--- Schema 4: the event log (agentd.adapters.embedded.sqlite_event_stream), fencing and retention.
+-- Schema 4: API keys (agentd.adapters.embedded.sqlite_key_store): the SHA-256 of each token, never the
+-- token; `projects` is a JSON array (empty for an admin key). Server secrets: the stream-token signing key.
+CREATE TABLE IF NOT EXISTS api_keys (
+    id           TEXT PRIMARY KEY,
+    token_hash   TEXT NOT NULL UNIQUE,
+    name         TEXT NOT NULL,
+    admin        INTEGER NOT NULL,
+    projects     TEXT NOT NULL,
+    access       TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    last_used_at TEXT,
+    revoked_at   TEXT
+);
+
+CREATE TABLE IF NOT EXISTS server_secrets (
+    name  TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+
+-- Schema 5: the event log (agentd.adapters.embedded.sqlite_event_stream), fencing and retention.
 -- `run` is the newest run (job attempt) that wrote to the stream: older runs' writes are refused.
 CREATE TABLE IF NOT EXISTS streams (
     stream_id  TEXT PRIMARY KEY,

@@ -349,3 +349,9 @@ ON CONFLICT (job_id) DO UPDATE SET patch = excluded.patch, created_at = now();
 
 -- name: patch_get
 SELECT patch FROM agentd_job_patches WHERE job_id = %(job_id)s AND project_id = %(project_id)s;
+
+-- name: queue_stats
+-- The queue gauges (agentd_queue_depth, agentd_queue_oldest_age_seconds), read at every metrics scrape: only
+-- queued rows are read (the agentd_jobs_queued partial index).
+SELECT provider, count(*) AS queued, min(created_at) AS oldest
+  FROM agentd_jobs WHERE status = 'queued' GROUP BY provider;
