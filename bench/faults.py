@@ -70,7 +70,7 @@ from tests.support.postgres import create_database, drop_database, unique_name  
 
 AGENTD = [sys.executable, "-m", "agentd.cli"]
 TOKEN = f"faults-{secrets.token_hex(6)}"  # every agentd process of this suite carries AGENTD_FAULTS=<token>
-RUN_MARKER = "AGENTD_RUN_ID"  # what the claude adapter puts in its processes' environment
+
 FINAL = {"succeeded", "failed", "cancelled", "timed_out"}
 
 
@@ -785,31 +785,48 @@ class ClaudeServe:
         return SqliteStore(Path(self.env["AGENTD_DATA_DIR"]) / "queue.sqlite3")
 
 
-def tools_running(run_id: str) -> bool:
-    return any(b"sleep" in _cmdline(pid) for pid in marked(RUN_MARKER, run_id))
+# The daemon_tool scenario's processes (tests/support/fake_anthropic.py): found by their command lines, which
+# nothing else uses (a jailed run's environment carries no marker agentd could look for).
+DAEMON_SLEEPS = {f"/bin/sleep {n}" for n in (301, 302, 303, 304)}
 
 
-async def left_behind(run_id: str) -> int:
-    """Processes of the run still alive 5 s after its end (then killed: never left on the machine)."""
+def daemon_sleeps() -> set[int]:
+    found = set()
+    for entry in os.scandir("/proc"):
+        if (
+            entry.name.isdigit()
+            and _cmdline(int(entry.name)).replace(b"\0", b" ").decode(errors="replace").strip()
+            in DAEMON_SLEEPS
+        ):
+            found.add(int(entry.name))
+    return found
+
+
+def tools_running(before: set[int]) -> bool:
+    return bool(daemon_sleeps() - before)
+
+
+async def left_behind(before: set[int]) -> int:
+    """The tool's processes still alive 5 s after the run's end (then killed: never left on the machine)."""
     with contextlib.suppress(TimeoutError):
-        await until(lambda: not marked(RUN_MARKER, run_id), "processes to go", 5, every=0.2)
-    pids = marked(RUN_MARKER, run_id)
+        await until(lambda: not daemon_sleeps() - before, "processes to go", 5, every=0.2)
+    pids = sorted(daemon_sleeps() - before)
     kill_all(pids)
     return len(pids)
 
 
 async def _bg_trial(srv: Proc, store: Store, project: str, row: Row, want: str, **kw: Any) -> None:
     """A run whose tool starts background processes, ended by a cancel (`want` cancelled) or its timeout."""
+    before = daemon_sleeps()
     async with AgentdClient(srv.url) as c:
         job = await c.submit(project, "SCENARIO:daemon_tool", **kw)
-        run_id = f"{job['job_id']}.1"
-        await until(lambda: tools_running(run_id), "the tool to start", 60)
+        await until(lambda: tools_running(before), "the tool to start", 60)
         if want == "cancelled":
             await asyncio.sleep(0.5)
             await c.cancel(project, job["job_id"])
         await settled(store, [job["job_id"]], 60)
     row.trials += 1
-    row.orphans += await left_behind(run_id)
+    row.orphans += await left_behind(before)
     if (store.job(job["job_id"]) or {}).get("status") != want:
         row.lost += 1
 
@@ -817,16 +834,21 @@ async def _bg_trial(srv: Proc, store: Store, project: str, row: Row, want: str, 
 async def _bg_crash(serve: ClaudeServe, srv: Proc, project: str, row: Row) -> Proc:
     """kill -9 of serve while the tool runs; the restarted serve reaps what the crash left and runs the job
     again (then cancelled here)."""
+    before = daemon_sleeps()
     async with AgentdClient(srv.url) as c:
         job = await c.submit(project, "SCENARIO:daemon_tool")
-    run_id = f"{job['job_id']}.1"
-    await until(lambda: tools_running(run_id), "the tool to start", 60)
+    await until(lambda: tools_running(before), "the tool to start", 60)
     await asyncio.sleep(0.5)
+    first = daemon_sleeps() - before  # attempt 1's processes
     srv.kill9()
     t0 = time.time()
-    srv = await serve.start()
+    srv = await serve.start()  # reaps what the crash left, and runs the job again
     row.trials += 1
-    row.orphans += await left_behind(run_id)
+    with contextlib.suppress(TimeoutError):
+        await until(lambda: not first & daemon_sleeps(), "attempt 1's processes to go", 5, every=0.2)
+    left = sorted(first & daemon_sleeps())
+    kill_all(left)
+    row.orphans += len(left)
     await until(
         lambda: (serve.store.job(job["job_id"]) or {}).get("attempts", 0) >= 2, "the next attempt", 60
     )
@@ -834,7 +856,7 @@ async def _bg_crash(serve: ClaudeServe, srv: Proc, project: str, row: Row) -> Pr
     async with AgentdClient(srv.url) as c:
         await c.cancel(project, job["job_id"])
     await settled(serve.store, [job["job_id"]], 30)
-    row.orphans += await left_behind(f"{job['job_id']}.2")
+    row.orphans += await left_behind(before | first)
     return srv
 
 
@@ -913,7 +935,10 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 continue
             t0 = time.monotonic()
             print(f"faults: {name}…", file=sys.stderr, flush=True)
-            got = await step()
+            try:
+                got = await step()
+            except Exception as e:  # a scenario that could not run is a row that says so, not a lost table
+                got = Row(f"{name}: could not run", lost=1, notes=[f"{type(e).__name__}: {e}"])
             for r in got if isinstance(got, list) else [got]:
                 rows.append(r)
                 print(f"faults: {r.scenario}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)

@@ -22,7 +22,7 @@ run (--resume) uses its new prompt. No keyword -> ``text``. Replies (constants b
                                 (result text = slow_text(chunks), trailing space included)
   SCENARIO:sleep_tool           turn 1: Bash tool_use {"command": "/bin/sleep 300", ...}; then "slept"
   SCENARIO:daemon_tool          turn 1: Bash tool_use starting background sleeps (one in a new session via
-                                setsid) and a foreground `/bin/sleep 300`; then "slept"
+                                setsid) and a foreground `/bin/sleep 304`; then "slept"
   SCENARIO:error400|error500|error529   HTTP 400 invalid_request_error "Bad request (fake)" |
                                 500 api_error "Internal server error (fake)" | 529 overloaded_error
                                 "Overloaded (fake)" (JSON error body, no stream)
@@ -97,7 +97,7 @@ SLEEP_TOOL_DONE = "slept"
 # child, and a foreground sleep (the fault suite's orphan scenario, bench/faults.py).
 DAEMON_TOOL_INPUT = {
     "command": (
-        "setsid sh -c '/bin/sleep 301 & /bin/sleep 302' >/dev/null 2>&1 & /bin/sleep 303 & /bin/sleep 300"
+        "setsid sh -c '/bin/sleep 301 & /bin/sleep 302' >/dev/null 2>&1 & /bin/sleep 303 & /bin/sleep 304"
     ),
     "description": "Start background work",
 }
