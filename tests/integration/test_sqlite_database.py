@@ -172,7 +172,7 @@ def locked(path: Path) -> Iterator[None]:
 async def test_a_locked_file_is_queue_unavailable_and_the_api_answers_503(tmp_path: Path) -> None:
     path = tmp_path / "data" / "queue.sqlite3"
     db = SqliteDatabase(path, busy_timeout_s=0.1)
-    settings = Settings(data_dir=tmp_path / "data", providers=("scripted",))
+    settings = Settings(data_dir=tmp_path / "data", providers=("scripted",), allowed_hosts=("127.0.0.1",))
     container = await build(
         settings, queue=SqliteWorkQueue(db), streams=SqliteEventStream(db), with_workers=False
     )
