@@ -17,6 +17,7 @@ from agentd.adapters.embedded.sqlite_event_stream import SqliteEventStream
 from agentd.adapters.embedded.sqlite_key_store import SqliteKeyStore
 from agentd.adapters.embedded.sqlite_project_store import SqliteProjectStore
 from agentd.adapters.embedded.sqlite_secret_store import SqliteSecretStore
+from agentd.adapters.embedded.sqlite_webhook_outbox import SqliteWebhookOutbox
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
 from agentd.adapters.git_workspace import GitWorkspaces
 from agentd.adapters.http.app import ApiConfig, create_app
@@ -25,6 +26,7 @@ from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
 from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig
 from agentd.adapters.sandbox import Sandbox
 from agentd.adapters.template_library import SHIPPED, DirectoryTemplateLibrary
+from agentd.adapters.webhook_sender import AiohttpWebhookSender
 from agentd.config import ConfigError, Settings, load_master_key, service_secrets
 from agentd.observability import PrometheusMetrics, QueueStat, QueueStatsSource, start_metrics_server
 from agentd.ports.code_agent import CodeAgent
@@ -32,6 +34,7 @@ from agentd.ports.event_stream import EventStream
 from agentd.ports.key_store import KeyStore
 from agentd.ports.project_store import ProjectStore
 from agentd.ports.secret_store import SecretStore
+from agentd.ports.webhook_outbox import WebhookOutbox
 from agentd.ports.work_queue import Limits, WorkQueue
 from agentd.ports.workspace import TemplateLibrary, Workspaces
 from agentd.services.access import KeyService, RateLimit
@@ -42,6 +45,7 @@ from agentd.services.redaction import LOG_SECRETS
 from agentd.services.registry import ProviderRegistry
 from agentd.services.runner import Runner
 from agentd.services.secrets import SecretService
+from agentd.services.webhooks import WebhookService
 
 log = structlog.get_logger(__name__)
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
@@ -61,6 +65,7 @@ class Container:
     projects: ProjectService
     metrics: PrometheusMetrics
     metrics_server: web.AppRunner | None = None
+    webhooks: WebhookService | None = None
 
     def app(self, host: str | None = None, port: int | None = None) -> web.Application:
         """The API, answering the Host names of the address it is bound to (`host`, `port`: the settings'
@@ -111,6 +116,11 @@ class Container:
             await self.runner.stop(self.settings.shutdown_grace_s)
         for _, agent in self.registry.items():
             await agent.close()
+        if self.webhooks is not None:
+            await self.webhooks.outbox.close()
+            sender = self.webhooks.sender
+            if isinstance(sender, AiohttpWebhookSender):
+                await sender.close()
         await self.streams.close()
         for store in (self.secrets.store, self.keys.store):
             close = getattr(store, "close", None)
@@ -254,6 +264,32 @@ def key_service(settings: Settings, store: KeyStore) -> KeyService:
     return KeyService(store, bootstrap_key=bootstrap, stream_token_ttl_s=settings.stream_token_ttl_s)
 
 
+async def open_webhooks(settings: Settings, queue: WorkQueue, secrets: SecretStore) -> WebhookService | None:
+    """Webhook deliveries live in the queue's database: SQLite beside the embedded queue, PostgreSQL
+    beside the PostgreSQL queue; another queue (a test's) has none."""
+    outbox: WebhookOutbox
+    if isinstance(queue, SqliteWorkQueue):
+        outbox = SqliteWebhookOutbox(queue.db)
+    else:
+        from agentd.adapters.postgres import PostgresWorkQueue
+        from agentd.adapters.postgres.postgres_webhook_outbox import PostgresWebhookOutbox
+
+        if not isinstance(queue, PostgresWorkQueue):
+            return None
+        pg = PostgresWebhookOutbox(queue.db)
+        await pg.open()
+        outbox = pg
+    fallback = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+    return WebhookService(
+        outbox,
+        AiohttpWebhookSender(),
+        secrets=secrets,
+        fallback_secret=fallback,
+        retry_base_s=settings.webhook_retry_base_s,
+        jobs=queue,
+    )
+
+
 async def open_project_store(queue: WorkQueue) -> ProjectStore:
     """Projects live in the queue's database (its claim reads their `max_running`)."""
     if isinstance(queue, SqliteWorkQueue):
@@ -308,6 +344,7 @@ async def build(
         projects, queue, templates or template_library(settings), workspaces, secrets
     )
     metrics = PrometheusMetrics(queue_stats=_queue_stats(queue), providers=registry.names())
+    webhooks = await open_webhooks(settings, queue, secrets)
     runner = None
     if with_workers:
         runner = Runner(
@@ -323,6 +360,7 @@ async def build(
             secrets=secrets,
             service_secrets=own_keys,
             job_retention_s=settings.job_retention_s,
+            webhooks=webhooks,
             git_runs=GitRuns(projects, workspaces, secrets),
             metrics=metrics,
         )
@@ -335,6 +373,7 @@ async def build(
         workspaces_dir=settings.workspaces_dir,
         projects=project_service,
         metrics=metrics,
+        webhooks=webhooks,
     )
     return Container(
         settings,
@@ -348,6 +387,7 @@ async def build(
         sandbox,
         project_service,
         metrics,
+        webhooks=webhooks,
     )
 
 

@@ -1,4 +1,5 @@
-"""Command line: `agentd serve` runs the service; `agentd submit` sends a prompt and follows it."""
+"""Command line: `agentd serve` runs the service; the client commands (submit, follow, jobs, cancel) are in
+agentd.cli_jobs."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from agentd import __version__
+from agentd import __version__, cli_jobs
 from agentd.config import ConfigError, Settings, load_settings
 from agentd.domain.errors import InvalidMasterKey
 from agentd.domain.secrets import new_master_key, parse_master_key
@@ -38,32 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("worker", help="run only workers (needs AGENTD_DATABASE_URL)")
     sub.add_parser("migrate", help="apply database migrations (AGENTD_DATABASE_URL)")
 
-    submit = sub.add_parser("submit", help="submit a prompt; with --follow print its stream")
-    submit.add_argument("--project", required=True, help="project id, e.g. my-repo")
-    submit.add_argument("--provider", help="claude-code | opencode | codex (default: the server's default)")
-    submit.add_argument("--model")
-    submit.add_argument("--session-id", help="continue this agent session")
-    submit.add_argument("--timeout", type=float, dest="timeout_s", help="seconds before the job times out")
-    submit.add_argument("--max-turns", type=int)
-    submit.add_argument("--follow", action="store_true", help="print the events until the job ends")
-    submit.add_argument("--json", action="store_true", help="with --follow: print raw events as JSON lines")
-    submit.add_argument("--ref", help="git projects: the branch, tag or commit to start from")
-    submit.add_argument(
-        "--push",
-        nargs="?",
-        const="",
-        metavar="BRANCH",
-        help="git projects: commit and push the changes to BRANCH (default agentd/<job id>)",
-    )
-    submit.add_argument(
-        "--patch", metavar="FILE", help="with --follow: write the job's patch to FILE when it ends"
-    )
-    submit.add_argument(
-        "--server",
-        default=os.environ.get("AGENTD_URL"),
-        help="agentd URL (AGENTD_URL, default from settings)",
-    )
-    submit.add_argument("prompt", help="the prompt; '-' reads it from stdin")
+    cli_jobs.add_parsers(sub)  # submit, follow, jobs, cancel
     _add_secrets_parser(sub)
     _add_keys_parser(sub)
     _add_projects_parser(sub)
@@ -113,7 +89,9 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         return asyncio.run(_keys(settings, args))
     if args.command == "projects":
         return asyncio.run(_projects(settings, args))
-    return asyncio.run(_submit(settings, args))
+    if args.command in cli_jobs.COMMANDS:
+        return cli_jobs.run(args, default_server=f"http://{settings.host}:{settings.port}")
+    raise AssertionError(f"unhandled command {args.command}")
 
 
 def _add_secrets_parser(sub: Any) -> None:
@@ -481,114 +459,6 @@ def _serve(settings: Settings, host: str | None, port: int | None, *, workers: b
         print(f"agentd: {e.message}", file=sys.stderr)
         return 2
     return 0
-
-
-async def _submit(settings: Settings, args: argparse.Namespace) -> int:
-    from agentd.client import AgentdClient, ApiError
-
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    server = args.server or f"http://{settings.host}:{settings.port}"
-    key = settings.api_key.get_secret_value() if settings.api_key else None
-    async with AgentdClient(server, api_key=key) as client:
-        try:
-            job = await client.submit(
-                args.project,
-                prompt,
-                provider=args.provider,
-                model=args.model,
-                session_id=args.session_id,
-                timeout_s=args.timeout_s,
-                max_turns=args.max_turns,
-                ref=args.ref,
-                push={"branch": args.push or None} if args.push is not None else None,
-            )
-        except ApiError as e:
-            print(f"agentd: {e.message} ({e.code}, HTTP {e.status})", file=sys.stderr)
-            return 2
-        if not args.follow:
-            print(json.dumps(job, indent=2))
-            return 0
-        print(f"job {job['job_id']} ({job['provider']}) → {job['stream_url']}", file=sys.stderr)
-        loop = asyncio.get_running_loop()
-        cancel_sent = False
-        pending: set[asyncio.Task[Any]] = set()
-
-        def on_sigint() -> None:
-            nonlocal cancel_sent
-            if not cancel_sent:
-                cancel_sent = True
-                print("\nagentd: cancelling the job (Ctrl-C again to quit)…", file=sys.stderr)
-                task = loop.create_task(client.cancel(args.project, job["job_id"]))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            else:
-                raise KeyboardInterrupt
-
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
-        status = "failed"
-        try:
-            async for item in client.follow(job["stream_url"]):
-                if args.json:
-                    print(json.dumps({"id": item.seq, "event": item.event, "data": item.data}), flush=True)
-                else:
-                    _print_event(item.event, item.data)
-                if item.event == "done":
-                    status = item.data.get("status", "failed")
-        except ApiError as e:
-            print(f"agentd: {e.message}", file=sys.stderr)
-            return 3
-        finally:
-            loop.remove_signal_handler(signal.SIGINT)
-        if args.patch:
-            await _save_patch(client, args.project, job["job_id"], args.patch)
-        return 0 if status == "succeeded" else 1
-
-
-async def _save_patch(client: Any, project: str, job_id: str, path: str) -> None:
-    """Write the job's patch to `path` (empty when the job has none, so CI steps can test `-s`)."""
-    from agentd.client import ApiError
-
-    try:
-        patch: bytes = await client.patch(project, job_id)
-    except ApiError as e:
-        print(f"agentd: no patch: {e.message}", file=sys.stderr)
-        patch = b""
-    await asyncio.to_thread(Path(path).write_bytes, patch)
-    print(f"agentd: patch ({len(patch)} bytes) written to {path}", file=sys.stderr)
-
-
-def _print_event(event: str, d: dict[str, Any]) -> None:
-    err = sys.stderr
-    if event in ("text",):
-        if d.get("abandoned"):
-            print("\n[previous message abandoned by the agent]", file=err)
-        sys.stdout.write(d.get("chunk", ""))
-        if d.get("is_complete"):
-            sys.stdout.write("\n")
-        sys.stdout.flush()
-    elif event == "reasoning":
-        err.write(d.get("chunk", ""))
-    elif event == "tool_use":
-        print(f"→ {d.get('name')} {json.dumps(d.get('input'), ensure_ascii=False)[:500]}", file=err)
-    elif event == "tool_result":
-        mark = "✗" if d.get("is_error") else "←"
-        print(f"{mark} {str(d.get('output', ''))[:500]}", file=err)
-    elif event == "status":
-        print(f"[{d.get('status')}] {d.get('detail') or ''}".rstrip(), file=err)
-    elif event == "session":
-        print(f"[session {d.get('session_id')} model {d.get('model')}]", file=err)
-    elif event == "error":
-        print(f"[error {d.get('code')}] {d.get('message')}", file=err)
-    elif event == "output":
-        print(f"[{d.get('type')}] {d.get('content')}", file=err)
-    elif event == "done":
-        cost = d.get("cost_usd")
-        extra = f", ${cost:.4f}" if isinstance(cost, int | float) else ""
-        print(
-            f"[done {d.get('status')} in {d.get('duration_ms')} ms, session {d.get('session_id')}{extra}]"
-            + (f" {d['error']}" if d.get("error") else ""),
-            file=err,
-        )
 
 
 if __name__ == "__main__":

@@ -77,6 +77,10 @@ class Settings(BaseModel):
     master_key: SecretStr | None = None
     master_key_file: Path | None = None
 
+    # Webhooks: the signing secret when a project has no WEBHOOK_SECRET secret; the first retry's delay.
+    webhook_secret: SecretStr | None = None
+    webhook_retry_base_s: float = Field(10.0, gt=0)
+
     # Providers, in registration order (the first is the default): "claude-code,opencode,codex".
     providers: tuple[str, ...] = ("claude-code", "opencode", "codex")
     # Projects: user templates (folders with a template.toml) beside the shipped ones; the git command.
@@ -351,6 +355,8 @@ def service_secrets(
         out["AGENTD_API_KEY"] = settings.api_key.get_secret_value()
     if master_key is not None:
         out["AGENTD_MASTER_KEY"] = master_key_text(master_key)
+    if settings.webhook_secret is not None:
+        out["AGENTD_WEBHOOK_SECRET"] = settings.webhook_secret.get_secret_value()
     if settings.opencode_password is not None:
         out["AGENTD_OPENCODE_PASSWORD"] = settings.opencode_password.get_secret_value()
     password = database_password(settings.database_url)

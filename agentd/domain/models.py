@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from agentd.domain import errors
+from agentd.domain.webhooks import WebhookSpec
 
 # Used with fullmatch: `$` alone would accept a trailing newline ("abc\n").
 PROJECT_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
@@ -111,10 +112,27 @@ class PushResult(BaseModel):
     commit: str
 
 
+# What _one_source checks, as a JSON schema (the OpenAPI document shows it): exactly one of a relative
+# `path` (no leading slash, no '..' part, not blank, no NUL) or `content`.
+_RELATIVE_PATH = r"^(?![/\\])(?!(.*[/\\])?\.\.([/\\]|$))(?=.*\S)[^\x00]+$"
+_ONE_SOURCE_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        {
+            "required": ["path"],
+            "properties": {
+                "path": {"type": "string", "pattern": _RELATIVE_PATH},
+                "content": {"type": "null"},
+            },
+        },
+        {"required": ["content"], "properties": {"content": {"type": "string"}, "path": {"type": "null"}}},
+    ]
+}
+
+
 class PromptFile(BaseModel):
     """A file given with the prompt: a `path` inside the project's workspace, or inline `content`."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_ONE_SOURCE_SCHEMA)
 
     path: str | None = None
     content: str | None = None
@@ -164,6 +182,7 @@ class AgentRequest(BaseModel):
     agent: str | None = None
     files: tuple[PromptFile, ...] = ()
     mentions: tuple[str, ...] = ()
+    webhook: WebhookSpec | None = None  # where to POST when the job ends (agentd.domain.webhooks)
     ref: str | None = None  # projects with a git repository: the branch, tag or commit to start from
     push: PushRequest | None = None  # commit and push the run's changes to a branch
     request_id: str | None = None  # the submitting HTTP request's X-Request-Id, for the job's logs

@@ -12,6 +12,7 @@ import structlog
 from agentd.domain.errors import QueueFull, SubscriberTooSlow
 from agentd.domain.ids import job_id_for_stream, new_job_ids
 from agentd.domain.models import AgentRequest, DoneEvent, Job, JobStatus, StatusEvent, StoredEvent
+from agentd.domain.webhooks import Delivery
 from agentd.domain.workspace import workspace_path
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
@@ -20,6 +21,7 @@ from agentd.ports.work_queue import BusyPolicy, JobFilter, WorkQueue
 from agentd.services.projects import ProjectService
 from agentd.services.registry import ProviderRegistry
 from agentd.services.runner import Runner
+from agentd.services.webhooks import WebhookService
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +36,7 @@ class JobService:
         registry: ProviderRegistry,
         runner: Runner | None = None,
         *,
+        webhooks: WebhookService | None = None,
         max_queued_per_project: int | None = None,
         workspaces_dir: Path | None = None,
         projects: ProjectService | None = None,
@@ -45,6 +48,7 @@ class JobService:
         self.streams = streams
         self.registry = registry
         self.runner = runner
+        self.webhooks = webhooks
         self.max_queued_per_project = max_queued_per_project
         self.workspaces_dir = workspaces_dir
 
@@ -104,10 +108,13 @@ class JobService:
     async def cancel(self, project_id: str, job_id: str) -> Job:
         job, ended = await self.queue.request_cancel(project_id, job_id)
         if ended and job.result is not None:
-            await self.streams.publish(job.stream_id, [DoneEvent.from_result(job.result)])
+            done = DoneEvent.from_result(job.result)
+            await self.streams.publish(job.stream_id, [done])
             self.metrics.events_published("done")
             self.metrics.job_finished(job.provider, job.result.status)
             await self.streams.close_stream(job.stream_id)
+            if self.webhooks is not None:
+                await self.webhooks.notify(job, done)
             log.info("job.cancelled", job_id=job.id, while_status="queued")
         elif job.status == JobStatus.running and self.runner is not None:
             # Fast path when this process runs it; other processes see cancel_requested when they poll.
@@ -117,6 +124,11 @@ class JobService:
 
     async def get(self, project_id: str, job_id: str) -> Job:
         return await self.queue.get(project_id, job_id)
+
+    async def deliveries(self, project_id: str, job_id: str) -> list[Delivery]:
+        """The job's webhook deliveries (JobNotFound unless the job is this project's)."""
+        await self.queue.get(project_id, job_id)
+        return await self.webhooks.deliveries(job_id) if self.webhooks is not None else []
 
     async def list_jobs(self, project_id: str | None, flt: JobFilter) -> list[Job]:
         """A project's jobs, newest first; with `project_id` None, every project's."""

@@ -43,6 +43,7 @@ from agentd.domain.errors import (
     WorkspaceFailed,
 )
 from agentd.domain.models import AgentEvent, AgentResult, DoneEvent, ErrorEvent, Job, JobStatus, StatusEvent
+from agentd.domain.webhooks import PROJECT_SECRET_NAME as WEBHOOK_SECRET_NAME
 from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
 from agentd.ports.metrics import NO_METRICS, Metrics
@@ -51,6 +52,7 @@ from agentd.ports.work_queue import Limits, WorkQueue
 from agentd.services.git_runs import GitRun, GitRuns
 from agentd.services.redaction import LOG_SECRETS, RunRedactor
 from agentd.services.registry import ProviderRegistry
+from agentd.services.webhooks import WebhookService
 
 log = structlog.get_logger(__name__)
 
@@ -109,6 +111,7 @@ class Runner:
         secrets: SecretStore | None = None,
         service_secrets: Mapping[str, str] | None = None,
         job_retention_s: float | None = None,
+        webhooks: WebhookService | None = None,
         git_runs: GitRuns | None = None,
         metrics: Metrics = NO_METRICS,
     ) -> None:
@@ -126,6 +129,7 @@ class Runner:
         self.secrets = secrets
         self.service_secrets = dict(service_secrets or {})  # redacted from every run's output
         self.job_retention_s = job_retention_s  # None: finished jobs are kept
+        self.webhooks = webhooks  # deliveries enqueued on status changes and at the end (if asked)
         self.git_runs = git_runs  # projects with a repository: a working tree per job, a patch after
         self.worker_prefix = f"{socket.gethostname()}:{os.getpid()}"
         self._tasks: list[asyncio.Task[None]] = []
@@ -148,6 +152,8 @@ class Runner:
                 await self._announce_recovered(job, "agentd restarted; its worker was lost")
         self._tasks.append(asyncio.create_task(self._dispatch(self.worker_prefix)))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        if self.webhooks is not None:
+            self._tasks.append(asyncio.create_task(self.webhooks.run(self.worker_prefix, self._stopping)))
 
     def _log_recovered(self, jobs: list[Job]) -> None:
         if jobs:
@@ -480,9 +486,11 @@ class Runner:
         if self.secrets is None:
             return {}
         try:
-            return await self.secrets.resolve(job.project_id)
+            env = await self.secrets.resolve(job.project_id)
         except SecretsUnavailable:  # no master key: there are no secrets to give
             return {}
+        env.pop(WEBHOOK_SECRET_NAME, None)  # signs the project's webhooks: never the run's to see
+        return env
 
     async def _supervise(
         self,
@@ -617,6 +625,18 @@ class Runner:
     async def _publish(self, job: Job, ev: AgentEvent) -> None:
         await self._durably(lambda: self.streams.publish(job.stream_id, [ev], run=job.attempts), "publish")
         self.metrics.events_published(ev.event)
+        if isinstance(ev, StatusEvent | DoneEvent):
+            await self._notify(job, ev)
+
+    async def _notify(self, job: Job, ev: StatusEvent | DoneEvent) -> None:
+        """The job's webhook, if it asked for this event: stored durably, sent by the dispatcher."""
+        webhooks = self.webhooks
+        if webhooks is None or job.request.webhook is None:
+            return
+        try:
+            await self._durably(lambda: webhooks.notify(job, ev), "webhook")
+        except Exception:  # never let a webhook break the job
+            log.exception("webhook.enqueue_failed", event=ev.event)
 
     async def _durably(self, op: Callable[[], Awaitable[T]], what: str) -> T:
         """Retry `op` while storage is unreachable (a database restart): the run waits, nothing is lost.
@@ -730,9 +750,9 @@ class Runner:
             self.metrics.events_published("status")
         elif job.result is not None:
             # Written as the next run: the lost run can write nothing after it.
-            await self.streams.publish(
-                job.stream_id, [DoneEvent.from_result(job.result)], run=job.attempts + 1
-            )
+            done = DoneEvent.from_result(job.result)
+            await self.streams.publish(job.stream_id, [done], run=job.attempts + 1)
             self.metrics.events_published("done")
             self.metrics.job_finished(job.provider, job.result.status)
             await self.streams.close_stream(job.stream_id)
+            await self._notify(job, done)

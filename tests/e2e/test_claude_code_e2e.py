@@ -17,6 +17,7 @@ import agentd.adapters.agent_process as process
 from agentd.client import StreamItem
 from agentd.config import Settings
 from agentd.sse import aiter_sse
+from agentd.wire import Submitted
 from tests.conftest import RunningAgentd, claude_agent, jail_for_tests
 from tests.support import fake_anthropic as fa
 from tests.support.fake_anthropic import FakeAnthropic
@@ -61,7 +62,7 @@ async def _start(
     return running
 
 
-async def _collect(srv: RunningAgentd, job: dict[str, Any]) -> list[StreamItem]:
+async def _collect(srv: RunningAgentd, job: Submitted) -> list[StreamItem]:
     return [item async for item in srv.client.follow(job["stream_url"])]
 
 

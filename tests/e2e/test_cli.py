@@ -5,87 +5,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.support import fake_anthropic as fa
+from tests.support.agentd_proc import AGENTD, Server, base_env, serve
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.e2e
-AGENTD = [sys.executable, "-m", "agentd.cli"]
-
-
-class Server:
-    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
-        self.env, self.port, self.log = env, port, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:  # the child keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(
-                [*AGENTD, "serve", "--port", str(self.port)],
-                env=self.env,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                assert self.proc.poll() is None, self.log.read_text()
-                time.sleep(0.1)
-        raise AssertionError("agentd serve did not start: " + self.log.read_text())
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=30)
-
-
-@pytest.fixture
-def base_env(tmp_path: Path) -> dict[str, str]:
-    return {
-        "PATH": os.environ.get("PATH", os.defpath),
-        "LANG": "C.UTF-8",
-        "AGENTD_DATA_DIR": str(tmp_path / "data"),
-        "AGENTD_LOG_FORMAT": "json",
-        "AGENTD_SHUTDOWN_GRACE_S": "2",
-        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
-    }
-
-
-@pytest.fixture
-def serve(base_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
-    servers: list[Server] = []
-
-    def start(**env: str) -> Server:
-        port = int(env.pop("port", 0)) or free_port()
-        s = Server({**base_env, **env}, port, tmp_path / "serve.log")
-        s.start()
-        servers.append(s)
-        return s
-
-    yield start
-    for s in servers:
-        if s.proc and s.proc.poll() is None:
-            s.stop(signal.SIGKILL)
+__all__ = ["AGENTD", "Server", "base_env", "serve"]  # fixtures and helpers other tests import
 
 
 def submit(server: Server, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -95,14 +31,21 @@ def submit(server: Server, *args: str, timeout: float = 60) -> subprocess.Comple
     )
 
 
+def text_of(stdout: str) -> str:
+    """The agent's text in `agentd submit --follow` output off a terminal (one JSON line per event)."""
+    events = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    return "".join(e["data"]["chunk"] for e in events if e["event"] == "text")
+
+
 def test_serve_and_submit_follow_with_the_scripted_agent(serve: Any) -> None:
     srv = serve(AGENTD_PROVIDERS="scripted")
     ok = submit(srv, "--project", "demo", "--follow", "hello from the cli")
     assert ok.returncode == 0, ok.stderr
-    assert "hello from the cli" in ok.stdout
-    assert "[done succeeded" in ok.stderr
+    lines = [json.loads(line) for line in ok.stdout.splitlines()]  # not a terminal: one JSON line each
+    assert "".join(e["data"]["chunk"] for e in lines if e["event"] == "text") == "hello from the cli"
+    assert lines[-1]["event"] == "done" and lines[-1]["data"]["status"] == "succeeded"
     failed = submit(srv, "--project", "demo", "--follow", "fail:it broke")
-    assert failed.returncode == 1 and "it broke" in failed.stderr
+    assert failed.returncode == 1 and "it broke" in failed.stdout
     bad = submit(srv, "--project", "Bad/Id", "--follow", "x")
     assert bad.returncode == 2 and "project" in bad.stderr
     no_follow = submit(srv, "--project", "demo", "x")
@@ -130,8 +73,10 @@ def test_submit_follow_runs_the_real_claude_cli(serve: Any, claude_bin: str) -> 
 
     res, requests = asyncio.run(with_model())
     assert res.returncode == 0, res.stderr
-    assert fa.TOOL_BASH_INTRO in res.stdout and fa.TOOL_BASH_DONE in res.stdout
-    assert "→ Bash" in res.stderr
+    events = [json.loads(line) for line in res.stdout.splitlines()]
+    text = "".join(e["data"]["chunk"] for e in events if e["event"] == "text")
+    assert fa.TOOL_BASH_INTRO in text and fa.TOOL_BASH_DONE in text
+    assert [e["data"]["name"] for e in events if e["event"] == "tool_use"] == ["Bash"]
     assert len(requests) == 2  # two model turns: tool call, then the answer
 
 
@@ -153,11 +98,11 @@ def test_secrets_set_by_the_cli_reach_a_running_servers_runs_and_survive_a_resta
     assert res.returncode == 0, res.stderr
     want = f"GH_TOKEN sha256 {hashlib.sha256(value.encode()).hexdigest()}"
     ran = submit(srv, "--project", "demo", "--follow", "env:GH_TOKEN")
-    assert ran.returncode == 0 and want in ran.stdout, ran.stderr
+    assert ran.returncode == 0 and want in text_of(ran.stdout), ran.stderr
     assert srv.stop() == 0
     srv.start()  # a restart keeps it
     ran = submit(srv, "--project", "demo", "--follow", "env:GH_TOKEN")
-    assert ran.returncode == 0 and want in ran.stdout, ran.stderr
+    assert ran.returncode == 0 and want in text_of(ran.stdout), ran.stderr
     listed = subprocess.run(
         [*AGENTD, "secrets", "list", "--project", "demo"], env=cli_env, capture_output=True, text=True
     )
@@ -167,7 +112,7 @@ def test_secrets_set_by_the_cli_reach_a_running_servers_runs_and_survive_a_resta
     )
     assert deleted.returncode == 0
     ran = submit(srv, "--project", "demo", "--follow", "env:GH_TOKEN")
-    assert "GH_TOKEN unset" in ran.stdout, ran.stderr
+    assert "GH_TOKEN unset" in text_of(ran.stdout), ran.stderr
 
 
 def test_a_key_made_by_the_cli_opens_its_project_on_a_running_server(
@@ -191,7 +136,7 @@ def test_a_key_made_by_the_cli_opens_its_project_on_a_running_server(
         text=True,
         timeout=60,
     )
-    assert ok.returncode == 0 and "hello with a scoped key" in ok.stdout, ok.stderr
+    assert ok.returncode == 0 and "hello with a scoped key" in text_of(ok.stdout), ok.stderr
     other = subprocess.run(
         [*AGENTD, "submit", "--project", "elsewhere", "x"],
         env=env,

@@ -17,6 +17,7 @@ from agentd.adapters.codex.agent import native_binary
 from agentd.client import StreamItem
 from agentd.config import Settings
 from agentd.domain.models import AgentRequest, DoneEvent, ToolResultEvent
+from agentd.wire import Submitted
 from tests.conftest import RunningAgentd, codex_agent, jail_for_tests
 from tests.support import fake_responses as fr
 from tests.support.fake_responses import FakeResponses
@@ -69,7 +70,7 @@ async def _start(
     return srv
 
 
-async def _collect(srv: RunningAgentd, job: dict[str, Any]) -> list[StreamItem]:
+async def _collect(srv: RunningAgentd, job: Submitted) -> list[StreamItem]:
     return [item async for item in srv.client.follow(job["stream_url"])]
 
 

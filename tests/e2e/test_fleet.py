@@ -24,6 +24,7 @@ import pytest
 
 from agentd.adapters.postgres import migrate
 from agentd.client import AgentdClient, StreamItem
+from agentd.wire import Submitted
 from tests.support.net import free_port
 from tests.support.pg_cluster import PgCluster, pg_cluster  # noqa: F401 - fixture
 from tests.support.postgres import pg_dsn, pg_template  # noqa: F401 - fixtures
@@ -129,7 +130,7 @@ async def fleet(pg_dsn: str, tmp_path: Path) -> AsyncIterator[Callable[..., Any]
         yield start
 
 
-async def wait_status(c: AgentdClient, job: dict[str, Any], status: str, log: Path) -> None:
+async def wait_status(c: AgentdClient, job: Submitted, status: str, log: Path) -> None:
     async def reached() -> bool:
         return bool((await c.job("proj", job["job_id"]))["status"] == status)
 

@@ -58,7 +58,9 @@ def test_a_pipeline_creates_a_project_runs_a_job_on_a_ref_and_applies_its_patch(
         "edit:" + json.dumps(script),
     )
     assert job.returncode == 0, job.stderr
-    assert "[workspace] feature at" in job.stderr and "written to" in job.stderr
+    statuses = [json.loads(ln)["data"] for ln in job.stdout.splitlines() if '"event":"status"' in ln]
+    assert any(s["status"] == "workspace" and "feature at" in (s["detail"] or "") for s in statuses), statuses
+    assert "written to" in job.stderr
     copy = checkout(remote, "feature", tmp_path / "copy")
     git("apply", str(patch_file), cwd=copy)
     assert (copy / "src" / "app.py").read_text() == "def answer():\n    return 42\n"

@@ -10,11 +10,11 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from agentd.client import AgentdClient
+from agentd.wire import Submitted
 from tests.e2e.test_fleet import AGENTD, ROOT, Proc, follow, until
 from tests.support.net import free_port
 from tests.support.postgres import pg_dsn, pg_template  # noqa: F401 - fixtures
@@ -90,7 +90,7 @@ async def test_a_second_serve_on_the_data_dir_exits_and_admin_commands_still_wor
     assert again.proc.poll() is None
 
 
-async def submitted_and_running(url: str, prompt: str) -> dict[str, Any]:
+async def submitted_and_running(url: str, prompt: str) -> Submitted:
     """A job whose run has said `running` in its stream."""
     async with AgentdClient(url) as c:
         job = await c.submit("proj", prompt)

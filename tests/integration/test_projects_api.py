@@ -64,7 +64,7 @@ async def run(
     async for item in srv.client.follow(job["stream_url"]):
         if item.event == "done":
             done = item.data
-    return done, await srv.client.job(project, job["job_id"])
+    return done, (await srv.client.job(project, job["job_id"])).model_dump(mode="json")
 
 
 async def test_templates_are_listed(srv: RunningAgentd) -> None:

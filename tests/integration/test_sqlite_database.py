@@ -56,6 +56,7 @@ async def test_a_schema_1_file_gets_the_secrets_table_and_keeps_its_jobs(tmp_pat
             "server_secrets",
             "events",
             "streams",
+            "webhook_deliveries",
         ):
             db.execute(f"DROP TABLE {table}")
         db.execute("DROP INDEX jobs_finished")
@@ -65,9 +66,10 @@ async def test_a_schema_1_file_gets_the_secrets_table_and_keeps_its_jobs(tmp_pat
     await store.put("p", "TOKEN", "a-secret-value")
     assert await store.resolve("p") == {"TOKEN": "a-secret-value"}
     await store.close()
-    assert user_version(path) == SCHEMA_VERSION >= 5
-    with contextlib.closing(sqlite3.connect(path)) as db:  # schema 5: the event log
+    assert user_version(path) == SCHEMA_VERSION == 6
+    with contextlib.closing(sqlite3.connect(path)) as db:  # schema 5: webhooks; 6: the event log
         assert db.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM webhook_deliveries").fetchone()[0] == 0
     reopened = SqliteWorkQueue(path)
     assert (await reopened.get("p", job.id)).id == "j1"
     await reopened.close()
@@ -91,7 +93,7 @@ async def test_a_schema_2_file_gets_the_projects_tables_and_its_queue_still_clai
     await store.put_patch("p", "j1", b"diff")
     await keys.create(_key("key_0000000000000001"), "h1")
     assert (await keys.find("h1")) is not None
-    assert user_version(path) == SCHEMA_VERSION == 5
+    assert user_version(path) == SCHEMA_VERSION == 6
     await keys.close()
     await store.close()
     await queue.close()
@@ -122,7 +124,7 @@ async def test_a_schema_3_file_gets_what_it_lacks_and_keeps_what_it_has(
         db.commit()
     queue = SqliteWorkQueue(path)
     projects, keys = SqliteProjectStore(queue.db), SqliteKeyStore(queue.db)
-    assert user_version(path) == SCHEMA_VERSION == 5
+    assert user_version(path) == SCHEMA_VERSION == 6
     if "projects" in missing:
         assert await projects.find("p") is None
         assert (await keys.find("h1")) is not None  # kept
@@ -238,3 +240,62 @@ async def test_the_runner_waits_out_a_locked_file_and_the_job_ends_once(tmp_path
     assert kinds.count("done") == 1 and kinds[-1] == "done"
     await streams.close()
     await queue.close()
+
+
+async def test_a_schema_4_file_gets_the_webhook_table_and_keeps_its_jobs(tmp_path: Path) -> None:
+    from agentd.adapters.embedded.sqlite_webhook_outbox import SqliteWebhookOutbox
+
+    path = tmp_path / "queue.sqlite3"
+    queue = SqliteWorkQueue(path)
+    await queue.enqueue(AgentRequest(project_id="p", prompt="x"), provider="s", job_id="j1", stream_id="s1")
+    await queue.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:  # as agentd before webhooks left it
+        for table in ("webhook_deliveries", "events", "streams"):
+            db.execute(f"DROP TABLE {table}")
+        db.execute("DROP INDEX jobs_finished")
+        db.execute("PRAGMA user_version = 4")
+        db.commit()
+    outbox = SqliteWebhookOutbox(path)
+    assert await outbox.list_for_job("j1") == []
+    await outbox.close()
+    assert user_version(path) == SCHEMA_VERSION == 6
+    reopened = SqliteWorkQueue(path)
+    assert (await reopened.get("p", "j1")).id == "j1"
+    await reopened.close()
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [("webhook_deliveries",), ("events", "streams")],
+    ids=["schema-5-with-fencing", "schema-5-with-webhooks"],
+)
+async def test_a_schema_5_file_gets_what_it_lacks_and_keeps_what_it_has(
+    tmp_path: Path, missing: tuple[str, ...]
+) -> None:
+    """Version 5 was the event log (fencing) on one branch and webhooks on the other: either upgrades to 6."""
+    from agentd.adapters.embedded.sqlite_webhook_outbox import SqliteWebhookOutbox
+
+    path = tmp_path / "queue.sqlite3"
+    db = SqliteDatabase(path)
+    queue, streams = SqliteWorkQueue(db), SqliteEventStream(db)
+    await queue.enqueue(AgentRequest(project_id="p", prompt="x"), provider="s", job_id="j1", stream_id="s1")
+    await streams.close()
+    await queue.close()
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        raw.execute("INSERT INTO streams (stream_id, created_at, run) VALUES ('kept', 0, 1)")
+        for table in missing:
+            raw.execute(f"DROP TABLE {table}")
+        raw.execute("PRAGMA user_version = 5")
+        raw.commit()
+    outbox = SqliteWebhookOutbox(path)
+    assert await outbox.list_for_job("j1") == []
+    await outbox.close()
+    assert user_version(path) == SCHEMA_VERSION == 6
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        kept = raw.execute("SELECT count(*) FROM streams WHERE stream_id = 'kept'").fetchone()[0]
+        assert kept == (0 if "streams" in missing else 1)
+        assert raw.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+        assert "run" in [r[1] for r in raw.execute("PRAGMA table_info(events)")]
+    reopened = SqliteWorkQueue(path)
+    assert (await reopened.get("p", "j1")).id == "j1"
+    await reopened.close()

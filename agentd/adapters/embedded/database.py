@@ -24,7 +24,7 @@ from agentd.domain.errors import QueueUnavailable
 
 T = TypeVar("T")
 SQL_DIR = Path(__file__).parent / "sql"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _statements(script: str) -> list[str]:

@@ -18,7 +18,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from agentd import __version__, observability, sse
-from agentd.adapters.http import access, opencode_stream
+from agentd.adapters.http import access, openapi, opencode_stream
 from agentd.adapters.http import errors as http_errors
 from agentd.adapters.http.access import PRINCIPAL
 from agentd.adapters.http.projects import add_project_routes
@@ -32,6 +32,7 @@ from agentd.services.access import KeyService, RateLimit
 from agentd.services.jobs import JobService
 from agentd.services.projects import ProjectService
 from agentd.services.secrets import SecretService
+from agentd.wire import KeyBody, SubmitBody
 
 log = structlog.get_logger(__name__)
 
@@ -42,20 +43,8 @@ SSE_HEADERS = {
     "Connection": "keep-alive",
     "X-Accel-Buffering": "no",
 }
-REQUEST_FIELDS = {
-    "prompt",
-    "provider",
-    "model",
-    "session_id",
-    "timeout_s",
-    "max_turns",
-    "agent",
-    "files",
-    "mentions",
-    "busy",
-    "ref",
-    "push",
-}
+REQUEST_FIELDS = set(SubmitBody.model_fields)  # the body the OpenAPI document describes
+PUBLIC_PATHS = {op.path for op in openapi.ROUTES if op.public}  # no API key needed
 MAX_IDEMPOTENCY_KEY = 200
 DASHBOARD_DIR = Path(__file__).parent / "dashboard"
 DASHBOARD_FILES = frozenset(p.name for p in DASHBOARD_DIR.iterdir() if p.is_file())
@@ -97,7 +86,7 @@ WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON_TYPES = frozenset({"application/json"})
 CORS_HEADERS = "Content-Type, X-API-Key, Last-Event-ID, Idempotency-Key"
 CORS_METHODS = "GET, POST, PUT, DELETE"
-MAX_QUERY_NUMBER_DIGITS = 18
+MAX_QUERY_NUMBER_DIGITS = 19  # 2**62, the largest `after`, has 19
 
 
 def create_app(
@@ -136,6 +125,7 @@ def create_app(
     app.router.add_get("/jobs", list_all_jobs)
     app.router.add_get("/projects/{project_id}/jobs/{job_id}", get_job)
     app.router.add_post("/projects/{project_id}/jobs/{job_id}/cancel", cancel_job)
+    app.router.add_get("/projects/{project_id}/jobs/{job_id}/deliveries", list_deliveries)
     app.router.add_get("/projects/{project_id}/events/{stream_id}", events)
     app.router.add_get("/projects/{project_id}/opencode/event", opencode_event)
     app.router.add_get("/opencode/event", opencode_event)
@@ -154,6 +144,7 @@ def create_app(
         observability.install(app, metrics, expose=False)  # the request log: the outermost middleware
         if serve_metrics:
             app.router.add_get("/metrics", metrics_page)
+    openapi.install(app, providers=service.registry.names)
     app.on_shutdown.append(_close_streams)
     return app
 
@@ -204,7 +195,10 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
             405: f"{request.method} is not allowed on {_printable(request.path)}",
             413: f"request body larger than {MAX_BODY} bytes",
         }.get(e.status, e.reason)
-        return http_errors.error_response(e.status, code, msg)
+        resp = http_errors.error_response(e.status, code, msg)
+        if "Allow" in e.headers:  # a 405 says which methods are (RFC 9110)
+            resp.headers["Allow"] = e.headers["Allow"]
+        return resp
     except Exception:
         log.exception("http.unhandled", method=request.method, path=_printable(request.path))
         return http_errors.error_response(500, "internal_error", "internal error; see the server log")
@@ -239,7 +233,7 @@ async def _host_middleware(request: web.Request, handler: Handler) -> web.Stream
 async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Who is asking: a key (X-API-Key), a stream token (`?token=`, its one stream only), or nobody when
     no key exists at all (loopback development mode)."""
-    if request.path == "/healthz" or _is_dashboard_file(request.path):
+    if request.path in PUBLIC_PATHS or _is_dashboard_file(request.path):  # healthz, openapi.json, docs
         return await handler(request)
     keys = request.app[KEYS]
     given = request.headers.get("X-API-Key")
@@ -340,7 +334,8 @@ async def _read_body(request: web.Request) -> dict[str, Any]:
 
 async def _submit(request: web.Request, provider: str | None) -> web.Response:
     project_id = _project(request, write=True)
-    body = await _read_body(request)
+    body = {k: v for k, v in (await _read_body(request)).items() if v is not None}  # null: not given
+    SubmitBody.model_validate(body)  # the types the OpenAPI document promises; the domain checks values
     if provider is not None:
         body["provider"] = provider
     if body.get("provider") is not None and not isinstance(body["provider"], str):
@@ -419,11 +414,27 @@ async def list_all_jobs(request: web.Request) -> web.Response:
     return await _list_jobs(request, [project_id] if project_id else mine, visible=who.projects)
 
 
+LIST_QUERY = {"status", "provider", "created_after", "created_before", "limit", "before"}
+
+
+def _only_query(request: web.Request, allowed: set[str]) -> None:
+    """A misspelt filter (?stauts=) is an error that names it, not a silently unfiltered answer."""
+    unknown = sorted(set(request.query) - allowed)
+    if unknown:
+        raise errors.InvalidRequest(
+            f"unknown query parameter(s) {', '.join(map(repr, unknown))}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+
+
 async def _list_jobs(
     request: web.Request, project_ids: list[str] | None, *, visible: frozenset[str] | None = None
 ) -> web.Response:
     """`project_ids` None: every project's; `visible`: the projects this key may see (None: all)."""
     q = request.query
+    _only_query(
+        request, LIST_QUERY | ({"project_id"} if request.match_info.get("project_id") is None else set())
+    )
     status: JobStatus | None = None
     if q.get("status"):
         try:
@@ -466,6 +477,12 @@ async def cancel_job(request: web.Request) -> web.Response:
     project_id, job_id = _job_id(request)
     job = await request.app[SERVICE].cancel(project_id, job_id)
     return web.json_response(job.public(), status=202 if job.status == JobStatus.running else 200)
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    project_id = validate_project_id(request.match_info["project_id"])
+    found = await request.app[SERVICE].deliveries(project_id, request.match_info["job_id"])
+    return web.json_response({"deliveries": [d.public() for d in found]})
 
 
 def _time_param(raw: str | None, name: str) -> datetime | None:
@@ -559,7 +576,7 @@ async def delete_secret(request: web.Request) -> web.Response:
 
 # --- keys (admin) -------------------------------------------------------------------------------------
 
-KEY_FIELDS = {"name", "admin", "projects", "read_only"}
+KEY_FIELDS = set(KeyBody.model_fields)  # the body the OpenAPI document describes
 
 
 async def create_key(request: web.Request) -> web.Response:

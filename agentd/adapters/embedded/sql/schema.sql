@@ -78,7 +78,30 @@ CREATE TABLE IF NOT EXISTS server_secrets (
     value BLOB NOT NULL
 );
 
--- Schema 5: the event log (agentd.adapters.embedded.sqlite_event_stream), fencing and retention.
+-- Schema 5: webhook deliveries (agentd.adapters.embedded.sqlite_webhook_outbox). Times the sender compares
+-- (next_attempt_at, lease_expires_at) are epoch seconds.
+CREATE TABLE IF NOT EXISTS webhook_deliveries (
+    id               TEXT PRIMARY KEY,
+    project_id       TEXT NOT NULL,
+    job_id           TEXT NOT NULL,
+    event            TEXT NOT NULL,
+    url              TEXT NOT NULL,
+    body             TEXT NOT NULL,
+    status           TEXT NOT NULL DEFAULT 'pending',
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    created_at       TEXT NOT NULL,
+    next_attempt_at  REAL NOT NULL,
+    delivered_at     TEXT,
+    last_status_code INTEGER,
+    last_error       TEXT,
+    history          TEXT NOT NULL DEFAULT '[]',
+    worker_id        TEXT,
+    lease_expires_at REAL
+);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries(status, next_attempt_at);
+CREATE INDEX IF NOT EXISTS webhook_deliveries_job ON webhook_deliveries(job_id);
+
+-- Schema 6: the event log (agentd.adapters.embedded.sqlite_event_stream), fencing and retention.
 -- `run` is the newest run (job attempt) that wrote to the stream: older runs' writes are refused.
 CREATE TABLE IF NOT EXISTS streams (
     stream_id  TEXT PRIMARY KEY,

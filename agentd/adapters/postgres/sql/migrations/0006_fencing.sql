@@ -1,4 +1,4 @@
--- agentd schema 5: fencing, retention, and claims that skip the claimer's own running jobs.
+-- agentd schema 6: fencing, retention, and claims that skip the claimer's own running jobs.
 -- A stream keeps the newest run (job attempt) that wrote to it; writes of older runs are refused
 -- (agentd.adapters.postgres.postgres_event_stream). Each event records the run that wrote it.
 ALTER TABLE agentd_streams ADD COLUMN run integer NOT NULL DEFAULT 0;
@@ -7,7 +7,7 @@ ALTER TABLE agentd_events ADD COLUMN run integer NOT NULL DEFAULT 0;
 -- Retention (`purge`): final jobs by the time they finished.
 CREATE INDEX agentd_jobs_finished ON agentd_jobs (finished_at) WHERE finished_at IS NOT NULL;
 
--- agentd_claim as in schema 3 (unchanged by 4), plus p_exclude: jobs the claiming process still runs (a lease that expired
+-- agentd_claim as in schema 3 (unchanged by 4 and 5), plus p_exclude: jobs the claiming process still runs (a lease that expired
 -- under a live run) are not handed to it again; as they stay queued, their projects' newer jobs wait too.
 DROP FUNCTION agentd_claim(text, double precision, integer, integer, jsonb);
 
