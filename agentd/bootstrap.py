@@ -13,6 +13,7 @@ from aiohttp import web
 from agentd.adapters.agent_process import reap_orphans
 from agentd.adapters.claude_code.agent import ClaudeCodeAgent, ClaudeCodeConfig
 from agentd.adapters.codex.agent import CodexAgent, CodexConfig
+from agentd.adapters.embedded.sqlite_event_stream import SqliteEventStream
 from agentd.adapters.embedded.sqlite_key_store import SqliteKeyStore
 from agentd.adapters.embedded.sqlite_project_store import SqliteProjectStore
 from agentd.adapters.embedded.sqlite_secret_store import SqliteSecretStore
@@ -21,7 +22,6 @@ from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
 from agentd.adapters.fanout_event_stream import FanoutEventStream
 from agentd.adapters.git_workspace import GitWorkspaces
 from agentd.adapters.http.app import ApiConfig, create_app
-from agentd.adapters.memory.memory_event_stream import MemoryEventStream
 from agentd.adapters.memory.memory_project_store import MemoryProjectStore
 from agentd.adapters.memory.scripted_code_agent import ScriptedCodeAgent
 from agentd.adapters.opencode import OpenCodeAgent, OpenCodeConfig
@@ -207,11 +207,14 @@ def build_agents(settings: Settings, sandbox: Sandbox | None = None) -> list[Cod
 
 
 async def open_storage(settings: Settings) -> tuple[WorkQueue, EventStream]:
-    """PostgreSQL when AGENTD_DATABASE_URL is set, else the embedded SQLite queue + in-memory streams.
+    """PostgreSQL when AGENTD_DATABASE_URL is set, else the embedded SQLite queue and event log (one file in
+    the data dir: a restart serves every stream, replay included). A stream is kept for
+    AGENTD_STREAM_RETENTION_S after its job ends, never longer than its job (AGENTD_JOB_RETENTION_S).
 
     Either log sits behind the live fan-out (one reader per followed stream per process, however many
     clients follow it; agentd.adapters.fanout_event_stream), which also enforces the subscriber buffer: the
     log's own limit is only a backstop for that one reader."""
+    retention_s = min(settings.stream_retention_s, settings.job_retention_s)
     queue: WorkQueue
     durable: EventStream
     if settings.database_url:
@@ -221,15 +224,16 @@ async def open_storage(settings: Settings) -> tuple[WorkQueue, EventStream]:
             settings.database_url,
             lease_s=settings.lease_s,
             max_attempts=settings.max_attempts,
-            retention_s=settings.stream_retention_s,
+            retention_s=retention_s,
             subscriber_buffer=FANOUT_LOG_BUFFER,
             pool_size=settings.db_pool_size,
         )
     else:
-        queue = SqliteWorkQueue(
+        sq = SqliteWorkQueue(
             settings.data_dir / "queue.sqlite3", lease_s=settings.lease_s, max_attempts=settings.max_attempts
         )
-        durable = MemoryEventStream(retention_s=settings.stream_retention_s, buffer=FANOUT_LOG_BUFFER)
+        queue = sq
+        durable = SqliteEventStream(sq.db, retention_s=retention_s, buffer=FANOUT_LOG_BUFFER)
     return queue, FanoutEventStream(durable, buffer=settings.subscriber_buffer)
 
 
@@ -359,10 +363,13 @@ async def build(
             registry,
             workers=settings.workers,
             heartbeat_s=settings.heartbeat_s,
+            lease_s=settings.lease_s,
+            poll_s=min(1.0, settings.lease_s / 8),  # under queue_policy.requeue_delay (a fifth of the lease)
             sweep_s=max(1.0, settings.lease_s / 3),
             limits=Limits(global_max=settings.max_running, per_provider=settings.provider_limits),
             secrets=secrets,
             service_secrets=own_keys,
+            job_retention_s=settings.job_retention_s,
             webhooks=webhooks,
             git_runs=GitRuns(projects, workspaces, secrets),
             metrics=metrics,

@@ -63,10 +63,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    if args.command in ("serve", "api"):
-        return _serve(settings, args.host, args.port, workers=args.command == "serve")
-    if args.command == "worker":
-        return _worker(settings)
+    if args.command in ("serve", "worker"):
+        from agentd.datadir import DataDirInUse, lock_data_dir
+
+        try:
+            lock = lock_data_dir(settings.data_dir)
+        except DataDirInUse as e:
+            print(f"agentd {args.command}: {e}", file=sys.stderr)
+            return 1
+        try:
+            return (
+                _serve(settings, args.host, args.port, workers=True)
+                if args.command == "serve"
+                else _worker(settings)
+            )
+        finally:
+            lock.close()
+    if args.command == "api":
+        return _serve(settings, args.host, args.port, workers=False)
     if args.command == "migrate":
         return _migrate(settings)
     if args.command == "secrets":

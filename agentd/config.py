@@ -45,10 +45,11 @@ class Settings(BaseModel):
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
-    # Queue / stream storage. No database_url = embedded SQLite queue + in-memory event streams.
+    # Queue / stream storage. No database_url = embedded SQLite queue and event log in the data dir.
     database_url: str | None = None
     workers: int = Field(2, ge=1)
     stream_retention_s: float = Field(3600.0, ge=0)
+    job_retention_s: float = Field(7 * 24 * 3600.0, ge=0)  # finished jobs (and idempotency keys) kept
     subscriber_buffer: int = Field(1000, ge=1)
     sse_heartbeat_s: float = Field(15.0, gt=0)
     heartbeat_s: float = Field(10.0, gt=0)

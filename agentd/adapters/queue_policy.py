@@ -5,7 +5,10 @@
 - A queued job cancelled before it started ends with `CANCELLED`.
 - A retryable failure with attempts left goes back to the queue after `backoff_s(attempts)` (the PostgreSQL
   queue computes the same formula in SQL, with `MAX_BACKOFF_S` passed in).
-- A job whose worker is lost is re-queued, or failed with `gave_up_error` after its attempts.
+- A job whose worker is lost is re-queued, or failed with `gave_up_error` after its attempts. When its lease
+  expired (rather than its process being known gone) it may start again only after `requeue_delay`: the run
+  that held it, should it still be alive (a clock jump, a stalled VM), polls its job at least that often and
+  stops before the next attempt starts.
 - Wake-ups: `WakeUps` is how `wait_for_work` hears that a job may have become runnable, without losing a
   wake-up that lands between a claim and the wait that follows it.
 
@@ -65,6 +68,12 @@ def retries(result: AgentResult, *, attempts: int, max_attempts: int, cancel_req
 def backoff_s(attempts: int, retry_base_s: float) -> float:
     """The wait before the next attempt: base, 2 * base, 4 * base… after attempt 1, 2, 3…, capped."""
     return min(retry_base_s * 2.0 ** (max(attempts, 1) - 1), MAX_BACKOFF_S)
+
+
+def requeue_delay(lease_s: float, explicit: float | None = None) -> float:
+    """How long a job re-queued after its lease expired waits before its next attempt (default: a fifth of
+    the lease; the runner polls its jobs at least every eighth of it)."""
+    return explicit if explicit is not None else lease_s / 5
 
 
 def lost_reason(all_running: bool) -> str:

@@ -253,3 +253,10 @@ class WorkspaceFailed(AgentdError):
     def __init__(self, message: str | None = None, *, retryable: bool = False, **details: Any) -> None:
         super().__init__(message, **details)
         self.retryable = retryable
+
+
+class RunSuperseded(AgentdError):
+    """This run of the job is no longer its current one (its lease expired, it was handed back, or a later
+    attempt started): its writes are refused and the run must stop."""
+
+    code = "run_superseded"

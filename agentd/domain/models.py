@@ -484,6 +484,12 @@ class Job(BaseModel):
     worker_id: str | None = None
     result: AgentResult | None = None
 
+    @property
+    def run_id(self) -> str:
+        """This claim's run: the job id and the attempt number. Every write the run makes carries the attempt,
+        and the queue and the stream refuse it once the job has moved on (fencing)."""
+        return f"{self.id}.{self.attempts}"
+
     def public(self) -> dict[str, Any]:
         """The JSON shape the API returns for a job."""
         req = self.request

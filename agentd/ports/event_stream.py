@@ -17,6 +17,9 @@ class EventStream(Protocol):
       stream is closed and drained. A subscriber that falls too far behind gets SubscriberTooSlow
       (it can resume with after=<last seq it saw>); it never slows the publisher or other subscribers.
     - An unknown (or pruned) stream raises StreamNotFound.
+    - Fencing: a job's runs write with `run=<attempt>`. The stream keeps the newest run that wrote to it;
+      a write of an older run raises RunSuperseded (nothing is written), so two runs never interleave.
+      `run=0` (the API: `queued`, a cancel before the start) is never fenced and moves nothing.
     """
 
     @abstractmethod
@@ -26,8 +29,15 @@ class EventStream(Protocol):
         ...
 
     @abstractmethod
-    async def publish(self, stream_id: str, events: Sequence[AgentEvent]) -> list[int]:
-        """Append events; returns their sequence numbers."""
+    async def publish(self, stream_id: str, events: Sequence[AgentEvent], *, run: int = 0) -> list[int]:
+        """Append events; returns their sequence numbers. RunSuperseded when a later run than `run` has
+        written to the stream."""
+        ...
+
+    @abstractmethod
+    async def supersede(self, stream_id: str, run: int, events: Sequence[AgentEvent]) -> bool:
+        """Start run `run`'s turn with `events` (say, `requeued` and why), unless a run >= `run` has written
+        already: then write nothing and return False. From here on, runs before `run` are refused."""
         ...
 
     @abstractmethod

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
@@ -45,7 +45,11 @@ class WorkQueue(Protocol):
       backoff while attempts remain;
     - `enqueue` with an idempotency key returns the existing job for the same key and request, and
       raises IdempotencyConflict for the same key with a different request;
-    - nothing is lost when a process restarts.
+    - nothing is lost when a process restarts;
+    - fencing: every claim starts a new attempt (`Job.attempts`, the run is `Job.run_id`); a heartbeat or a
+      result that names an attempt is refused once the job has moved on (re-queued, handed back, claimed
+      again, final), so a run that lost its job can never renew it or store its result;
+    - finished jobs (with their idempotency keys) are deleted by `purge` after their retention.
     """
 
     recover_all_at_start: bool = False  # one process owns every job: at its start, "running" ones are orphans
@@ -68,9 +72,13 @@ class WorkQueue(Protocol):
         ...
 
     @abstractmethod
-    async def claim_many(self, worker_id: str, n: int, *, limits: Limits | None = None) -> list[Job]:
-        """Hand up to `n` of the oldest runnable queued jobs to `worker_id` (status → running, a lease each),
-        never two of one project: how a worker process fills its free slots with one round trip."""
+    async def claim_many(
+        self, worker_id: str, n: int, *, limits: Limits | None = None, exclude: Collection[str] = ()
+    ) -> list[Job]:
+        """Hand up to `n` of the oldest runnable queued jobs to `worker_id` (status → running, attempts + 1, a
+        lease each), never two of one project: how a worker process fills its free slots with one round trip.
+        Jobs in `exclude` (the ones this process is still running, e.g. after its lease expired under it)
+        are left for later; their project's newer jobs wait too."""
         ...
 
     @abstractmethod
@@ -79,20 +87,26 @@ class WorkQueue(Protocol):
         ...
 
     @abstractmethod
-    async def heartbeat(self, job_id: str, worker_id: str) -> bool:
-        """Renew the worker's lease on a running job. False when the job is no longer this worker's."""
+    async def heartbeat(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> bool:
+        """Renew the worker's lease on a running job. False when the job is no longer this worker's (or,
+        with `attempt`, no longer running that attempt)."""
         ...
 
     @abstractmethod
     async def finish_many(
-        self, results: Sequence[tuple[str, AgentResult]], *, worker_id: str | None = None
+        self,
+        results: Sequence[tuple[str, AgentResult]],
+        *,
+        worker_id: str | None = None,
+        attempts: Mapping[str, int] | None = None,
     ) -> list[Job]:
         """Record how runs ended, in one step; the jobs come back in the order given (JobNotFound for an
         unknown one, ValueError when a job appears twice).
 
         A final result sets the job's final status (idempotent: a final job never changes again). A
         `retryable` failed result with attempts left re-queues the job (status queued, run after a
-        backoff) and returns it queued. With `worker_id`, only that worker's running jobs are changed.
+        backoff) and returns it queued. With `worker_id`, only that worker's running jobs are changed; with
+        `attempts` (job id → attempt), only jobs still running that attempt (the others come back unchanged).
         """
         ...
 
@@ -118,6 +132,19 @@ class WorkQueue(Protocol):
     async def recover(self, *, all_running: bool = False) -> list[Job]:
         """Return running jobs whose lease expired (or every running job, when the caller knows their
         workers are gone) to the queue, or fail them after the attempt limit. Returns what changed."""
+        ...
+
+    @abstractmethod
+    async def release(self, job_id: str, attempt: int, reason: str) -> Job | None:
+        """Hand a running job back to the queue (a worker shutting down): status queued, runnable at once,
+        when it is still running `attempt`; the hand-back does not use up one of its attempts. Returns the
+        queued job, or None when the job had moved on already."""
+        ...
+
+    @abstractmethod
+    async def purge(self, retention_s: float, *, batch: int = 500) -> int:
+        """Delete up to `batch` final jobs (and so their idempotency keys) that finished more than
+        `retention_s` ago; returns how many. Callers loop while the answer equals `batch`."""
         ...
 
     @abstractmethod

@@ -3,6 +3,20 @@
 Guarantees: exactly one `done` event per job, published after the result is stored (a client that saw
 `done` always finds the final status); cancel requests reach the run within `poll_s`; a run that ignores
 its own deadline is cancelled by the runner's safety net.
+
+Fencing: a run is one attempt of a job (`Job.run_id`). Its heartbeats, events and result carry the attempt;
+once the job has moved on (lease expired and re-queued, handed back, claimed again) the queue or the stream
+refuses them, and the run is stopped at once: the agent is cancelled, its later output dropped, its result
+not stored. Whoever moves a job back to the queue says so in its stream with one `status` event (`requeued`
+or `retrying`, with the reason), written with `supersede(run=next attempt)`: exactly one such event, and no
+event of the old run after it. A process never claims a job it is still running (`exclude`).
+
+Back-pressure: the runner reads the agent's events one at a time and publishes each before it reads the
+next, so while storage is slow or down the agent's output waits in the adapter (and, when the adapter reads
+its pipe only as fast as it is asked to, in the pipe).
+
+Shutdown (a deploy): stop claiming, let running jobs finish within the grace period, then hand the rest back
+to the queue (`requeued`, "worker shutting down"); the next attempt runs them. `cancelled` means a user asked.
 """
 
 from __future__ import annotations
@@ -14,13 +28,20 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
 
-from agentd.domain.errors import AgentdError, QueueUnavailable, SecretsUnavailable, WorkspaceFailed
+from agentd.domain.errors import (
+    AgentdError,
+    QueueUnavailable,
+    RunSuperseded,
+    SecretsUnavailable,
+    WorkspaceFailed,
+)
 from agentd.domain.models import AgentEvent, AgentResult, DoneEvent, ErrorEvent, Job, JobStatus, StatusEvent
 from agentd.domain.webhooks import PROJECT_SECRET_NAME as WEBHOOK_SECRET_NAME
 from agentd.ports.code_agent import CodeAgent
@@ -36,12 +57,41 @@ from agentd.services.webhooks import WebhookService
 log = structlog.get_logger(__name__)
 
 SAFETY_GRACE_S = 30.0
+SUPERSEDED_GRACE_S = 5.0  # a superseded run's agent gets this long to stop on its cancel, then its task ends
+SHUTDOWN_REASON = "worker shutting down"
+PURGE_BATCH = 500
 T = TypeVar("T")
 
 
 def _since(t: datetime) -> float:
     """Seconds from `t` (a job's created_at, UTC) to now, for the metrics."""
     return (datetime.now(UTC) - t).total_seconds()
+
+
+@dataclass
+class _Run:
+    """One attempt of a job in this process."""
+
+    job: Job
+    agent: CodeAgent
+    leased_at: float = field(default_factory=time.monotonic)  # before the call that last set the lease
+    superseded: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)  # the agent has stopped
+    why: str = ""
+
+    @property
+    def run_id(self) -> str:
+        return self.job.run_id
+
+    async def supersede(self, why: str) -> None:
+        """The job moved on: drop this run's output from now on and stop its agent."""
+        if self.superseded.is_set():
+            return
+        self.why = why
+        self.superseded.set()
+        log.warning("job.run_superseded", job_id=self.job.id, run_id=self.run_id, reason=why)
+        with contextlib.suppress(Exception):
+            await self.agent.cancel(self.run_id)
 
 
 class Runner:
@@ -54,11 +104,13 @@ class Runner:
         workers: int = 2,
         poll_s: float = 1.0,
         heartbeat_s: float = 15.0,
+        lease_s: float | None = None,
         prune_s: float = 60.0,
         sweep_s: float = 10.0,
         limits: Limits | None = None,
         secrets: SecretStore | None = None,
         service_secrets: Mapping[str, str] | None = None,
+        job_retention_s: float | None = None,
         webhooks: WebhookService | None = None,
         git_runs: GitRuns | None = None,
         metrics: Metrics = NO_METRICS,
@@ -70,21 +122,24 @@ class Runner:
         self.workers = workers
         self.poll_s = poll_s
         self.heartbeat_s = heartbeat_s
+        self.lease_s = lease_s  # known: a run whose lease could not be renewed stops before it expires
         self.prune_s = prune_s
         self.sweep_s = sweep_s
         self.limits = limits
         self.secrets = secrets
         self.service_secrets = dict(service_secrets or {})  # redacted from every run's output
+        self.job_retention_s = job_retention_s  # None: finished jobs are kept
         self.webhooks = webhooks  # deliveries enqueued on status changes and at the end (if asked)
         self.git_runs = git_runs  # projects with a repository: a working tree per job, a patch after
         self.worker_prefix = f"{socket.gethostname()}:{os.getpid()}"
         self._tasks: list[asyncio.Task[None]] = []
         self._running: set[asyncio.Task[None]] = set()
-        self._to_finish: list[tuple[str, AgentResult, str, asyncio.Future[Job]]] = []
+        self._to_finish: list[tuple[str, AgentResult, str, int, asyncio.Future[Job]]] = []
         self._finisher: asyncio.Task[None] | None = None
         self._slot_free = asyncio.Event()
-        self._active: dict[str, tuple[Job, CodeAgent]] = {}
+        self._active: dict[str, _Run] = {}  # job id → its run here (never two runs of one job: `exclude`)
         self._stopping = asyncio.Event()
+        self._handing_back = asyncio.Event()
         self._idle = asyncio.Event()  # set whenever no job runs in this process
         self._idle.set()
 
@@ -94,7 +149,7 @@ class Runner:
             recovered = await self.queue.recover(all_running=True)
             self._log_recovered(recovered)
             for job in recovered:
-                await self._announce_recovered(job)
+                await self._announce_recovered(job, "agentd restarted; its worker was lost")
         self._tasks.append(asyncio.create_task(self._dispatch(self.worker_prefix)))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         if self.webhooks is not None:
@@ -113,15 +168,15 @@ class Runner:
             )
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        """Stop claiming; let running jobs finish within `grace_s`, then cancel them."""
+        """Stop claiming; let running jobs finish within `grace_s`, then hand the rest back to the queue."""
         self._stopping.set()
         if self._running:
             # The job tasks, not only the active runs: a job claimed just before the stop may not have
-            # registered its run yet (it is creating its stream, or fetching its git tree).
+            # registered its run yet (it is creating its stream).
             await asyncio.wait(list(self._running), timeout=grace_s)
-        for job_id in list(self._active):
-            log.warning("job.cancel_on_shutdown", job_id=job_id)
-            await self.cancel_local(job_id)
+        self._handing_back.set()  # a job that registers its run from now on is handed back at once
+        if self._active:
+            await asyncio.gather(*(self._hand_back(run) for run in list(self._active.values())))
         everything = self._tasks + list(self._running)
         _, pending = await asyncio.wait(everything, timeout=SAFETY_GRACE_S) if everything else ((), ())
         for t in pending:
@@ -130,11 +185,59 @@ class Runner:
             await asyncio.wait(pending, timeout=5)
         self._tasks.clear()
 
+    async def _hand_back(self, run: _Run) -> None:
+        """Shutdown: stop the run (its output dropped, no result stored) and, once its agent has stopped, give
+        the job back to the queue for its next attempt: never two agents on one job, not even briefly."""
+        job = run.job
+        try:
+            async with asyncio.timeout(10):
+                current: Job | None = await self.queue.get(job.project_id, job.id)
+        except (AgentdError, TimeoutError):
+            current = None
+        if current is not None and current.cancel_requested:
+            # A user asked to cancel it: it ends cancelled, as usual.
+            log.warning("job.cancel_on_shutdown", job_id=job.id)
+            with contextlib.suppress(Exception):
+                await run.agent.cancel(run.run_id)
+            return
+        await run.supersede(SHUTDOWN_REASON)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run.ended.wait(), SUPERSEDED_GRACE_S * 3)
+        try:
+            async with asyncio.timeout(10):
+                released = await self.queue.release(job.id, job.attempts, SHUTDOWN_REASON)
+        except (AgentdError, TimeoutError) as e:
+            # Storage down: its lease expires and a sweeper re-queues it.
+            log.error("job.hand_back_failed", job_id=job.id, error=str(e), then="the lease will expire")
+            return
+        if released is None:
+            # It moved on already, or a cancel request came in meanwhile: its lease ends it.
+            log.warning("job.hand_back_refused", job_id=job.id, attempt=job.attempts)
+            return
+        log.warning("job.handed_back", job_id=job.id, attempt=job.attempts, reason=SHUTDOWN_REASON)
+        await self._say_requeued(job, SHUTDOWN_REASON)
+
+    async def _say_requeued(self, job: Job, reason: str) -> None:
+        """The one `requeued` event of a run that lost its job (bounded: never blocks a shutdown or sweep)."""
+        with contextlib.suppress(AgentdError, TimeoutError):
+            async with asyncio.timeout(10):
+                await self.streams.supersede(
+                    job.stream_id,
+                    job.attempts + 1,
+                    [
+                        StatusEvent(
+                            status="requeued",
+                            detail=f"attempt {job.attempts}: {reason}",
+                            attempt=job.attempts,
+                        )
+                    ],
+                )
+
     async def cancel_local(self, job_id: str) -> bool:
-        entry = self._active.get(job_id)
-        if entry is None:
+        run = self._active.get(job_id)
+        if run is None:
             return False
-        return await entry[1].cancel(job_id)
+        return await run.agent.cancel(run.run_id)
 
     async def _dispatch(self, worker_id: str) -> None:
         """Fill free slots: one claim for as many jobs as there is room for, each run in its own task."""
@@ -142,9 +245,12 @@ class Runner:
             self._slot_free.clear()
             free = self.workers - len(self._running)
             jobs: list[Job] = []
+            claimed_at = time.monotonic()  # the leases start no earlier than this
             if free > 0:
                 try:
-                    jobs = await self.queue.claim_many(worker_id, free, limits=self.limits)
+                    jobs = await self.queue.claim_many(
+                        worker_id, free, limits=self.limits, exclude=set(self._active)
+                    )
                 except AgentdError as e:  # storage down: wait and retry, never die
                     log.error("worker.claim_failed", worker_id=worker_id, error=str(e))
                     await asyncio.sleep(self.poll_s)
@@ -154,7 +260,7 @@ class Runner:
                     await asyncio.sleep(self.poll_s)
                     continue
             for job in jobs:
-                task = asyncio.create_task(self._run_guarded(job, worker_id))
+                task = asyncio.create_task(self._run_guarded(job, worker_id, claimed_at))
                 self._running.add(task)
                 task.add_done_callback(self._slot_freed)
             if jobs:
@@ -175,13 +281,13 @@ class Runner:
         self._running.discard(task)
         self._slot_free.set()
 
-    async def _run_guarded(self, job: Job, worker_id: str) -> None:
+    async def _run_guarded(self, job: Job, worker_id: str, claimed_at: float) -> None:
         try:
-            await self.run_job(job, worker_id)
+            await self.run_job(job, worker_id, claimed_at=claimed_at)
         except Exception:  # a bug in one job must not kill the worker
             log.exception("job.crashed", job_id=job.id)
 
-    async def run_job(self, job: Job, worker_id: str) -> AgentResult:
+    async def run_job(self, job: Job, worker_id: str, *, claimed_at: float | None = None) -> AgentResult:
         structlog.contextvars.bind_contextvars(
             job_id=job.id, project_id=job.project_id, request_id=job.request.request_id
         )
@@ -195,59 +301,124 @@ class Runner:
             except AgentdError as e:
                 result = AgentResult(status="failed", error=e.message)
             else:
-                self._active[job.id] = (job, agent)
+                run = _Run(job, agent, leased_at=claimed_at if claimed_at is not None else time.monotonic())
+                self._active[job.id] = run
                 self._idle.clear()
+                if self._handing_back.is_set():  # claimed as the grace ended: straight back to the queue
+                    asyncio.create_task(self._hand_back(run))  # noqa: RUF006 - awaited through run.ended
+                # run.started / run.ended (wall clock, after the agent has stopped): what the fault suite
+                # (bench/faults.py) reads to prove that two runs of one job never overlap.
+                log.info("run.started", run_id=job.run_id, at=time.time())
                 try:
-                    result = await self._drive(job, agent, worker_id)
+                    result = await self._drive(run, worker_id)
                 finally:
+                    log.info(
+                        "run.ended", run_id=job.run_id, at=time.time(), superseded=run.superseded.is_set()
+                    )
+                    run.ended.set()
                     self._active.pop(job.id, None)
                     if not self._active:
                         self._idle.set()
-            stored = await self._finish(job.id, result, worker_id)
+                if run.superseded.is_set():
+                    ended = True
+                    self.metrics.run_ended(job.provider, "cancelled", run_s=time.monotonic() - started)
+                    self.metrics.run_fenced(job.provider)
+                    log.warning("job.result_discarded", reason=run.why, run_id=job.run_id)
+                    return result
+            stored = await self._finish(job, result, worker_id)
             ended = True
             self.metrics.run_ended(job.provider, result.status, run_s=time.monotonic() - started)
             if stored.status == JobStatus.queued:
-                self.metrics.job_retried(job.provider)
-                # A retryable failure (rate limit, overload): the queue runs it again after a backoff.
-                await self._publish(
-                    job,
-                    StatusEvent(
-                        status="retrying",
-                        detail=f"attempt {job.attempts} failed: {result.error}",
-                        attempt=job.attempts,
-                    ),
-                )
-                log.warning("job.retry_scheduled", attempts=job.attempts, error=result.error)
+                await self._requeued_by_us(job, result)
                 return result
             if stored.status == JobStatus.running or stored.result is None:
                 # Our lease expired and another worker owns the job now: its result will count.
                 self.metrics.run_fenced(job.provider)
                 log.warning("job.result_discarded", reason="lease lost", owner=stored.worker_id)
                 return result
-            final = stored.result
-            self.metrics.job_finished(job.provider, final.status)
-            await self._publish(job, DoneEvent.from_result(final))
-            await self._durably(lambda: self.streams.close_stream(job.stream_id), "close_stream")
-            log.info(
-                "job.finished",
-                status=final.status,
-                provider=job.provider,
-                attempts=stored.attempts,
-                worker_id=worker_id,
-                duration_ms=int((time.monotonic() - started) * 1000),
-                cost_usd=final.cost_usd,
-                error=final.error,
-            )
-            return final
+            return await self._publish_final(job, stored, worker_id, started)
         finally:
             if not ended:  # crashed before its result was stored
                 self.metrics.run_ended(job.provider, "failed", run_s=time.monotonic() - started)
             structlog.contextvars.unbind_contextvars("job_id", "project_id", "request_id")
 
-    async def _drive(self, job: Job, agent: CodeAgent, worker_id: str) -> AgentResult:
-        await self._publish(
-            job, StatusEvent(status="running", detail=f"worker {worker_id}, attempt {job.attempts}")
+    async def _publish_final(self, job: Job, stored: Job, worker_id: str, started: float) -> AgentResult:
+        """The job's final result is stored: say `done` (after the store, so a client that saw it finds the
+        final status) and close the stream."""
+        assert stored.result is not None
+        final = stored.result
+        self.metrics.job_finished(job.provider, final.status)
+        try:
+            await self._publish(job, DoneEvent.from_result(final))
+        except RunSuperseded:  # the job was stored final by this run: nobody else may write; a bug
+            log.error("job.done_refused", run_id=job.run_id)
+            return final
+        await self._durably(lambda: self.streams.close_stream(job.stream_id), "close_stream")
+        log.info(
+            "job.finished",
+            status=final.status,
+            provider=job.provider,
+            attempts=stored.attempts,
+            worker_id=worker_id,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            cost_usd=final.cost_usd,
+            error=final.error,
         )
+        return final
+
+    async def _requeued_by_us(self, job: Job, result: AgentResult) -> None:
+        """The stored job is queued again: our retryable failure (announce the retry), or it had moved on."""
+        if not result.retryable:
+            self.metrics.run_fenced(job.provider)
+            log.warning("job.result_discarded", reason="the job moved on", run_id=job.run_id)
+            return
+        self.metrics.job_retried(job.provider)
+        # A retryable failure (rate limit, overload): the queue runs it again after a backoff.
+        with contextlib.suppress(AgentdError):
+            await self.streams.supersede(
+                job.stream_id,
+                job.attempts + 1,
+                [
+                    StatusEvent(
+                        status="retrying",
+                        detail=f"attempt {job.attempts} failed: {result.error}",
+                        attempt=job.attempts,
+                    )
+                ],
+            )
+        log.warning("job.retry_scheduled", attempts=job.attempts, error=result.error)
+
+    async def _drive(self, run: _Run, worker_id: str) -> AgentResult:
+        job = run.job
+        if job.attempts > 1:
+            # Backstop: when the previous attempt's end was not announced (its announcer crashed or could not
+            # reach storage), say so before this attempt writes anything.
+            await self._durably(
+                lambda: self.streams.supersede(
+                    job.stream_id,
+                    job.attempts,
+                    [
+                        StatusEvent(
+                            status="requeued",
+                            detail=f"attempt {job.attempts - 1}: its worker was lost",
+                            attempt=job.attempts - 1,
+                        )
+                    ],
+                ),
+                "supersede",
+            )
+        try:
+            await self._publish(
+                job,
+                StatusEvent(
+                    status="running",
+                    detail=f"worker {worker_id}, attempt {job.attempts}",
+                    attempt=job.attempts,
+                ),
+            )
+        except RunSuperseded:
+            await run.supersede("a later attempt has started")
+            return AgentResult(status="failed", error="superseded before it started")
         try:
             env = await self._run_env(job)
         except Exception as e:  # storage trouble: try again later rather than run without the secrets
@@ -256,7 +427,7 @@ class Runner:
                 status="failed", error=f"could not read the project's secrets: {e}", retryable=True
             )
         try:
-            git = await self._leased(job, worker_id, self.git_runs.open(job)) if self.git_runs else None
+            git = await self._leased(run, worker_id, self.git_runs.open(job)) if self.git_runs else None
         except WorkspaceFailed as e:
             log.error("job.workspace_failed", error=e.message, retryable=e.retryable)
             return AgentResult(status="failed", error=e.message, retryable=e.retryable)
@@ -264,36 +435,44 @@ class Runner:
             log.error("job.workspace_failed", error=e.message, retryable=True)
             return AgentResult(status="failed", error=f"could not prepare the workspace: {e}", retryable=True)
         try:
-            return await self._drive_in(job, agent, worker_id, env, git)
+            return await self._drive_in(run, worker_id, env, git)
         finally:
             if git is not None:
                 await git.close()
 
     async def _drive_in(
-        self, job: Job, agent: CodeAgent, worker_id: str, env: dict[str, str], git: GitRun | None
+        self, run: _Run, worker_id: str, env: dict[str, str], git: GitRun | None
     ) -> AgentResult:
+        job = run.job
         git_secrets = git.secrets if git is not None else {}
         if git is not None:
             env = git.scrub(env)
             ws = git.workspace
-            await self._publish(job, StatusEvent(status="workspace", detail=f"{ws.ref} at {ws.base[:12]}"))
+            await self._publish_run(
+                run, StatusEvent(status="workspace", detail=f"{ws.ref} at {ws.base[:12]}")
+            )
         redactor = RunRedactor({**self.service_secrets, **env, **git_secrets})
         with LOG_SECRETS.holding({**env, **git_secrets}):
             workdir = git.workdir if git is not None else None
-            result = await self._supervise(job, agent, worker_id, env, redactor, workdir)
-            if git is not None:
-                result = await self._leased(job, worker_id, git.record(job, result))
+            result = await self._supervise(run, worker_id, env, redactor, workdir)
+            if git is not None and not run.superseded.is_set():  # a superseded run records nothing
+                result = await self._leased(run, worker_id, git.record(job, result))
             return redactor.result(result)
 
-    async def _leased(self, job: Job, worker_id: str, work: Awaitable[T]) -> T:
-        """Await `work` (a fetch, recording a large patch) while renewing the job's lease, so a slow git
-        server never makes the fleet think this worker is gone."""
+    async def _leased(self, run: _Run, worker_id: str, work: Awaitable[T]) -> T:
+        """Await `work` (a fetch, recording a large patch) while renewing the job's lease (fenced by the
+        attempt), so a slow git server never makes the fleet think this worker is gone."""
+        job = run.job
 
         async def beat() -> None:
             while True:
                 await asyncio.sleep(self.heartbeat_s)
+                sent = time.monotonic()
                 with contextlib.suppress(AgentdError):
-                    await self.queue.heartbeat(job.id, worker_id)
+                    if await self.queue.heartbeat(job.id, worker_id, attempt=job.attempts):
+                        run.leased_at = sent
+                    else:
+                        await run.supersede("lease lost")
 
         beater = asyncio.create_task(beat())
         try:
@@ -315,18 +494,20 @@ class Runner:
 
     async def _supervise(
         self,
-        job: Job,
-        agent: CodeAgent,
+        run: _Run,
         worker_id: str,
         env: dict[str, str],
         redactor: RunRedactor,
         workdir: Path | None = None,
     ) -> AgentResult:
+        job = run.job
+        if run.superseded.is_set():  # handed back before its agent started: do not start it
+            return AgentResult(status="failed", error=f"superseded before it started: {run.why}")
         run_over = asyncio.Event()
-        watcher = asyncio.create_task(self._watch(job, agent, worker_id, run_over))
+        watcher = asyncio.create_task(self._watch(run, worker_id, run_over))
         try:
             async with asyncio.timeout(job.request.timeout_s + SAFETY_GRACE_S * 2):
-                done = await self._stream(job, agent, env, redactor, workdir)
+                done = await self._stream_fenced(run, env, redactor, workdir)
         except TimeoutError:
             return AgentResult(
                 status="timed_out", error=f"the provider did not stop within {job.request.timeout_s:g} s"
@@ -346,18 +527,37 @@ class Runner:
             return AgentResult(status="failed", error=f"provider {job.provider} ended without a result")
         return done.to_result()
 
+    async def _stream_fenced(
+        self, run: _Run, env: dict[str, str], redactor: RunRedactor, workdir: Path | None
+    ) -> DoneEvent | None:
+        """`_stream`, ended when the run is superseded: its agent was told to stop; if it does not end within
+        SUPERSEDED_GRACE_S its task is cancelled (the adapter's cleanup runs either way)."""
+        streaming = asyncio.create_task(self._stream(run, env, redactor, workdir))
+        superseded = asyncio.create_task(run.superseded.wait())
+        try:
+            await asyncio.wait({streaming, superseded}, return_when=asyncio.FIRST_COMPLETED)
+            if not streaming.done():
+                await asyncio.wait({streaming}, timeout=SUPERSEDED_GRACE_S)
+            if not streaming.done():
+                streaming.cancel()
+                await asyncio.wait({streaming}, timeout=SUPERSEDED_GRACE_S)
+                return None
+            return streaming.result()
+        finally:
+            superseded.cancel()
+            if not streaming.done():
+                streaming.cancel()
+                await asyncio.wait({streaming}, timeout=SUPERSEDED_GRACE_S)
+
     async def _stream(
-        self,
-        job: Job,
-        agent: CodeAgent,
-        env: dict[str, str],
-        redactor: RunRedactor,
-        workdir: Path | None = None,
+        self, run: _Run, env: dict[str, str], redactor: RunRedactor, workdir: Path | None
     ) -> DoneEvent | None:
         """Publish the run's events, redacted, until its `done` (returned, not published: the runner
-        publishes the stored result). `workdir`: the job's own working tree, where the agent runs."""
+        publishes the stored result). Each event is published before the next is read (back-pressure).
+        Once the run is superseded its output is dropped. `workdir`: the job's own working tree."""
+        job = run.job
         where = {"workdir": workdir} if workdir is not None else {}  # adapters without it run as before
-        events = agent.execute(job.request, run_id=job.id, env=env or None, **where)
+        events = run.agent.execute(job.request, run_id=run.run_id, env=env or None, **where)
         first = True
         try:
             async for ev in events:
@@ -369,21 +569,30 @@ class Runner:
                 if isinstance(ev, ErrorEvent):
                     self.metrics.provider_error(job.provider, ev.code)
                 for out in redactor.feed(ev):
-                    await self._publish(job, out)
+                    await self._publish_run(run, out)
             return None
         finally:
             for out in redactor.flush():  # text held back at the end of an unfinished message
-                await self._publish(job, out)
+                await self._publish_run(run, out)
             # Closing the iterator makes the adapter clean up (processes, sessions) right away.
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 await aclose()
 
-    async def _finish(self, job_id: str, result: AgentResult, worker_id: str) -> Job:
-        """Record a result. Results that arrive while one write is in flight go out together in the next
-        `finish_many` (no added delay): many short jobs cost a round trip per batch, not per job."""
+    async def _publish_run(self, run: _Run, ev: AgentEvent) -> None:
+        if run.superseded.is_set():
+            return
+        try:
+            await self._publish(run.job, ev)
+        except RunSuperseded:
+            await run.supersede("a later attempt has written to the stream")
+
+    async def _finish(self, job: Job, result: AgentResult, worker_id: str) -> Job:
+        """Record a result (refused when the job has moved on from this attempt). Results that arrive while
+        one write is in flight go out together in the next `finish_many` (no added delay): many short jobs
+        cost a round trip per batch, not per job."""
         done: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
-        self._to_finish.append((job_id, result, worker_id, done))
+        self._to_finish.append((job.id, result, worker_id, job.attempts, done))
         if self._finisher is None or self._finisher.done():
             self._finisher = asyncio.create_task(self._flush_finished())
         return await done
@@ -391,14 +600,18 @@ class Runner:
     async def _flush_finished(self) -> None:
         while self._to_finish:
             batch, self._to_finish = self._to_finish, []
-            by_worker: dict[str, list[tuple[str, AgentResult, asyncio.Future[Job]]]] = {}
-            for job_id, result, worker_id, fut in batch:
-                by_worker.setdefault(worker_id, []).append((job_id, result, fut))
+            by_worker: dict[str, list[tuple[str, AgentResult, int, asyncio.Future[Job]]]] = {}
+            for job_id, result, worker_id, attempt, fut in batch:
+                by_worker.setdefault(worker_id, []).append((job_id, result, attempt, fut))
             for worker_id, items in by_worker.items():
-                pairs = [(job_id, result) for job_id, result, _ in items]
+                pairs = [(job_id, result) for job_id, result, _, _ in items]
+                attempts = {job_id: attempt for job_id, _, attempt, _ in items}
                 try:
                     jobs = await self._durably(
-                        functools.partial(self.queue.finish_many, pairs, worker_id=worker_id), "finish"
+                        functools.partial(
+                            self.queue.finish_many, pairs, worker_id=worker_id, attempts=attempts
+                        ),
+                        "finish",
                     )
                 except Exception as e:
                     for *_, fut in items:
@@ -410,7 +623,7 @@ class Runner:
                         fut.set_result(job)
 
     async def _publish(self, job: Job, ev: AgentEvent) -> None:
-        await self._durably(lambda: self.streams.publish(job.stream_id, [ev]), "publish")
+        await self._durably(lambda: self.streams.publish(job.stream_id, [ev], run=job.attempts), "publish")
         self.metrics.events_published(ev.event)
         if isinstance(ev, StatusEvent | DoneEvent):
             await self._notify(job, ev)
@@ -440,39 +653,52 @@ class Runner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _watch(self, job: Job, agent: CodeAgent, worker_id: str, run_over: asyncio.Event) -> None:
-        """Poll for cancel requests, renew the lease, and enforce the deadline as a safety net."""
-        last_beat = time.monotonic()
+    async def _watch(self, run: _Run, worker_id: str, run_over: asyncio.Event) -> None:
+        """Poll for cancel requests and for the job moving on, renew the lease (fenced by the attempt), stop
+        the run before a lease it could not renew ends, enforce the deadline."""
+        job, agent = run.job, run.agent
         deadline = time.monotonic() + job.request.timeout_s + SAFETY_GRACE_S
         cancelled = False
         while not run_over.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(run_over.wait(), self.poll_s)
-            if run_over.is_set():
+            if run_over.is_set() or run.superseded.is_set():
                 return
             now = time.monotonic()
+            if self.lease_s is not None and now - run.leased_at > self.lease_s - 2 * self.poll_s:
+                # Storage unreachable for about a lease: the job will go to another attempt. Stop first, so
+                # that two agents never work on one job.
+                await run.supersede("its lease could not be renewed (storage unreachable)")
+                return
             with contextlib.suppress(AgentdError):
                 if not cancelled:
                     current = await self.queue.get(job.project_id, job.id)
+                    if current.status != JobStatus.running or current.attempts != job.attempts:
+                        # Re-queued (lease expired), handed back or claimed again: this run lost the job.
+                        await run.supersede(
+                            f"the job moved on (now {current.status.value}, attempt {current.attempts})"
+                        )
+                        return
                     if current.cancel_requested:
                         cancelled = True
                         log.info("job.cancelling", reason="requested")
-                        await agent.cancel(job.id)
-                if now - last_beat >= self.heartbeat_s:
-                    last_beat = now
-                    if not await self.queue.heartbeat(job.id, worker_id) and not cancelled:
-                        # The fleet gave the job to another worker (our lease expired, e.g. during a
-                        # network split): stop ours so that two agents never work on one job.
-                        cancelled = True
-                        log.warning("job.lease_lost", action="cancelling the local run")
-                        await agent.cancel(job.id)
+                        await agent.cancel(run.run_id)
+                if time.monotonic() - run.leased_at >= self.heartbeat_s:
+                    sent = time.monotonic()
+                    if not await self.queue.heartbeat(job.id, worker_id, attempt=job.attempts):
+                        # Our lease expired (a network split, a clock jump) or the job moved on: stop ours so
+                        # that two agents never work on one job.
+                        await run.supersede("lease lost")
+                        return
+                    run.leased_at = sent
             if now > deadline and not cancelled:
                 cancelled = True
                 log.warning("job.safety_timeout")
-                await agent.cancel(job.id)
+                await agent.cancel(run.run_id)
 
     async def _housekeeping(self) -> None:
-        """Sweep expired leases (jobs whose worker died anywhere in the fleet) and prune old streams."""
+        """Sweep expired leases (jobs whose worker died anywhere in the fleet), prune old streams, purge
+        finished jobs past their retention."""
         last_prune = time.monotonic()
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
@@ -483,32 +709,49 @@ class Runner:
                 recovered = await self.queue.recover()
                 self._log_recovered(recovered)
                 for job in recovered:
-                    await self._announce_recovered(job)
+                    mine = self._active.get(job.id)
+                    if mine is not None and mine.job.attempts == job.attempts:
+                        # Our own run's lease expired under it (a clock jump, a stalled process): stop it now.
+                        await mine.supersede("lease expired")
+                    await self._announce_recovered(job, "lease expired")
                 if time.monotonic() - last_prune >= self.prune_s:
                     last_prune = time.monotonic()
                     n = await self.streams.prune()
                     if n:
                         log.info("streams.pruned", count=n)
+                    await self._purge()
             except AgentdError as e:
                 log.error("housekeeping.failed", error=str(e))
             except Exception:
                 log.exception("housekeeping.crashed")
 
-    async def _announce_recovered(self, job: Job) -> None:
+    async def _purge(self) -> None:
+        """Finished jobs (and their idempotency keys) past AGENTD_JOB_RETENTION_S, in bounded batches."""
+        if self.job_retention_s is None:
+            return
+        total = 0
+        for _ in range(20):  # at most 20 batches a round: the sweeper must get back to its leases
+            n = await self.queue.purge(self.job_retention_s, batch=PURGE_BATCH)
+            total += n
+            if n < PURGE_BATCH:
+                break
+        if total:
+            log.info("jobs.purged", count=total)
+
+    async def _announce_recovered(self, job: Job, reason: str) -> None:
         # Bounded: the sweeper must keep sweeping even if one stream cannot be written right now.
         with contextlib.suppress(AgentdError, TimeoutError):
             async with asyncio.timeout(10):
-                await self._announce(job)
+                await self._announce(job, reason)
 
-    async def _announce(self, job: Job) -> None:
+    async def _announce(self, job: Job, reason: str) -> None:
         if job.status == JobStatus.queued:
-            await self.streams.publish(
-                job.stream_id, [StatusEvent(status="requeued", detail="its worker was lost; will retry")]
-            )
+            await self._say_requeued(job, reason)
             self.metrics.events_published("status")
         elif job.result is not None:
+            # Written as the next run: the lost run can write nothing after it.
             done = DoneEvent.from_result(job.result)
-            await self.streams.publish(job.stream_id, [done])
+            await self.streams.publish(job.stream_id, [done], run=job.attempts + 1)
             self.metrics.events_published("done")
             self.metrics.job_finished(job.provider, job.result.status)
             await self.streams.close_stream(job.stream_id)

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from agentd.adapters.embedded.sqlite_event_stream import SqliteEventStream
 from agentd.adapters.embedded.sqlite_key_store import SqliteKeyStore
 from agentd.adapters.embedded.sqlite_secret_store import SqliteSecretStore
 from agentd.adapters.embedded.sqlite_work_queue import SqliteWorkQueue
@@ -40,9 +41,11 @@ from tests.support.postgres import pg_dsn, pg_template  # noqa: F401 - fixtures
 QUEUE_ADAPTERS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 STREAM_ADAPTERS = [
     "memory",
+    "sqlite",
     pytest.param("postgres", marks=pytest.mark.postgres),
     # The live fan-out decorator (one reader per stream per process) in front of each log.
     "fanout-memory",
+    "fanout-sqlite",
     pytest.param("fanout-postgres", marks=pytest.mark.postgres),
 ]
 SECRET_ADAPTERS = [
@@ -51,7 +54,12 @@ SECRET_ADAPTERS = [
     "memory",
 ]
 
-QUEUE_DEFAULTS: dict[str, Any] = {"lease_s": 30.0, "max_attempts": 3, "retry_base_s": 0.2}
+QUEUE_DEFAULTS: dict[str, Any] = {
+    "lease_s": 30.0,
+    "max_attempts": 3,
+    "retry_base_s": 0.2,
+    "requeue_delay_s": 0.0,
+}
 STREAM_DEFAULTS: dict[str, Any] = {"retention_s": 0.2, "buffer": 50}
 
 QueueFactory = Callable[..., Awaitable[WorkQueue]]
@@ -88,7 +96,7 @@ async def queue(make_queue: QueueFactory) -> WorkQueue:
 
 
 @pytest.fixture(params=STREAM_ADAPTERS)
-async def make_streams(request: pytest.FixtureRequest) -> AsyncIterator[StreamsFactory]:
+async def make_streams(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StreamsFactory]:
     opened: list[EventStream] = []
     dsn = request.getfixturevalue("pg_dsn") if request.param.endswith("postgres") else ""
     shared_memory: MemoryEventStream | None = None
@@ -105,7 +113,11 @@ async def make_streams(request: pytest.FixtureRequest) -> AsyncIterator[StreamsF
                 shared_memory = MemoryEventStream(**opts)
                 opened.append(shared_memory)
             return shared_memory
-        if request.param == "postgres":
+        if request.param == "sqlite":
+            # Another instance is another connection to the same file (in-process wake-ups do not cross
+            # instances: it follows by polling).
+            s = SqliteEventStream(tmp_path / "queue.sqlite3", poll_s=0.05, **opts)
+        elif request.param == "postgres":
             ps = PostgresEventStream(PgDatabase(dsn, pool_size=4), **opts)
             await ps.open()
             s = ps
@@ -123,9 +135,14 @@ async def make_streams(request: pytest.FixtureRequest) -> AsyncIterator[StreamsF
                 shared_fanout = FanoutEventStream(MemoryEventStream(**opts), buffer=opts["buffer"])
                 opened.append(shared_fanout)
             return shared_fanout
-        ps = PostgresEventStream(PgDatabase(dsn, pool_size=4), **opts)
-        await ps.open()
-        fs = FanoutEventStream(ps, buffer=opts["buffer"])
+        inner: EventStream
+        if inner_kind == "sqlite":
+            inner = SqliteEventStream(tmp_path / "queue.sqlite3", poll_s=0.05, **opts)
+        else:
+            ps = PostgresEventStream(PgDatabase(dsn, pool_size=4), **opts)
+            await ps.open()
+            inner = ps
+        fs = FanoutEventStream(inner, buffer=opts["buffer"])
         opened.append(fs)
         return fs
 

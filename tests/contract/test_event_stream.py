@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from agentd.domain.errors import StreamNotFound, SubscriberTooSlow
+from agentd.domain.errors import RunSuperseded, StreamNotFound, SubscriberTooSlow
 from agentd.domain.models import DoneEvent, StatusEvent, StoredEvent, TextEvent
 from agentd.ports.event_stream import EventStream
 from tests.contract.conftest import StreamsFactory
@@ -207,3 +207,58 @@ async def test_create_with_first_events_writes_them_only_once(streams: EventStre
     await streams.close_stream("s")
     got = [e async for e in streams.subscribe("s")]
     assert [(e.seq, e.event) for e in got] == [(1, first[0]), (2, first[1]), (3, StatusEvent(status="next"))]
+
+
+# Fencing (issue 10): a job's runs write with run=<attempt>; an older run is refused once a newer one wrote.
+
+
+async def test_an_older_run_is_refused_once_a_newer_one_wrote(streams: EventStream) -> None:
+    await streams.create("s", [StatusEvent(status="queued")])
+    assert await streams.publish("s", [text(1)], run=1) == [2]
+    assert await streams.publish("s", [text(2)], run=2) == [3]
+    with pytest.raises(RunSuperseded):
+        await streams.publish("s", [text(3)], run=1)
+    assert await streams.last_seq("s") == 3  # nothing of the refused write, no gap
+    assert await streams.publish("s", [StatusEvent(status="x")]) == [4]  # run 0 (the API) is never fenced
+    assert await streams.publish("s", [text(4)], run=2) == [5]
+    await streams.close_stream("s")
+    assert [e.seq for e in await drain(streams, "s")] == [1, 2, 3, 4, 5]
+
+
+async def test_supersede_writes_once_and_fences_the_older_runs(streams: EventStream) -> None:
+    await streams.create("s")
+    await streams.publish("s", [text(1)], run=1)
+    requeued = StatusEvent(status="requeued", detail="lease expired")
+    assert await streams.supersede("s", 2, [requeued])
+    assert not await streams.supersede("s", 2, [requeued])  # the second announcer writes nothing
+    with pytest.raises(RunSuperseded):
+        await streams.publish("s", [text(2)], run=1)
+    await streams.publish("s", [text(3)], run=2)
+    assert not await streams.supersede("s", 1, [requeued])
+    await streams.close_stream("s")
+    got = [(e.seq, e.event.event) for e in await drain(streams, "s")]
+    assert got == [(1, "text"), (2, "status"), (3, "text")]
+
+
+async def test_racing_runs_never_interleave_and_leave_no_gap(make_streams: StreamsFactory) -> None:
+    a, b = await make_streams(), await make_streams()  # for PostgreSQL: two processes
+    await a.create("s")
+
+    async def run(streams: EventStream, n: int) -> int:
+        written = 0
+        for i in range(40):
+            try:
+                await streams.publish("s", [TextEvent(message_id=f"r{n}", chunk=str(i))], run=n)
+                written += 1
+            except RunSuperseded:
+                break
+            await asyncio.sleep(0)
+        return written
+
+    await asyncio.gather(run(a, 1), run(b, 2), run(a, 3))
+    await a.close_stream("s")
+    events = await drain(b, "s")
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    runs = [int(e.event.message_id[1:]) for e in events if isinstance(e.event, TextEvent)]
+    assert runs == sorted(runs)  # once a run wrote, no older run's event follows it
+    assert runs[-1] == 3

@@ -273,6 +273,117 @@ async def test_a_projects_jobs_start_in_submission_order(make_queue: QueueFactor
     assert last is not None and last.id == second.id
 
 
+# Fencing (issue 10): every claim is a new attempt; writes naming an older attempt are refused.
+
+
+async def test_heartbeat_and_finish_are_fenced_by_the_attempt(queue: WorkQueue) -> None:
+    job = await put(queue)
+    first = await claim(queue, "w")
+    assert first.attempts == 1 and first.run_id == f"{job.id}.1"
+    await queue.recover(all_running=True)  # its lease ended under it (a clock jump, an outage)
+    second = await claim(queue, "w")  # the same worker id: only the attempt tells the runs apart
+    assert second.attempts == 2
+    assert not await queue.heartbeat(job.id, "w", attempt=1)
+    assert await queue.heartbeat(job.id, "w", attempt=2)
+    stale = await finish_one_attempt(queue, job.id, AgentResult(status="failed", error="old"), attempt=1)
+    assert stale.status == JobStatus.running and stale.result is None and stale.attempts == 2
+    done = await finish_one_attempt(queue, job.id, AgentResult(status="succeeded"), attempt=2)
+    assert done.status == JobStatus.succeeded
+
+
+async def finish_one_attempt(q: WorkQueue, job_id: str, result: AgentResult, *, attempt: int) -> Job:
+    (job,) = await q.finish_many([(job_id, result)], worker_id="w", attempts={job_id: attempt})
+    return job
+
+
+async def test_a_claim_skips_the_jobs_the_claimer_still_runs(queue: WorkQueue) -> None:
+    old = await put(queue, project="p")
+    newer = await put(queue, project="p")
+    other = await put(queue, project="q")
+    jobs = await queue.claim_many("w", 5, exclude={old.id})
+    assert [j.id for j in jobs] == [other.id]  # `old` is skipped, and its project's newer job waits behind it
+    assert (await queue.get("p", newer.id)).status == JobStatus.queued
+    (again,) = await queue.claim_many("w", 5)
+    assert again.id == old.id
+
+
+async def test_release_hands_a_job_back_without_using_an_attempt(make_queue: QueueFactory) -> None:
+    queue = await make_queue(max_attempts=1)
+    job = await put(queue)
+    await claim(queue)
+    assert await queue.release(job.id, 2, "worker shutting down") is None  # not the running attempt
+    released = await queue.release(job.id, 1, "worker shutting down")
+    assert released is not None and released.status == JobStatus.queued and released.worker_id is None
+    assert not await queue.heartbeat(job.id, "w", attempt=1)
+    again = await claim(queue)  # runnable at once, and the hand-back did not use up its only attempt
+    assert again.attempts == 2
+    await queue.recover(all_running=True)  # a real loss still counts: 2 of 2 attempts used
+    assert (await queue.get("p", job.id)).status == JobStatus.failed
+
+
+async def test_release_leaves_a_job_someone_asked_to_cancel(queue: WorkQueue) -> None:
+    job = await put(queue)
+    await claim(queue)
+    await queue.request_cancel("p", job.id)
+    assert await queue.release(job.id, 1, "worker shutting down") is None
+    assert (await queue.get("p", job.id)).status == JobStatus.running
+
+
+async def test_purge_deletes_finished_jobs_and_their_idempotency_keys_in_batches(queue: WorkQueue) -> None:
+    req = AgentRequest(project_id="p", prompt="x")
+    keyed, _ = await queue.enqueue(
+        req, provider="scripted", job_id="job_k", stream_id="stm_k", idempotency_key="k"
+    )
+    done = [keyed] + [await put(queue, project=f"p{i}") for i in range(2)]
+    for _ in done:
+        claimed = await claim(queue)
+        await finish_one(queue, claimed.id, AgentResult(status="succeeded"))
+    waiting = await put(queue, project="waiting")
+    running = await put(queue, project="running")
+    await claim(queue)  # `waiting` was enqueued first: it runs; `running` stays queued
+    assert await queue.purge(3600) == 0  # not old enough
+    await asyncio.sleep(0.05)
+    assert await queue.purge(0.01, batch=2) == 2
+    assert await queue.purge(0.01, batch=2) == 1
+    assert await queue.purge(0.01, batch=2) == 0
+    for j in done:
+        with pytest.raises(JobNotFound):
+            await queue.get(j.project_id, j.id)
+    assert (await queue.get("waiting", waiting.id)).status == JobStatus.running
+    assert (await queue.get("running", running.id)).status == JobStatus.queued
+    again, created = await queue.enqueue(
+        AgentRequest(project_id="p", prompt="other"),
+        provider="scripted",
+        job_id="job_k2",
+        stream_id="stm_k2",
+        idempotency_key="k",
+    )
+    assert created and again.id == "job_k2"  # the key is free again
+
+
+async def test_an_expired_lease_is_never_renewed(make_queue: QueueFactory) -> None:
+    queue = await make_queue(lease_s=0.2)
+    job = await put(queue)
+    await claim(queue, "w")
+    await asyncio.sleep(0.3)  # no sweep yet: the job still says running
+    assert (await queue.get("p", job.id)).status == JobStatus.running
+    assert not await queue.heartbeat(job.id, "w", attempt=1)
+
+
+async def test_a_job_whose_lease_expired_waits_before_its_next_attempt(make_queue: QueueFactory) -> None:
+    queue = await make_queue(lease_s=0.1, requeue_delay_s=0.6)
+    job = await put(queue)
+    await claim(queue)
+    await asyncio.sleep(0.2)
+    assert [j.id for j in await queue.recover()] == [job.id]
+    # The run that held it may still be alive (a clock jump): it gets time to notice and stop first.
+    assert await claim_one(queue) is None
+    await asyncio.sleep(0.7)
+    assert (await claim(queue)).attempts == 2
+    await queue.recover(all_running=True)  # its process is known gone: no wait
+    assert (await claim(queue)).attempts == 3
+
+
 async def test_queue_stats_count_queued_jobs_per_provider(queue: WorkQueue) -> None:
     assert await queue.queue_stats() == {}
     first = await put(queue, project="a", provider="claude-code")

@@ -228,16 +228,21 @@ async def _restart_mid_run(cluster: PgCluster, api: Proc, worker: Proc) -> None:
         assert done.data["status"] == "succeeded"
 
 
-async def test_graceful_worker_shutdown_cancels_after_the_grace_period(fleet: Any) -> None:
+async def test_graceful_worker_shutdown_hands_the_job_back_after_the_grace_period(fleet: Any) -> None:
     api = await fleet("api")
     worker = await fleet("worker")
     async with AgentdClient(api.url) as c:
-        job = await c.submit("proj", "sleep:60")
+        job = await c.submit("proj", "sleep:6")
         await wait_status(c, job, "running", worker.log)
         t0 = time.monotonic()
         assert worker.stop(signal.SIGTERM) == 0
-        assert time.monotonic() - t0 < 3 + 5  # grace (3 s) + cancel
+        assert time.monotonic() - t0 < 3 + 5  # grace (3 s) + hand-back
         state = await c.job("proj", job["job_id"])
-        assert state["status"] == "cancelled"
+        assert state["status"] == "queued" and state["result"] is None  # a deploy is not a cancel
+        nxt = await fleet("worker")  # the next worker runs it again, as attempt 2
+        await wait_status(c, job, "succeeded", nxt.log)
+        assert (await c.job("proj", job["job_id"]))["attempts"] == 2
         items = await follow(job["stream_url"])
-        assert items[-1].event == "done" and items[-1].data["status"] == "cancelled"
+        requeued = [i.data for i in items if i.event == "status" and i.data["status"] == "requeued"]
+        assert [r["detail"] for r in requeued] == ["attempt 1: worker shutting down"]
+        assert [i.data["status"] for i in items if i.event == "done"] == ["succeeded"]

@@ -21,6 +21,8 @@ run (--resume) uses its new prompt. No keyword -> ``text``. Replies (constants b
   SCENARIO:slow [delay_ms=100] [chunks=200]   deltas "tick 0 ", "tick 1 ", ... delay_ms apart
                                 (result text = slow_text(chunks), trailing space included)
   SCENARIO:sleep_tool           turn 1: Bash tool_use {"command": "/bin/sleep 300", ...}; then "slept"
+  SCENARIO:daemon_tool          turn 1: Bash tool_use starting background sleeps (one in a new session via
+                                setsid) and a foreground `/bin/sleep 304`; then "slept"
   SCENARIO:error400|error500|error529   HTTP 400 invalid_request_error "Bad request (fake)" |
                                 500 api_error "Internal server error (fake)" | 529 overloaded_error
                                 "Overloaded (fake)" (JSON error body, no stream)
@@ -94,6 +96,14 @@ SLEEP_TOOL_INPUT = {"command": "/bin/sleep 300", "description": "Sleep for a lon
 SLEEP_TOOL_DONE = "slept"
 ENV_TOOL_INPUT = {"command": "env", "description": "Show the environment"}
 ENV_TOOL_DONE = "That is my environment."
+# A tool that leaves background processes: a daemonized grandchild in its own session, a plain background
+# child, and a foreground sleep (the fault suite's orphan scenario, bench/faults.py).
+DAEMON_TOOL_INPUT = {
+    "command": (
+        "setsid sh -c '/bin/sleep 301 & /bin/sleep 302' >/dev/null 2>&1 & /bin/sleep 303 & /bin/sleep 304"
+    ),
+    "description": "Start background work",
+}
 THINKING_TEXT = "Let me think about this."
 THINKING_SIGNATURE = "c2lnbmF0dXJlLWZha2U="
 THINKING_REPLY = "After thinking: 42."
@@ -109,6 +119,7 @@ SCENARIOS = (
     "tool_bash",
     "slow",
     "sleep_tool",
+    "daemon_tool",
     "error400",
     "error500",
     "error529",
@@ -448,6 +459,13 @@ class FakeAnthropic:
                 return Reply([Block("text", SLEEP_TOOL_DONE)])
             return Reply(
                 [Block("tool_use", tool_name="Bash", tool_input=dict(SLEEP_TOOL_INPUT))],
+                stop_reason="tool_use",
+            )
+        if name == "daemon_tool":
+            if sc.after_tool_result:
+                return Reply([Block("text", SLEEP_TOOL_DONE)])
+            return Reply(
+                [Block("tool_use", tool_name="Bash", tool_input=dict(DAEMON_TOOL_INPUT))],
                 stop_reason="tool_use",
             )
         if name == "slow":

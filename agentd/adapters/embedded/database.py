@@ -4,6 +4,10 @@ The embedded queue and the embedded secret store share one `SqliteDatabase` (ref
 `acquire`s it and `close`s it; the last close closes the file). Durable: every change is committed before
 the call returns (WAL, synchronous=NORMAL). Calls run in a worker thread so the event loop never blocks on
 disk; every call is one `BEGIN IMMEDIATE` transaction, so checks and writes never interleave.
+
+Storage errors (the file locked by another process past `busy_timeout_s`, a full disk, an I/O error, a
+read-only file) become `QueueUnavailable`, as PostgreSQL's connection errors do: the API answers 503 and the
+runner waits and retries. Other sqlite3 errors (a constraint the code should have kept) stay bugs.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from agentd.domain.errors import QueueUnavailable
 
 T = TypeVar("T")
 SQL_DIR = Path(__file__).parent / "sql"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _statements(script: str) -> list[str]:
@@ -36,16 +40,25 @@ def _statements(script: str) -> list[str]:
     return out
 
 
+def unavailable(path: Path, e: sqlite3.Error) -> QueueUnavailable:
+    return QueueUnavailable(f"the embedded database {path} is unavailable: {e}")
+
+
 class SqliteDatabase:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout_s: float = 5.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # WAL + NORMAL: a commit survives any crash of the process (the only writer); only an OS crash or
-        # power loss can lose the last commits. FULL would fsync every enqueue (~3 ms each).
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._db = sqlite3.connect(
+                str(path), check_same_thread=False, isolation_level=None, timeout=busy_timeout_s
+            )
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a commit survives any crash of the process (the only writer); only an OS crash or
+            # power loss can lose the last commits. FULL would fsync every enqueue (~3 ms each).
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.OperationalError as e:
+            raise unavailable(path, e) from e
         self._lock = threading.Lock()
         self._closed = False
         self._users = 0
@@ -70,13 +83,17 @@ class SqliteDatabase:
         with self._lock:
             if self._closed:
                 raise QueueUnavailable("the embedded database is closed (agentd is shutting down)")
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                out = fn(self._db)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    out = fn(self._db)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as e:  # locked, full, I/O, read-only: storage, not a bug
+                raise unavailable(self.path, e) from e
             return out
 
     async def close(self) -> None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Collection, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from agentd.adapters.embedded.database import SqliteDatabase, queries
@@ -28,6 +28,7 @@ from agentd.adapters.queue_policy import (
     lost_reason,
     project_busy,
     request_hash,
+    requeue_delay,
     retries,
 )
 from agentd.domain.errors import JobNotFound
@@ -92,10 +93,12 @@ class SqliteWorkQueue(WorkQueue):
         lease_s: float = 30.0,
         max_attempts: int = 3,
         retry_base_s: float = 2.0,
+        requeue_delay_s: float | None = None,
     ) -> None:
         self.db = path if isinstance(path, SqliteDatabase) else SqliteDatabase(path)
         self.db.acquire()
         self.lease_s = lease_s
+        self.requeue_delay_s = requeue_delay(lease_s, requeue_delay_s)
         self.max_attempts = max_attempts
         self.retry_base_s = retry_base_s
         self._wake = WakeUps()
@@ -139,9 +142,12 @@ class SqliteWorkQueue(WorkQueue):
             self._wake.notify()
         return job, created
 
-    async def claim_many(self, worker_id: str, n: int, *, limits: Limits | None = None) -> list[Job]:
+    async def claim_many(
+        self, worker_id: str, n: int, *, limits: Limits | None = None, exclude: Collection[str] = ()
+    ) -> list[Job]:
         self._wake.claiming()
         lim = limits or Limits()
+        skip = json.dumps(sorted(exclude))
 
         def one(db: sqlite3.Connection) -> Job | None:
             running = {r["provider"]: r["n"] for r in db.execute(Q["running_per_provider"])}
@@ -149,7 +155,9 @@ class SqliteWorkQueue(WorkQueue):
                 return None
             full = [p for p, cap in lim.per_provider.items() if running.get(p, 0) >= cap]
             now = time.time()
-            row = db.execute(Q["next_runnable"], {"now": now, "full": json.dumps(full)}).fetchone()
+            row = db.execute(
+                Q["next_runnable"], {"now": now, "full": json.dumps(full), "exclude": skip}
+            ).fetchone()
             if row is None:
                 return None
             db.execute(
@@ -174,12 +182,23 @@ class SqliteWorkQueue(WorkQueue):
     async def wait_for_work(self, timeout: float) -> None:
         await self._wake.wait(timeout)
 
-    async def heartbeat(self, job_id: str, worker_id: str) -> bool:
-        params = {"id": job_id, "worker_id": worker_id, "lease_expires_at": time.time() + self.lease_s}
+    async def heartbeat(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> bool:
+        now = time.time()
+        params = {
+            "id": job_id,
+            "worker_id": worker_id,
+            "attempt": attempt,
+            "now": now,
+            "lease_expires_at": now + self.lease_s,
+        }
         return await self.db.run(lambda db: db.execute(Q["heartbeat"], params).rowcount == 1)
 
     async def finish_many(
-        self, results: Sequence[tuple[str, AgentResult]], *, worker_id: str | None = None
+        self,
+        results: Sequence[tuple[str, AgentResult]],
+        *,
+        worker_id: str | None = None,
+        attempts: Mapping[str, int] | None = None,
     ) -> list[Job]:
         distinct_ids(results)  # ValueError when a job appears twice
 
@@ -188,8 +207,11 @@ class SqliteWorkQueue(WorkQueue):
             if row is None:
                 raise JobNotFound(f"no job {job_id!r}")
             status = JobStatus(row["status"])
-            if status.is_final or (
-                worker_id is not None and (status != JobStatus.running or row["worker_id"] != worker_id)
+            attempt = attempts.get(job_id) if attempts is not None else None
+            if (
+                status.is_final
+                or (worker_id is not None and (status != JobStatus.running or row["worker_id"] != worker_id))
+                or (attempt is not None and (status != JobStatus.running or row["attempts"] != attempt))
             ):
                 return _row_to_job(row)
             if retries(
@@ -271,13 +293,40 @@ class SqliteWorkQueue(WorkQueue):
                         },
                     )
                 else:
-                    db.execute(Q["requeue_lost"], {"id": r["id"], "error": lost_error(reason)})
+                    run_after = 0.0 if all_running else time.time() + self.requeue_delay_s
+                    db.execute(
+                        Q["requeue_lost"],
+                        {"id": r["id"], "error": lost_error(reason), "run_after": run_after},
+                    )
             return [_job(db, r["id"]) for r in rows]
 
         jobs = await self.db.run(op)
         if any(j.status == JobStatus.queued for j in jobs):
             self._wake.notify()
         return jobs
+
+    async def release(self, job_id: str, attempt: int, reason: str) -> Job | None:
+        def op(db: sqlite3.Connection) -> Job | None:
+            params = {"id": job_id, "attempt": attempt, "reason": reason}
+            return _job(db, job_id) if db.execute(Q["release"], params).rowcount == 1 else None
+
+        job = await self.db.run(op)
+        if job is not None:
+            self._wake.notify()
+        return job
+
+    async def purge(self, retention_s: float, *, batch: int = 500) -> int:
+        cutoff = _iso(datetime.now(UTC) - timedelta(seconds=retention_s))
+        params = {"cutoff": cutoff, "batch": batch}
+
+        def op(db: sqlite3.Connection) -> int:
+            ids = [r["id"] for r in db.execute(Q["expired_jobs"], params).fetchall()]
+            for job_id in ids:  # the job, its idempotency key (a column) and its patch
+                db.execute(Q["purge_job"], {"id": job_id})
+                db.execute(Q["purge_patch"], {"id": job_id})
+            return len(ids)
+
+        return await self.db.run(op)
 
     async def queue_stats(self) -> dict[str, tuple[int, datetime | None]]:
         def op(db: sqlite3.Connection) -> dict[str, tuple[int, datetime | None]]:

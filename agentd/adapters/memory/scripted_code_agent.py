@@ -2,11 +2,11 @@
 
 Used by API tests and benchmarks (the "instantly answering agent") and as the in-memory adapter in the
 CodeAgent contract tests. Prompts may steer it: `sleep:<seconds>` waits (cancellable), `fail:<message>`
-fails, `edit:<json>` changes files in the run's working directory (see `edit_files`);
-`stream:<count>:<per_second>:<delay_s>` waits `delay_s`, then sends `count` text chunks, `per_second` of them
-a second (0: as fast as the consumer takes them), each chunk `t=<time.monotonic()>;` (the fan-out bench
-measures delivery latency with it: CLOCK_MONOTONIC is shared by the processes of a machine); anything else is
-echoed back as text in two chunks.
+fails, `ticks:<n>[:<ms>]` sends n text events (ms apart; cancellable), `edit:<json>` changes files in
+the run's working directory (see `edit_files`); `stream:<count>:<per_second>:<delay_s>` waits `delay_s`,
+then sends `count` text chunks, `per_second` of them a second (0: as fast as the consumer takes them), each
+chunk `t=<time.monotonic()>;` (the fan-out bench measures delivery latency with it: CLOCK_MONOTONIC is
+shared by the processes of a machine); anything else is echoed back as text in two chunks.
 """
 
 from __future__ import annotations
@@ -81,14 +81,13 @@ class ScriptedCodeAgent(CodeAgent):
                     yield ev
                 text = ""
             elif prompt.startswith("sleep:"):
-                want = float(prompt.split(":", 1)[1])
-                try:
-                    await asyncio.wait_for(cancel.wait(), min(want, request.timeout_s))
+                status, error, text = await _sleep(prompt, request.timeout_s, cancel)
+            elif prompt.startswith("ticks:"):
+                async for tick in _ticks(prompt, cancel):
+                    yield tick
+                if cancel.is_set():
                     status, error = "cancelled", "cancelled by request"
-                except TimeoutError:
-                    if want > request.timeout_s:
-                        status, error = "timed_out", f"timed out after {request.timeout_s:g} s"
-                text = "slept" if status == "succeeded" else ""
+                text = ""
             elif prompt.startswith("env:"):  # which value the run got, without showing it: its sha256
                 name = prompt.split(":", 1)[1].strip()
                 value = (env or {}).get(name)
@@ -135,6 +134,35 @@ async def _timed_stream(prompt: str, cancel: asyncio.Event) -> AsyncIterator[Tex
             if wait > 0:
                 await asyncio.sleep(wait)
         yield TextEvent(message_id=mid, chunk=f"t={time.monotonic():.6f};")
+
+
+Status = Literal["succeeded", "failed", "cancelled", "timed_out"]
+
+
+async def _sleep(prompt: str, timeout_s: float, cancel: asyncio.Event) -> tuple[Status, str | None, str]:
+    """`sleep:<seconds>`: wait (cancellable, within the request's timeout)."""
+    want = float(prompt.split(":", 1)[1])
+    try:
+        await asyncio.wait_for(cancel.wait(), min(want, timeout_s))
+        return "cancelled", "cancelled by request", ""
+    except TimeoutError:
+        if want > timeout_s:
+            return "timed_out", f"timed out after {timeout_s:g} s", ""
+    return "succeeded", None, "slept"
+
+
+async def _ticks(prompt: str, cancel: asyncio.Event) -> AsyncIterator[AgentEvent]:
+    """`ticks:<n>[:<ms>]`: n text events of one message, ms apart, until cancelled."""
+    parts = prompt.split(":")
+    n, gap = int(parts[1]), (float(parts[2]) / 1000 if len(parts) > 2 else 0.0)
+    mid = f"msg_{uuid.uuid4().hex[:16]}"
+    for i in range(n):
+        if cancel.is_set():
+            return
+        yield TextEvent(message_id=mid, chunk=f"{i} ", is_complete=i == n - 1)
+        if gap:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cancel.wait(), gap)
 
 
 async def _edit(workdir: Path | None, script: str, cancel: asyncio.Event) -> str:

@@ -38,6 +38,7 @@ async def open_postgres(
     lease_s: float = 30.0,
     max_attempts: int = 3,
     retry_base_s: float = 2.0,
+    requeue_delay_s: float | None = None,
     retention_s: float = 3600.0,
     subscriber_buffer: int = 1000,
     pool_size: int = 10,
@@ -48,7 +49,13 @@ async def open_postgres(
     QueueUnavailable when the database cannot be reached.
     """
     db = PgDatabase(dsn, pool_size=pool_size)
-    queue = PostgresWorkQueue(db, lease_s=lease_s, max_attempts=max_attempts, retry_base_s=retry_base_s)
+    queue = PostgresWorkQueue(
+        db,
+        lease_s=lease_s,
+        max_attempts=max_attempts,
+        retry_base_s=retry_base_s,
+        requeue_delay_s=requeue_delay_s,
+    )
     streams = PostgresEventStream(db, retention_s=retention_s, buffer=subscriber_buffer)
     await queue.open()
     try:

@@ -11,6 +11,12 @@ batch; it is then numbered again from the table under per-stream advisory locks,
 so the writers of a shared stream take turns instead of colliding again. One
 `pg_notify('agentd_events', stream_id)` per stream per batch, in the same statement.
 
+Fencing: each publish carries its run (the job's attempt; 0 for the API). The INSERT refuses rows of a run
+older than the stream's newest one (`agentd_streams.run`, moved up in the same statement) and numbers the
+accepted rows itself, so a refused publish (RunSuperseded) leaves no gap. A stale writer that raced the
+newer run is caught by the primary key (both numbered from the same head) and, renumbered under the
+streams' locks, refused.
+
 Subscribing: replay from the table, then follow: wake-ups come from the process's LISTEN connection (one for
 all subscribers), with polling as the fallback. Subscribers keep only a position, never a copy of the log.
 """
@@ -31,7 +37,7 @@ from psycopg.rows import DictRow
 from agentd.adapters.postgres.database import EVENTS_CHANNEL, Connection, PgDatabase
 from agentd.adapters.postgres.nul import from_jsonb, to_jsonb
 from agentd.adapters.postgres.queries import QUERIES
-from agentd.domain.errors import QueueUnavailable, StreamNotFound, SubscriberTooSlow
+from agentd.domain.errors import QueueUnavailable, RunSuperseded, StreamNotFound, SubscriberTooSlow
 from agentd.domain.models import AgentEvent, StoredEvent, event_from_data
 from agentd.ports.event_stream import EventStream
 
@@ -56,6 +62,7 @@ def _not_found(stream_id: str) -> StreamNotFound:
 class _Publish:
     stream_id: str
     rows: list[tuple[str, str]]  # (type, data as JSON)
+    run: int
     done: asyncio.Future[list[int]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -66,27 +73,48 @@ class _Numbered:
     """A batch with its sequence numbers: the INSERT's columns, each publish's numbers, the new heads."""
 
     columns: dict[str, list[Any]]
-    seqs: list[list[int]]
-    heads: dict[str, int]
-    streams_written: set[str] = field(default_factory=set)
+    ords: list[list[int]]  # each publish's rows (1-based positions in the batch)
+    seq_of: dict[int, int] = field(default_factory=dict)  # accepted row → its sequence number
 
-    def written(self, streams: set[str]) -> _Numbered:
-        self.streams_written = streams
+    def written(self, rows: list[DictRow]) -> _Numbered:
+        self.seq_of = {int(r["ord"]): int(r["seq"]) for r in rows}
         return self
+
+    def seqs(self, i: int) -> list[int] | None:
+        """The numbers of the i-th publish, or None when it was refused."""
+        ords = self.ords[i]
+        if ords and all(o in self.seq_of for o in ords):
+            return [self.seq_of[o] for o in ords]
+        return None
+
+    def heads(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for sid, o in zip(
+            self.columns["stream_ids"], range(1, len(self.columns["stream_ids"]) + 1), strict=True
+        ):
+            if o in self.seq_of:
+                out[sid] = max(out.get(sid, 0), self.seq_of[o])
+        return out
 
 
 def _number(batch: list[_Publish], heads: dict[str, int], notify: list[str]) -> _Numbered:
-    heads = dict(heads)
-    out = _Numbered({"stream_ids": [], "seqs": [], "types": [], "datas": [], "notify_ids": notify}, [], heads)
+    cols: dict[str, list[Any]] = {
+        "stream_ids": [],
+        "bases": [],
+        "runs": [],
+        "types": [],
+        "datas": [],
+        "notify_ids": notify,
+    }
+    out = _Numbered(cols, [])
     for item in batch:
-        first = heads[item.stream_id] + 1
-        seqs = list(range(first, first + len(item.rows)))
-        heads[item.stream_id] = seqs[-1]
-        out.seqs.append(seqs)
-        out.columns["stream_ids"].extend([item.stream_id] * len(seqs))
-        out.columns["seqs"].extend(seqs)
-        out.columns["types"].extend(etype for etype, _ in item.rows)
-        out.columns["datas"].extend(data for _, data in item.rows)
+        first = len(cols["stream_ids"]) + 1
+        out.ords.append(list(range(first, first + len(item.rows))))
+        cols["stream_ids"].extend([item.stream_id] * len(item.rows))
+        cols["bases"].extend([heads[item.stream_id]] * len(item.rows))
+        cols["runs"].extend([item.run] * len(item.rows))
+        cols["types"].extend(etype for etype, _ in item.rows)
+        cols["datas"].extend(data for _, data in item.rows)
     return out
 
 
@@ -184,13 +212,13 @@ class PostgresEventStream(EventStream):
     async def last_seq(self, stream_id: str) -> int:
         return int((await self._state(stream_id))["head"])
 
-    async def publish(self, stream_id: str, events: Sequence[AgentEvent]) -> list[int]:
+    async def publish(self, stream_id: str, events: Sequence[AgentEvent], *, run: int = 0) -> list[int]:
         if not events:
             if (await self._state(stream_id))["closed"]:
                 raise StreamNotFound(f"event stream {stream_id!r} is closed")
             return []
         item = _Publish(
-            stream_id, [(ev.event, to_jsonb(ev.model_dump_json(exclude={"event"}))) for ev in events]
+            stream_id, [(ev.event, to_jsonb(ev.model_dump_json(exclude={"event"}))) for ev in events], run
         )
         self._pending.append(item)
         if self._flusher is None or self._flusher.done():
@@ -233,12 +261,12 @@ class PostgresEventStream(EventStream):
             if not serialised:
                 numbered = _number(batch, await self._heads_for(conn, stream_ids, fresh=False), notify)
                 cur = await conn.execute(QUERIES["append_events"], numbered.columns)
-                return numbered.written({r["stream_id"] for r in await cur.fetchall()})
+                return numbered.written(await cur.fetchall())
             async with conn.transaction():
                 await conn.execute(QUERIES["lock_streams"], {"stream_ids": sorted(stream_ids)})
                 numbered = _number(batch, await self._heads_for(conn, stream_ids, fresh=True), notify)
                 cur = await conn.execute(QUERIES["append_events"], numbered.columns)
-                return numbered.written({r["stream_id"] for r in await cur.fetchall()})
+                return numbered.written(await cur.fetchall())
 
     async def _append_retrying(self, batch: list[_Publish], stream_ids: list[str]) -> _Numbered:
         serialised = not self._contended.isdisjoint(stream_ids)
@@ -264,26 +292,69 @@ class PostgresEventStream(EventStream):
         stream_ids = list(dict.fromkeys(item.stream_id for item in batch))
         numbered = await self._append_retrying(batch, stream_ids)
         self.batches += 1
-        self._after_write(numbered)
+        heads = numbered.heads()
+        self._after_write(numbered, set(heads))
         for s in stream_ids:
-            if s in numbered.streams_written:
-                self._heads[s] = numbered.heads[s]
+            if s in heads:
+                self._heads[s] = heads[s]
                 self._heads.move_to_end(s)
             else:
                 self._heads.pop(s, None)
         while len(self._heads) > MAX_COUNTERS:
             self._heads.popitem(last=False)
-        for item, seqs in zip(batch, numbered.seqs, strict=True):
+        await self._settle(batch, numbered)
+        for s in heads:  # this process's own subscribers need no NOTIFY round trip
+            self._waiters.wake(s)
+
+    async def _settle(self, batch: list[_Publish], numbered: _Numbered) -> None:
+        """Answer each publisher: its numbers, or why it was refused."""
+        refused: dict[str, Exception] = {}
+        for i, item in enumerate(batch):
             if item.done.done():
                 continue
-            if item.stream_id in numbered.streams_written:
+            seqs = numbered.seqs(i)
+            if seqs is not None:
                 item.done.set_result(seqs)
-            else:
-                item.done.set_exception(
-                    StreamNotFound(f"event stream {item.stream_id!r} is closed or unknown")
-                )
-        for s in numbered.streams_written:  # this process's own subscribers need no NOTIFY round trip
-            self._waiters.wake(s)
+                continue
+            if item.stream_id not in refused:
+                refused[item.stream_id] = await self._refusal(item.stream_id)
+            item.done.set_exception(refused[item.stream_id])
+
+    async def _refusal(self, stream_id: str) -> Exception:
+        """Why a publish to `stream_id` was refused: the stream is gone or closed, or a newer run wrote."""
+        try:
+            state = await self._state(stream_id)
+        except StreamNotFound as e:
+            return e
+        except Exception as e:
+            return e
+        if state["closed"]:
+            return StreamNotFound(f"event stream {stream_id!r} is closed or unknown")
+        return RunSuperseded(f"a newer run has written to stream {stream_id!r}")
+
+    async def supersede(self, stream_id: str, run: int, events: Sequence[AgentEvent]) -> bool:
+        rows: list[tuple[str, str]] = [
+            (ev.event, to_jsonb(ev.model_dump_json(exclude={"event"}))) for ev in events
+        ]
+        mine = [item.done for item in self._inflight + self._pending if item.stream_id == stream_id]
+        if mine:  # this process's earlier writes to the stream go first
+            await asyncio.gather(*mine, return_exceptions=True)
+        async with self.db.connection() as conn, conn.transaction():
+            await conn.execute(QUERIES["lock_streams"], {"stream_ids": [stream_id]})
+            cur = await conn.execute(QUERIES["stream_fence"], {"stream_id": stream_id})
+            state = await cur.fetchone()
+            if state is None:
+                raise _not_found(stream_id)
+            if state["closed"] or state["run"] >= run:
+                return False
+            head = (await self._heads_for(conn, [stream_id], fresh=True))[stream_id]
+            numbered = _number([_Publish(stream_id, rows, run)], {stream_id: head}, [stream_id])
+            cur = await conn.execute(QUERIES["append_events"], numbered.columns)
+            numbered.written(await cur.fetchall())
+            await conn.execute(QUERIES["set_stream_run"], {"stream_id": stream_id, "run": run})
+        self._heads.pop(stream_id, None)
+        self._waiters.wake(stream_id)
+        return True
 
     def _notify_now(self, stream_ids: list[str]) -> list[str]:
         """Streams whose subscribers elsewhere hear about this batch now; the rest wait for the trailer."""
@@ -297,10 +368,10 @@ class PostgresEventStream(EventStream):
     def _spend(self, stream_id: str, now: float) -> None:
         self._bucket[stream_id] = (max(0.0, self._tokens(stream_id, now) - 1.0), now)
 
-    def _after_write(self, numbered: _Numbered) -> None:
+    def _after_write(self, numbered: _Numbered, written: set[str]) -> None:
         now = time.monotonic()
         told = set(numbered.columns["notify_ids"])
-        for s in numbered.streams_written:
+        for s in written:
             if s in told:
                 self._spend(s, now)
                 self.notifies += 1

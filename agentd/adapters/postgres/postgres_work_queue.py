@@ -15,7 +15,7 @@ The rules shared with the SQLite queue (retry, backoff, idempotency, wake-ups): 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +33,7 @@ from agentd.adapters.queue_policy import (
     lost_reason,
     project_busy,
     request_hash,
+    requeue_delay,
     wants_retry,
 )
 from agentd.domain.errors import JobNotFound
@@ -68,13 +69,13 @@ def row_to_job(row: DictRow) -> Job:
     )
 
 
-def _finish_input(job_id: str, result: AgentResult) -> str:
+def _finish_input(job_id: str, result: AgentResult, attempt: int | None) -> str:
     stored = to_jsonb(result.model_dump_json())  # U+0000 in the output: escaped, not a failed batch
     error = json.dumps(text_safe(result.error))
     retryable = "true" if wants_retry(result) else "false"
     return (
         f'{{"id":{json.dumps(job_id)},"status":"{result.status}","result":{stored},'
-        f'"retryable":{retryable},"error":{error}}}'
+        f'"retryable":{retryable},"error":{error},"attempt":{json.dumps(attempt)}}}'
     )
 
 
@@ -86,9 +87,11 @@ class PostgresWorkQueue(WorkQueue):
         lease_s: float = 30.0,
         max_attempts: int = 3,
         retry_base_s: float = 2.0,
+        requeue_delay_s: float | None = None,
     ) -> None:
         self.db = db
         self.lease_s = lease_s
+        self.requeue_delay_s = requeue_delay(lease_s, requeue_delay_s)
         self.max_attempts = max_attempts
         self.retry_base_s = retry_base_s
         self._wake = WakeUps()
@@ -162,7 +165,9 @@ class PostgresWorkQueue(WorkQueue):
             assert row is not None
             return row_to_job(row), True
 
-    async def claim_many(self, worker_id: str, n: int, *, limits: Limits | None = None) -> list[Job]:
+    async def claim_many(
+        self, worker_id: str, n: int, *, limits: Limits | None = None, exclude: Collection[str] = ()
+    ) -> list[Job]:
         """Up to `n` jobs in one statement (each under its own lease, never two of one project)."""
         self._wake.claiming()
         caps = limits.per_provider if limits is not None else {}
@@ -177,6 +182,7 @@ class PostgresWorkQueue(WorkQueue):
                 "max": n,
                 "global_max": global_max,
                 "provider_caps": json.dumps(caps) if caps else None,
+                "exclude": sorted(exclude),
             },
         )
         return [row_to_job(r) for r in rows]
@@ -184,12 +190,18 @@ class PostgresWorkQueue(WorkQueue):
     async def wait_for_work(self, timeout: float) -> None:
         await self._wake.wait(timeout)
 
-    async def heartbeat(self, job_id: str, worker_id: str) -> bool:
-        row = await self._one("heartbeat", {"id": job_id, "worker_id": worker_id, "lease_s": self.lease_s})
+    async def heartbeat(self, job_id: str, worker_id: str, *, attempt: int | None = None) -> bool:
+        row = await self._one(
+            "heartbeat", {"id": job_id, "worker_id": worker_id, "attempt": attempt, "lease_s": self.lease_s}
+        )
         return row is not None
 
     async def finish_many(
-        self, results: Sequence[tuple[str, AgentResult]], *, worker_id: str | None = None
+        self,
+        results: Sequence[tuple[str, AgentResult]],
+        *,
+        worker_id: str | None = None,
+        attempts: Mapping[str, int] | None = None,
     ) -> list[Job]:
         """Several results in one statement; the jobs come back in the order given."""
         ids = distinct_ids(results)
@@ -197,7 +209,12 @@ class PostgresWorkQueue(WorkQueue):
             "finish",
             {
                 "ids": ids,
-                "input": "[" + ",".join(_finish_input(job_id, r) for job_id, r in results) + "]",
+                "input": "["
+                + ",".join(
+                    _finish_input(job_id, r, attempts.get(job_id) if attempts else None)
+                    for job_id, r in results
+                )
+                + "]",
                 "worker_id": worker_id,
                 "retry_base_s": self.retry_base_s,
                 "retry_max_s": MAX_BACKOFF_S,
@@ -240,5 +257,20 @@ class PostgresWorkQueue(WorkQueue):
         return [row_to_job(r) for r in rows]
 
     async def recover(self, *, all_running: bool = False) -> list[Job]:
-        rows = await self._all("recover", {"all_running": all_running, "reason": lost_reason(all_running)})
+        rows = await self._all(
+            "recover",
+            {
+                "all_running": all_running,
+                "reason": lost_reason(all_running),
+                "delay_s": 0.0 if all_running else self.requeue_delay_s,
+            },
+        )
         return [row_to_job(r) for r in rows]
+
+    async def release(self, job_id: str, attempt: int, reason: str) -> Job | None:
+        row = await self._one("release", {"id": job_id, "attempt": attempt, "reason": reason})
+        return row_to_job(row) if row is not None else None
+
+    async def purge(self, retention_s: float, *, batch: int = 500) -> int:
+        row = await self._one("purge", {"retention_s": retention_s, "batch": batch})
+        return int(row["n"]) if row is not None else 0

@@ -100,3 +100,25 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
 );
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries(status, next_attempt_at);
 CREATE INDEX IF NOT EXISTS webhook_deliveries_job ON webhook_deliveries(job_id);
+
+-- Schema 6: the event log (agentd.adapters.embedded.sqlite_event_stream), fencing and retention.
+-- `run` is the newest run (job attempt) that wrote to the stream: older runs' writes are refused.
+CREATE TABLE IF NOT EXISTS streams (
+    stream_id  TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    closed_at  REAL,
+    run        INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS streams_closed ON streams(closed_at) WHERE closed_at IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS events (
+    stream_id TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    type      TEXT NOT NULL,
+    data      TEXT NOT NULL,
+    run       INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (stream_id, seq)
+) WITHOUT ROWID;
+
+-- Retention: final jobs by the time they finished (ISO 8601 text sorts as time).
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished_at) WHERE finished_at IS NOT NULL;

@@ -28,22 +28,25 @@ SELECT EXISTS (
 ) AS busy;
 
 -- name: claim
-SELECT * FROM agentd_claim(%(worker_id)s, %(lease_s)s, %(max)s, %(global_max)s, %(provider_caps)s::jsonb);
+SELECT * FROM agentd_claim(%(worker_id)s, %(lease_s)s, %(max)s, %(global_max)s, %(provider_caps)s::jsonb,
+                          %(exclude)s::text[]);
 
 -- name: heartbeat
+-- An expired lease is lost, even before a sweep re-queues the job: it is never renewed.
 UPDATE agentd_jobs SET lease_expires_at = now() + make_interval(secs => %(lease_s)s)
- WHERE id = %(id)s AND worker_id = %(worker_id)s AND status = 'running'
+ WHERE id = %(id)s AND worker_id = %(worker_id)s AND status = 'running' AND lease_expires_at >= now()
+   AND (%(attempt)s::integer IS NULL OR attempts = %(attempt)s::integer)
 RETURNING id;
 
 -- name: finish
--- Records results: `input` is a JSON array of {id, status, result, retryable, error}, `ids` the same ids
+-- Records results: `input` is a JSON array of {id, status, result, retryable, error, attempt}, `ids` the same ids
 -- (distinct; as an array they make the planner look jobs up by primary key). A retryable failure with attempts left (and no
 -- cancel request) goes back to the queue after an exponential backoff instead. A final job never changes
 -- again: then, and when the job is not `worker_id`'s running job, the current row comes back unchanged.
 -- Wakes idle workers when a queued job may now run: one of the same project, or any when limits are in use.
 WITH input AS (
     SELECT * FROM jsonb_to_recordset(%(input)s::jsonb)
-        AS u(id text, status text, result jsonb, retryable boolean, error text)
+        AS u(id text, status text, result jsonb, retryable boolean, error text, attempt integer)
 ), upd AS (
     -- The retry decision reads the row being updated (its newest version, should a cancel request have
     -- landed meanwhile), hence one multi-column SET from a sub-select.
@@ -63,6 +66,7 @@ WITH input AS (
     FROM input u
     WHERE j.id = ANY (%(ids)s::text[]) AND j.id = u.id AND j.status IN ('queued', 'running')
       AND (%(worker_id)s::text IS NULL OR (j.worker_id = %(worker_id)s::text AND j.status = 'running'))
+      AND (u.attempt IS NULL OR (j.attempts = u.attempt AND j.status = 'running'))
     RETURNING j.*
 ), wake AS (
     SELECT pg_notify('agentd_jobs', 'finished')
@@ -126,7 +130,8 @@ SELECT * FROM agentd_jobs
 
 -- name: recover
 -- Running jobs whose lease expired (or all running jobs) go back to the queue, or fail for good once they
--- used their attempts. One wake-up when something was re-queued.
+-- used their attempts. One wake-up when something was re-queued. `delay_s` (queue_policy.requeue_delay):
+-- the run that held an expired lease, should it still be alive, stops before the next attempt may start.
 WITH lost AS (
     SELECT id FROM agentd_jobs
      WHERE status = 'running' AND (%(all_running)s OR lease_expires_at < now())
@@ -139,7 +144,7 @@ WITH lost AS (
             'status', 'failed',
             'error', format('worker lost (%%s) %%s times; giving up', %(reason)s::text, j.attempts)) END,
         last_error = format('worker lost (%%s)', %(reason)s::text),
-        run_after = now(), worker_id = NULL, lease_expires_at = NULL
+        run_after = now() + make_interval(secs => %(delay_s)s), worker_id = NULL, lease_expires_at = NULL
     FROM lost WHERE j.id = lost.id
     RETURNING j.*
 ), wake AS (
@@ -180,28 +185,49 @@ SELECT pg_advisory_xact_lock(1634168440, k)
   FROM (SELECT DISTINCT hashtext(sid) AS k FROM unnest(%(stream_ids)s::text[]) AS sid ORDER BY k) AS keys;
 
 -- name: append_events
--- One batch of events from one process, for any number of streams, in one statement: rows of streams that
--- are unknown or closed are not inserted (their publishers get StreamNotFound). One NOTIFY per stream.
+-- One batch of events from one process, for any number of streams, in one statement. Rows of streams that
+-- are unknown or closed are not inserted, nor rows of a run older than the stream's newest run or than a row
+-- before them in the batch (fencing: their publishers get StreamNotFound or RunSuperseded). The accepted rows
+-- of a stream are numbered base + 1, base + 2, … (`base`: where the writer's counter for that stream stands),
+-- so a refused row leaves no gap. The stream's newest run moves up; one NOTIFY per stream.
 -- Every writer takes the streams' locks before it inserts, so a writer that numbers from the table under
 -- those locks (after a conflict) is never overtaken between its read and its insert.
 WITH locked AS (
     SELECT pg_advisory_xact_lock(1634168440, k)
       FROM (SELECT DISTINCT hashtext(sid) AS k FROM unnest(%(stream_ids)s::text[]) AS sid ORDER BY k) AS keys
+), batch AS (
+    SELECT u.*, max(u.run) OVER (PARTITION BY u.stream_id ORDER BY u.ord) AS top
+      FROM unnest(%(stream_ids)s::text[], %(bases)s::integer[], %(runs)s::integer[], %(types)s::text[],
+                  %(datas)s::text[]) WITH ORDINALITY AS u(stream_id, base, run, type, data, ord)
+), ok AS (
+    SELECT b.*, b.base + row_number() OVER (PARTITION BY b.stream_id ORDER BY b.ord) AS seq
+      FROM batch b
+      JOIN agentd_streams s ON s.stream_id = b.stream_id AND s.closed_at IS NULL
+     WHERE (b.run = 0 OR (b.run >= s.run AND b.run >= b.top)) AND (SELECT count(*) FROM locked) >= 0
 ), ins AS (
-    INSERT INTO agentd_events (stream_id, seq, type, data)
-    SELECT u.stream_id, u.seq, u.type, u.data::jsonb
-      FROM unnest(%(stream_ids)s::text[], %(seqs)s::integer[], %(types)s::text[], %(datas)s::text[])
-           AS u(stream_id, seq, type, data)
-      JOIN agentd_streams s ON s.stream_id = u.stream_id AND s.closed_at IS NULL
-     WHERE (SELECT count(*) FROM locked) >= 0
-    RETURNING stream_id, seq
+    INSERT INTO agentd_events (stream_id, seq, type, data, run)
+    SELECT stream_id, seq, type, data::jsonb, run FROM ok
+    RETURNING stream_id
+), fence AS (
+    UPDATE agentd_streams s SET run = m.top
+      FROM (SELECT stream_id, max(run) AS top FROM ok GROUP BY stream_id) AS m
+     WHERE s.stream_id = m.stream_id AND s.run < m.top
+    RETURNING s.stream_id
 ), wake AS (
     -- Debounced: only the streams the writer chose (not notified in the last few ms); the others get one
     -- trailing `notify_streams` when the window closes.
     SELECT pg_notify('agentd_events', d.stream_id)
       FROM (SELECT DISTINCT stream_id FROM ins WHERE stream_id = ANY(%(notify_ids)s::text[])) AS d
 )
-SELECT stream_id, max(seq) AS head FROM ins WHERE (SELECT count(*) FROM wake) >= 0 GROUP BY stream_id;
+SELECT ok.ord, ok.seq FROM ok
+ WHERE (SELECT count(*) FROM wake) >= 0 AND (SELECT count(*) FROM fence) >= 0;
+
+-- name: stream_fence
+-- A stream's newest run, locked for a `supersede` (under the stream's advisory lock).
+SELECT run, closed_at IS NOT NULL AS closed FROM agentd_streams WHERE stream_id = %(stream_id)s FOR UPDATE;
+
+-- name: set_stream_run
+UPDATE agentd_streams SET run = %(run)s WHERE stream_id = %(stream_id)s;
 
 -- name: close_stream
 WITH upd AS (
@@ -237,6 +263,33 @@ WITH dead AS (
     DELETE FROM agentd_events e USING dead WHERE e.stream_id = dead.stream_id RETURNING 1
 )
 SELECT count(*) AS pruned, (SELECT count(*) FROM gone) AS events FROM dead;
+
+-- name: release
+-- A worker shutting down hands a running attempt back: runnable at once, and the hand-back does not use up
+-- an attempt (max_attempts grows with attempts). A job someone asked to cancel is not handed back.
+WITH upd AS (
+    UPDATE agentd_jobs SET status = 'queued', worker_id = NULL, lease_expires_at = NULL, run_after = now(),
+                           max_attempts = max_attempts + 1, last_error = %(reason)s
+     WHERE id = %(id)s AND status = 'running' AND attempts = %(attempt)s AND NOT cancel_requested
+    RETURNING *
+), wake AS (
+    SELECT pg_notify('agentd_jobs', 'released') FROM upd
+)
+SELECT upd.* FROM upd WHERE (SELECT count(*) FROM wake) >= 0;
+
+-- name: purge
+-- Final jobs that finished more than `retention_s` ago (and so their idempotency keys), a bounded batch.
+-- Their patches go with them.
+WITH gone AS (
+    DELETE FROM agentd_jobs WHERE id IN (
+        SELECT id FROM agentd_jobs
+         WHERE finished_at < now() - make_interval(secs => %(retention_s)s)
+         LIMIT %(batch)s FOR UPDATE SKIP LOCKED)
+    RETURNING id
+), patches AS (
+    DELETE FROM agentd_job_patches p USING gone WHERE p.job_id = gone.id RETURNING 1
+)
+SELECT count(*) AS n FROM gone WHERE (SELECT count(*) FROM patches) >= 0;
 
 -- name: notify_streams
 SELECT pg_notify('agentd_events', sid) FROM unnest(%(stream_ids)s::text[]) AS sid;
