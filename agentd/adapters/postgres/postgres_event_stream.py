@@ -96,7 +96,8 @@ class _Numbered:
         return out
 
 
-def _number(batch: list[_Publish], heads: dict[str, int], notify: list[str]) -> _Numbered:
+def _number(batch: list[_Publish], heads: dict[str, int | None], notify: list[str]) -> _Numbered:
+    """`heads`: where each stream's numbering continues; None: not known here, the statement reads it."""
     cols: dict[str, list[Any]] = {
         "stream_ids": [],
         "bases": [],
@@ -240,6 +241,11 @@ class PostgresEventStream(EventStream):
             finally:
                 self._inflight = []
 
+    def _known_heads(self, stream_ids: list[str]) -> dict[str, int | None]:
+        """This process's counters; None for a stream it has not written yet: the INSERT numbers it from the
+        table's max(seq) in the same statement (no extra round trip; a race is caught by the primary key)."""
+        return {s: self._heads.get(s) for s in stream_ids}
+
     async def _heads_for(self, conn: Connection, stream_ids: list[str], *, fresh: bool) -> dict[str, int]:
         """Where each stream's numbering continues: this process's counter, or the table's max(seq)."""
         unknown = stream_ids if fresh else [s for s in stream_ids if s not in self._heads]
@@ -256,12 +262,13 @@ class PostgresEventStream(EventStream):
         async with self.db.connection() as conn:
             notify = self._notify_now(stream_ids)
             if not serialised:
-                numbered = _number(batch, await self._heads_for(conn, stream_ids, fresh=False), notify)
+                numbered = _number(batch, self._known_heads(stream_ids), notify)
                 cur = await conn.execute(QUERIES["append_events"], numbered.columns)
                 return numbered.written(await cur.fetchall())
             async with conn.transaction():
                 await conn.execute(QUERIES["lock_streams"], {"stream_ids": sorted(stream_ids)})
-                numbered = _number(batch, await self._heads_for(conn, stream_ids, fresh=True), notify)
+                heads: dict[str, int | None] = {**await self._heads_for(conn, stream_ids, fresh=True)}
+                numbered = _number(batch, heads, notify)
                 cur = await conn.execute(QUERIES["append_events"], numbered.columns)
                 return numbered.written(await cur.fetchall())
 
@@ -341,7 +348,7 @@ class PostgresEventStream(EventStream):
             if state["closed"] or state["run"] >= run:
                 return False
             head = (await self._heads_for(conn, [stream_id], fresh=True))[stream_id]
-            numbered = _number([_Publish(stream_id, rows, run)], {stream_id: head}, [stream_id])
+            numbered = _number([_Publish(stream_id, rows, run)], {stream_id: int(head)}, [stream_id])
             cur = await conn.execute(QUERIES["append_events"], numbered.columns)
             numbered.written(await cur.fetchall())
             await conn.execute(QUERIES["set_stream_run"], {"stream_id": stream_id, "run": run})

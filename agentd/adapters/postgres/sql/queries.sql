@@ -189,7 +189,8 @@ SELECT pg_advisory_xact_lock(1634168440, k)
 -- are unknown or closed are not inserted, nor rows of a run older than the stream's newest run or than a row
 -- before them in the batch (fencing: their publishers get StreamNotFound or RunSuperseded). The accepted rows
 -- of a stream are numbered base + 1, base + 2, … (`base`: where the writer's counter for that stream stands),
--- so a refused row leaves no gap. The stream's newest run moves up; one NOTIFY per stream.
+-- so a refused row leaves no gap; a NULL base (a stream this writer has not written yet) is read from the
+-- table here. The stream's newest run moves up; one NOTIFY per stream.
 -- Every writer takes the streams' locks before it inserts, so a writer that numbers from the table under
 -- those locks (after a conflict) is never overtaken between its read and its insert.
 WITH locked AS (
@@ -200,7 +201,9 @@ WITH locked AS (
       FROM unnest(%(stream_ids)s::text[], %(bases)s::integer[], %(runs)s::integer[], %(types)s::text[],
                   %(datas)s::text[]) WITH ORDINALITY AS u(stream_id, base, run, type, data, ord)
 ), ok AS (
-    SELECT b.*, b.base + row_number() OVER (PARTITION BY b.stream_id ORDER BY b.ord) AS seq
+    SELECT b.*,
+           coalesce(b.base, (SELECT coalesce(max(e.seq), 0) FROM agentd_events e WHERE e.stream_id = b.stream_id))
+           + row_number() OVER (PARTITION BY b.stream_id ORDER BY b.ord) AS seq
       FROM batch b
       JOIN agentd_streams s ON s.stream_id = b.stream_id AND s.closed_at IS NULL
      WHERE (b.run = 0 OR (b.run >= s.run AND b.run >= b.top)) AND (SELECT count(*) FROM locked) >= 0
