@@ -39,6 +39,7 @@ from agentd.domain.errors import (
     QueueUnavailable,
     RunSuperseded,
     SecretsUnavailable,
+    StreamNotFound,
     WorkspaceFailed,
 )
 from agentd.domain.models import AgentEvent, AgentResult, DoneEvent, Job, JobStatus, StatusEvent
@@ -83,6 +84,67 @@ class _Run:
         log.warning("job.run_superseded", job_id=self.job.id, run_id=self.run_id, reason=why)
         with contextlib.suppress(Exception):
             await self.agent.cancel(self.run_id)
+
+
+OUTBOX_WINDOW = 8  # a run's events on their way to storage, at most, before its agent's output waits
+
+
+class _Outbox:
+    """A run's events on their way to the stream: one writer task publishes everything waiting, in order, in
+    one call (one statement on PostgreSQL), while the run goes on producing; `put` waits while `window` events
+    are waiting or being written (back-pressure); `flush` returns when all are stored, and raises what a write
+    raised."""
+
+    def __init__(self, publish: Callable[[list[AgentEvent]], Awaitable[None]], window: int) -> None:
+        self._publish = publish
+        self._window = window
+        self._waiting: list[AgentEvent] = []
+        self._writing = 0  # events in the write in progress
+        self._writer: asyncio.Task[None] | None = None
+        self._drained = asyncio.Event()
+
+    async def put(self, ev: AgentEvent) -> None:
+        self._waiting.append(ev)
+        if self._writer is None or self._writer.done():
+            self._check()
+            self._writer = asyncio.create_task(self._write())
+        while (
+            len(self._waiting) + self._writing >= self._window
+            and self._writer is not None
+            and not self._writer.done()
+        ):
+            self._drained.clear()
+            await self._drained.wait()
+        self._check()
+
+    async def _write(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                self._writing = len(batch)
+                await self._publish(batch)
+                self._writing = 0
+                self._drained.set()
+        finally:
+            self._writing = 0
+            self._drained.set()
+
+    def _check(self) -> None:
+        if self._writer is not None and self._writer.done() and not self._writer.cancelled():
+            exc = self._writer.exception()
+            if exc is not None:
+                raise exc
+
+    async def flush(self) -> None:
+        while self._writer is not None:
+            writer = self._writer
+            try:
+                await asyncio.shield(writer)
+            except asyncio.CancelledError:
+                writer.cancel()
+                raise
+            if self._writer is writer:
+                self._writer = None if not self._waiting else asyncio.create_task(self._write())
 
 
 class Runner:
@@ -275,10 +337,10 @@ class Runner:
         structlog.contextvars.bind_contextvars(job_id=job.id, project_id=job.project_id)
         started = time.monotonic()
         try:
-            await self._durably(lambda: self.streams.create(job.stream_id), "create_stream")
             try:
                 agent = self.registry.get(job.provider)
             except AgentdError as e:
+                await self._ensure_stream(job)
                 result = AgentResult(status="failed", error=e.message)
             else:
                 run = _Run(job, agent, leased_at=claimed_at if claimed_at is not None else time.monotonic())
@@ -364,15 +426,15 @@ class Runner:
                 ),
                 "supersede",
             )
+        running = StatusEvent(
+            status="running", detail=f"worker {worker_id}, attempt {job.attempts}", attempt=job.attempts
+        )
         try:
-            await self._publish(
-                job,
-                StatusEvent(
-                    status="running",
-                    detail=f"worker {worker_id}, attempt {job.attempts}",
-                    attempt=job.attempts,
-                ),
-            )
+            try:
+                await self._publish(job, running)
+            except StreamNotFound:  # the API makes the stream before the job; should it be missing, make it
+                await self._ensure_stream(job)
+                await self._publish(job, running)
         except RunSuperseded:
             await run.supersede("a later attempt has started")
             return AgentResult(status="failed", error="superseded before it started")
@@ -507,9 +569,12 @@ class Runner:
         self, run: _Run, env: dict[str, str], redactor: RunRedactor, workdir: Path | None
     ) -> DoneEvent | None:
         """Publish the run's events, redacted, until its `done` (returned, not published: the runner
-        publishes the stored result). Each event is published before the next is read (back-pressure).
-        Once the run is superseded its output is dropped. `workdir`: the job's own working tree."""
+        publishes the stored result). Events go out through the run's outbox: in order, as many per write
+        as have come meanwhile, at most OUTBOX_WINDOW on their way (back-pressure: beyond that the agent's
+        output waits in the adapter). Every event is stored before `_stream` returns. Once the run is
+        superseded its output is dropped. `workdir`: the job's own working tree."""
         job = run.job
+        outbox = _Outbox(functools.partial(self._publish_run, run), OUTBOX_WINDOW)
         where = {"workdir": workdir} if workdir is not None else {}  # adapters without it run as before
         events = run.agent.execute(job.request, run_id=run.run_id, env=env or None, **where)
         try:
@@ -517,23 +582,31 @@ class Runner:
                 if isinstance(ev, DoneEvent):
                     return ev
                 for out in redactor.feed(ev):
-                    await self._publish_run(run, out)
+                    await outbox.put(out)
             return None
         finally:
-            for out in redactor.flush():  # text held back at the end of an unfinished message
-                await self._publish_run(run, out)
-            # Closing the iterator makes the adapter clean up (processes, sessions) right away.
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            try:
+                for out in redactor.flush():  # text held back at the end of an unfinished message
+                    await outbox.put(out)
+                await outbox.flush()
+            finally:
+                # Closing the iterator makes the adapter clean up (processes, sessions) right away.
+                aclose = getattr(events, "aclose", None)
+                if aclose is not None:
+                    await aclose()
 
-    async def _publish_run(self, run: _Run, ev: AgentEvent) -> None:
+    async def _publish_run(self, run: _Run, events: list[AgentEvent]) -> None:
         if run.superseded.is_set():
             return
         try:
-            await self._publish(run.job, ev)
+            await self._durably(
+                lambda: self.streams.publish(run.job.stream_id, events, run=run.job.attempts), "publish"
+            )
         except RunSuperseded:
             await run.supersede("a later attempt has written to the stream")
+
+    async def _ensure_stream(self, job: Job) -> None:
+        await self._durably(lambda: self.streams.create(job.stream_id), "create_stream")
 
     async def _finish(self, job: Job, result: AgentResult, worker_id: str) -> Job:
         """Record a result (refused when the job has moved on from this attempt). Results that arrive while
