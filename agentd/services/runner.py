@@ -390,11 +390,10 @@ class Runner:
                 return result
             final = stored.result
             try:
-                await self._publish(job, DoneEvent.from_result(final))
+                await self._end_stream(job, DoneEvent.from_result(final))
             except RunSuperseded:  # the job was stored final by this run: nobody else may write; a bug
                 log.error("job.done_refused", run_id=job.run_id)
                 return final
-            await self._durably(lambda: self.streams.close_stream(job.stream_id), "close_stream")
             log.info(
                 "job.finished",
                 status=final.status,
@@ -604,6 +603,30 @@ class Runner:
             )
         except RunSuperseded:
             await run.supersede("a later attempt has written to the stream")
+
+    async def _end_stream(self, job: Job, done: DoneEvent) -> None:
+        """`done`, then the end of the stream. A log that stores its writes in the order they were issued,
+        batched (`writes_in_order`: PostgreSQL), gets both at once and stores them in one statement (one
+        round trip); should storage fail, each is retried on its own, in order."""
+        sid = job.stream_id
+        if not getattr(self.streams, "writes_in_order", False):
+            await self._publish(job, done)
+            await self._durably(lambda: self.streams.close_stream(sid), "close_stream")
+            return
+        publish = asyncio.ensure_future(self.streams.publish(sid, [done], run=job.attempts))
+        close = asyncio.ensure_future(self.streams.close_stream(sid))
+        published, closed = await asyncio.gather(publish, close, return_exceptions=True)
+        if isinstance(published, QueueUnavailable):
+            if not isinstance(closed, BaseException):  # only when storage failed between two batches
+                log.error("job.stream_closed_without_done", stream_id=sid)
+                return
+            await self._publish(job, done)
+        elif isinstance(published, BaseException):
+            raise published
+        if isinstance(closed, QueueUnavailable):
+            await self._durably(lambda: self.streams.close_stream(sid), "close_stream")
+        elif isinstance(closed, BaseException):
+            raise closed
 
     async def _ensure_stream(self, job: Job) -> None:
         await self._durably(lambda: self.streams.create(job.stream_id), "create_stream")

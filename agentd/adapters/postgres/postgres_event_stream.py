@@ -62,6 +62,7 @@ class _Publish:
     stream_id: str
     rows: list[tuple[str, str]]  # (type, data as JSON)
     run: int
+    close: bool = False  # not events: close the stream (after the batch's events before it)
     done: asyncio.Future[list[int]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -75,8 +76,11 @@ class _Numbered:
     ords: list[list[int]]  # each publish's rows (1-based positions in the batch)
     seq_of: dict[int, int] = field(default_factory=dict)  # accepted row → its sequence number
 
+    closed: set[str] = field(default_factory=set)  # the streams this batch closed
+
     def written(self, rows: list[DictRow]) -> _Numbered:
-        self.seq_of = {int(r["ord"]): int(r["seq"]) for r in rows}
+        self.seq_of = {int(r["ord"]): int(r["seq"]) for r in rows if r["ord"] is not None}
+        self.closed = {r["closed_id"] for r in rows if r["closed_id"] is not None}
         return self
 
     def seqs(self, i: int) -> list[int] | None:
@@ -105,6 +109,7 @@ def _number(batch: list[_Publish], heads: dict[str, int | None], notify: list[st
         "types": [],
         "datas": [],
         "notify_ids": notify,
+        "close_ids": [item.stream_id for item in batch if item.close],
     }
     out = _Numbered(cols, [])
     for item in batch:
@@ -116,6 +121,18 @@ def _number(batch: list[_Publish], heads: dict[str, int | None], notify: list[st
         cols["types"].extend(etype for etype, _ in item.rows)
         cols["datas"].extend(data for _, data in item.rows)
     return out
+
+
+def _split_after_close(pending: list[_Publish]) -> tuple[list[_Publish], list[_Publish]]:
+    """The next batch: everything pending, unless something comes after a close of its stream (a publish to
+    a closed stream must fail): then the batch ends with that close."""
+    closed: set[str] = set()
+    for i, item in enumerate(pending):
+        if item.stream_id in closed:
+            return pending[:i], pending[i:]
+        if item.close:
+            closed.add(item.stream_id)
+    return pending, []
 
 
 class _Waiters:
@@ -150,6 +167,10 @@ class _Waiters:
 
 
 class PostgresEventStream(EventStream):
+    # Publishes and closes are stored in the order they were called (one writer, batched): a caller may
+    # issue several at once and have them share a statement (agentd.services.runner).
+    writes_in_order = True
+
     def __init__(
         self, db: PgDatabase, *, retention_s: float = 3600.0, buffer: int = 1000, poll_s: float = 1.0
     ) -> None:
@@ -225,7 +246,7 @@ class PostgresEventStream(EventStream):
 
     async def _flush(self) -> None:
         while self._pending:
-            self._inflight, self._pending = self._pending, []
+            self._inflight, self._pending = _split_after_close(self._pending)
             try:
                 await self._write(self._inflight)
             except Exception as e:  # storage down (QueueUnavailable) or a bug: every publisher hears it
@@ -304,8 +325,11 @@ class PostgresEventStream(EventStream):
                 self._heads.pop(s, None)
         while len(self._heads) > MAX_COUNTERS:
             self._heads.popitem(last=False)
+        for s in numbered.closed:
+            self._heads.pop(s, None)
+            self._contended.discard(s)
         await self._settle(batch, numbered)
-        for s in heads:  # this process's own subscribers need no NOTIFY round trip
+        for s in set(heads) | numbered.closed:  # this process's own subscribers need no NOTIFY round trip
             self._waiters.wake(s)
 
     async def _settle(self, batch: list[_Publish], numbered: _Numbered) -> None:
@@ -313,6 +337,12 @@ class PostgresEventStream(EventStream):
         refused: dict[str, Exception] = {}
         for i, item in enumerate(batch):
             if item.done.done():
+                continue
+            if item.close:
+                if item.stream_id in numbered.closed:
+                    item.done.set_result([])
+                else:
+                    item.done.set_exception(_not_found(item.stream_id))
                 continue
             seqs = numbered.seqs(i)
             if seqs is not None:
@@ -398,14 +428,13 @@ class PostgresEventStream(EventStream):
             self.notifies += len(ids)
 
     async def close_stream(self, stream_id: str) -> None:
-        mine = [item.done for item in self._inflight + self._pending if item.stream_id == stream_id]
-        if mine:
-            await asyncio.gather(*mine, return_exceptions=True)
-        rows = await self._all("close_stream", {"stream_id": stream_id})
-        self._heads.pop(stream_id, None)
-        self._contended.discard(stream_id)
-        if not rows:
-            raise _not_found(stream_id)
+        """Through the writer, like a publish: it goes in the same statement as the events published before
+        it (a job's `done` and the end of its stream: one round trip)."""
+        item = _Publish(stream_id, [], 0, close=True)
+        self._pending.append(item)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="agentd-event-flusher")
+        await item.done
 
     async def subscribe(self, stream_id: str, *, after: int = 0) -> AsyncIterator[StoredEvent]:
         pos = max(0, after)

@@ -190,7 +190,9 @@ SELECT pg_advisory_xact_lock(1634168440, k)
 -- before them in the batch (fencing: their publishers get StreamNotFound or RunSuperseded). The accepted rows
 -- of a stream are numbered base + 1, base + 2, … (`base`: where the writer's counter for that stream stands),
 -- so a refused row leaves no gap; a NULL base (a stream this writer has not written yet) is read from the
--- table here. The stream's newest run moves up; one NOTIFY per stream.
+-- table here. The stream's newest run moves up; one NOTIFY per stream. Then the streams in `close_ids` are
+-- closed (after this batch's rows of them: a job's `done` and the end of its stream in one statement), each
+-- with its NOTIFY; they come back as rows with `closed_id`.
 -- Every writer takes the streams' locks before it inserts, so a writer that numbers from the table under
 -- those locks (after a conflict) is never overtaken between its read and its insert.
 WITH locked AS (
@@ -212,18 +214,29 @@ WITH locked AS (
     SELECT stream_id, seq, type, data::jsonb, run FROM ok
     RETURNING stream_id
 ), fence AS (
-    UPDATE agentd_streams s SET run = m.top
-      FROM (SELECT stream_id, max(run) AS top FROM ok GROUP BY stream_id) AS m
-     WHERE s.stream_id = m.stream_id AND s.run < m.top
-    RETURNING s.stream_id
+    -- One UPDATE per stream row (a row may be updated once per statement): the run moves up, and a stream
+    -- in close_ids is closed.
+    UPDATE agentd_streams s
+       SET run = greatest(s.run, m.top),
+           closed_at = CASE WHEN m.closing THEN coalesce(s.closed_at, now()) ELSE s.closed_at END
+      FROM (SELECT x.stream_id, max(x.top) AS top, bool_or(x.closing) AS closing
+              FROM (SELECT stream_id, run AS top, false AS closing FROM ok
+                    UNION ALL
+                    SELECT c, NULL, true FROM unnest(%(close_ids)s::text[]) AS c) AS x
+             GROUP BY x.stream_id) AS m
+     WHERE s.stream_id = m.stream_id AND (s.run < m.top OR m.closing)
+    RETURNING s.stream_id, m.closing
 ), wake AS (
     -- Debounced: only the streams the writer chose (not notified in the last few ms); the others get one
-    -- trailing `notify_streams` when the window closes.
+    -- trailing `notify_streams` when the window closes. A close always notifies.
     SELECT pg_notify('agentd_events', d.stream_id)
-      FROM (SELECT DISTINCT stream_id FROM ins WHERE stream_id = ANY(%(notify_ids)s::text[])) AS d
+      FROM (SELECT DISTINCT stream_id FROM ins WHERE stream_id = ANY(%(notify_ids)s::text[])
+            UNION SELECT stream_id FROM fence WHERE closing) AS d
 )
-SELECT ok.ord, ok.seq FROM ok
- WHERE (SELECT count(*) FROM wake) >= 0 AND (SELECT count(*) FROM fence) >= 0;
+SELECT ok.ord, ok.seq, NULL::text AS closed_id FROM ok
+ WHERE (SELECT count(*) FROM wake) >= 0 AND (SELECT count(*) FROM fence) >= 0
+UNION ALL
+SELECT NULL, NULL, f.stream_id FROM fence f WHERE f.closing;
 
 -- name: stream_fence
 -- A stream's newest run, locked for a `supersede` (under the stream's advisory lock).
