@@ -186,6 +186,9 @@ class Runner:
         self._to_finish: list[tuple[str, AgentResult, str, int, asyncio.Future[Job]]] = []
         self._finisher: asyncio.Task[None] | None = None
         self._slot_free = asyncio.Event()
+        # Jobs holding one of the `workers` slots: from their claim until their run (the agent) has ended.
+        # Recording the result and ending the stream go on after that, while the slot already runs the next.
+        self._holding: set[str] = set()
         self._active: dict[str, _Run] = {}  # job id → its run here (never two runs of one job: `exclude`)
         self._stopping = asyncio.Event()
         self._handing_back = asyncio.Event()
@@ -289,7 +292,7 @@ class Runner:
         """Fill free slots: one claim for as many jobs as there is room for, each run in its own task."""
         while not self._stopping.is_set():
             self._slot_free.clear()
-            free = self.workers - len(self._running)
+            free = self.workers - len(self._holding)
             jobs: list[Job] = []
             claimed_at = time.monotonic()  # the leases start no earlier than this
             if free > 0:
@@ -308,7 +311,8 @@ class Runner:
             for job in jobs:
                 task = asyncio.create_task(self._run_guarded(job, worker_id, claimed_at))
                 self._running.add(task)
-                task.add_done_callback(self._slot_freed)
+                self._holding.add(job.id)
+                task.add_done_callback(functools.partial(self._task_done, job.id))
             if jobs:
                 continue  # look again right away: more may be runnable, or the slots are full now
             # Nothing to claim (or no free slot): sleep until new work, a free slot, or shutdown.
@@ -323,9 +327,14 @@ class Runner:
                 t.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
 
-    def _slot_freed(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, job_id: str, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
-        self._slot_free.set()
+        self._release_slot(job_id)
+
+    def _release_slot(self, job_id: str) -> None:
+        if job_id in self._holding:
+            self._holding.discard(job_id)
+            self._slot_free.set()
 
     async def _run_guarded(self, job: Job, worker_id: str, claimed_at: float) -> None:
         try:
@@ -359,6 +368,7 @@ class Runner:
                     )
                     run.ended.set()
                     self._active.pop(job.id, None)
+                    self._release_slot(job.id)  # the agent has stopped: the slot may take the next job
                     if not self._active:
                         self._idle.set()
                 if run.superseded.is_set():
