@@ -9,7 +9,9 @@ claims the job, possibly on another machine, continues). Should another process 
 (a retried job that moved between workers, a sweeper announcing a lost worker), the primary key refuses the
 batch; it is then numbered again from the table under per-stream advisory locks, which every writer takes,
 so the writers of a shared stream take turns instead of colliding again. One
-`pg_notify('agentd_events', stream_id)` per stream per batch, in the same statement.
+`pg_notify('agentd_events', stream_id)` per stream per batch, in a statement of its own right after the
+batch's commit (a write that notified would hold PostgreSQL's notify lock through its commit: writers would
+commit one at a time).
 
 Fencing: each publish carries its run (the job's attempt; 0 for the API). The INSERT refuses rows of a run
 older than the stream's newest one (`agentd_streams.run`, moved up in the same statement) and numbers the
@@ -77,6 +79,7 @@ class _Numbered:
     seq_of: dict[int, int] = field(default_factory=dict)  # accepted row → its sequence number
 
     closed: set[str] = field(default_factory=set)  # the streams this batch closed
+    told: list[str] = field(default_factory=list)  # streams whose subscribers elsewhere hear of it now
 
     def written(self, rows: list[DictRow]) -> _Numbered:
         self.seq_of = {int(r["ord"]): int(r["seq"]) for r in rows if r["ord"] is not None}
@@ -189,6 +192,8 @@ class PostgresEventStream(EventStream):
         self._bucket: dict[str, tuple[float, float]] = {}  # stream → (tokens, when counted)
         self._trailing: set[str] = set()
         self._trailer: asyncio.Task[None] | None = None
+        self._soon: set[str] = set()  # streams to NOTIFY now, after their batch's commit
+        self._notifier: asyncio.Task[None] | None = None
         db.on_notify(EVENTS_CHANNEL, self._waiters.wake)
         db.on_gap(self._waiters.wake_all)
 
@@ -200,6 +205,8 @@ class PostgresEventStream(EventStream):
             await asyncio.gather(self._flusher, return_exceptions=True)
         if self._trailer is not None:
             await asyncio.gather(self._trailer, return_exceptions=True)
+        if self._notifier is not None:
+            await asyncio.gather(self._notifier, return_exceptions=True)
         self._waiters.wake_all()
         await self.db.close()
 
@@ -281,15 +288,20 @@ class PostgresEventStream(EventStream):
         """One INSERT for the whole batch. `serialised`: after a numbering conflict, take the streams' locks
         and number from the table in the same transaction, so that writers that collided take turns."""
         async with self.db.connection() as conn:
+            # The NOTIFYs go out after the commit, in a statement of their own (`_notify_soon`): a
+            # transaction that notifies holds PostgreSQL's notify lock through its commit, so writes that
+            # notify commit one at a time, each waiting for the last one's WAL flush.
             notify = self._notify_now(stream_ids)
             if not serialised:
-                numbered = _number(batch, self._known_heads(stream_ids), notify)
+                numbered = _number(batch, self._known_heads(stream_ids), [])
+                numbered.told = notify
                 cur = await conn.execute(QUERIES["append_events"], numbered.columns)
                 return numbered.written(await cur.fetchall())
             async with conn.transaction():
                 await conn.execute(QUERIES["lock_streams"], {"stream_ids": sorted(stream_ids)})
                 heads: dict[str, int | None] = {**await self._heads_for(conn, stream_ids, fresh=True)}
-                numbered = _number(batch, heads, notify)
+                numbered = _number(batch, heads, [])
+                numbered.told = notify
                 cur = await conn.execute(QUERIES["append_events"], numbered.columns)
                 return numbered.written(await cur.fetchall())
 
@@ -400,17 +412,32 @@ class PostgresEventStream(EventStream):
 
     def _after_write(self, numbered: _Numbered, written: set[str]) -> None:
         now = time.monotonic()
-        told = set(numbered.columns["notify_ids"])
+        told = set(numbered.told)
         for s in written:
             if s in told:
                 self._spend(s, now)
-                self.notifies += 1
+                self._soon.add(s)
             else:
                 self._trailing.add(s)
+        self._soon.update(numbered.closed)  # an end of stream is always told at once
+        if self._soon and (self._notifier is None or self._notifier.done()):
+            self._notifier = asyncio.create_task(self._notify_soon(), name="agentd-notifier")
         if len(self._bucket) > MAX_COUNTERS:
             self._bucket.clear()
         if self._trailing and (self._trailer is None or self._trailer.done()):
             self._trailer = asyncio.create_task(self._trail(), name="agentd-notify-trailer")
+
+    async def _notify_soon(self) -> None:
+        """The NOTIFYs of the batches just written, right away (after their commit), all in one statement;
+        those of batches written meanwhile in the next."""
+        while self._soon:
+            ids, self._soon = sorted(self._soon), set()
+            try:
+                await self._all("notify_streams", {"stream_ids": ids})
+            except Exception as e:  # storage down: subscribers elsewhere fall back to polling
+                log.warning("events.notify_failed", error=str(e))
+                return
+            self.notifies += len(ids)
 
     async def _trail(self) -> None:
         """One NOTIFY per stream for everything written in the debounce window without one."""

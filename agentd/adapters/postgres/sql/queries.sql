@@ -191,8 +191,8 @@ SELECT pg_advisory_xact_lock(1634168440, k)
 -- of a stream are numbered base + 1, base + 2, … (`base`: where the writer's counter for that stream stands),
 -- so a refused row leaves no gap; a NULL base (a stream this writer has not written yet) is read from the
 -- table here. The stream's newest run moves up; one NOTIFY per stream. Then the streams in `close_ids` are
--- closed (after this batch's rows of them: a job's `done` and the end of its stream in one statement), each
--- with its NOTIFY; they come back as rows with `closed_id`.
+-- closed (after this batch's rows of them: a job's `done` and the end of its stream in one statement); they
+-- come back as rows with `closed_id`.
 -- Every writer takes the streams' locks before it inserts, so a writer that numbers from the table under
 -- those locks (after a conflict) is never overtaken between its read and its insert.
 WITH locked AS (
@@ -228,10 +228,10 @@ WITH locked AS (
     RETURNING s.stream_id, m.closing
 ), wake AS (
     -- Debounced: only the streams the writer chose (not notified in the last few ms); the others get one
-    -- trailing `notify_streams` when the window closes. A close always notifies.
+    -- trailing `notify_streams` when the window closes. (The batching writer passes none and notifies after the
+-- commit instead: agentd.adapters.postgres.postgres_event_stream.)
     SELECT pg_notify('agentd_events', d.stream_id)
-      FROM (SELECT DISTINCT stream_id FROM ins WHERE stream_id = ANY(%(notify_ids)s::text[])
-            UNION SELECT stream_id FROM fence WHERE closing) AS d
+      FROM (SELECT DISTINCT stream_id FROM ins WHERE stream_id = ANY(%(notify_ids)s::text[])) AS d
 )
 SELECT ok.ord, ok.seq, NULL::text AS closed_id FROM ok
  WHERE (SELECT count(*) FROM wake) >= 0 AND (SELECT count(*) FROM fence) >= 0
