@@ -153,8 +153,14 @@ WITH lost AS (
 SELECT upd.* FROM upd WHERE (SELECT count(*) FROM wake) >= 0 ORDER BY seq;
 
 -- name: create_stream
--- The stream and, only when this statement creates it, its first events (numbered 1, 2, …) with one NOTIFY.
-WITH s AS (
+-- The stream and, only when this statement creates it, its first events (numbered 1, 2, …).
+-- No NOTIFY: nobody follows a stream before its creator has handed out its id.
+-- Committed without waiting for the WAL flush (synchronous_commit off, this transaction only): every caller
+-- makes a synchronous commit right after (the job's INSERT at submit, the run's first event in a worker) before
+-- anybody learns of the stream, and that flush covers this earlier commit too. Submit waits for one flush, not two.
+WITH cfg AS (
+    SELECT set_config('synchronous_commit', 'off', true)
+), s AS (
     INSERT INTO agentd_streams (stream_id) VALUES (%(stream_id)s) ON CONFLICT (stream_id) DO NOTHING
     RETURNING stream_id
 ), ins AS (
@@ -162,10 +168,8 @@ WITH s AS (
     SELECT s.stream_id, u.ord, u.type, u.data::jsonb
       FROM s, unnest(%(types)s::text[], %(datas)s::text[]) WITH ORDINALITY AS u(type, data, ord)
     RETURNING stream_id
-), wake AS (
-    SELECT pg_notify('agentd_events', d.stream_id) FROM (SELECT DISTINCT stream_id FROM ins) AS d
 )
-SELECT stream_id FROM s WHERE (SELECT count(*) FROM wake) >= 0;
+SELECT stream_id FROM s WHERE (SELECT count(*) FROM cfg) >= 0 AND (SELECT count(*) FROM ins) >= 0;
 
 -- name: stream_state
 -- Whether the stream exists, is closed, and its highest sequence number.
