@@ -477,7 +477,7 @@ class Runner:
             env = git.scrub(env)
             ws = git.workspace
             await self._publish_run(
-                run, StatusEvent(status="workspace", detail=f"{ws.ref} at {ws.base[:12]}")
+                run, [StatusEvent(status="workspace", detail=f"{ws.ref} at {ws.base[:12]}")]
             )
         redactor = RunRedactor({**self.service_secrets, **env, **git_secrets})
         with LOG_SECRETS.holding({**env, **git_secrets}):

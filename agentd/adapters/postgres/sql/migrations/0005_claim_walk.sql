@@ -1,4 +1,4 @@
--- agentd schema 4: agentd_claim walks the queue in submission order instead of planning one big query.
+-- agentd schema 5: agentd_claim walks the queue in submission order instead of planning one big query.
 --
 -- Schema 1's claim was one statement whose plan depended on the table's statistics. Right after a burst of
 -- submissions (before autovacuum's ANALYZE) the planner believed the queue was empty and chose an
@@ -10,9 +10,9 @@
 --
 -- Same rules as before: a project's jobs start in submission order (the first queued job seen of a project
 -- decides for the project: when it cannot start - backing off, excluded, locked by another claimer, its
--- project busy - the newer ones wait too); one running job per project (advisory lock per project, then the
--- check, with agentd_jobs_one_running_per_project as the backstop); Limits fleet-wide under one lock;
--- p_exclude: jobs the claiming process still runs are not handed to it again.
+-- project full - the newer ones wait too), at most one per project per claim; a project runs up to its
+-- max_running (agentd_project_has_room, checked under the project's advisory lock); Limits fleet-wide under
+-- one lock; p_exclude: jobs the claiming process still runs are not handed to it again.
 CREATE OR REPLACE FUNCTION agentd_claim(
     p_worker_id text, p_lease_s double precision, p_max integer, p_global_max integer, p_provider_caps jsonb,
     p_exclude text[]
@@ -44,14 +44,13 @@ BEGIN
         CONTINUE WHEN c.run_after > now() OR c.id = ANY (p_exclude);
         CONTINUE WHEN coalesce((v_room ->> c.provider)::integer, 1) <= 0;
         CONTINUE WHEN NOT pg_try_advisory_xact_lock(1634168436, hashtext(c.project_id));
-        -- Still queued (the cursor's snapshot may be older), not locked by another claimer, project idle.
+        -- Still queued (the cursor's snapshot may be older), not locked by another claimer, room in its project.
         UPDATE agentd_jobs j
            SET status = 'running', worker_id = p_worker_id, started_at = now(),
                attempts = attempts + 1, lease_expires_at = now() + make_interval(secs => p_lease_s)
          WHERE j.id = (SELECT q.id FROM agentd_jobs q WHERE q.id = c.id AND q.status = 'queued'
                           FOR UPDATE SKIP LOCKED)
-           AND NOT EXISTS (
-               SELECT 1 FROM agentd_jobs r WHERE r.project_id = c.project_id AND r.status = 'running')
+           AND agentd_project_has_room(c.project_id)
         RETURNING j.* INTO v_job;
         CONTINUE WHEN NOT FOUND;
         RETURN NEXT v_job;
