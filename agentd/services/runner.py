@@ -40,6 +40,7 @@ from agentd.domain.errors import (
     QueueUnavailable,
     RunSuperseded,
     SecretsUnavailable,
+    StreamNotFound,
     WorkspaceFailed,
 )
 from agentd.domain.models import AgentEvent, AgentResult, DoneEvent, ErrorEvent, Job, JobStatus, StatusEvent
@@ -94,6 +95,67 @@ class _Run:
             await self.agent.cancel(self.run_id)
 
 
+OUTBOX_WINDOW = 8  # a run's events on their way to storage, at most, before its agent's output waits
+
+
+class _Outbox:
+    """A run's events on their way to the stream: one writer task publishes everything waiting, in order, in
+    one call (one statement on PostgreSQL), while the run goes on producing; `put` waits while `window` events
+    are waiting or being written (back-pressure); `flush` returns when all are stored, and raises what a write
+    raised."""
+
+    def __init__(self, publish: Callable[[list[AgentEvent]], Awaitable[None]], window: int) -> None:
+        self._publish = publish
+        self._window = window
+        self._waiting: list[AgentEvent] = []
+        self._writing = 0  # events in the write in progress
+        self._writer: asyncio.Task[None] | None = None
+        self._drained = asyncio.Event()
+
+    async def put(self, ev: AgentEvent) -> None:
+        self._waiting.append(ev)
+        if self._writer is None or self._writer.done():
+            self._check()
+            self._writer = asyncio.create_task(self._write())
+        while (
+            len(self._waiting) + self._writing >= self._window
+            and self._writer is not None
+            and not self._writer.done()
+        ):
+            self._drained.clear()
+            await self._drained.wait()
+        self._check()
+
+    async def _write(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                self._writing = len(batch)
+                await self._publish(batch)
+                self._writing = 0
+                self._drained.set()
+        finally:
+            self._writing = 0
+            self._drained.set()
+
+    def _check(self) -> None:
+        if self._writer is not None and self._writer.done() and not self._writer.cancelled():
+            exc = self._writer.exception()
+            if exc is not None:
+                raise exc
+
+    async def flush(self) -> None:
+        while self._writer is not None:
+            writer = self._writer
+            try:
+                await asyncio.shield(writer)
+            except asyncio.CancelledError:
+                writer.cancel()
+                raise
+            if self._writer is writer:
+                self._writer = None if not self._waiting else asyncio.create_task(self._write())
+
+
 class Runner:
     def __init__(
         self,
@@ -137,6 +199,9 @@ class Runner:
         self._to_finish: list[tuple[str, AgentResult, str, int, asyncio.Future[Job]]] = []
         self._finisher: asyncio.Task[None] | None = None
         self._slot_free = asyncio.Event()
+        # Jobs holding one of the `workers` slots: from their claim until their run (the agent) has ended.
+        # Recording the result and ending the stream go on after that, while the slot already runs the next.
+        self._holding: set[str] = set()
         self._active: dict[str, _Run] = {}  # job id → its run here (never two runs of one job: `exclude`)
         self._stopping = asyncio.Event()
         self._handing_back = asyncio.Event()
@@ -243,7 +308,7 @@ class Runner:
         """Fill free slots: one claim for as many jobs as there is room for, each run in its own task."""
         while not self._stopping.is_set():
             self._slot_free.clear()
-            free = self.workers - len(self._running)
+            free = self.workers - len(self._holding)
             jobs: list[Job] = []
             claimed_at = time.monotonic()  # the leases start no earlier than this
             if free > 0:
@@ -262,7 +327,8 @@ class Runner:
             for job in jobs:
                 task = asyncio.create_task(self._run_guarded(job, worker_id, claimed_at))
                 self._running.add(task)
-                task.add_done_callback(self._slot_freed)
+                self._holding.add(job.id)
+                task.add_done_callback(functools.partial(self._task_done, job.id))
             if jobs:
                 continue  # look again right away: more may be runnable, or the slots are full now
             # Nothing to claim (or no free slot): sleep until new work, a free slot, or shutdown.
@@ -277,9 +343,14 @@ class Runner:
                 t.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
 
-    def _slot_freed(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, job_id: str, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
-        self._slot_free.set()
+        self._release_slot(job_id)
+
+    def _release_slot(self, job_id: str) -> None:
+        if job_id in self._holding:
+            self._holding.discard(job_id)
+            self._slot_free.set()
 
     async def _run_guarded(self, job: Job, worker_id: str, claimed_at: float) -> None:
         try:
@@ -295,10 +366,10 @@ class Runner:
         self.metrics.run_started(job.provider, since_submit_s=_since(job.created_at))
         ended = False
         try:
-            await self._durably(lambda: self.streams.create(job.stream_id), "create_stream")
             try:
                 agent = self.registry.get(job.provider)
             except AgentdError as e:
+                await self._ensure_stream(job)
                 result = AgentResult(status="failed", error=e.message)
             else:
                 run = _Run(job, agent, leased_at=claimed_at if claimed_at is not None else time.monotonic())
@@ -317,6 +388,7 @@ class Runner:
                     )
                     run.ended.set()
                     self._active.pop(job.id, None)
+                    self._release_slot(job.id)  # the agent has stopped: the slot may take the next job
                     if not self._active:
                         self._idle.set()
                 if run.superseded.is_set():
@@ -349,11 +421,10 @@ class Runner:
         final = stored.result
         self.metrics.job_finished(job.provider, final.status)
         try:
-            await self._publish(job, DoneEvent.from_result(final))
+            await self._end_stream(job, DoneEvent.from_result(final))
         except RunSuperseded:  # the job was stored final by this run: nobody else may write; a bug
             log.error("job.done_refused", run_id=job.run_id)
             return final
-        await self._durably(lambda: self.streams.close_stream(job.stream_id), "close_stream")
         log.info(
             "job.finished",
             status=final.status,
@@ -407,15 +478,15 @@ class Runner:
                 ),
                 "supersede",
             )
+        running = StatusEvent(
+            status="running", detail=f"worker {worker_id}, attempt {job.attempts}", attempt=job.attempts
+        )
         try:
-            await self._publish(
-                job,
-                StatusEvent(
-                    status="running",
-                    detail=f"worker {worker_id}, attempt {job.attempts}",
-                    attempt=job.attempts,
-                ),
-            )
+            try:
+                await self._publish(job, running)
+            except StreamNotFound:  # the API makes the stream before the job; should it be missing, make it
+                await self._ensure_stream(job)
+                await self._publish(job, running)
         except RunSuperseded:
             await run.supersede("a later attempt has started")
             return AgentResult(status="failed", error="superseded before it started")
@@ -449,7 +520,7 @@ class Runner:
             env = git.scrub(env)
             ws = git.workspace
             await self._publish_run(
-                run, StatusEvent(status="workspace", detail=f"{ws.ref} at {ws.base[:12]}")
+                run, [StatusEvent(status="workspace", detail=f"{ws.ref} at {ws.base[:12]}")]
             )
         redactor = RunRedactor({**self.service_secrets, **env, **git_secrets})
         with LOG_SECRETS.holding({**env, **git_secrets}):
@@ -553,9 +624,12 @@ class Runner:
         self, run: _Run, env: dict[str, str], redactor: RunRedactor, workdir: Path | None
     ) -> DoneEvent | None:
         """Publish the run's events, redacted, until its `done` (returned, not published: the runner
-        publishes the stored result). Each event is published before the next is read (back-pressure).
-        Once the run is superseded its output is dropped. `workdir`: the job's own working tree."""
+        publishes the stored result). Events go out through the run's outbox: in order, as many per write
+        as have come meanwhile, at most OUTBOX_WINDOW on their way (back-pressure: beyond that the agent's
+        output waits in the adapter). Every event is stored before `_stream` returns. Once the run is
+        superseded its output is dropped. `workdir`: the job's own working tree."""
         job = run.job
+        outbox = _Outbox(functools.partial(self._publish_run, run), OUTBOX_WINDOW)
         where = {"workdir": workdir} if workdir is not None else {}  # adapters without it run as before
         events = run.agent.execute(job.request, run_id=run.run_id, env=env or None, **where)
         first = True
@@ -569,23 +643,63 @@ class Runner:
                 if isinstance(ev, ErrorEvent):
                     self.metrics.provider_error(job.provider, ev.code)
                 for out in redactor.feed(ev):
-                    await self._publish_run(run, out)
+                    await outbox.put(out)
             return None
         finally:
-            for out in redactor.flush():  # text held back at the end of an unfinished message
-                await self._publish_run(run, out)
-            # Closing the iterator makes the adapter clean up (processes, sessions) right away.
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            try:
+                for out in redactor.flush():  # text held back at the end of an unfinished message
+                    await outbox.put(out)
+                await outbox.flush()
+            finally:
+                # Closing the iterator makes the adapter clean up (processes, sessions) right away.
+                aclose = getattr(events, "aclose", None)
+                if aclose is not None:
+                    await aclose()
 
-    async def _publish_run(self, run: _Run, ev: AgentEvent) -> None:
+    async def _publish_run(self, run: _Run, events: list[AgentEvent]) -> None:
         if run.superseded.is_set():
             return
         try:
-            await self._publish(run.job, ev)
+            await self._durably(
+                lambda: self.streams.publish(run.job.stream_id, events, run=run.job.attempts), "publish"
+            )
         except RunSuperseded:
             await run.supersede("a later attempt has written to the stream")
+            return
+        for ev in events:
+            self.metrics.events_published(ev.event)
+            if isinstance(ev, StatusEvent | DoneEvent):
+                await self._notify(run.job, ev)
+
+    async def _end_stream(self, job: Job, done: DoneEvent) -> None:
+        """`done`, then the end of the stream. A log that stores its writes in the order they were issued,
+        batched (`writes_in_order`: PostgreSQL), gets both at once and stores them in one statement (one
+        round trip); should storage fail, each is retried on its own, in order."""
+        sid = job.stream_id
+        if not getattr(self.streams, "writes_in_order", False):
+            await self._publish(job, done)
+            await self._durably(lambda: self.streams.close_stream(sid), "close_stream")
+            return
+        publish = asyncio.ensure_future(self.streams.publish(sid, [done], run=job.attempts))
+        close = asyncio.ensure_future(self.streams.close_stream(sid))
+        published, closed = await asyncio.gather(publish, close, return_exceptions=True)
+        if isinstance(published, QueueUnavailable):
+            if not isinstance(closed, BaseException):  # only when storage failed between two batches
+                log.error("job.stream_closed_without_done", stream_id=sid)
+                return
+            await self._publish(job, done)
+        elif isinstance(published, BaseException):
+            raise published
+        else:
+            self.metrics.events_published(done.event)
+            await self._notify(job, done)
+        if isinstance(closed, QueueUnavailable):
+            await self._durably(lambda: self.streams.close_stream(sid), "close_stream")
+        elif isinstance(closed, BaseException):
+            raise closed
+
+    async def _ensure_stream(self, job: Job) -> None:
+        await self._durably(lambda: self.streams.create(job.stream_id), "create_stream")
 
     async def _finish(self, job: Job, result: AgentResult, worker_id: str) -> Job:
         """Record a result (refused when the job has moved on from this attempt). Results that arrive while

@@ -9,7 +9,9 @@ claims the job, possibly on another machine, continues). Should another process 
 (a retried job that moved between workers, a sweeper announcing a lost worker), the primary key refuses the
 batch; it is then numbered again from the table under per-stream advisory locks, which every writer takes,
 so the writers of a shared stream take turns instead of colliding again. One
-`pg_notify('agentd_events', stream_id)` per stream per batch, in the same statement.
+`pg_notify('agentd_events', stream_id)` per stream per batch, in a statement of its own right after the
+batch's commit (a write that notified would hold PostgreSQL's notify lock through its commit: writers would
+commit one at a time).
 
 Fencing: each publish carries its run (the job's attempt; 0 for the API). The INSERT refuses rows of a run
 older than the stream's newest one (`agentd_streams.run`, moved up in the same statement) and numbers the
@@ -63,6 +65,7 @@ class _Publish:
     stream_id: str
     rows: list[tuple[str, str]]  # (type, data as JSON)
     run: int
+    close: bool = False  # not events: close the stream (after the batch's events before it)
     done: asyncio.Future[list[int]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -76,8 +79,12 @@ class _Numbered:
     ords: list[list[int]]  # each publish's rows (1-based positions in the batch)
     seq_of: dict[int, int] = field(default_factory=dict)  # accepted row → its sequence number
 
+    closed: set[str] = field(default_factory=set)  # the streams this batch closed
+    told: list[str] = field(default_factory=list)  # streams whose subscribers elsewhere hear of it now
+
     def written(self, rows: list[DictRow]) -> _Numbered:
-        self.seq_of = {int(r["ord"]): int(r["seq"]) for r in rows}
+        self.seq_of = {int(r["ord"]): int(r["seq"]) for r in rows if r["ord"] is not None}
+        self.closed = {r["closed_id"] for r in rows if r["closed_id"] is not None}
         return self
 
     def seqs(self, i: int) -> list[int] | None:
@@ -97,7 +104,8 @@ class _Numbered:
         return out
 
 
-def _number(batch: list[_Publish], heads: dict[str, int], notify: list[str]) -> _Numbered:
+def _number(batch: list[_Publish], heads: dict[str, int | None], notify: list[str]) -> _Numbered:
+    """`heads`: where each stream's numbering continues; None: not known here, the statement reads it."""
     cols: dict[str, list[Any]] = {
         "stream_ids": [],
         "bases": [],
@@ -105,6 +113,7 @@ def _number(batch: list[_Publish], heads: dict[str, int], notify: list[str]) -> 
         "types": [],
         "datas": [],
         "notify_ids": notify,
+        "close_ids": [item.stream_id for item in batch if item.close],
     }
     out = _Numbered(cols, [])
     for item in batch:
@@ -116,6 +125,18 @@ def _number(batch: list[_Publish], heads: dict[str, int], notify: list[str]) -> 
         cols["types"].extend(etype for etype, _ in item.rows)
         cols["datas"].extend(data for _, data in item.rows)
     return out
+
+
+def _split_after_close(pending: list[_Publish]) -> tuple[list[_Publish], list[_Publish]]:
+    """The next batch: everything pending, unless something comes after a close of its stream (a publish to
+    a closed stream must fail): then the batch ends with that close."""
+    closed: set[str] = set()
+    for i, item in enumerate(pending):
+        if item.stream_id in closed:
+            return pending[:i], pending[i:]
+        if item.close:
+            closed.add(item.stream_id)
+    return pending, []
 
 
 class _Waiters:
@@ -150,6 +171,10 @@ class _Waiters:
 
 
 class PostgresEventStream(EventStream):
+    # Publishes and closes are stored in the order they were called (one writer, batched): a caller may
+    # issue several at once and have them share a statement (agentd.services.runner).
+    writes_in_order = True
+
     def __init__(
         self, db: PgDatabase, *, retention_s: float = 3600.0, buffer: int = 1000, poll_s: float = 1.0
     ) -> None:
@@ -168,6 +193,8 @@ class PostgresEventStream(EventStream):
         self._bucket: dict[str, tuple[float, float]] = {}  # stream → (tokens, when counted)
         self._trailing: set[str] = set()
         self._trailer: asyncio.Task[None] | None = None
+        self._soon: set[str] = set()  # streams to NOTIFY now, after their batch's commit
+        self._notifier: asyncio.Task[None] | None = None
         db.on_notify(EVENTS_CHANNEL, self._waiters.wake)
         db.on_gap(self._waiters.wake_all)
 
@@ -179,6 +206,8 @@ class PostgresEventStream(EventStream):
             await asyncio.gather(self._flusher, return_exceptions=True)
         if self._trailer is not None:
             await asyncio.gather(self._trailer, return_exceptions=True)
+        if self._notifier is not None:
+            await asyncio.gather(self._notifier, return_exceptions=True)
         self._waiters.wake_all()
         await self.db.close()
 
@@ -227,7 +256,7 @@ class PostgresEventStream(EventStream):
 
     async def _flush(self) -> None:
         while self._pending:
-            self._inflight, self._pending = self._pending, []
+            self._inflight, self._pending = _split_after_close(self._pending)
             try:
                 await self._write(self._inflight)
             except Exception as e:  # storage down (QueueUnavailable) or a bug: every publisher hears it
@@ -243,6 +272,11 @@ class PostgresEventStream(EventStream):
             finally:
                 self._inflight = []
 
+    def _known_heads(self, stream_ids: list[str]) -> dict[str, int | None]:
+        """This process's counters; None for a stream it has not written yet: the INSERT numbers it from the
+        table's max(seq) in the same statement (no extra round trip; a race is caught by the primary key)."""
+        return {s: self._heads.get(s) for s in stream_ids}
+
     async def _heads_for(self, conn: Connection, stream_ids: list[str], *, fresh: bool) -> dict[str, int]:
         """Where each stream's numbering continues: this process's counter, or the table's max(seq)."""
         unknown = stream_ids if fresh else [s for s in stream_ids if s not in self._heads]
@@ -257,14 +291,20 @@ class PostgresEventStream(EventStream):
         """One INSERT for the whole batch. `serialised`: after a numbering conflict, take the streams' locks
         and number from the table in the same transaction, so that writers that collided take turns."""
         async with self.db.connection() as conn:
+            # The NOTIFYs go out after the commit, in a statement of their own (`_notify_soon`): a
+            # transaction that notifies holds PostgreSQL's notify lock through its commit, so writes that
+            # notify commit one at a time, each waiting for the last one's WAL flush.
             notify = self._notify_now(stream_ids)
             if not serialised:
-                numbered = _number(batch, await self._heads_for(conn, stream_ids, fresh=False), notify)
+                numbered = _number(batch, self._known_heads(stream_ids), [])
+                numbered.told = notify
                 cur = await conn.execute(QUERIES["append_events"], numbered.columns)
                 return numbered.written(await cur.fetchall())
             async with conn.transaction():
                 await conn.execute(QUERIES["lock_streams"], {"stream_ids": sorted(stream_ids)})
-                numbered = _number(batch, await self._heads_for(conn, stream_ids, fresh=True), notify)
+                heads: dict[str, int | None] = {**await self._heads_for(conn, stream_ids, fresh=True)}
+                numbered = _number(batch, heads, [])
+                numbered.told = notify
                 cur = await conn.execute(QUERIES["append_events"], numbered.columns)
                 return numbered.written(await cur.fetchall())
 
@@ -302,8 +342,11 @@ class PostgresEventStream(EventStream):
                 self._heads.pop(s, None)
         while len(self._heads) > MAX_COUNTERS:
             self._heads.popitem(last=False)
+        for s in numbered.closed:
+            self._heads.pop(s, None)
+            self._contended.discard(s)
         await self._settle(batch, numbered)
-        for s in heads:  # this process's own subscribers need no NOTIFY round trip
+        for s in set(heads) | numbered.closed:  # this process's own subscribers need no NOTIFY round trip
             self._waiters.wake(s)
 
     async def _settle(self, batch: list[_Publish], numbered: _Numbered) -> None:
@@ -311,6 +354,12 @@ class PostgresEventStream(EventStream):
         refused: dict[str, Exception] = {}
         for i, item in enumerate(batch):
             if item.done.done():
+                continue
+            if item.close:
+                if item.stream_id in numbered.closed:
+                    item.done.set_result([])
+                else:
+                    item.done.set_exception(_not_found(item.stream_id))
                 continue
             seqs = numbered.seqs(i)
             if seqs is not None:
@@ -348,7 +397,7 @@ class PostgresEventStream(EventStream):
             if state["closed"] or state["run"] >= run:
                 return False
             head = (await self._heads_for(conn, [stream_id], fresh=True))[stream_id]
-            numbered = _number([_Publish(stream_id, rows, run)], {stream_id: head}, [stream_id])
+            numbered = _number([_Publish(stream_id, rows, run)], {stream_id: int(head)}, [stream_id])
             cur = await conn.execute(QUERIES["append_events"], numbered.columns)
             numbered.written(await cur.fetchall())
             await conn.execute(QUERIES["set_stream_run"], {"stream_id": stream_id, "run": run})
@@ -370,17 +419,32 @@ class PostgresEventStream(EventStream):
 
     def _after_write(self, numbered: _Numbered, written: set[str]) -> None:
         now = time.monotonic()
-        told = set(numbered.columns["notify_ids"])
+        told = set(numbered.told)
         for s in written:
             if s in told:
                 self._spend(s, now)
-                self.notifies += 1
+                self._soon.add(s)
             else:
                 self._trailing.add(s)
+        self._soon.update(numbered.closed)  # an end of stream is always told at once
+        if self._soon and (self._notifier is None or self._notifier.done()):
+            self._notifier = asyncio.create_task(self._notify_soon(), name="agentd-notifier")
         if len(self._bucket) > MAX_COUNTERS:
             self._bucket.clear()
         if self._trailing and (self._trailer is None or self._trailer.done()):
             self._trailer = asyncio.create_task(self._trail(), name="agentd-notify-trailer")
+
+    async def _notify_soon(self) -> None:
+        """The NOTIFYs of the batches just written, right away (after their commit), all in one statement;
+        those of batches written meanwhile in the next."""
+        while self._soon:
+            ids, self._soon = sorted(self._soon), set()
+            try:
+                await self._all("notify_streams", {"stream_ids": ids})
+            except Exception as e:  # storage down: subscribers elsewhere fall back to polling
+                log.warning("events.notify_failed", error=str(e))
+                return
+            self.notifies += len(ids)
 
     async def _trail(self) -> None:
         """One NOTIFY per stream for everything written in the debounce window without one."""
@@ -398,14 +462,13 @@ class PostgresEventStream(EventStream):
             self.notifies += len(ids)
 
     async def close_stream(self, stream_id: str) -> None:
-        mine = [item.done for item in self._inflight + self._pending if item.stream_id == stream_id]
-        if mine:
-            await asyncio.gather(*mine, return_exceptions=True)
-        rows = await self._all("close_stream", {"stream_id": stream_id})
-        self._heads.pop(stream_id, None)
-        self._contended.discard(stream_id)
-        if not rows:
-            raise _not_found(stream_id)
+        """Through the writer, like a publish: it goes in the same statement as the events published before
+        it (a job's `done` and the end of its stream: one round trip)."""
+        item = _Publish(stream_id, [], 0, close=True)
+        self._pending.append(item)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="agentd-event-flusher")
+        await item.done
 
     async def subscribe(self, stream_id: str, *, after: int = 0) -> AsyncIterator[StoredEvent]:
         pos = max(0, after)

@@ -169,23 +169,45 @@ class PostgresWorkQueue(WorkQueue):
         self, worker_id: str, n: int, *, limits: Limits | None = None, exclude: Collection[str] = ()
     ) -> list[Job]:
         """Up to `n` jobs in one statement (each under its own lease, never two of one project)."""
+        rows = await self._all("claim", self._claim_params(worker_id, n, limits, exclude))
+        return [row_to_job(r) for r in rows]
+
+    def _claim_params(
+        self, worker_id: str, n: int, limits: Limits | None, exclude: Collection[str]
+    ) -> dict[str, Any]:
         self._wake.claiming()
         caps = limits.per_provider if limits is not None else {}
         global_max = limits.global_max if limits is not None else None
         if caps or global_max is not None:
             self._limits_in_use = True
-        rows = await self._all(
-            "claim",
-            {
-                "worker_id": worker_id,
-                "lease_s": self.lease_s,
-                "max": n,
-                "global_max": global_max,
-                "provider_caps": json.dumps(caps) if caps else None,
-                "exclude": sorted(exclude),
-            },
-        )
-        return [row_to_job(r) for r in rows]
+        return {
+            "worker_id": worker_id,
+            "lease_s": self.lease_s,
+            "max": n,
+            "global_max": global_max,
+            "provider_caps": json.dumps(caps) if caps else None,
+            "exclude": sorted(exclude),
+        }
+
+    async def finish_and_claim(
+        self,
+        results: Sequence[tuple[str, AgentResult]],
+        n: int,
+        *,
+        worker_id: str,
+        limits: Limits | None = None,
+        attempts: Mapping[str, int] | None = None,
+    ) -> tuple[list[Job], list[Job]]:
+        """`finish_many(results)`, then `claim_many(n)`: both statements sent at once in psycopg's pipeline
+        mode, one round trip. Each is its own transaction, in that order, so the claim sees the finished
+        jobs' projects free. Returns (the finished jobs in the order given, the claimed jobs)."""
+        ids = distinct_ids(results)
+        async with self.db.connection() as conn, conn.pipeline():
+            fin = await conn.execute(QUERIES["finish"], self._finish_params(results, worker_id, attempts))
+            claim = await conn.execute(QUERIES["claim"], self._claim_params(worker_id, n, limits, ()))
+            finished_rows = await fin.fetchall()
+            claimed_rows = await claim.fetchall()
+        return self._finished(ids, finished_rows), [row_to_job(r) for r in claimed_rows]
 
     async def wait_for_work(self, timeout: float) -> None:
         await self._wake.wait(timeout)
@@ -204,23 +226,30 @@ class PostgresWorkQueue(WorkQueue):
         attempts: Mapping[str, int] | None = None,
     ) -> list[Job]:
         """Several results in one statement; the jobs come back in the order given."""
-        ids = distinct_ids(results)
-        rows = await self._all(
-            "finish",
-            {
-                "ids": ids,
-                "input": "["
-                + ",".join(
-                    _finish_input(job_id, r, attempts.get(job_id) if attempts else None)
-                    for job_id, r in results
-                )
-                + "]",
-                "worker_id": worker_id,
-                "retry_base_s": self.retry_base_s,
-                "retry_max_s": MAX_BACKOFF_S,
-                "wake_any": self._limits_in_use,
-            },
-        )
+        rows = await self._all("finish", self._finish_params(results, worker_id, attempts))
+        return self._finished(distinct_ids(results), rows)
+
+    def _finish_params(
+        self,
+        results: Sequence[tuple[str, AgentResult]],
+        worker_id: str | None,
+        attempts: Mapping[str, int] | None,
+    ) -> dict[str, Any]:
+        return {
+            "ids": distinct_ids(results),
+            "input": "["
+            + ",".join(
+                _finish_input(job_id, r, attempts.get(job_id) if attempts else None) for job_id, r in results
+            )
+            + "]",
+            "worker_id": worker_id,
+            "retry_base_s": self.retry_base_s,
+            "retry_max_s": MAX_BACKOFF_S,
+            "wake_any": self._limits_in_use,
+        }
+
+    @staticmethod
+    def _finished(ids: list[str], rows: list[DictRow]) -> list[Job]:
         by_id = {r["id"]: r for r in rows}
         missing = [job_id for job_id in ids if job_id not in by_id]
         if missing:

@@ -153,8 +153,14 @@ WITH lost AS (
 SELECT upd.* FROM upd WHERE (SELECT count(*) FROM wake) >= 0 ORDER BY seq;
 
 -- name: create_stream
--- The stream and, only when this statement creates it, its first events (numbered 1, 2, …) with one NOTIFY.
-WITH s AS (
+-- The stream and, only when this statement creates it, its first events (numbered 1, 2, …).
+-- No NOTIFY: nobody follows a stream before its creator has handed out its id.
+-- Committed without waiting for the WAL flush (synchronous_commit off, this transaction only): every caller
+-- makes a synchronous commit right after (the job's INSERT at submit, the run's first event in a worker) before
+-- anybody learns of the stream, and that flush covers this earlier commit too. Submit waits for one flush, not two.
+WITH cfg AS (
+    SELECT set_config('synchronous_commit', 'off', true)
+), s AS (
     INSERT INTO agentd_streams (stream_id) VALUES (%(stream_id)s) ON CONFLICT (stream_id) DO NOTHING
     RETURNING stream_id
 ), ins AS (
@@ -162,10 +168,8 @@ WITH s AS (
     SELECT s.stream_id, u.ord, u.type, u.data::jsonb
       FROM s, unnest(%(types)s::text[], %(datas)s::text[]) WITH ORDINALITY AS u(type, data, ord)
     RETURNING stream_id
-), wake AS (
-    SELECT pg_notify('agentd_events', d.stream_id) FROM (SELECT DISTINCT stream_id FROM ins) AS d
 )
-SELECT stream_id FROM s WHERE (SELECT count(*) FROM wake) >= 0;
+SELECT stream_id FROM s WHERE (SELECT count(*) FROM cfg) >= 0 AND (SELECT count(*) FROM ins) >= 0;
 
 -- name: stream_state
 -- Whether the stream exists, is closed, and its highest sequence number.
@@ -189,7 +193,10 @@ SELECT pg_advisory_xact_lock(1634168440, k)
 -- are unknown or closed are not inserted, nor rows of a run older than the stream's newest run or than a row
 -- before them in the batch (fencing: their publishers get StreamNotFound or RunSuperseded). The accepted rows
 -- of a stream are numbered base + 1, base + 2, … (`base`: where the writer's counter for that stream stands),
--- so a refused row leaves no gap. The stream's newest run moves up; one NOTIFY per stream.
+-- so a refused row leaves no gap; a NULL base (a stream this writer has not written yet) is read from the
+-- table here. The stream's newest run moves up; one NOTIFY per stream. Then the streams in `close_ids` are
+-- closed (after this batch's rows of them: a job's `done` and the end of its stream in one statement); they
+-- come back as rows with `closed_id`.
 -- Every writer takes the streams' locks before it inserts, so a writer that numbers from the table under
 -- those locks (after a conflict) is never overtaken between its read and its insert.
 WITH locked AS (
@@ -200,7 +207,9 @@ WITH locked AS (
       FROM unnest(%(stream_ids)s::text[], %(bases)s::integer[], %(runs)s::integer[], %(types)s::text[],
                   %(datas)s::text[]) WITH ORDINALITY AS u(stream_id, base, run, type, data, ord)
 ), ok AS (
-    SELECT b.*, b.base + row_number() OVER (PARTITION BY b.stream_id ORDER BY b.ord) AS seq
+    SELECT b.*,
+           coalesce(b.base, (SELECT coalesce(max(e.seq), 0) FROM agentd_events e WHERE e.stream_id = b.stream_id))
+           + row_number() OVER (PARTITION BY b.stream_id ORDER BY b.ord) AS seq
       FROM batch b
       JOIN agentd_streams s ON s.stream_id = b.stream_id AND s.closed_at IS NULL
      WHERE (b.run = 0 OR (b.run >= s.run AND b.run >= b.top)) AND (SELECT count(*) FROM locked) >= 0
@@ -209,18 +218,29 @@ WITH locked AS (
     SELECT stream_id, seq, type, data::jsonb, run FROM ok
     RETURNING stream_id
 ), fence AS (
-    UPDATE agentd_streams s SET run = m.top
-      FROM (SELECT stream_id, max(run) AS top FROM ok GROUP BY stream_id) AS m
-     WHERE s.stream_id = m.stream_id AND s.run < m.top
-    RETURNING s.stream_id
+    -- One UPDATE per stream row (a row may be updated once per statement): the run moves up, and a stream
+    -- in close_ids is closed.
+    UPDATE agentd_streams s
+       SET run = greatest(s.run, m.top),
+           closed_at = CASE WHEN m.closing THEN coalesce(s.closed_at, now()) ELSE s.closed_at END
+      FROM (SELECT x.stream_id, max(x.top) AS top, bool_or(x.closing) AS closing
+              FROM (SELECT stream_id, run AS top, false AS closing FROM ok
+                    UNION ALL
+                    SELECT c, NULL, true FROM unnest(%(close_ids)s::text[]) AS c) AS x
+             GROUP BY x.stream_id) AS m
+     WHERE s.stream_id = m.stream_id AND (s.run < m.top OR m.closing)
+    RETURNING s.stream_id, m.closing
 ), wake AS (
     -- Debounced: only the streams the writer chose (not notified in the last few ms); the others get one
-    -- trailing `notify_streams` when the window closes.
+    -- trailing `notify_streams` when the window closes. (The batching writer passes none and notifies after the
+-- commit instead: agentd.adapters.postgres.postgres_event_stream.)
     SELECT pg_notify('agentd_events', d.stream_id)
       FROM (SELECT DISTINCT stream_id FROM ins WHERE stream_id = ANY(%(notify_ids)s::text[])) AS d
 )
-SELECT ok.ord, ok.seq FROM ok
- WHERE (SELECT count(*) FROM wake) >= 0 AND (SELECT count(*) FROM fence) >= 0;
+SELECT ok.ord, ok.seq, NULL::text AS closed_id FROM ok
+ WHERE (SELECT count(*) FROM wake) >= 0 AND (SELECT count(*) FROM fence) >= 0
+UNION ALL
+SELECT NULL, NULL, f.stream_id FROM fence f WHERE f.closing;
 
 -- name: stream_fence
 -- A stream's newest run, locked for a `supersede` (under the stream's advisory lock).
