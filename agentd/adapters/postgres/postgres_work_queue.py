@@ -197,14 +197,16 @@ class PostgresWorkQueue(WorkQueue):
         worker_id: str,
         limits: Limits | None = None,
         attempts: Mapping[str, int] | None = None,
+        exclude: Collection[str] = (),
     ) -> tuple[list[Job], list[Job]]:
         """`finish_many(results)`, then `claim_many(n)`: both statements sent at once in psycopg's pipeline
         mode, one round trip. Each is its own transaction, in that order, so the claim sees the finished
-        jobs' projects free. Returns (the finished jobs in the order given, the claimed jobs)."""
+        jobs' projects free; `exclude` as in `claim_many`. Returns (the finished jobs in the order given, the
+        claimed jobs)."""
         ids = distinct_ids(results)
         async with self.db.connection() as conn, conn.pipeline():
             fin = await conn.execute(QUERIES["finish"], self._finish_params(results, worker_id, attempts))
-            claim = await conn.execute(QUERIES["claim"], self._claim_params(worker_id, n, limits, ()))
+            claim = await conn.execute(QUERIES["claim"], self._claim_params(worker_id, n, limits, exclude))
             finished_rows = await fin.fetchall()
             claimed_rows = await claim.fetchall()
         return self._finished(ids, finished_rows), [row_to_job(r) for r in claimed_rows]
