@@ -30,6 +30,15 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    """A bench stopped from outside (`kill`, a CI timeout) unwinds like Ctrl-C: every `processes()` block and
+    scratch database is cleaned up on the way out, so no api/worker child is left running."""
+    raise SystemExit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
 def cpu_line() -> str:
     """`lscpu`'s model name and the number of CPUs, as the tables print it."""
     model, cores = "unknown CPU", str(os.cpu_count())
