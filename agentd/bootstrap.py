@@ -238,7 +238,9 @@ async def open_storage(settings: Settings) -> tuple[WorkQueue, EventStream]:
     return queue, FanoutEventStream(durable, buffer=settings.subscriber_buffer)
 
 
-def run_journal(queue: WorkQueue, streams: EventStream) -> RunJournal | None:
+def run_journal(
+    queue: WorkQueue, streams: EventStream, projects: ProjectStore | None = None
+) -> RunJournal | None:
     """The run journal when the queue and the event log share one database (PostgreSQL; agentd.ports.
     work_queue.RunJournal): a job's `running` goes with its claim, its `done` with its result. None otherwise
     (say, a log given by a test): the runner writes them on their own."""
@@ -247,7 +249,8 @@ def run_journal(queue: WorkQueue, streams: EventStream) -> RunJournal | None:
     if pg is None or not isinstance(queue, pg.PostgresWorkQueue):
         return None
     if isinstance(durable, pg.PostgresEventStream) and queue.db is durable.db:
-        return pg.PostgresRunJournal(queue, durable)
+        same = isinstance(projects, pg.PostgresProjectStore) and projects.db is queue.db
+        return pg.PostgresRunJournal(queue, durable, projects if same else None)
     return None
 
 
@@ -387,7 +390,7 @@ async def build(
             webhooks=webhooks,
             git_runs=GitRuns(projects, workspaces, secrets),
             metrics=metrics,
-            journal=run_journal(queue, streams),
+            journal=run_journal(queue, streams, projects),
         )
     service = JobService(
         queue,

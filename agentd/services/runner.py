@@ -689,14 +689,16 @@ class Runner:
             return None
         finally:
             try:
-                for out in redactor.flush():  # text held back at the end of an unfinished message
-                    await outbox.put(out)
-                await outbox.flush()
-            finally:
                 # Closing the iterator makes the adapter clean up (processes, sessions) right away.
                 aclose = getattr(events, "aclose", None)
                 if aclose is not None:
                     await aclose()
+            finally:
+                # The agent has stopped: its slot may take the next job while its last events are stored.
+                self._release_slot(job.id)
+                for out in redactor.flush():  # text held back at the end of an unfinished message
+                    await outbox.put(out)
+                await outbox.flush()
 
     async def _publish_run(self, run: _Run, events: list[AgentEvent]) -> None:
         if run.superseded.is_set():

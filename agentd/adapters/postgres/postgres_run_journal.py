@@ -15,6 +15,7 @@ from typing import Any
 
 from agentd.adapters.postgres.nul import to_jsonb
 from agentd.adapters.postgres.postgres_event_stream import PostgresEventStream
+from agentd.adapters.postgres.postgres_project_store import PostgresProjectStore
 from agentd.adapters.postgres.postgres_work_queue import PostgresWorkQueue, row_to_job
 from agentd.adapters.postgres.queries import QUERIES
 from agentd.adapters.queue_policy import distinct_ids
@@ -24,11 +25,17 @@ from agentd.ports.work_queue import Limits, RunJournal
 
 
 class PostgresRunJournal(RunJournal):
-    def __init__(self, queue: PostgresWorkQueue, streams: PostgresEventStream) -> None:
-        if queue.db is not streams.db:
+    def __init__(
+        self,
+        queue: PostgresWorkQueue,
+        streams: PostgresEventStream,
+        projects: PostgresProjectStore | None = None,
+    ) -> None:
+        if queue.db is not streams.db or (projects is not None and projects.db is not queue.db):
             raise ValueError("the run journal needs the queue and the event log on one database")
         self.queue = queue
         self.streams = streams
+        self.projects = projects  # given: a claim reads each job's project too, for the worker's next `find`
 
     async def claim_started(
         self,
@@ -45,6 +52,9 @@ class PostgresRunJournal(RunJournal):
         async with self.queue.db.connection() as conn:
             cur = await conn.execute(QUERIES["claim_started"], params)
             rows = await cur.fetchall()
+        if self.projects is not None:
+            for r in rows:
+                self.projects.prefetched(r["project_id"], r)
         heads = {r["stream_id"]: int(r["running_seq"]) for r in rows if r["running_seq"] is not None}
         if heads:
             self.streams.written_with(heads)

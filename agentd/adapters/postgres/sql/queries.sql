@@ -36,7 +36,8 @@ SELECT * FROM agentd_claim(%(worker_id)s, %(lease_s)s, %(max)s, %(global_max)s, 
 -- job's first attempt, `running` (its data with `detail` = %(detail)s followed by the attempt, and `attempt`)
 -- is appended to its stream as that run (agentd_append_fenced); `running_seq` is its number, NULL when not
 -- written (a later attempt, or a stream that is unknown, closed or taken by a later run): the worker then
--- writes it the ordinary way. No NOTIFY here (the writer sends those after the commit).
+-- writes it the ordinary way. No NOTIFY here (the writer sends those after the commit). The job's project row
+-- (project_*) comes along: the worker reads it right after the claim (PostgresProjectStore.prefetched).
 WITH c AS (
     SELECT * FROM agentd_claim(%(worker_id)s, %(lease_s)s, %(max)s, %(global_max)s,
                                %(provider_caps)s::jsonb, %(exclude)s::text[])
@@ -45,8 +46,10 @@ SELECT c.*,
        CASE WHEN c.attempts = 1 THEN agentd_append_fenced(
            c.stream_id, c.attempts, 'status',
            %(running)s::jsonb || jsonb_build_object('detail', %(detail)s::text || c.attempts, 'attempt', c.attempts),
-           false) END AS running_seq
-  FROM c;
+           false) END AS running_seq,
+       p.id IS NOT NULL AS project_found, p.spec AS project_spec, p.created_at AS project_created_at,
+       p.updated_at AS project_updated_at
+  FROM c LEFT JOIN agentd_projects p ON p.id = c.project_id;
 
 -- name: heartbeat
 -- An expired lease is lost, even before a sweep re-queues the job: it is never renewed.
