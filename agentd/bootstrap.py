@@ -250,7 +250,8 @@ def run_journal(
         return None
     if isinstance(durable, pg.PostgresEventStream) and queue.db is durable.db:
         same = isinstance(projects, pg.PostgresProjectStore) and projects.db is queue.db
-        return pg.PostgresRunJournal(queue, durable, projects if same else None)
+        journal: RunJournal = pg.PostgresRunJournal(queue, durable, projects if same else None)
+        return journal
     return None
 
 

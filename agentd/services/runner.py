@@ -373,14 +373,14 @@ class Runner:
 
     async def _run_guarded(self, job: Job, worker_id: str, claimed_at: float, started: bool) -> None:
         try:
-            await self.run_job(job, worker_id, claimed_at=claimed_at, started=started)
+            await self.run_job(job, worker_id, claimed_at=claimed_at, running_written=started)
         except Exception:  # a bug in one job must not kill the worker
             log.exception("job.crashed", job_id=job.id)
 
     async def run_job(
-        self, job: Job, worker_id: str, *, claimed_at: float | None = None, started: bool = False
+        self, job: Job, worker_id: str, *, claimed_at: float | None = None, running_written: bool = False
     ) -> AgentResult:
-        # `started`: the job's `running` event was written with its claim (the run journal).
+        # `running_written`: the job's `running` event was written with its claim (the run journal).
         structlog.contextvars.bind_contextvars(
             job_id=job.id, project_id=job.project_id, request_id=job.request.request_id
         )
@@ -403,7 +403,7 @@ class Runner:
                 # (bench/faults.py) reads to prove that two runs of one job never overlap.
                 log.info("run.started", run_id=job.run_id, at=time.time())
                 try:
-                    result = await self._drive(run, worker_id, started)
+                    result = await self._drive(run, worker_id, running_written)
                 finally:
                     log.info(
                         "run.ended", run_id=job.run_id, at=time.time(), superseded=run.superseded.is_set()
@@ -491,9 +491,9 @@ class Runner:
             )
         log.warning("job.retry_scheduled", attempts=job.attempts, error=result.error)
 
-    async def _drive(self, run: _Run, worker_id: str, started: bool = False) -> AgentResult:
+    async def _drive(self, run: _Run, worker_id: str, running_written: bool = False) -> AgentResult:
         job = run.job
-        if started:  # `running` was stored with the claim (the run journal)
+        if running_written:  # `running` was stored with the claim (the run journal)
             running = _running(worker_id, job.attempts)
             self.metrics.events_published(running.event)
             await self._notify(job, running)
