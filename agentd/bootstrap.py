@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,7 +37,7 @@ from agentd.ports.key_store import KeyStore
 from agentd.ports.project_store import ProjectStore
 from agentd.ports.secret_store import SecretStore
 from agentd.ports.webhook_outbox import WebhookOutbox
-from agentd.ports.work_queue import Limits, WorkQueue
+from agentd.ports.work_queue import Limits, RunJournal, WorkQueue
 from agentd.ports.workspace import TemplateLibrary, Workspaces
 from agentd.services.access import KeyService, RateLimit
 from agentd.services.git_runs import GitRuns
@@ -237,6 +238,23 @@ async def open_storage(settings: Settings) -> tuple[WorkQueue, EventStream]:
     return queue, FanoutEventStream(durable, buffer=settings.subscriber_buffer)
 
 
+def run_journal(
+    queue: WorkQueue, streams: EventStream, projects: ProjectStore | None = None
+) -> RunJournal | None:
+    """The run journal when the queue and the event log share one database (PostgreSQL; agentd.ports.
+    work_queue.RunJournal): a job's `running` goes with its claim, its `done` with its result. None otherwise
+    (say, a log given by a test): the runner writes them on their own."""
+    durable = streams.inner if isinstance(streams, FanoutEventStream) else streams
+    pg = sys.modules.get("agentd.adapters.postgres")  # not imported: no PostgreSQL queue (nor psycopg) here
+    if pg is None or not isinstance(queue, pg.PostgresWorkQueue):
+        return None
+    if isinstance(durable, pg.PostgresEventStream) and queue.db is durable.db:
+        same = isinstance(projects, pg.PostgresProjectStore) and projects.db is queue.db
+        journal: RunJournal = pg.PostgresRunJournal(queue, durable, projects if same else None)
+        return journal
+    return None
+
+
 async def open_secret_store(settings: Settings, queue: WorkQueue | None = None) -> SecretStore:
     """The secret store, in the queue's database: the SQLite file of the embedded queue, or PostgreSQL.
 
@@ -373,6 +391,7 @@ async def build(
             webhooks=webhooks,
             git_runs=GitRuns(projects, workspaces, secrets),
             metrics=metrics,
+            journal=run_journal(queue, streams, projects),
         )
     service = JobService(
         queue,

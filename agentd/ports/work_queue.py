@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
-from agentd.domain.models import AgentRequest, AgentResult, Job, JobStatus
+from agentd.domain.models import AgentRequest, AgentResult, Job, JobStatus, StatusEvent
 
 BusyPolicy = Literal["enqueue", "reject"]
 
@@ -155,3 +155,46 @@ class WorkQueue(Protocol):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+
+class RunJournal(Protocol):
+    """Optional: a queue whose database holds the event log too writes a run's first event with its claim
+    and its last with its result, each in the same transaction (PostgreSQL, and the embedded SQLite file).
+
+    A worker on such storage makes one commit per batch of claims and one per batch of results, instead of a
+    commit more for each job's `running`, and another for its `done` and the end of its stream. The runner
+    uses it when storage offers one (agentd.bootstrap), else the queue and the log one after the other. The
+    log's rules hold as for any writer: events are stored in order, fenced by the run (the job's attempt),
+    and nobody sees one before it is committed; a client that sees `done` finds the final status.
+    """
+
+    @abstractmethod
+    async def claim_started(
+        self,
+        worker_id: str,
+        n: int,
+        *,
+        running: StatusEvent,
+        limits: Limits | None = None,
+        exclude: Collection[str] = (),
+    ) -> list[tuple[Job, bool]]:
+        """`claim_many`, and for each job claimed for its first attempt its `running` event in its stream:
+        `running` with `attempt` set to the job's attempt and `, attempt <n>` after its `detail`, written as
+        that run. Each job comes with True when that event was written, False when it was not (a later
+        attempt; a stream that is missing, closed or taken by a later run): the caller then writes it itself
+        the ordinary way (which also finds out why)."""
+        ...
+
+    @abstractmethod
+    async def finish_ended(
+        self,
+        results: Sequence[tuple[str, AgentResult]],
+        *,
+        worker_id: str,
+        attempts: Mapping[str, int],
+    ) -> list[tuple[Job, bool]]:
+        """`finish_many`, and for each job this call stored final, its `done` event (DoneEvent.from_result of
+        the result) written as the run and the end of its stream. Each job comes with True when `done` was
+        written and its stream closed, False otherwise (not stored final by this call, or the stream refused
+        it): the caller then goes the ordinary way."""
+        ...

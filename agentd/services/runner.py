@@ -49,7 +49,7 @@ from agentd.ports.code_agent import CodeAgent
 from agentd.ports.event_stream import EventStream
 from agentd.ports.metrics import NO_METRICS, Metrics
 from agentd.ports.secret_store import SecretStore
-from agentd.ports.work_queue import Limits, WorkQueue
+from agentd.ports.work_queue import Limits, RunJournal, WorkQueue
 from agentd.services.git_runs import GitRun, GitRuns
 from agentd.services.redaction import LOG_SECRETS, RunRedactor
 from agentd.services.registry import ProviderRegistry
@@ -67,6 +67,13 @@ T = TypeVar("T")
 def _since(t: datetime) -> float:
     """Seconds from `t` (a job's created_at, UTC) to now, for the metrics."""
     return (datetime.now(UTC) - t).total_seconds()
+
+
+def _running(worker_id: str, attempt: int | None = None) -> StatusEvent:
+    """A run's `running` event; without `attempt`, the run journal's template (it adds the attempt)."""
+    if attempt is None:
+        return StatusEvent(status="running", detail=f"worker {worker_id}")
+    return StatusEvent(status="running", detail=f"worker {worker_id}, attempt {attempt}", attempt=attempt)
 
 
 @dataclass
@@ -176,8 +183,12 @@ class Runner:
         webhooks: WebhookService | None = None,
         git_runs: GitRuns | None = None,
         metrics: Metrics = NO_METRICS,
+        journal: RunJournal | None = None,
     ) -> None:
         self.metrics = metrics
+        # Storage that writes a run's `running` with its claim and its `done` with its result (one commit for
+        # each, not two): see agentd.ports.work_queue.RunJournal. None: the queue, then the log.
+        self.journal = journal
         self.queue = queue
         self.streams = streams
         self.registry = registry
@@ -196,7 +207,7 @@ class Runner:
         self.worker_prefix = f"{socket.gethostname()}:{os.getpid()}"
         self._tasks: list[asyncio.Task[None]] = []
         self._running: set[asyncio.Task[None]] = set()
-        self._to_finish: list[tuple[str, AgentResult, str, int, asyncio.Future[Job]]] = []
+        self._to_finish: list[tuple[str, AgentResult, str, int, asyncio.Future[tuple[Job, bool]]]] = []
         self._finisher: asyncio.Task[None] | None = None
         self._slot_free = asyncio.Event()
         # Jobs holding one of the `workers` slots: from their claim until their run (the agent) has ended.
@@ -309,13 +320,11 @@ class Runner:
         while not self._stopping.is_set():
             self._slot_free.clear()
             free = self.workers - len(self._holding)
-            jobs: list[Job] = []
+            jobs: list[tuple[Job, bool]] = []
             claimed_at = time.monotonic()  # the leases start no earlier than this
             if free > 0:
                 try:
-                    jobs = await self.queue.claim_many(
-                        worker_id, free, limits=self.limits, exclude=set(self._active)
-                    )
+                    jobs = await self._claim(worker_id, free)
                 except AgentdError as e:  # storage down: wait and retry, never die
                     log.error("worker.claim_failed", worker_id=worker_id, error=str(e))
                     await asyncio.sleep(self.poll_s)
@@ -324,8 +333,8 @@ class Runner:
                     log.exception("worker.claim_crashed", worker_id=worker_id)
                     await asyncio.sleep(self.poll_s)
                     continue
-            for job in jobs:
-                task = asyncio.create_task(self._run_guarded(job, worker_id, claimed_at))
+            for job, started in jobs:
+                task = asyncio.create_task(self._run_guarded(job, worker_id, claimed_at, started))
                 self._running.add(task)
                 self._holding.add(job.id)
                 task.add_done_callback(functools.partial(self._task_done, job.id))
@@ -343,6 +352,16 @@ class Runner:
                 t.cancel()
             await asyncio.gather(*waits, return_exceptions=True)
 
+    async def _claim(self, worker_id: str, n: int) -> list[tuple[Job, bool]]:
+        """Up to `n` jobs, each with whether its `running` event is written already (the run journal)."""
+        exclude = set(self._active)
+        if self.journal is not None:
+            return await self.journal.claim_started(
+                worker_id, n, running=_running(worker_id), limits=self.limits, exclude=exclude
+            )
+        jobs = await self.queue.claim_many(worker_id, n, limits=self.limits, exclude=exclude)
+        return [(job, False) for job in jobs]
+
     def _task_done(self, job_id: str, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
         self._release_slot(job_id)
@@ -352,13 +371,16 @@ class Runner:
             self._holding.discard(job_id)
             self._slot_free.set()
 
-    async def _run_guarded(self, job: Job, worker_id: str, claimed_at: float) -> None:
+    async def _run_guarded(self, job: Job, worker_id: str, claimed_at: float, started: bool) -> None:
         try:
-            await self.run_job(job, worker_id, claimed_at=claimed_at)
+            await self.run_job(job, worker_id, claimed_at=claimed_at, running_written=started)
         except Exception:  # a bug in one job must not kill the worker
             log.exception("job.crashed", job_id=job.id)
 
-    async def run_job(self, job: Job, worker_id: str, *, claimed_at: float | None = None) -> AgentResult:
+    async def run_job(
+        self, job: Job, worker_id: str, *, claimed_at: float | None = None, running_written: bool = False
+    ) -> AgentResult:
+        # `running_written`: the job's `running` event was written with its claim (the run journal).
         structlog.contextvars.bind_contextvars(
             job_id=job.id, project_id=job.project_id, request_id=job.request.request_id
         )
@@ -381,7 +403,7 @@ class Runner:
                 # (bench/faults.py) reads to prove that two runs of one job never overlap.
                 log.info("run.started", run_id=job.run_id, at=time.time())
                 try:
-                    result = await self._drive(run, worker_id)
+                    result = await self._drive(run, worker_id, running_written)
                 finally:
                     log.info(
                         "run.ended", run_id=job.run_id, at=time.time(), superseded=run.superseded.is_set()
@@ -397,7 +419,7 @@ class Runner:
                     self.metrics.run_fenced(job.provider)
                     log.warning("job.result_discarded", reason=run.why, run_id=job.run_id)
                     return result
-            stored = await self._finish(job, result, worker_id)
+            stored, done_written = await self._finish(job, result, worker_id)
             ended = True
             self.metrics.run_ended(job.provider, result.status, run_s=time.monotonic() - started)
             if stored.status == JobStatus.queued:
@@ -408,22 +430,32 @@ class Runner:
                 self.metrics.run_fenced(job.provider)
                 log.warning("job.result_discarded", reason="lease lost", owner=stored.worker_id)
                 return result
-            return await self._publish_final(job, stored, worker_id, started)
+            return await self._publish_final(job, stored, worker_id, started, done_written)
         finally:
             if not ended:  # crashed before its result was stored
                 self.metrics.run_ended(job.provider, "failed", run_s=time.monotonic() - started)
             structlog.contextvars.unbind_contextvars("job_id", "project_id", "request_id")
 
-    async def _publish_final(self, job: Job, stored: Job, worker_id: str, started: float) -> AgentResult:
+    async def _publish_final(
+        self, job: Job, stored: Job, worker_id: str, started: float, done_written: bool = False
+    ) -> AgentResult:
         """The job's final result is stored: say `done` (after the store, so a client that saw it finds the
-        final status) and close the stream."""
+        final status) and close the stream. `done_written`: the run journal did both with the store."""
         assert stored.result is not None
         final = stored.result
         self.metrics.job_finished(job.provider, final.status)
         try:
-            await self._end_stream(job, DoneEvent.from_result(final))
+            done = DoneEvent.from_result(final)
+            if done_written:
+                self.metrics.events_published(done.event)
+                await self._notify(job, done)
+            else:
+                await self._end_stream(job, done)
         except RunSuperseded:  # the job was stored final by this run: nobody else may write; a bug
             log.error("job.done_refused", run_id=job.run_id)
+            return final
+        except StreamNotFound:  # closed already: the journal wrote `done` but its answer was lost (retried)
+            log.warning("job.stream_closed_already", run_id=job.run_id)
             return final
         log.info(
             "job.finished",
@@ -459,36 +491,13 @@ class Runner:
             )
         log.warning("job.retry_scheduled", attempts=job.attempts, error=result.error)
 
-    async def _drive(self, run: _Run, worker_id: str) -> AgentResult:
+    async def _drive(self, run: _Run, worker_id: str, running_written: bool = False) -> AgentResult:
         job = run.job
-        if job.attempts > 1:
-            # Backstop: when the previous attempt's end was not announced (its announcer crashed or could not
-            # reach storage), say so before this attempt writes anything.
-            await self._durably(
-                lambda: self.streams.supersede(
-                    job.stream_id,
-                    job.attempts,
-                    [
-                        StatusEvent(
-                            status="requeued",
-                            detail=f"attempt {job.attempts - 1}: its worker was lost",
-                            attempt=job.attempts - 1,
-                        )
-                    ],
-                ),
-                "supersede",
-            )
-        running = StatusEvent(
-            status="running", detail=f"worker {worker_id}, attempt {job.attempts}", attempt=job.attempts
-        )
-        try:
-            try:
-                await self._publish(job, running)
-            except StreamNotFound:  # the API makes the stream before the job; should it be missing, make it
-                await self._ensure_stream(job)
-                await self._publish(job, running)
-        except RunSuperseded:
-            await run.supersede("a later attempt has started")
+        if running_written:  # `running` was stored with the claim (the run journal)
+            running = _running(worker_id, job.attempts)
+            self.metrics.events_published(running.event)
+            await self._notify(job, running)
+        elif not await self._start(run, worker_id):
             return AgentResult(status="failed", error="superseded before it started")
         try:
             env = await self._run_env(job)
@@ -510,6 +519,39 @@ class Runner:
         finally:
             if git is not None:
                 await git.close()
+
+    async def _start(self, run: _Run, worker_id: str) -> bool:
+        """The run's `running` event (after the backstop `requeued` of a lost earlier attempt); False when a
+        later attempt has started (the run is superseded)."""
+        job = run.job
+        if job.attempts > 1:
+            # Backstop: when the previous attempt's end was not announced (its announcer crashed or could not
+            # reach storage), say so before this attempt writes anything.
+            await self._durably(
+                lambda: self.streams.supersede(
+                    job.stream_id,
+                    job.attempts,
+                    [
+                        StatusEvent(
+                            status="requeued",
+                            detail=f"attempt {job.attempts - 1}: its worker was lost",
+                            attempt=job.attempts - 1,
+                        )
+                    ],
+                ),
+                "supersede",
+            )
+        running = _running(worker_id, job.attempts)
+        try:
+            try:
+                await self._publish(job, running)
+            except StreamNotFound:  # the API makes the stream before the job; should it be missing, make it
+                await self._ensure_stream(job)
+                await self._publish(job, running)
+        except RunSuperseded:
+            await run.supersede("a later attempt has started")
+            return False
+        return True
 
     async def _drive_in(
         self, run: _Run, worker_id: str, env: dict[str, str], git: GitRun | None
@@ -647,14 +689,16 @@ class Runner:
             return None
         finally:
             try:
-                for out in redactor.flush():  # text held back at the end of an unfinished message
-                    await outbox.put(out)
-                await outbox.flush()
-            finally:
                 # Closing the iterator makes the adapter clean up (processes, sessions) right away.
                 aclose = getattr(events, "aclose", None)
                 if aclose is not None:
                     await aclose()
+            finally:
+                # The agent has stopped: its slot may take the next job while its last events are stored.
+                self._release_slot(job.id)
+                for out in redactor.flush():  # text held back at the end of an unfinished message
+                    await outbox.put(out)
+                await outbox.flush()
 
     async def _publish_run(self, run: _Run, events: list[AgentEvent]) -> None:
         if run.superseded.is_set():
@@ -701,11 +745,12 @@ class Runner:
     async def _ensure_stream(self, job: Job) -> None:
         await self._durably(lambda: self.streams.create(job.stream_id), "create_stream")
 
-    async def _finish(self, job: Job, result: AgentResult, worker_id: str) -> Job:
+    async def _finish(self, job: Job, result: AgentResult, worker_id: str) -> tuple[Job, bool]:
         """Record a result (refused when the job has moved on from this attempt). Results that arrive while
         one write is in flight go out together in the next `finish_many` (no added delay): many short jobs
-        cost a round trip per batch, not per job."""
-        done: asyncio.Future[Job] = asyncio.get_running_loop().create_future()
+        cost a round trip per batch, not per job. Returns the stored job, and whether its `done` is written
+        and its stream closed with it (the run journal)."""
+        done: asyncio.Future[tuple[Job, bool]] = asyncio.get_running_loop().create_future()
         self._to_finish.append((job.id, result, worker_id, job.attempts, done))
         if self._finisher is None or self._finisher.done():
             self._finisher = asyncio.create_task(self._flush_finished())
@@ -714,7 +759,7 @@ class Runner:
     async def _flush_finished(self) -> None:
         while self._to_finish:
             batch, self._to_finish = self._to_finish, []
-            by_worker: dict[str, list[tuple[str, AgentResult, int, asyncio.Future[Job]]]] = {}
+            by_worker: dict[str, list[tuple[str, AgentResult, int, asyncio.Future[tuple[Job, bool]]]]] = {}
             for job_id, result, worker_id, attempt, fut in batch:
                 by_worker.setdefault(worker_id, []).append((job_id, result, attempt, fut))
             for worker_id, items in by_worker.items():
@@ -722,10 +767,7 @@ class Runner:
                 attempts = {job_id: attempt for job_id, _, attempt, _ in items}
                 try:
                     jobs = await self._durably(
-                        functools.partial(
-                            self.queue.finish_many, pairs, worker_id=worker_id, attempts=attempts
-                        ),
-                        "finish",
+                        functools.partial(self._store_results, pairs, worker_id, attempts), "finish"
                     )
                 except Exception as e:
                     for *_, fut in items:
@@ -735,6 +777,14 @@ class Runner:
                 for (*_, fut), job in zip(items, jobs, strict=True):
                     if not fut.done():
                         fut.set_result(job)
+
+    async def _store_results(
+        self, pairs: list[tuple[str, AgentResult]], worker_id: str, attempts: dict[str, int]
+    ) -> list[tuple[Job, bool]]:
+        if self.journal is not None:
+            return await self.journal.finish_ended(pairs, worker_id=worker_id, attempts=attempts)
+        jobs = await self.queue.finish_many(pairs, worker_id=worker_id, attempts=attempts)
+        return [(job, False) for job in jobs]
 
     async def _publish(self, job: Job, ev: AgentEvent) -> None:
         await self._durably(lambda: self.streams.publish(job.stream_id, [ev], run=job.attempts), "publish")

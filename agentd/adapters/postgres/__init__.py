@@ -12,6 +12,7 @@ from agentd.adapters.postgres.migrate import check_schema, migrate
 from agentd.adapters.postgres.postgres_event_stream import PostgresEventStream
 from agentd.adapters.postgres.postgres_key_store import PostgresKeyStore
 from agentd.adapters.postgres.postgres_project_store import PostgresProjectStore
+from agentd.adapters.postgres.postgres_run_journal import PostgresRunJournal
 from agentd.adapters.postgres.postgres_secret_store import PostgresSecretStore
 from agentd.adapters.postgres.postgres_work_queue import PostgresWorkQueue
 from agentd.adapters.postgres.queries import SCHEMA_VERSION
@@ -22,6 +23,7 @@ __all__ = [
     "PostgresEventStream",
     "PostgresKeyStore",
     "PostgresProjectStore",
+    "PostgresRunJournal",
     "PostgresSecretStore",
     "PostgresWorkQueue",
     "check_schema",

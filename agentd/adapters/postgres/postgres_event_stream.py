@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -418,15 +418,37 @@ class PostgresEventStream(EventStream):
         self._bucket[stream_id] = (max(0.0, self._tokens(stream_id, now) - 1.0), now)
 
     def _after_write(self, numbered: _Numbered, written: set[str]) -> None:
+        self._schedule_notifies(set(numbered.told), written, numbered.closed)
+
+    def written_with(self, heads: Mapping[str, int], closed: Collection[str] = ()) -> None:
+        """Events that another statement of this process wrote to these streams and committed (the run
+        journal: a job's `running` with its claim, its `done` and the end of its stream with its result):
+        `heads`, each stream's newest number now; `closed`, the streams it closed. This process's counters
+        follow, its subscribers wake, and the others hear of it by NOTIFY after the commit, like after a
+        batch of this writer's own."""
+        for s, head in heads.items():
+            self._heads[s] = head
+            self._heads.move_to_end(s)
+        while len(self._heads) > MAX_COUNTERS:
+            self._heads.popitem(last=False)
+        ended = set(closed)
+        for s in ended:
+            self._heads.pop(s, None)
+            self._contended.discard(s)
+        written = set(heads) - ended
+        self._schedule_notifies(set(self._notify_now(sorted(written))), written, ended)
+        for s in written | ended:
+            self._waiters.wake(s)
+
+    def _schedule_notifies(self, told: set[str], written: set[str], closed: set[str]) -> None:
         now = time.monotonic()
-        told = set(numbered.told)
         for s in written:
             if s in told:
                 self._spend(s, now)
                 self._soon.add(s)
             else:
                 self._trailing.add(s)
-        self._soon.update(numbered.closed)  # an end of stream is always told at once
+        self._soon.update(closed)  # an end of stream is always told at once
         if self._soon and (self._notifier is None or self._notifier.done()):
             self._notifier = asyncio.create_task(self._notify_soon(), name="agentd-notifier")
         if len(self._bucket) > MAX_COUNTERS:

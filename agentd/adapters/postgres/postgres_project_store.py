@@ -7,9 +7,11 @@ project's limit holds fleet-wide. Shares the process's `PgDatabase` (`PostgresPr
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Mapping
 from datetime import UTC
+from typing import Any
 
-from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from agentd.adapters.postgres.database import PgDatabase
@@ -18,7 +20,7 @@ from agentd.domain.projects import Project, ProjectSpec
 from agentd.ports.project_store import ProjectStore
 
 
-def _project(row: DictRow) -> Project:
+def _project(row: Mapping[str, Any]) -> Project:
     spec = ProjectSpec.model_validate(row["spec"])
     return Project(
         id=row["id"],
@@ -28,9 +30,34 @@ def _project(row: DictRow) -> Project:
     )
 
 
+PREFETCHED_MAX = 1000
+
+
 class PostgresProjectStore(ProjectStore):
     def __init__(self, db: PgDatabase) -> None:
         self.db = db
+        # Rows read by a claim's statement (the run journal) for the worker's `find` right after it: each is
+        # answered once, then forgotten, so no answer is older than the claim of the job that asks.
+        self._prefetched: OrderedDict[str, Project | None] = OrderedDict()
+
+    def prefetched(self, project_id: str, row: Mapping[str, Any]) -> None:
+        """The project of a job just claimed, read in the claim's statement (`project_found`, `project_spec`,
+        `project_created_at`, `project_updated_at`): the next `find` of it answers from this, once."""
+        self._prefetched[project_id] = (
+            _project(
+                {
+                    "id": project_id,
+                    "spec": row["project_spec"],
+                    "created_at": row["project_created_at"],
+                    "updated_at": row["project_updated_at"],
+                }
+            )
+            if row["project_found"]
+            else None
+        )
+        self._prefetched.move_to_end(project_id)
+        while len(self._prefetched) > PREFETCHED_MAX:
+            self._prefetched.popitem(last=False)
 
     async def open(self) -> None:
         await self.db.open()
@@ -50,6 +77,8 @@ class PostgresProjectStore(ProjectStore):
         return _project(row), bool(row["created"])
 
     async def find(self, project_id: str) -> Project | None:
+        if project_id in self._prefetched:
+            return self._prefetched.pop(project_id)
         async with self.db.connection() as conn:
             row = await (await conn.execute(QUERIES["project_get"], {"id": project_id})).fetchone()
         return _project(row) if row is not None else None

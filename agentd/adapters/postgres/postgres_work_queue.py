@@ -37,7 +37,7 @@ from agentd.adapters.queue_policy import (
     wants_retry,
 )
 from agentd.domain.errors import JobNotFound
-from agentd.domain.models import AgentRequest, AgentResult, Job, JobStatus
+from agentd.domain.models import AgentRequest, AgentResult, DoneEvent, Job, JobStatus
 from agentd.ports.work_queue import BusyPolicy, JobFilter, Limits, WorkQueue
 
 
@@ -69,13 +69,18 @@ def row_to_job(row: DictRow) -> Job:
     )
 
 
-def _finish_input(job_id: str, result: AgentResult, attempt: int | None) -> str:
+def _finish_input(job_id: str, result: AgentResult, attempt: int | None, *, done: bool = False) -> str:
+    """One element of `finish`'s input; with `done`, the data of the job's `done` event too (finish_ended)."""
     stored = to_jsonb(result.model_dump_json())  # U+0000 in the output: escaped, not a failed batch
     error = json.dumps(text_safe(result.error))
     retryable = "true" if wants_retry(result) else "false"
+    end = ""
+    if done:
+        event = DoneEvent.from_result(result).model_dump_json(exclude={"event"})
+        end = f',"done":{to_jsonb(event)}'
     return (
         f'{{"id":{json.dumps(job_id)},"status":"{result.status}","result":{stored},'
-        f'"retryable":{retryable},"error":{error},"attempt":{json.dumps(attempt)}}}'
+        f'"retryable":{retryable},"error":{error},"attempt":{json.dumps(attempt)}{end}}}'
     )
 
 
@@ -236,12 +241,15 @@ class PostgresWorkQueue(WorkQueue):
         results: Sequence[tuple[str, AgentResult]],
         worker_id: str | None,
         attempts: Mapping[str, int] | None,
+        *,
+        done: bool = False,
     ) -> dict[str, Any]:
         return {
             "ids": distinct_ids(results),
             "input": "["
             + ",".join(
-                _finish_input(job_id, r, attempts.get(job_id) if attempts else None) for job_id, r in results
+                _finish_input(job_id, r, attempts.get(job_id) if attempts else None, done=done)
+                for job_id, r in results
             )
             + "]",
             "worker_id": worker_id,

@@ -31,6 +31,26 @@ SELECT EXISTS (
 SELECT * FROM agentd_claim(%(worker_id)s, %(lease_s)s, %(max)s, %(global_max)s, %(provider_caps)s::jsonb,
                           %(exclude)s::text[]);
 
+-- name: claim_started
+-- `claim`, and in the same transaction each claimed job's `running` event (the run journal, schema 8): on a
+-- job's first attempt, `running` (its data with `detail` = %(detail)s followed by the attempt, and `attempt`)
+-- is appended to its stream as that run (agentd_append_fenced); `running_seq` is its number, NULL when not
+-- written (a later attempt, or a stream that is unknown, closed or taken by a later run): the worker then
+-- writes it the ordinary way. No NOTIFY here (the writer sends those after the commit). The job's project row
+-- (project_*) comes along: the worker reads it right after the claim (PostgresProjectStore.prefetched).
+WITH c AS (
+    SELECT * FROM agentd_claim(%(worker_id)s, %(lease_s)s, %(max)s, %(global_max)s,
+                               %(provider_caps)s::jsonb, %(exclude)s::text[])
+)
+SELECT c.*,
+       CASE WHEN c.attempts = 1 THEN agentd_append_fenced(
+           c.stream_id, c.attempts, 'status',
+           %(running)s::jsonb || jsonb_build_object('detail', %(detail)s::text || c.attempts, 'attempt', c.attempts),
+           false) END AS running_seq,
+       p.id IS NOT NULL AS project_found, p.spec AS project_spec, p.created_at AS project_created_at,
+       p.updated_at AS project_updated_at
+  FROM c LEFT JOIN agentd_projects p ON p.id = c.project_id;
+
 -- name: heartbeat
 -- An expired lease is lost, even before a sweep re-queues the job: it is never renewed.
 UPDATE agentd_jobs SET lease_expires_at = now() + make_interval(secs => %(lease_s)s)
@@ -80,6 +100,61 @@ WITH input AS (
 SELECT upd.* FROM upd WHERE (SELECT count(*) FROM wake) >= 0
 UNION ALL
 SELECT * FROM agentd_jobs WHERE id = ANY (%(ids)s::text[]) AND id NOT IN (SELECT id FROM upd);
+
+-- name: finish_ended
+-- `finish`, and in the same transaction, for each job this statement stored final, its `done` event (`done` in
+-- the input: the event's data) appended as the job's run and its stream closed (the run journal, schema 8;
+-- agentd_append_fenced). `done_seq` is the event's number; NULL when this statement did not store the job
+-- final, or the stream refused it (unknown, closed, taken by a later run): the worker then goes the ordinary
+-- way. A client that sees `done` finds the final status: both are in one commit.
+-- Records results: `input` is a JSON array of {id, status, result, retryable, error, attempt}, `ids` the same ids
+-- (distinct; as an array they make the planner look jobs up by primary key). A retryable failure with attempts left (and no
+-- cancel request) goes back to the queue after an exponential backoff instead. A final job never changes
+-- again: then, and when the job is not `worker_id`'s running job, the current row comes back unchanged.
+-- Wakes idle workers when a queued job may now run: one of the same project, or any when limits are in use.
+WITH input AS (
+    SELECT * FROM jsonb_to_recordset(%(input)s::jsonb)
+        AS u(id text, status text, result jsonb, retryable boolean, error text, attempt integer,
+              done jsonb)
+), upd AS (
+    -- The retry decision reads the row being updated (its newest version, should a cancel request have
+    -- landed meanwhile), hence one multi-column SET from a sub-select.
+    UPDATE agentd_jobs j SET
+        (status, finished_at, result, last_error, run_after, worker_id, lease_expires_at) = (
+            SELECT CASE WHEN x.retry THEN 'queued' ELSE u.status END,
+                   CASE WHEN x.retry THEN NULL ELSE now() END,
+                   CASE WHEN x.retry THEN NULL ELSE u.result END,
+                   CASE WHEN x.retry THEN u.error ELSE j.last_error END,
+                   CASE WHEN x.retry
+                        THEN now() + make_interval(secs => least(
+                            %(retry_base_s)s * power(2, greatest(j.attempts, 1) - 1), %(retry_max_s)s))
+                        ELSE j.run_after END,
+                   CASE WHEN x.retry THEN NULL ELSE j.worker_id END,
+                   NULL::timestamptz
+              FROM (SELECT u.retryable AND NOT j.cancel_requested AND j.attempts < j.max_attempts AS retry) AS x)
+    FROM input u
+    WHERE j.id = ANY (%(ids)s::text[]) AND j.id = u.id AND j.status IN ('queued', 'running')
+      AND (%(worker_id)s::text IS NULL OR (j.worker_id = %(worker_id)s::text AND j.status = 'running'))
+      AND (u.attempt IS NULL OR (j.attempts = u.attempt AND j.status = 'running'))
+    RETURNING j.*
+), wake AS (
+    SELECT pg_notify('agentd_jobs', 'finished')
+     WHERE EXISTS (SELECT 1 FROM upd)
+       AND CASE WHEN %(wake_any)s
+                THEN EXISTS (SELECT 1 FROM agentd_jobs WHERE status = 'queued')
+                ELSE EXISTS (SELECT 1 FROM upd JOIN agentd_jobs q
+                               ON q.project_id = upd.project_id AND q.status = 'queued')
+           END
+), ended AS (
+    SELECT upd.id, agentd_append_fenced(upd.stream_id, upd.attempts, 'done', u.done, true) AS seq
+      FROM upd JOIN input u ON u.id = upd.id
+     WHERE upd.status NOT IN ('queued', 'running') AND u.done IS NOT NULL
+)
+SELECT upd.*, ended.seq AS done_seq FROM upd LEFT JOIN ended ON ended.id = upd.id
+ WHERE (SELECT count(*) FROM wake) >= 0
+UNION ALL
+SELECT *, NULL::integer AS done_seq FROM agentd_jobs
+ WHERE id = ANY (%(ids)s::text[]) AND id NOT IN (SELECT id FROM upd);
 
 -- name: request_cancel
 -- A queued job ends cancelled at once (ended = true); a running one gets cancel_requested; a final job is
