@@ -11,6 +11,8 @@ from typing import Any
 from agentd.adapters.http.app import ApiConfig, _send, _State
 from agentd.domain.errors import SubscriberTooSlow
 from agentd.domain.models import StatusEvent, StoredEvent
+from agentd.ports.metrics import NO_METRICS
+from agentd.services.jobs import Subscription
 from agentd.sse import aiter_sse
 
 
@@ -56,13 +58,17 @@ class Source:
             self.closed = True
 
 
+def sub(events: AsyncIterator[StoredEvent]) -> Subscription:
+    return Subscription(events, NO_METRICS)
+
+
 def cfg(**kw: Any) -> ApiConfig:
     return ApiConfig(**{"heartbeat_s": 0.01, "write_timeout_s": 5.0, **kw})
 
 
 async def test_heartbeats_while_quiet_then_the_events_then_the_end() -> None:
     resp, src = Resp(), Source()
-    task = asyncio.create_task(_send(resp, src.events(), cfg(), _State(), "s"))  # type: ignore[arg-type]
+    task = asyncio.create_task(_send(resp, sub(src.events()), cfg(), _State(), "s"))  # type: ignore[arg-type]
     await asyncio.wait_for(resp.heartbeats.wait(), 5)
     src.release.set()
     await asyncio.wait_for(task, 5)
@@ -75,13 +81,13 @@ async def test_heartbeats_while_quiet_then_the_events_then_the_end() -> None:
 async def test_no_heartbeat_while_events_flow() -> None:
     resp, src = Resp(), Source()
     src.release.set()
-    await asyncio.wait_for(_send(resp, src.events(), cfg(heartbeat_s=60), _State(), "s"), 5)  # type: ignore[arg-type]
+    await asyncio.wait_for(_send(resp, sub(src.events()), cfg(heartbeat_s=60), _State(), "s"), 5)  # type: ignore[arg-type]
     assert len(resp.frames) == 2 and b"heartbeat" not in b"".join(resp.frames)
 
 
 async def test_shutdown_ends_the_stream_with_an_error_event() -> None:
     resp, src, closing = Resp(), Source(), _State()
-    task = asyncio.create_task(_send(resp, src.events(), cfg(heartbeat_s=60), closing, "s"))  # type: ignore[arg-type]
+    task = asyncio.create_task(_send(resp, sub(src.events()), cfg(heartbeat_s=60), closing, "s"))  # type: ignore[arg-type]
     await asyncio.wait_for(resp.first.wait(), 5)
     closing.close()
     await asyncio.wait_for(task, 5)
@@ -96,7 +102,7 @@ async def test_a_subscriber_that_falls_behind_gets_an_error_event() -> None:
         Source(fail=SubscriberTooSlow("fell 2000 events behind; reconnect with Last-Event-ID: 1")),
     )
     src.release.set()
-    await asyncio.wait_for(_send(resp, src.events(), cfg(), _State(), "s"), 5)  # type: ignore[arg-type]
+    await asyncio.wait_for(_send(resp, sub(src.events()), cfg(), _State(), "s"), 5)  # type: ignore[arg-type]
     _, (event, data) = await resp.parsed()
     assert (
         event == "error" and data["code"] == "subscriber_too_slow" and "Last-Event-ID: 1" in data["message"]
@@ -106,7 +112,7 @@ async def test_a_subscriber_that_falls_behind_gets_an_error_event() -> None:
 async def test_a_client_that_stops_reading_is_let_go_after_the_write_timeout() -> None:
     resp, src = Resp(hold=True), Source()
     await asyncio.wait_for(
-        _send(resp, src.events(), cfg(heartbeat_s=60, write_timeout_s=0.05), _State(), "s"),  # type: ignore[arg-type]
+        _send(resp, sub(src.events()), cfg(heartbeat_s=60, write_timeout_s=0.05), _State(), "s"),  # type: ignore[arg-type]
         5,
     )
     assert resp.frames == [] and src.closed
@@ -115,7 +121,7 @@ async def test_a_client_that_stops_reading_is_let_go_after_the_write_timeout() -
 async def test_a_storage_failure_ends_the_stream_with_an_error_event() -> None:
     resp, src = Resp(), Source(fail=RuntimeError("the event log broke"))
     src.release.set()
-    await asyncio.wait_for(_send(resp, src.events(), cfg(), _State(), "s"), 5)  # type: ignore[arg-type]
+    await asyncio.wait_for(_send(resp, sub(src.events()), cfg(), _State(), "s"), 5)  # type: ignore[arg-type]
     _, (event, data) = await resp.parsed()
     assert event == "error" and data == {
         "code": "stream_error",
@@ -132,5 +138,5 @@ async def test_a_client_gone_while_quiet_ends_the_stream_at_the_next_heartbeat()
             await super().write(data)
 
     resp, src = Gone(), Source()  # src never releases: only the heartbeat can notice the client left
-    await asyncio.wait_for(_send(resp, src.events(), cfg(), _State(), "s"), 5)  # type: ignore[arg-type]
+    await asyncio.wait_for(_send(resp, sub(src.events()), cfg(), _State(), "s"), 5)  # type: ignore[arg-type]
     assert src.closed

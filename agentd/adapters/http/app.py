@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,11 +25,11 @@ from agentd.adapters.sse_frames import FrameCache
 from agentd.domain import errors
 from agentd.domain.ids import JOB_ID_RE, job_id_for_stream
 from agentd.domain.keys import ANONYMOUS_KEY_ID, Principal
-from agentd.domain.models import AgentRequest, JobStatus, StoredEvent, validate_project_id
+from agentd.domain.models import AgentRequest, JobStatus, validate_project_id
 from agentd.ports.metrics import NO_METRICS
 from agentd.ports.work_queue import BusyPolicy, JobFilter
 from agentd.services.access import KeyService, RateLimit
-from agentd.services.jobs import JobService
+from agentd.services.jobs import JobService, Subscription
 from agentd.services.projects import ProjectService
 from agentd.services.secrets import SecretService
 from agentd.wire import KeyBody, SubmitBody
@@ -109,14 +109,7 @@ def create_app(
     (admin keys only; False when AGENTD_METRICS_PORT serves it)."""
     app = web.Application(
         client_max_size=MAX_BODY,
-        # The Host check comes first: a Host not allowed gets its 421 before anything else, preflights too.
-        middlewares=[
-            _errors_middleware,
-            _host_middleware,
-            _cors_middleware,
-            _auth_middleware,
-            _media_middleware,
-        ],
+        middlewares=[_middleware],  # the request log, errors, Host, CORS, auth, media types: in that order
     )
     app[SERVICE] = service
     app[SECRETS] = secrets
@@ -147,7 +140,8 @@ def create_app(
     if projects is not None:
         add_project_routes(app, projects)
     if metrics is not None:
-        observability.install(app, metrics, expose=False)  # the request log: the outermost middleware
+        app[observability.METRICS] = metrics  # the request log line (the middleware) and X-Request-Id
+        app.on_response_prepare.append(observability.set_request_id_header)
         if serve_metrics:
             app.router.add_get("/metrics", metrics_page)
     openapi.install(app, providers=service.registry.names)
@@ -155,44 +149,59 @@ def create_app(
     return app
 
 
-# --- middlewares (outermost first) --------------------------------------------------------------------
+# --- the middleware ------------------------------------------------------------------------------------
+# ONE middleware function does what a chain of them would, in this order (each rule sees only what the ones
+# before it let through): the request log line and X-Request-Id (outermost: it logs the status the error
+# mapping answered); errors → JSON with codes; the Host check (421 before anything else, preflights too);
+# CORS; who is asking; media types. One function, not six: a streaming response keeps its whole call chain
+# alive for as long as it is open, so each layer would cost every open stream a frame of its own.
 
 
 @web.middleware
-async def _cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """CORS only for the origins AGENTD_CORS_ORIGINS lists; without it, no CORS header at all."""
-    origin = request.headers.get("Origin")
-    allowed = origin is not None and origin.rstrip("/").lower() in request.app[CONFIG].cors_origins
-    if not allowed:
-        return await handler(request)
-    cors = {"Access-Control-Allow-Origin": origin or "", "Vary": "Origin"}
-    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-        return web.Response(
-            status=204,
-            headers={
-                **cors,
-                "Access-Control-Allow-Methods": CORS_METHODS,
-                "Access-Control-Allow-Headers": CORS_HEADERS,
-                "Access-Control-Max-Age": "600",
-            },
-        )
-    resp = await _errors_middleware(request, handler)  # errors too carry the CORS headers
-    if not resp.prepared:
-        resp.headers.update(cors)
-    return resp
-
-
-@web.middleware
-async def _errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    metrics = request.app.get(observability.METRICS)
+    started = observability.request_started(request) if metrics is not None else 0.0
+    status = 500
     try:
-        return await handler(request)
-    except errors.AgentdError as e:
+        try:
+            _check_host(request)
+            cors = _cors_headers(request)
+            if cors is not None and _is_preflight(request):
+                resp: web.StreamResponse = _preflight(cors)
+            else:
+                try:
+                    await _authenticate(request)
+                    _check_media(request)
+                    resp = await handler(request)
+                except Exception as e:  # errors carry the CORS headers too
+                    resp = _error_response(request, e)
+                if cors is not None and not resp.prepared:
+                    resp.headers.update(cors)
+        except Exception as e:
+            resp = _error_response(request, e)
+        status = resp.status
+        return resp
+    except web.HTTPException as e:  # a redirect (below 400) goes through as aiohttp answers it
+        status = e.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away before the answer (nginx's convention)
+        raise
+    finally:
+        if metrics is not None:
+            who = request.get(PRINCIPAL)
+            observability.request_done(request, metrics, status, started, who.key_id if who else None)
+
+
+def _error_response(request: web.Request, e: Exception) -> web.StreamResponse:
+    """The one error → HTTP map (agentd.adapters.http.errors); an HTTPException below 400 is raised again."""
+    if isinstance(e, errors.AgentdError):
         return http_errors.from_domain(e)
-    except ValidationError as e:
+    if isinstance(e, ValidationError):
         return http_errors.from_validation(e)
-    except web.HTTPException as e:
+    if isinstance(e, web.HTTPException):
         if e.status < 400:
-            raise
+            raise e
         code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
             e.status, "http_error"
         )
@@ -205,9 +214,8 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
         if "Allow" in e.headers:  # a 405 says which methods are (RFC 9110)
             resp.headers["Allow"] = e.headers["Allow"]
         return resp
-    except Exception:
-        log.exception("http.unhandled", method=request.method, path=_printable(request.path))
-        return http_errors.error_response(500, "internal_error", "internal error; see the server log")
+    log.exception("http.unhandled", method=request.method, path=_printable(request.path), exc_info=e)
+    return http_errors.error_response(500, "internal_error", "internal error; see the server log")
 
 
 _printable = access.printable
@@ -220,8 +228,7 @@ def _host_name(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
-@web.middleware
-async def _host_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _check_host(request: web.Request) -> None:
     """DNS rebinding: a Host this server does not answer for gets a 421, before any route runs."""
     allowed = request.app[CONFIG].allowed_hosts
     if allowed is not None:
@@ -232,34 +239,54 @@ async def _host_middleware(request: web.Request, handler: Handler) -> web.Stream
                 f"this server does not answer for Host {_printable(host)!r}; use one of "
                 f"{', '.join(sorted(allowed))} (AGENTD_ALLOWED_HOSTS)"
             )
-    return await handler(request)
 
 
-@web.middleware
-async def _auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _cors_headers(request: web.Request) -> dict[str, str] | None:
+    """CORS only for the origins AGENTD_CORS_ORIGINS lists; without it, no CORS header at all (None)."""
+    origin = request.headers.get("Origin")
+    if origin is None or origin.rstrip("/").lower() not in request.app[CONFIG].cors_origins:
+        return None
+    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+
+
+def _is_preflight(request: web.Request) -> bool:
+    return request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+
+
+def _preflight(cors: dict[str, str]) -> web.Response:
+    return web.Response(
+        status=204,
+        headers={
+            **cors,
+            "Access-Control-Allow-Methods": CORS_METHODS,
+            "Access-Control-Allow-Headers": CORS_HEADERS,
+            "Access-Control-Max-Age": "600",
+        },
+    )
+
+
+async def _authenticate(request: web.Request) -> None:
     """Who is asking: a key (X-API-Key), a stream token (`?token=`, its one stream only), or nobody when
     no key exists at all (loopback development mode)."""
-    if request.path in PUBLIC_PATHS or _is_dashboard_file(request.path):  # healthz, openapi.json, docs
-        return await handler(request)
+    path = request.path
+    if path in PUBLIC_PATHS or _is_dashboard_file(path):  # healthz, openapi.json, docs
+        return
     keys = request.app[KEYS]
     given = request.headers.get("X-API-Key")
-    token = request.query.get("token")
+    token = request.query.get("token") if request.query_string else None  # no query: nothing to parse
     stream_id = request.match_info.get("stream_id")
     if not given and token is not None and stream_id is not None and request.method == "GET":
         project_id = validate_project_id(request.match_info.get("project_id", ""))
         request[PRINCIPAL] = await keys.check_stream_token(token, project_id, stream_id)
     else:
         request[PRINCIPAL] = await keys.authenticate(given)
-    request[observability.KEY_ID] = request[PRINCIPAL].key_id  # for the `http.request` log line
-    return await handler(request)
 
 
-@web.middleware
-async def _media_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _check_media(request: web.Request) -> None:
     """Writes take JSON only (a cross-site form or a text/plain POST cannot pass). A write without a body
     passes with X-API-Key (a header a cross-site request cannot carry without a CORS preflight)."""
     if request.match_info.http_exception is not None:  # no such route or method: 404 / 405 come first
-        return await handler(request)
+        return
     size = request.content_length
     if size is not None and size > MAX_BODY:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=size)
@@ -275,7 +302,6 @@ async def _media_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise errors.UnsupportedMediaType(
                 "send Content-Type: application/json (an empty body is fine) or an X-API-Key header"
             )
-    return await handler(request)
 
 
 def _principal(request: web.Request) -> Principal:
@@ -541,11 +567,14 @@ async def opencode_event(request: web.Request) -> web.StreamResponse:
     config = opencode_stream.StreamConfig(
         heartbeat_s=min(cfg.heartbeat_s, 10.0), write_timeout_s=cfg.write_timeout_s
     )
-    closing = request.app[STATE].closing
-    with _stream_slot(request, _principal(request).key_id):
+    state, key_id = request.app[STATE], _principal(request).key_id
+    _open_slot(state, cfg, key_id)
+    try:
         return await opencode_stream.serve(
-            request, request.app[SERVICE], project_id, closing=closing, config=config
+            request, request.app[SERVICE], project_id, closing=state.closing, config=config
         )
+    finally:
+        _close_slot(state, key_id)
 
 
 # --- secrets (values go in, never out) -----------------------------------------------------------------
@@ -634,27 +663,33 @@ async def events(request: web.Request) -> web.StreamResponse:
         hidden = errors.JobNotFound(f"no job {job_id_for_stream(stream_id)!r} in project {project_id!r}")
         raise _refuse(request, hidden)
     after = _resume_point(request)
-    with _stream_slot(request, who.key_id):
-        subscription = await request.app[SERVICE].subscribe(project_id, stream_id, after=after)
-        cfg = request.app[CONFIG]
-        metrics = request.app.get(observability.METRICS) or NO_METRICS
+    app = request.app
+    state, cfg = app[STATE], app[CONFIG]
+    _open_slot(state, cfg, who.key_id)
+    try:
+        subscription = await app[SERVICE].subscribe(project_id, stream_id, after=after)
+        metrics = app.get(observability.METRICS) or NO_METRICS
         resp = web.StreamResponse(status=200, headers=SSE_HEADERS)
         await resp.prepare(request)
+        # The headers are on their way and nothing reads them again; an open stream need not keep them
+        # (with what serialising them left in the multidict, ~1.7 KB per idle stream).
+        resp.headers.clear()
         metrics.stream_opened()
         try:
             await resp.write(sse.encode_retry(cfg.retry_ms))
-            await _send(resp, subscription, cfg, request.app[STATE], stream_id)
+            await _send(resp, subscription, cfg, state, stream_id)
         finally:
             metrics.stream_closed()
         with contextlib.suppress(ConnectionResetError):
             await resp.write_eof()
         return resp
+    finally:
+        _close_slot(state, who.key_id)
 
 
-@contextlib.contextmanager
-def _stream_slot(request: web.Request, key_id: str) -> Iterator[None]:
-    """One open event stream, within AGENTD_MAX_STREAMS (503) and AGENTD_MAX_STREAMS_PER_KEY (429)."""
-    state, cfg = request.app[STATE], request.app[CONFIG]
+def _open_slot(state: _State, cfg: ApiConfig, key_id: str) -> None:
+    """One more open event stream, within AGENTD_MAX_STREAMS (503) and AGENTD_MAX_STREAMS_PER_KEY (429);
+    `_close_slot` when it ends."""
     if state.streams_open >= cfg.max_streams:
         log.warning("limit.streams", limit=cfg.max_streams)
         raise errors.ServerBusy(
@@ -674,21 +709,23 @@ def _stream_slot(request: web.Request, key_id: str) -> Iterator[None]:
         )
     state.streams_open += 1
     state.streams_by_key[key_id] = mine + 1
-    try:
-        yield
-    finally:
-        state.streams_open -= 1
-        left = state.streams_by_key[key_id] - 1
-        if left:
-            state.streams_by_key[key_id] = left
-        else:
-            del state.streams_by_key[key_id]
+
+
+def _close_slot(state: _State, key_id: str) -> None:
+    state.streams_open -= 1
+    left = state.streams_by_key[key_id] - 1
+    if left:
+        state.streams_by_key[key_id] = left
+    else:
+        del state.streams_by_key[key_id]
 
 
 def _resume_point(request: web.Request) -> int:
     """Resume after the Last-Event-ID header (a reconnecting EventSource), else `?after=`, else 0."""
     last_id = request.headers.get("Last-Event-ID", "").strip()
     if not last_id:
+        if not request.query_string:
+            return 0
         return _int_param(request.query.get("after"), "after", default=0, lo=0, hi=2**62)
     if not (last_id.isascii() and last_id.isdigit() and len(last_id) <= MAX_QUERY_NUMBER_DIGITS):
         raise errors.InvalidRequest(
@@ -698,31 +735,36 @@ def _resume_point(request: web.Request) -> int:
 
 
 async def _send(
-    resp: web.StreamResponse,
-    subscription: AsyncIterator[StoredEvent],
-    cfg: ApiConfig,
-    state: _State,
-    stream_id: str,
+    resp: web.StreamResponse, subscription: Subscription, cfg: ApiConfig, state: _State, stream_id: str
 ) -> None:
     """Write events until the stream ends, fails or the client goes; a heartbeat comment after each
     `heartbeat_s` without a write; on shutdown an `error` event (clients resume with Last-Event-ID).
 
-    The handler itself reads the subscription and writes (no task of its own per connection); the clock
-    (heartbeats, the write timeout) and shutdown are watched by one ticker for all streams (`_Streams`),
-    which interrupts a handler by cancelling it with a reason."""
+    The handler itself reads the subscription and writes (no task of its own per connection): whatever is
+    ready goes out in one write (each event's frame encoded once for every subscriber of this process), and
+    a quiet stream waits on the subscription's own waiter. The clock (heartbeats, the write timeout) and
+    shutdown are watched by one ticker for all streams (`_Streams`), which interrupts a handler by cancelling
+    it with a reason."""
     out = _Out(resp)
     state.streams.add(out, cfg)
     try:
         try:
-            if state.closing.is_set():
-                raise ServerShuttingDown()
-            # The events loop lives right here (no extra frame per connection): each event's frame is
-            # encoded once for every subscriber of this process.
-            frames = state.frames
-            async with contextlib.aclosing(subscription) as events:  # type: ignore[type-var]
-                async for stored in events:
-                    await out.write(frames.frame(stream_id, stored))
-                    out.sent += 1
+            try:
+                if state.closing.is_set():
+                    raise ServerShuttingDown()
+                frames = state.frames
+                while (batch := subscription.take()) is not None:
+                    if not batch:
+                        await subscription.wait()
+                        continue
+                    out.busy_since = time.monotonic()
+                    await resp.write(frames.frames(stream_id, batch))
+                    out.busy_since = None
+                    out.last = time.monotonic()
+                    out.sent += len(batch)
+            finally:
+                out.busy_since = None
+                await subscription.aclose()
         except asyncio.CancelledError:
             if out.stop is None or out.task is None:
                 raise  # not ours: the server's own cancellation
