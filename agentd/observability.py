@@ -273,13 +273,14 @@ def request_id_from(headers: Mapping[str, str]) -> str:
     return given if _SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
-def _route_of(request: web.Request) -> str:
+def _route_of(request: web.BaseRequest) -> str:
     """The route pattern (`/projects/{project_id}/jobs`), never the raw path: bounded label values."""
-    resource = request.match_info.route.resource
+    match_info = getattr(request, "match_info", None)
+    resource = match_info.route.resource if match_info is not None else None
     return resource.canonical if resource is not None else "<unmatched>"
 
 
-def request_started(request: web.Request) -> float:
+def request_started(request: web.BaseRequest) -> float:
     """A request begins: its id (the caller's X-Request-Id when sane, else a new one) is bound in structlog's
     contextvars for every log line until its end, and the X-Request-Id response header says it. Returns the
     start time for `request_done`.
@@ -291,7 +292,7 @@ def request_started(request: web.Request) -> float:
 
 
 def request_done(
-    request: web.Request, metrics: PrometheusMetrics | None, status: int, started: float, key_id: str | None
+    request: web.BaseRequest, metrics: PrometheusMetrics | None, status: int, started: float, key_id: str | None
 ) -> None:
     """The one `http.request` line, and the request metrics."""
     elapsed = time.perf_counter() - started
