@@ -21,7 +21,6 @@ from pydantic import ValidationError
 from agentd import __version__, observability, sse
 from agentd.adapters.http import access, openapi, opencode_stream
 from agentd.adapters.http import errors as http_errors
-from agentd.adapters.http.access import PRINCIPAL
 from agentd.adapters.http.projects import add_project_routes
 from agentd.adapters.sse_frames import FrameCache
 from agentd.domain import errors
@@ -196,7 +195,7 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
             if isinstance(resp, _EventStream) and not resp.prepared:
                 resp.log_at_end(metrics, started)  # the line comes when the stream ends
             else:
-                who = request.get(PRINCIPAL)
+                who = access.principal_or_none()
                 observability.request_done(request, metrics, status, started, who.key_id if who else None)
 
 
@@ -284,9 +283,9 @@ async def _authenticate(request: web.Request) -> None:
     stream_id = request.match_info.get("stream_id")
     if not given and token is not None and stream_id is not None and request.method == "GET":
         project_id = validate_project_id(request.match_info.get("project_id", ""))
-        request[PRINCIPAL] = await keys.check_stream_token(token, project_id, stream_id)
+        access.set_principal(await keys.check_stream_token(token, project_id, stream_id))
     else:
-        request[PRINCIPAL] = await keys.authenticate(given)
+        access.set_principal(await keys.authenticate(given))
 
 
 def _check_media(request: web.Request) -> None:
