@@ -292,7 +292,11 @@ def request_started(request: web.BaseRequest) -> float:
 
 
 def request_done(
-    request: web.BaseRequest, metrics: PrometheusMetrics | None, status: int, started: float, key_id: str | None
+    request: web.BaseRequest,
+    metrics: PrometheusMetrics | None,
+    status: int,
+    started: float,
+    key_id: str | None,
 ) -> None:
     """The one `http.request` line, and the request metrics."""
     elapsed = time.perf_counter() - started

@@ -224,12 +224,21 @@ class FanoutSubscription:
         if self._tail is not None and self._pos < self._tail.base:
             await self._replay(self._tail)
 
+    async def start(self) -> None:
+        """Join the stream now rather than at the first wait(): StreamNotFound for an unknown stream."""
+        if self._tail is None and self._replay_until != _ENDED:
+            await self._join()
+
     async def _join(self) -> None:
         fan, stream_id = self._fan, self._stream_id
         # Past the log's head now, the subscriber follows live events (and may be found too slow). Also
-        # where an unknown stream raises StreamNotFound.
+        # where an unknown stream raises StreamNotFound. A stream this process follows live exists: its
+        # tail's head (the log's, or a moment behind it) stands in without asking the log.
+        tail = fan._tails.get(stream_id)
         known = fan._heads.pop(stream_id, None)
-        if known is not None and time.monotonic() - known[1] < HEAD_FRESH_S:
+        if tail is not None and tail.error is None and not tail.done:
+            self._replay_until = tail.head
+        elif known is not None and time.monotonic() - known[1] < HEAD_FRESH_S:
             self._replay_until = known[0]
         else:
             self._replay_until = await fan.inner.last_seq(stream_id)
