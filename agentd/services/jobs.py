@@ -144,7 +144,8 @@ class JobService:
 
         Checked before the first event: the stream exists and belongs to a job of this project
         (JobNotFound / StreamNotFound otherwise). A subscriber that falls too far behind gets
-        SubscriberTooSlow from the stream (it resumes with `after=<last seq it saw>`).
+        SubscriberTooSlow from the stream (it resumes with `after=<last seq it saw>`). That the stream is
+        this project's job's is asked of the queue once per JOB_SEEN_S (many clients follow one job).
         """
         key = (project_id, stream_id)
         seen = self._jobs_seen.get(key)
