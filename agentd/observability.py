@@ -263,8 +263,7 @@ class _QueueCollector(Collector):
 # --- aiohttp ------------------------------------------------------------------------------------------
 
 METRICS = web.AppKey("agentd_metrics", PrometheusMetrics)
-# Per request: the request id (set here); the API key's id (set by the auth middleware when keys have ids).
-REQUEST_ID = web.RequestKey("agentd_request_id", str)
+# Per request (install()'s middleware): the API key's id, for the log line (set by an auth middleware).
 KEY_ID = web.RequestKey("agentd_key_id", str)
 HEALTHY: web.AppKey[Callable[[], bool]] = web.AppKey("agentd_healthy")
 
@@ -274,49 +273,75 @@ def request_id_from(headers: Mapping[str, str]) -> str:
     return given if _SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
-def _route_of(request: web.Request) -> str:
+def _route_of(request: web.BaseRequest) -> str:
     """The route pattern (`/projects/{project_id}/jobs`), never the raw path: bounded label values."""
-    resource = request.match_info.route.resource
+    match_info = getattr(request, "match_info", None)
+    resource = match_info.route.resource if match_info is not None else None
     return resource.canonical if resource is not None else "<unmatched>"
+
+
+def request_started(request: web.BaseRequest) -> float:
+    """A request begins: its id (the caller's X-Request-Id when sane, else a new one) is bound in structlog's
+    contextvars for every log line until its end, and the X-Request-Id response header says it. Returns the
+    start time for `request_done`.
+
+    Nothing to unbind: aiohttp runs each request in a task of its own, with its own copy of the context (so
+    nothing is kept per request beyond the context entry itself, which matters for long-lived streams)."""
+    structlog.contextvars.bind_contextvars(request_id=request_id_from(request.headers))
+    return time.perf_counter()
+
+
+def request_done(
+    request: web.BaseRequest,
+    metrics: PrometheusMetrics | None,
+    status: int,
+    started: float,
+    key_id: str | None,
+) -> None:
+    """The one `http.request` line, and the request metrics."""
+    elapsed = time.perf_counter() - started
+    route = _route_of(request)
+    if metrics is not None:
+        metrics.http_request(request.method, route, status, elapsed)
+    emit = log.debug if route in _QUIET_ROUTES else log.info
+    emit(
+        "http.request",
+        method=request.method,
+        route=route,
+        status=status,
+        duration_ms=round(elapsed * 1000, 1),
+        key_id=key_id,
+    )
+
+
+def current_request_id() -> str | None:
+    """The id `request_started` bound for the request being handled here (None outside one)."""
+    rid = structlog.contextvars.get_contextvars().get("request_id")
+    return rid if isinstance(rid, str) else None
 
 
 @web.middleware
 async def request_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One `http.request` line per request, with the request id bound for every log line in between."""
-    request_id = request_id_from(request.headers)
-    request[REQUEST_ID] = request_id
-    started = time.perf_counter()
+    started = request_started(request)
     status = 500
-    with structlog.contextvars.bound_contextvars(request_id=request_id):
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as e:
-            status = e.status
-            raise
-        except asyncio.CancelledError:
-            status = 499  # the client went away before the answer (nginx's convention)
-            raise
-        finally:
-            elapsed = time.perf_counter() - started
-            route = _route_of(request)
-            metrics = request.config_dict.get(METRICS)
-            if metrics is not None:
-                metrics.http_request(request.method, route, status, elapsed)
-            emit = log.debug if route in _QUIET_ROUTES else log.info
-            emit(
-                "http.request",
-                method=request.method,
-                route=route,
-                status=status,
-                duration_ms=round(elapsed * 1000, 1),
-                key_id=request.get(KEY_ID),
-            )
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # the client went away before the answer (nginx's convention)
+        raise
+    finally:
+        request_done(request, request.config_dict.get(METRICS), status, started, request.get(KEY_ID))
 
 
-async def _set_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
-    request_id = request.get(REQUEST_ID)
+async def set_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: X-Request-Id on every answer of a request `request_started` saw."""
+    request_id = current_request_id()
     if request_id:
         response.headers[REQUEST_ID_HEADER] = request_id
 
@@ -338,7 +363,7 @@ def install(app: web.Application, metrics: PrometheusMetrics, *, expose: bool = 
     AGENTD_METRICS_PORT serves them). Call before the app starts; run it with `access_log=None`."""
     app[METRICS] = metrics
     app.middlewares.insert(0, request_log_middleware)
-    app.on_response_prepare.append(_set_request_id_header)
+    app.on_response_prepare.append(set_request_id_header)
     if expose:
         app.router.add_get("/metrics", metrics_handler)
 

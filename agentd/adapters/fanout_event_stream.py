@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any
 
 from agentd.domain.errors import SubscriberTooSlow
@@ -148,47 +148,169 @@ class FanoutEventStream(EventStream):
             if tail.pump is not None:
                 tail.pump.cancel()
 
-    async def subscribe(self, stream_id: str, *, after: int = 0) -> AsyncIterator[StoredEvent]:
-        pos = max(0, after)
+    def subscribe(self, stream_id: str, *, after: int = 0) -> FanoutSubscription:
+        """A subscription: an async iterator of the events (the port's contract), and also `take()` /
+        `wait()`, which hand out whatever is ready in one batch and wait with no frame of their own."""
+        return FanoutSubscription(self, stream_id, max(0, after))
+
+
+_REPLAY_BATCH = 256  # events read from the log per step of a replay older than the shared window
+_ENDED = -1  # a subscription's `_replay_until` once it has ended (or was closed)
+
+
+class FanoutSubscription:
+    """One subscriber: a position in its stream's shared tail and nothing running of its own.
+
+    `take()` (sync) returns the events ready now and moves past them: a non-empty list, `()` when none is
+    ready (then `await wait()`), or None once the stream has ended; it raises the stream's error, or
+    SubscriberTooSlow. `wait()` returns the tail's own `Event.wait()` while the subscriber follows live, so a
+    quiet subscriber costs a position and one waiter; before its first event (the log's head, joining the
+    tail) and while replaying events older than the window from the log it does that work instead. The
+    async iterator interface is built on the two. `aclose()` leaves the tail (the last one out stops the
+    pump); a subscription dropped unclosed leaves when collected.
+    """
+
+    __slots__ = ("_batch", "_fan", "_i", "_old", "_pending", "_pos", "_replay_until", "_stream_id", "_tail")
+
+    def __init__(self, fan: FanoutEventStream, stream_id: str, after: int) -> None:
+        self._fan = fan
+        self._stream_id = stream_id
+        self._pos = after
+        self._tail: _Tail | None = None  # joined at the first wait()
+        self._replay_until = 0  # the log's head at subscribe time: past it the subscriber follows live
+        self._old: AsyncIterator[StoredEvent] | None = None  # the log itself, for events before the window
+        self._pending: list[StoredEvent] | None = None  # events read from the log, for the next take()
+        self._batch: Sequence[StoredEvent] = ()  # the async iterator's current batch ...
+        self._i = 0  # ... and its position in it
+
+    # --- the batch interface ----------------------------------------------------------------------------
+
+    def take(self) -> Sequence[StoredEvent] | None:
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            self._pos = pending[-1].seq
+            return pending
+        if self._replay_until == _ENDED:
+            return None
+        tail = self._tail
+        if tail is None:
+            return ()  # not joined yet: wait() does
+        pos = self._pos
+        if pos < tail.base:
+            return ()  # older than the window: wait() reads the log
+        head = tail.base + len(tail.events)
+        if pos < head:
+            if pos >= self._replay_until and head - pos > self._fan.buffer:
+                raise SubscriberTooSlow(
+                    f"subscriber fell {head - pos} events behind on {self._stream_id!r}; "
+                    f"reconnect with Last-Event-ID: {pos}"
+                )
+            self._pos = head
+            return tail.events[pos - tail.base :]  # a copy: the tail moves while the consumer writes
+        if tail.error is not None:
+            raise tail.error
+        return None if tail.done else ()
+
+    def wait(self) -> Awaitable[Any]:
+        tail = self._tail
+        if tail is None or self._pos < tail.base:
+            return self._prepare()
+        return tail.changed.wait()
+
+    async def _prepare(self) -> None:
+        if self._tail is None:
+            await self._join()
+        if self._tail is not None and self._pos < self._tail.base:
+            await self._replay(self._tail)
+
+    async def start(self) -> None:
+        """Join the stream now rather than at the first wait(): StreamNotFound for an unknown stream."""
+        if self._tail is None and self._replay_until != _ENDED:
+            await self._join()
+
+    async def _join(self) -> None:
+        fan, stream_id = self._fan, self._stream_id
         # Past the log's head now, the subscriber follows live events (and may be found too slow). Also
-        # where an unknown stream raises StreamNotFound.
-        known = self._heads.pop(stream_id, None)
-        if known is not None and time.monotonic() - known[1] < HEAD_FRESH_S:
-            replay_until = known[0]
+        # where an unknown stream raises StreamNotFound. A stream this process follows live exists: its
+        # tail's head (the log's, or a moment behind it) stands in without asking the log.
+        tail = fan._tails.get(stream_id)
+        known = fan._heads.pop(stream_id, None)
+        if tail is not None and tail.error is None and not tail.done:
+            self._replay_until = tail.head
+        elif known is not None and time.monotonic() - known[1] < HEAD_FRESH_S:
+            self._replay_until = known[0]
         else:
-            replay_until = await self.inner.last_seq(stream_id)
-        tail = self._join(stream_id, pos)
+            self._replay_until = await fan.inner.last_seq(stream_id)
+        self._tail = fan._join(stream_id, self._pos)
+
+    async def _replay(self, tail: _Tail) -> None:
+        """Older than the shared window: a batch from the log itself, until the window is reached."""
+        old = self._old
+        if old is None:
+            old = self._old = self._fan.inner.subscribe(self._stream_id, after=self._pos).__aiter__()
+        got: list[StoredEvent] = []
         try:
-            while True:
-                if pos < tail.base:
-                    # Older than the shared window: from the log itself, until the window is reached.
-                    reached = False
-                    async with contextlib.aclosing(self.inner.subscribe(stream_id, after=pos)) as old:  # type: ignore[type-var]
-                        async for stored in old:
-                            yield stored
-                            pos = stored.seq
-                            if pos >= tail.base:
-                                reached = True
-                                break
-                    if not reached:
-                        return  # the stream ended (closed and drained) before the window
-                    continue
-                head = tail.head
-                if pos < head:
-                    if pos >= replay_until and head - pos > self.buffer:
-                        raise SubscriberTooSlow(
-                            f"subscriber fell {head - pos} events behind on {stream_id!r}; "
-                            f"reconnect with Last-Event-ID: {pos}"
-                        )
-                    # A copy of the slice: the consumer may await between items while the tail moves.
-                    for stored in tail.events[pos - tail.base :]:
-                        yield stored
-                        pos = stored.seq
-                    continue
-                if tail.error is not None:
-                    raise tail.error
-                if tail.done:
-                    return
-                await tail.changed.wait()
-        finally:
-            self._leave(stream_id, tail)
+            while len(got) < _REPLAY_BATCH:
+                try:
+                    stored = await old.__anext__()
+                except StopAsyncIteration:
+                    # The stream ended (closed and drained) before the window: the end, once `got` is out.
+                    self._old = None
+                    self._replay_until = _ENDED
+                    break
+                got.append(stored)
+                if stored.seq >= tail.base:
+                    break
+        except BaseException:
+            await self._close_old()
+            raise
+        if got:
+            self._pending = got
+            if got[-1].seq >= tail.base:
+                await self._close_old()
+
+    async def _close_old(self) -> None:
+        old, self._old = self._old, None
+        aclose = getattr(old, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    # --- the async iterator interface (the port's contract) -------------------------------------------------
+
+    def __aiter__(self) -> FanoutSubscription:
+        return self
+
+    async def __anext__(self) -> StoredEvent:
+        while True:
+            if self._i < len(self._batch):
+                stored = self._batch[self._i]
+                self._i += 1
+                return stored
+            try:
+                batch = self.take()
+                if batch is None:
+                    raise StopAsyncIteration
+                if batch:
+                    self._batch, self._i = batch, 0
+                else:
+                    await self.wait()
+            except BaseException:
+                await self.aclose()
+                raise
+
+    async def aclose(self) -> None:
+        self._batch = ()
+        self._pending = None
+        self._replay_until = _ENDED
+        self._leave()
+        await self._close_old()
+
+    def _leave(self) -> None:
+        tail, self._tail = self._tail, None
+        if tail is not None:
+            self._fan._leave(self._stream_id, tail)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop may be closed already
+            self._leave()

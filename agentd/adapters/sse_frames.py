@@ -9,6 +9,7 @@ fell out is simply encoded again.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import orjson
 
@@ -45,3 +46,9 @@ class FrameCache:
             if len(self._frames) > self.size:
                 del self._frames[next(iter(self._frames))]
         return frame
+
+    def frames(self, stream_id: str, batch: Sequence[StoredEvent]) -> bytes:
+        """The frames of consecutive events as one write (the one frame itself for a single event)."""
+        if len(batch) == 1:
+            return self.frame(stream_id, batch[0])
+        return b"".join([self.frame(stream_id, stored) for stored in batch])

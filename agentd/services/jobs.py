@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ from agentd.services.webhooks import WebhookService
 log = structlog.get_logger(__name__)
 
 AVAILABILITY_TIMEOUT_S = 10.0
+# How long "stream S is a job of project P" (a fact that never changes while the job exists) is taken as
+# checked: 1,000 clients following one job ask the queue once, not 1,000 times.
+JOB_SEEN_S = 5.0
 
 
 class JobService:
@@ -51,6 +55,7 @@ class JobService:
         self.webhooks = webhooks
         self.max_queued_per_project = max_queued_per_project
         self.workspaces_dir = workspaces_dir
+        self._jobs_seen: dict[tuple[str, str], float] = {}  # (project, stream) → when the queue said so
 
     async def submit(
         self, request: AgentRequest, *, idempotency_key: str | None = None, busy: BusyPolicy = "enqueue"
@@ -134,32 +139,34 @@ class JobService:
         """A project's jobs, newest first; with `project_id` None, every project's."""
         return await self.queue.list_jobs(project_id, flt)
 
-    async def subscribe(
-        self, project_id: str, stream_id: str, *, after: int = 0
-    ) -> AsyncIterator[StoredEvent]:
+    async def subscribe(self, project_id: str, stream_id: str, *, after: int = 0) -> Subscription:
         """A job's events with seq > `after` (replay, then live), ending after the last one.
 
         Checked before the first event: the stream exists and belongs to a job of this project
         (JobNotFound / StreamNotFound otherwise). A subscriber that falls too far behind gets
-        SubscriberTooSlow from the stream (it resumes with `after=<last seq it saw>`).
+        SubscriberTooSlow from the stream (it resumes with `after=<last seq it saw>`). That the stream is
+        this project's job's is asked of the queue once per JOB_SEEN_S (many clients follow one job).
         """
-        await self.queue.get(project_id, job_id_for_stream(stream_id))  # the job first: one answer per case
-        await self.streams.last_seq(stream_id)
-        return self._counted(self.streams.subscribe(stream_id, after=after))
-
-    async def _counted(self, inner: AsyncIterator[StoredEvent]) -> AsyncIterator[StoredEvent]:
-        self.metrics.subscriber_added()
+        key = (project_id, stream_id)
+        seen = self._jobs_seen.get(key)
+        if seen is None or time.monotonic() - seen > JOB_SEEN_S:
+            await self.queue.get(project_id, job_id_for_stream(stream_id))  # the job first: one answer each
+            if len(self._jobs_seen) >= 1000:
+                self._jobs_seen.clear()
+            self._jobs_seen[key] = time.monotonic()
+        inner = self.streams.subscribe(stream_id, after=after)
+        start = getattr(inner, "start", None)  # a stream that checks (and joins) itself
         try:
-            async for ev in inner:
-                yield ev
-        except SubscriberTooSlow:
-            self.metrics.slow_subscriber_disconnected()
-            raise
-        finally:
-            self.metrics.subscriber_removed()
+            if callable(start):
+                await start()
+            else:
+                await self.streams.last_seq(stream_id)
+        except BaseException:
             aclose = getattr(inner, "aclose", None)
             if aclose is not None:
                 await aclose()
+            raise
+        return Subscription(inner, self.metrics)
 
     def check_provider(self, name: str) -> None:
         """UnknownProvider (listing the known ones) unless a provider of that name is registered."""
@@ -182,6 +189,81 @@ class JobService:
                 for (name, agent), availability in zip(items, probes, strict=True)
             ],
         }
+
+
+class Subscription:
+    """A job's events for one subscriber, counted in the metrics while open.
+
+    Two ways to read it: `async for` (one event at a time), or in batches: `take()` returns the events ready
+    now (empty: none yet, then `await wait()`; None: the stream has ended) and raises what the stream raises
+    (SubscriberTooSlow, storage errors). A stream that offers `take`/`wait` itself (the fan-out in front of
+    the durable logs) is read through them, so a quiet subscriber waits on the stream's own waiter with no
+    frame of its own; any other async iterator is read one event per `wait()`. `aclose()` always.
+    """
+
+    __slots__ = ("_ahead", "_batched", "_inner", "_metrics", "_open")
+
+    def __init__(self, inner: AsyncIterator[StoredEvent], metrics: Metrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+        self._batched = callable(getattr(inner, "take", None)) and callable(getattr(inner, "wait", None))
+        self._ahead: list[StoredEvent] | None = None if self._batched else []  # for the next take()
+        self._open = True
+        metrics.subscriber_added()
+
+    def take(self) -> Sequence[StoredEvent] | None:
+        if self._batched:
+            try:
+                got: Sequence[StoredEvent] | None = self._inner.take()  # type: ignore[attr-defined]
+            except SubscriberTooSlow:
+                self._metrics.slow_subscriber_disconnected()
+                raise
+            return got
+        ahead = self._ahead
+        if ahead is None:
+            return None  # the end
+        if not ahead:
+            return ()
+        self._ahead = []
+        return ahead
+
+    def wait(self) -> Awaitable[Any]:
+        if self._batched:
+            return self._inner.wait()  # type: ignore[attr-defined,no-any-return]
+        return self._pull()
+
+    async def _pull(self) -> None:
+        try:
+            stored = await anext(self._inner)
+        except StopAsyncIteration:
+            self._ahead = None
+            return
+        except SubscriberTooSlow:
+            self._metrics.slow_subscriber_disconnected()
+            raise
+        if self._ahead is not None:
+            self._ahead.append(stored)
+
+    def __aiter__(self) -> AsyncIterator[StoredEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[StoredEvent]:
+        try:
+            while (batch := self.take()) is not None:
+                if not batch:
+                    await self.wait()
+                for stored in batch:
+                    yield stored
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._open:
+            self._open = False
+            self._metrics.subscriber_removed()
+            aclose = getattr(self._inner, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
 async def _availability(agent: CodeAgent) -> dict[str, Any]:

@@ -61,6 +61,6 @@ async def test_a_subscriber_behind_the_window_reads_the_log_then_joins() -> None
     got = [(await late.__anext__()).seq for _ in range(100)]
     assert got == list(range(1, 101))
     assert log.subscriptions == 2
-    await live.aclose()  # type: ignore[attr-defined]
-    await late.aclose()  # type: ignore[attr-defined]
+    await live.aclose()
+    await late.aclose()
     await streams.close()

@@ -8,22 +8,47 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agentd.adapters.http.app import ApiConfig, _send, _State
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from agentd.adapters.http.app import CONFIG, STATE, ApiConfig, _EventStream, _open_slot, _State
 from agentd.domain.errors import SubscriberTooSlow
 from agentd.domain.models import StatusEvent, StoredEvent
+from agentd.ports.metrics import NO_METRICS
+from agentd.services.jobs import Subscription
 from agentd.sse import aiter_sse
 
 
 class Resp:
-    """Stands in for the aiohttp response: records writes; `hold` makes event writes wait forever."""
+    """Stands in for aiohttp's payload writer under a real response: records writes; `hold` makes event
+    writes wait forever; `gone` makes heartbeats find the client gone."""
 
-    def __init__(self, hold: bool = False) -> None:
+    def __init__(self, hold: bool = False, gone: bool = False) -> None:
         self.frames: list[bytes] = []
         self.hold = hold
+        self.gone = gone
         self.heartbeats = asyncio.Event()
         self.first = asyncio.Event()
+        self.length: int | None = None
+        self.buffer_size = self.output_size = 0
 
-    async def write(self, data: bytes) -> None:
+    def enable_chunking(self) -> None: ...
+
+    def enable_compression(self, *args: Any, **kwargs: Any) -> None: ...
+
+    async def write_headers(self, status_line: str, headers: Any) -> None: ...
+
+    def send_headers(self) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    async def write_eof(self, data: bytes = b"") -> None: ...
+
+    async def write(self, data: bytes, **kwargs: Any) -> None:
+        if data.startswith(b"retry:"):
+            return
+        if self.gone and data.startswith(b": heartbeat"):
+            raise ConnectionResetError("client gone")
         if self.hold and data.startswith(b"id:"):
             await asyncio.Event().wait()
         self.frames.append(data)
@@ -60,9 +85,21 @@ def cfg(**kw: Any) -> ApiConfig:
     return ApiConfig(**{"heartbeat_s": 0.01, "write_timeout_s": 5.0, **kw})
 
 
+async def _send(
+    resp: Resp, events: AsyncIterator[StoredEvent], config: ApiConfig, state: _State, sid: str
+) -> None:
+    """One SSE response as the events route makes it, prepared (and so streamed) as aiohttp would."""
+    app = web.Application()
+    app[CONFIG], app[STATE] = config, state
+    _open_slot(state, config, "k")
+    stream = _EventStream(Subscription(events, NO_METRICS), sid, "k", app)
+    await stream.prepare(make_mocked_request("GET", f"/projects/p/events/{sid}", app=app, writer=resp))
+    assert state.streams_open == 0 and not state.streams_by_key, "the stream slot is given back"
+
+
 async def test_heartbeats_while_quiet_then_the_events_then_the_end() -> None:
     resp, src = Resp(), Source()
-    task = asyncio.create_task(_send(resp, src.events(), cfg(), _State(), "s"))  # type: ignore[arg-type]
+    task = asyncio.create_task(_send(resp, src.events(), cfg(), _State(), "s"))
     await asyncio.wait_for(resp.heartbeats.wait(), 5)
     src.release.set()
     await asyncio.wait_for(task, 5)
@@ -75,13 +112,13 @@ async def test_heartbeats_while_quiet_then_the_events_then_the_end() -> None:
 async def test_no_heartbeat_while_events_flow() -> None:
     resp, src = Resp(), Source()
     src.release.set()
-    await asyncio.wait_for(_send(resp, src.events(), cfg(heartbeat_s=60), _State(), "s"), 5)  # type: ignore[arg-type]
+    await asyncio.wait_for(_send(resp, src.events(), cfg(heartbeat_s=60), _State(), "s"), 5)
     assert len(resp.frames) == 2 and b"heartbeat" not in b"".join(resp.frames)
 
 
 async def test_shutdown_ends_the_stream_with_an_error_event() -> None:
     resp, src, closing = Resp(), Source(), _State()
-    task = asyncio.create_task(_send(resp, src.events(), cfg(heartbeat_s=60), closing, "s"))  # type: ignore[arg-type]
+    task = asyncio.create_task(_send(resp, src.events(), cfg(heartbeat_s=60), closing, "s"))
     await asyncio.wait_for(resp.first.wait(), 5)
     closing.close()
     await asyncio.wait_for(task, 5)
@@ -96,7 +133,7 @@ async def test_a_subscriber_that_falls_behind_gets_an_error_event() -> None:
         Source(fail=SubscriberTooSlow("fell 2000 events behind; reconnect with Last-Event-ID: 1")),
     )
     src.release.set()
-    await asyncio.wait_for(_send(resp, src.events(), cfg(), _State(), "s"), 5)  # type: ignore[arg-type]
+    await asyncio.wait_for(_send(resp, src.events(), cfg(), _State(), "s"), 5)
     _, (event, data) = await resp.parsed()
     assert (
         event == "error" and data["code"] == "subscriber_too_slow" and "Last-Event-ID: 1" in data["message"]
@@ -106,7 +143,7 @@ async def test_a_subscriber_that_falls_behind_gets_an_error_event() -> None:
 async def test_a_client_that_stops_reading_is_let_go_after_the_write_timeout() -> None:
     resp, src = Resp(hold=True), Source()
     await asyncio.wait_for(
-        _send(resp, src.events(), cfg(heartbeat_s=60, write_timeout_s=0.05), _State(), "s"),  # type: ignore[arg-type]
+        _send(resp, src.events(), cfg(heartbeat_s=60, write_timeout_s=0.05), _State(), "s"),
         5,
     )
     assert resp.frames == [] and src.closed
@@ -115,7 +152,7 @@ async def test_a_client_that_stops_reading_is_let_go_after_the_write_timeout() -
 async def test_a_storage_failure_ends_the_stream_with_an_error_event() -> None:
     resp, src = Resp(), Source(fail=RuntimeError("the event log broke"))
     src.release.set()
-    await asyncio.wait_for(_send(resp, src.events(), cfg(), _State(), "s"), 5)  # type: ignore[arg-type]
+    await asyncio.wait_for(_send(resp, src.events(), cfg(), _State(), "s"), 5)
     _, (event, data) = await resp.parsed()
     assert event == "error" and data == {
         "code": "stream_error",
@@ -125,12 +162,6 @@ async def test_a_storage_failure_ends_the_stream_with_an_error_event() -> None:
 
 
 async def test_a_client_gone_while_quiet_ends_the_stream_at_the_next_heartbeat() -> None:
-    class Gone(Resp):
-        async def write(self, data: bytes) -> None:
-            if data.startswith(b": heartbeat"):
-                raise ConnectionResetError("client gone")
-            await super().write(data)
-
-    resp, src = Gone(), Source()  # src never releases: only the heartbeat can notice the client left
-    await asyncio.wait_for(_send(resp, src.events(), cfg(), _State(), "s"), 5)  # type: ignore[arg-type]
+    resp, src = Resp(gone=True), Source()  # src never releases: only the heartbeat can notice the client left
+    await asyncio.wait_for(_send(resp, src.events(), cfg(), _State(), "s"), 5)
     assert src.closed

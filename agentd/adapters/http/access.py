@@ -3,6 +3,8 @@ app.py) and the checks a handler makes before it touches a project, a job or an 
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 import structlog
 from aiohttp import web
 
@@ -13,7 +15,20 @@ from agentd.domain.models import validate_project_id
 
 log = structlog.get_logger(__name__)
 
-PRINCIPAL = web.RequestKey("principal", Principal)
+# The request's principal, set by the app's middleware once it knows who is asking. A context variable, not a
+# request key: aiohttp runs every request in a task of its own, with its own copy of the context, and a key in
+# the request's state dict would cost every open event stream a table of its own (~160 bytes).
+_PRINCIPAL: ContextVar[Principal | None] = ContextVar("agentd_principal", default=None)
+
+
+def set_principal(who: Principal) -> None:
+    """Who is asking, for the rest of the request being handled in this task."""
+    _PRINCIPAL.set(who)
+
+
+def principal_or_none() -> Principal | None:
+    """The principal of the request being handled (None before the middleware knows it)."""
+    return _PRINCIPAL.get()
 
 
 def printable(text: str, limit: int = 200) -> str:
@@ -21,7 +36,10 @@ def printable(text: str, limit: int = 200) -> str:
 
 
 def principal(request: web.Request) -> Principal:
-    p: Principal = request[PRINCIPAL]
+    """The principal of `request` (the one being handled in this task)."""
+    p = _PRINCIPAL.get()
+    if p is None:
+        raise RuntimeError(f"no principal for {request.method} {printable(request.path)}: auth did not run")
     return p
 
 

@@ -163,7 +163,7 @@ class _Watcher:
         mapper = SessionMapper(job)
         try:
             subscription = await self.service.subscribe(job.project_id, job.stream_id, after=0)
-            async with contextlib.aclosing(subscription) as events:  # type: ignore[type-var]
+            async with contextlib.aclosing(subscription) as events:
                 async for stored in events:
                     for ev in mapper.feed(stored):
                         await self._put(ev)
