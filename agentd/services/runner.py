@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import os
 import socket
@@ -102,6 +103,7 @@ class _Run:
             await self.agent.cancel(self.run_id)
 
 
+CLAIMS_IN_FLIGHT = 2  # a worker process's claims on their way at once (each for slots no other one may fill)
 OUTBOX_WINDOW = 8  # a run's events on their way to storage, at most, before its agent's output waits
 
 
@@ -246,6 +248,7 @@ class Runner:
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop claiming; let running jobs finish within `grace_s`, then hand the rest back to the queue."""
         self._stopping.set()
+        self._slot_free.set()  # the dispatcher may be waiting for a slot
         if self._running:
             # The job tasks, not only the active runs: a job claimed just before the stop may not have
             # registered its run yet (it is creating its stream).
@@ -316,41 +319,75 @@ class Runner:
         return await run.agent.cancel(run.run_id)
 
     async def _dispatch(self, worker_id: str) -> None:
-        """Fill free slots: one claim for as many jobs as there is room for, each run in its own task."""
-        while not self._stopping.is_set():
-            self._slot_free.clear()
-            free = self.workers - len(self._holding)
-            jobs: list[tuple[Job, bool]] = []
-            claimed_at = time.monotonic()  # the leases start no earlier than this
-            if free > 0:
-                try:
-                    jobs = await self._claim(worker_id, free)
-                except AgentdError as e:  # storage down: wait and retry, never die
-                    log.error("worker.claim_failed", worker_id=worker_id, error=str(e))
+        """Fill free slots: one claim for as many jobs as there is room for, each run in its own task.
+
+        While the queue keeps answering full claims, a slot freed while a claim is on its way is claimed for
+        at once by a claim of its own (at most CLAIMS_IN_FLIGHT at a time): a slot waits for one round trip,
+        not for the one before it to come back. A claim is only ever for slots that are free and not promised
+        to another claim in flight: a claimed job is `running`, under a lease, and counts toward its
+        project's and the fleet's limits, so no job is claimed before there is room to run it."""
+        claims: dict[asyncio.Task[int], int] = {}  # claims in flight → the slots each may fill
+        # The claims and the waits for work share one context: `wait_for_work` knows of the wake-ups that
+        # came since the latest claim started looking (agentd.adapters.queue_policy.WakeUps).
+        ctx = contextvars.copy_context()
+        short = False  # the latest claim came back with fewer jobs than asked for: wait for work
+        try:
+            while not self._stopping.is_set():
+                self._slot_free.clear()
+                failed = False
+                for task in [t for t in claims if t.done()]:
+                    asked = claims.pop(task)
+                    got = self._claimed(task, worker_id)
+                    failed = failed or got is None
+                    short = got is None or got < asked
+                if failed:  # storage down (or a bug): wait and retry, never die
                     await asyncio.sleep(self.poll_s)
                     continue
-                except Exception:  # a bug must not stop this process from ever claiming again
-                    log.exception("worker.claim_crashed", worker_id=worker_id)
-                    await asyncio.sleep(self.poll_s)
-                    continue
-            for job, started in jobs:
-                task = asyncio.create_task(self._run_guarded(job, worker_id, claimed_at, started))
-                self._running.add(task)
-                self._holding.add(job.id)
-                task.add_done_callback(functools.partial(self._task_done, job.id))
-            if jobs:
-                continue  # look again right away: more may be runnable, or the slots are full now
-            # Nothing to claim (or no free slot): sleep until new work, a free slot, or shutdown.
-            waits: list[asyncio.Task[Any]] = [
-                asyncio.create_task(self._stopping.wait()),
-                asyncio.create_task(self._slot_free.wait()),
-            ]
-            if free > 0:
-                waits.append(asyncio.create_task(self.queue.wait_for_work(self.poll_s)))
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED, timeout=self.poll_s)
-            for t in waits:
-                t.cancel()
-            await asyncio.gather(*waits, return_exceptions=True)
+                free = self.workers - len(self._holding) - sum(claims.values())
+                if free > 0 and short and not claims:
+                    short = False  # look again once there may be work (or after poll_s)
+                    await self._wait_for_work(ctx)
+                elif free > 0 and not short and len(claims) < CLAIMS_IN_FLIGHT:
+                    task = asyncio.create_task(self._claim_into_slots(worker_id, free), context=ctx)
+                    task.add_done_callback(lambda _: self._slot_free.set())
+                    claims[task] = free
+                else:
+                    await self._slot_free.wait()  # a slot freed, a claim came back, or shutdown
+        finally:
+            if claims:  # their jobs are this process's now: they run (or are handed back) as usual
+                await asyncio.wait(claims)
+
+    def _claimed(self, task: asyncio.Task[int], worker_id: str) -> int | None:
+        """How many jobs a finished claim handed out; None when it failed (logged)."""
+        try:
+            return task.result()
+        except AgentdError as e:
+            log.error("worker.claim_failed", worker_id=worker_id, error=str(e))
+        except Exception:  # a bug must not stop this process from ever claiming again
+            log.exception("worker.claim_crashed", worker_id=worker_id)
+        return None
+
+    async def _wait_for_work(self, ctx: contextvars.Context) -> None:
+        """Nothing was runnable at the last look: wait for new work or shutdown (at most poll_s)."""
+        waits: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self._stopping.wait()),
+            asyncio.create_task(self.queue.wait_for_work(self.poll_s), context=ctx),
+        ]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED, timeout=self.poll_s)
+        for t in waits:
+            t.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+    async def _claim_into_slots(self, worker_id: str, n: int) -> int:
+        """Claim up to `n` jobs and start each in its own task; how many were claimed."""
+        claimed_at = time.monotonic()  # the leases start no earlier than this
+        jobs = await self._claim(worker_id, n)
+        for job, started in jobs:
+            task = asyncio.create_task(self._run_guarded(job, worker_id, claimed_at, started))
+            self._running.add(task)
+            self._holding.add(job.id)
+            task.add_done_callback(functools.partial(self._task_done, job.id))
+        return len(jobs)
 
     async def _claim(self, worker_id: str, n: int) -> list[tuple[Job, bool]]:
         """Up to `n` jobs, each with whether its `running` event is written already (the run journal)."""
@@ -597,6 +634,11 @@ class Runner:
     async def _run_env(self, job: Job) -> dict[str, str]:
         """The project's secrets (over the global ones), for the agent process's environment only."""
         if self.secrets is None:
+            return {}
+        # Storage that read, with the job's claim, that no secret applies to it (the run journal) says so
+        # once: no query of its own.
+        hint: Callable[[str], bool] | None = getattr(self.secrets, "claimed_without_secrets", None)
+        if hint is not None and hint(job.project_id):
             return {}
         try:
             env = await self.secrets.resolve(job.project_id)

@@ -16,6 +16,7 @@ from typing import Any
 from agentd.adapters.postgres.nul import to_jsonb
 from agentd.adapters.postgres.postgres_event_stream import PostgresEventStream
 from agentd.adapters.postgres.postgres_project_store import PostgresProjectStore
+from agentd.adapters.postgres.postgres_secret_store import PostgresSecretStore
 from agentd.adapters.postgres.postgres_work_queue import PostgresWorkQueue, row_to_job
 from agentd.adapters.postgres.queries import QUERIES
 from agentd.adapters.queue_policy import distinct_ids
@@ -30,12 +31,18 @@ class PostgresRunJournal(RunJournal):
         queue: PostgresWorkQueue,
         streams: PostgresEventStream,
         projects: PostgresProjectStore | None = None,
+        secrets: PostgresSecretStore | None = None,
     ) -> None:
-        if queue.db is not streams.db or (projects is not None and projects.db is not queue.db):
+        if (
+            queue.db is not streams.db
+            or (projects is not None and projects.db is not queue.db)
+            or (secrets is not None and secrets.db is not queue.db)
+        ):
             raise ValueError("the run journal needs the queue and the event log on one database")
         self.queue = queue
         self.streams = streams
         self.projects = projects  # given: a claim reads each job's project too, for the worker's next `find`
+        self.secrets = secrets  # given: and whether its run gets any secret (`claimed_without_secrets`)
 
     async def claim_started(
         self,
@@ -55,6 +62,8 @@ class PostgresRunJournal(RunJournal):
         if self.projects is not None:
             for r in rows:
                 self.projects.prefetched(r["project_id"], r)
+        if self.secrets is not None:
+            self.secrets.claimed(rows)
         heads = {r["stream_id"]: int(r["running_seq"]) for r in rows if r["running_seq"] is not None}
         if heads:
             self.streams.written_with(heads)

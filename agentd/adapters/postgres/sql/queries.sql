@@ -37,10 +37,16 @@ SELECT * FROM agentd_claim(%(worker_id)s, %(lease_s)s, %(max)s, %(global_max)s, 
 -- is appended to its stream as that run (agentd_append_fenced); `running_seq` is its number, NULL when not
 -- written (a later attempt, or a stream that is unknown, closed or taken by a later run): the worker then
 -- writes it the ordinary way. No NOTIFY here (the writer sends those after the commit). The job's project row
--- (project_*) comes along: the worker reads it right after the claim (PostgresProjectStore.prefetched).
+-- (project_*) comes along: the worker reads it right after the claim (PostgresProjectStore.prefetched). So
+-- does whether a run of the job would get any secret (`has_secrets`: its project's or global ones), with one
+-- stored secret (key_*) to check the master key against (PostgresSecretStore.claimed): a job of a project
+-- without secrets needs no query of its own for them. Read in this statement's snapshot, so a secret whose
+-- put committed before the claim is seen.
 WITH c AS (
     SELECT * FROM agentd_claim(%(worker_id)s, %(lease_s)s, %(max)s, %(global_max)s,
                                %(provider_caps)s::jsonb, %(exclude)s::text[])
+), k AS (
+    SELECT scope, name, value FROM agentd_secrets LIMIT 1
 )
 SELECT c.*,
        CASE WHEN c.attempts = 1 THEN agentd_append_fenced(
@@ -48,8 +54,10 @@ SELECT c.*,
            %(running)s::jsonb || jsonb_build_object('detail', %(detail)s::text || c.attempts, 'attempt', c.attempts),
            false) END AS running_seq,
        p.id IS NOT NULL AS project_found, p.spec AS project_spec, p.created_at AS project_created_at,
-       p.updated_at AS project_updated_at
-  FROM c LEFT JOIN agentd_projects p ON p.id = c.project_id;
+       p.updated_at AS project_updated_at,
+       EXISTS (SELECT 1 FROM agentd_secrets s WHERE s.scope IN ('', c.project_id)) AS has_secrets,
+       k.scope AS key_scope, k.name AS key_name, k.value AS key_value
+  FROM c LEFT JOIN agentd_projects p ON p.id = c.project_id LEFT JOIN k ON true;
 
 -- name: heartbeat
 -- An expired lease is lost, even before a sweep re-queues the job: it is never renewed.
