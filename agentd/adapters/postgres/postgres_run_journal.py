@@ -10,6 +10,7 @@ counters follow, its subscribers wake, and other processes hear of it by NOTIFY 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -21,8 +22,11 @@ from agentd.adapters.postgres.postgres_work_queue import PostgresWorkQueue, row_
 from agentd.adapters.postgres.queries import QUERIES
 from agentd.adapters.queue_policy import distinct_ids
 from agentd.domain.errors import JobNotFound
-from agentd.domain.models import AgentResult, Job, StatusEvent
+from agentd.domain.models import AgentRequest, AgentResult, Job, StatusEvent
 from agentd.ports.work_queue import Limits, RunJournal
+
+
+REQUESTS_MAX = 10_000
 
 
 class PostgresRunJournal(RunJournal):
@@ -43,6 +47,8 @@ class PostgresRunJournal(RunJournal):
         self.streams = streams
         self.projects = projects  # given: a claim reads each job's project too, for the worker's next `find`
         self.secrets = secrets  # given: and whether its run gets any secret (`claimed_without_secrets`)
+        # The requests of the jobs this process claimed, until their result is stored: read once.
+        self._requests: OrderedDict[str, AgentRequest] = OrderedDict()
 
     async def claim_started(
         self,
@@ -67,7 +73,12 @@ class PostgresRunJournal(RunJournal):
         heads = {r["stream_id"]: int(r["running_seq"]) for r in rows if r["running_seq"] is not None}
         if heads:
             self.streams.written_with(heads)
-        return [(row_to_job(r), r["running_seq"] is not None) for r in rows]
+        claimed = [(row_to_job(r), r["running_seq"] is not None) for r in rows]
+        for job, _ in claimed:
+            self._requests[job.id] = job.request
+        while len(self._requests) > REQUESTS_MAX:
+            self._requests.popitem(last=False)
+        return claimed
 
     async def finish_ended(
         self,
@@ -88,4 +99,10 @@ class PostgresRunJournal(RunJournal):
         ended = {r["stream_id"]: int(r["done_seq"]) for r in rows if r["done_seq"] is not None}
         if ended:
             self.streams.written_with(ended, closed=ended)
-        return [(row_to_job(by_id[job_id]), by_id[job_id]["done_seq"] is not None) for job_id in ids]
+        sent = dict(results)
+        out: list[tuple[Job, bool]] = []
+        for job_id in ids:
+            row, request = by_id[job_id], self._requests.pop(job_id, None)
+            done = row["done_seq"] is not None  # stored final by this statement: with the result sent
+            out.append((row_to_job(row, request=request, result_as_sent=sent[job_id] if done else None), done))
+        return out

@@ -50,14 +50,18 @@ def _aware(dt: datetime | None) -> datetime | None:
     return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
 
 
-def row_to_job(row: DictRow) -> Job:
+def row_to_job(
+    row: Mapping[str, Any], *, request: AgentRequest | None = None, result_as_sent: AgentResult | None = None
+) -> Job:
+    """`request`: the job's request as read before (a job's request never changes: no second validation);
+    `result_as_sent`: the result the statement that returned `row` just stored."""
     result = row["result"]
     return Job(
         id=row["id"],
         project_id=row["project_id"],
         provider=row["provider"],
         stream_id=row["stream_id"],
-        request=AgentRequest.model_validate(row["request"]),
+        request=request if request is not None else AgentRequest.model_validate(row["request"]),
         status=JobStatus(row["status"]),
         created_at=row["created_at"].astimezone(UTC),
         started_at=_utc(row["started_at"]),
@@ -65,7 +69,13 @@ def row_to_job(row: DictRow) -> Job:
         attempts=row["attempts"],
         cancel_requested=row["cancel_requested"],
         worker_id=row["worker_id"],
-        result=AgentResult.model_validate(from_jsonb(result)) if result is not None else None,
+        result=(
+            None
+            if result is None
+            else result_as_sent
+            if result_as_sent is not None
+            else AgentResult.model_validate(from_jsonb(result))
+        ),
     )
 
 
