@@ -103,8 +103,7 @@ class _Run:
             await self.agent.cancel(self.run_id)
 
 
-CLAIMS_IN_FLIGHT = int(os.environ.get("D2_INFLIGHT", "2"))  # a worker process's claims on their way at once (each for slots no other one may fill)
-CLAIM_MAX = int(os.environ.get("D2_CLAIM_MAX", "0"))
+CLAIMS_IN_FLIGHT = 2  # a worker process's claims on their way at once (each for slots no other one may fill)
 OUTBOX_WINDOW = 8  # a run's events on their way to storage, at most, before its agent's output waits
 
 
@@ -349,7 +348,6 @@ class Runner:
                     short = False  # look again once there may be work (or after poll_s)
                     await self._wait_for_work(ctx)
                 elif free > 0 and not short and len(claims) < CLAIMS_IN_FLIGHT:
-                    free = min(free, CLAIM_MAX) if CLAIM_MAX else free
                     task = asyncio.create_task(self._claim_into_slots(worker_id, free), context=ctx)
                     task.add_done_callback(lambda _: self._slot_free.set())
                     claims[task] = free
