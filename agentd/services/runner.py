@@ -28,7 +28,7 @@ import functools
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,6 +87,16 @@ class _Run:
     superseded: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)  # the agent has stopped
     why: str = ""
+    _waiters: list[asyncio.Future[None]] = field(default_factory=list)  # resolved when superseded
+
+    def superseded_future(self) -> asyncio.Future[None]:
+        """Done once the run is superseded (a future, not a task waiting on `superseded`)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.superseded.is_set():
+            fut.set_result(None)
+        else:
+            self._waiters.append(fut)
+        return fut
 
     @property
     def run_id(self) -> str:
@@ -98,9 +108,31 @@ class _Run:
             return
         self.why = why
         self.superseded.set()
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._waiters.clear()
         log.warning("job.run_superseded", job_id=self.job.id, run_id=self.run_id, reason=why)
         with contextlib.suppress(Exception):
             await self.agent.cancel(self.run_id)
+
+
+class _Deferred:
+    """A helper task that only a long run needs (a lease renewer, a watcher): a timer until `delay` has
+    passed, then the task. A run over before that (most are) never makes the task."""
+
+    def __init__(self, delay: float, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self._handle = asyncio.get_running_loop().call_later(delay, self._start, factory)
+
+    def _start(self, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.task = asyncio.create_task(factory())
+
+    async def stop(self, timeout: float | None = None) -> None:
+        self._handle.cancel()
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.wait({self.task}, timeout=timeout)
 
 
 CLAIMS_IN_FLIGHT = 2  # a worker process's claims on their way at once (each for slots no other one may fill)
@@ -614,22 +646,21 @@ class Runner:
         attempt), so a slow git server never makes the fleet think this worker is gone."""
         job = run.job
 
-        async def beat() -> None:
+        async def beat() -> None:  # first after heartbeat_s (_Deferred), then every heartbeat_s
             while True:
-                await asyncio.sleep(self.heartbeat_s)
                 sent = time.monotonic()
                 with contextlib.suppress(AgentdError):
                     if await self.queue.heartbeat(job.id, worker_id, attempt=job.attempts):
                         run.leased_at = sent
                     else:
                         await run.supersede("lease lost")
+                await asyncio.sleep(self.heartbeat_s)
 
-        beater = asyncio.create_task(beat())
+        beater = _Deferred(self.heartbeat_s, beat)
         try:
             return await work
         finally:
-            beater.cancel()
-            await asyncio.gather(beater, return_exceptions=True)
+            await beater.stop()
 
     async def _run_env(self, job: Job) -> dict[str, str]:
         """The project's secrets (over the global ones), for the agent process's environment only."""
@@ -659,7 +690,10 @@ class Runner:
         if run.superseded.is_set():  # handed back before its agent started: do not start it
             return AgentResult(status="failed", error=f"superseded before it started: {run.why}")
         run_over = asyncio.Event()
-        watcher = asyncio.create_task(self._watch(run, worker_id, run_over))
+        deadline = time.monotonic() + job.request.timeout_s + SAFETY_GRACE_S
+        # Its first look is after poll_s: until then a timer, not a task (most runs of a busy worker are over
+        # by then).
+        watcher = _Deferred(self.poll_s, functools.partial(self._watch, run, worker_id, run_over, deadline))
         try:
             async with asyncio.timeout(job.request.timeout_s + SAFETY_GRACE_S * 2):
                 done = await self._stream_fenced(run, env, redactor, workdir)
@@ -676,8 +710,7 @@ class Runner:
             # its queries completes can be swallowed (asyncio.wait_for in 3.11), and then a watcher that
             # loops on would heartbeat a finished run forever.
             run_over.set()
-            watcher.cancel()
-            await asyncio.wait({watcher}, timeout=10)
+            await watcher.stop(timeout=10)
         if done is None:
             return AgentResult(status="failed", error=f"provider {job.provider} ended without a result")
         return done.to_result()
@@ -688,7 +721,7 @@ class Runner:
         """`_stream`, ended when the run is superseded: its agent was told to stop; if it does not end within
         SUPERSEDED_GRACE_S its task is cancelled (the adapter's cleanup runs either way)."""
         streaming = asyncio.create_task(self._stream(run, env, redactor, workdir))
-        superseded = asyncio.create_task(run.superseded.wait())
+        superseded = run.superseded_future()
         try:
             await asyncio.wait({streaming, superseded}, return_when=asyncio.FIRST_COMPLETED)
             if not streaming.done():
@@ -859,15 +892,18 @@ class Runner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _watch(self, run: _Run, worker_id: str, run_over: asyncio.Event) -> None:
+    async def _watch(self, run: _Run, worker_id: str, run_over: asyncio.Event, deadline: float) -> None:
         """Poll for cancel requests and for the job moving on, renew the lease (fenced by the attempt), stop
-        the run before a lease it could not renew ends, enforce the deadline."""
+        the run before a lease it could not renew ends, enforce the deadline. Started poll_s after the run
+        (`_Deferred`): it looks at once, then every poll_s."""
         job, agent = run.job, run.agent
-        deadline = time.monotonic() + job.request.timeout_s + SAFETY_GRACE_S
         cancelled = False
+        first = True
         while not run_over.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(run_over.wait(), self.poll_s)
+            if not first:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(run_over.wait(), self.poll_s)
+            first = False
             if run_over.is_set() or run.superseded.is_set():
                 return
             now = time.monotonic()
