@@ -136,3 +136,45 @@ async def _first(s: PostgresEventStream, stream_id: str) -> list[tuple[int, str,
         if e.seq >= head:
             break
     return out
+
+
+async def test_the_claim_says_which_runs_get_no_secret(pg_dsn: str) -> None:  # noqa: F811
+    """The claim reads whether a job's run would get any secret: none, and the run needs no query for them;
+    a secret put before the claim is seen (its run asks `resolve`); a wrong master key is never hidden."""
+    from agentd.adapters.postgres import PostgresSecretStore
+    from agentd.adapters.secret_crypto import WrongMasterKey
+
+    q, s, p = await _open(pg_dsn)
+    secrets = PostgresSecretStore(q.db, b"k" * 32)
+    await secrets.open()
+    try:
+        for n, project in enumerate(["quiet", "loud", "other"]):
+            await _submit(q, s, project, n)
+        await secrets.put("loud", "TOKEN", "v1")
+        journal = PostgresRunJournal(q, s, p, secrets)
+        await journal.claim_started("w", 1, running=RUNNING)  # j0, project "quiet"
+        await journal.claim_started("w", 1, running=RUNNING)  # j1, project "loud"
+        assert secrets.claimed_without_secrets("quiet") is True
+        assert secrets.claimed_without_secrets("quiet") is False  # once
+        assert secrets.claimed_without_secrets("loud") is False
+        assert await secrets.resolve("loud") == {"TOKEN": "v1"}
+        # A global secret put before the claim: every project's run gets it.
+        await secrets.put(None, "GLOBAL", "g")
+        await journal.claim_started("w", 1, running=RUNNING)  # j2, project "other"
+        assert secrets.claimed_without_secrets("other") is False
+        # Another key: no hint, so the run's `resolve` says the key is wrong, as before.
+        wrong = PostgresSecretStore(q.db, b"w" * 32)
+        await wrong.open()
+        try:
+            await _submit(q, s, "quiet2", 3)
+            await PostgresRunJournal(q, s, p, wrong).claim_started("w", 1, running=RUNNING)
+            assert wrong.claimed_without_secrets("quiet2") is False
+            with pytest.raises(WrongMasterKey):
+                await wrong.resolve("quiet2")
+        finally:
+            await wrong.close()
+    finally:
+        await secrets.close()
+        await p.close()
+        await s.close()
+        await q.close()
