@@ -88,6 +88,10 @@ class _Run:
     ended: asyncio.Event = field(default_factory=asyncio.Event)  # the agent has stopped
     why: str = ""
     _waiters: list[asyncio.Future[None]] = field(default_factory=list)  # resolved when superseded
+    # With the run journal and no git workspace, the run's events that were not on their way to storage when
+    # its agent ended (`tail`) go with its result: written before `done`, in the same step.
+    defer_tail: bool = False
+    tail: list[AgentEvent] = field(default_factory=list)
 
     def superseded_future(self) -> asyncio.Future[None]:
         """Done once the run is superseded (a future, not a task waiting on `superseded`)."""
@@ -135,6 +139,8 @@ class _Deferred:
             await asyncio.wait({self.task}, timeout=timeout)
 
 
+# A result on its way to storage: job id, result, attempt, the run's events not stored yet, who waits for it.
+_Finishing = tuple[str, AgentResult, int, list[AgentEvent], asyncio.Future[tuple[Job, bool]]]
 CLAIMS_IN_FLIGHT = 2  # a worker process's claims on their way at once (each for slots no other one may fill)
 OUTBOX_WINDOW = 8  # a run's events on their way to storage, at most, before its agent's output waits
 
@@ -178,6 +184,19 @@ class _Outbox:
         finally:
             self._writing = 0
             self._drained.set()
+
+    def take_unwritten(self) -> list[AgentEvent]:
+        """The events waiting while no write is in progress (the writer has not started on them): taken out,
+        to be stored some other way, in order after everything this outbox stored. [] otherwise."""
+        if self._writing or not self._waiting:
+            return []
+        # Between two batches the writer takes the next one without a pause: events waiting while nothing is
+        # being written mean that the writer task has not run yet.
+        events, self._waiting = self._waiting, []
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+        self._writer = None
+        return events
 
     def _check(self) -> None:
         if self._writer is not None and self._writer.done() and not self._writer.cancelled():
@@ -241,7 +260,9 @@ class Runner:
         self.worker_prefix = f"{socket.gethostname()}:{os.getpid()}"
         self._tasks: list[asyncio.Task[None]] = []
         self._running: set[asyncio.Task[None]] = set()
-        self._to_finish: list[tuple[str, AgentResult, str, int, asyncio.Future[tuple[Job, bool]]]] = []
+        self._to_finish: list[
+            tuple[str, AgentResult, str, int, list[AgentEvent], asyncio.Future[tuple[Job, bool]]]
+        ] = []
         self._finisher: asyncio.Task[None] | None = None
         self._slot_free = asyncio.Event()
         # Jobs holding one of the `workers` slots: from their claim until their run (the agent) has ended.
@@ -456,6 +477,7 @@ class Runner:
         started = time.monotonic()
         self.metrics.run_started(job.provider, since_submit_s=_since(job.created_at))
         ended = False
+        run: _Run | None = None
         try:
             try:
                 agent = self.registry.get(job.provider)
@@ -488,7 +510,10 @@ class Runner:
                     self.metrics.run_fenced(job.provider)
                     log.warning("job.result_discarded", reason=run.why, run_id=job.run_id)
                     return result
-            stored, done_written = await self._finish(job, result, worker_id)
+            tail = run.tail if run is not None else []
+            stored, done_written = await self._finish(job, result, worker_id, tail)
+            if tail and run is not None:
+                await self._tail_stored(run, tail, done_written)
             ended = True
             self.metrics.run_ended(job.provider, result.status, run_s=time.monotonic() - started)
             if stored.status == JobStatus.queued:
@@ -504,6 +529,20 @@ class Runner:
             if not ended:  # crashed before its result was stored
                 self.metrics.run_ended(job.provider, "failed", run_s=time.monotonic() - started)
             structlog.contextvars.unbind_contextvars("job_id", "project_id", "request_id")
+
+    async def _tail_stored(self, run: _Run, tail: list[AgentEvent], done_written: bool) -> None:
+        """The run's last events went with its result (`done_written`), or go now the ordinary way (fenced: the
+        stream refuses them once the job has moved on)."""
+        if not done_written:
+            try:
+                await self._publish_run(run, tail)
+            except StreamNotFound:  # closed meanwhile (the result is stored): nobody may write any more
+                log.warning("job.events_refused", run_id=run.run_id, count=len(tail))
+            return
+        for ev in tail:
+            self.metrics.events_published(ev.event)
+            if isinstance(ev, StatusEvent):
+                await self._notify(run.job, ev)
 
     async def _publish_final(
         self, job: Job, stored: Job, worker_id: str, started: float, done_written: bool = False
@@ -633,6 +672,7 @@ class Runner:
             await self._publish_run(
                 run, [StatusEvent(status="workspace", detail=f"{ws.ref} at {ws.base[:12]}")]
             )
+        run.defer_tail = self.journal is not None and git is None
         redactor = RunRedactor({**self.service_secrets, **env, **git_secrets})
         with LOG_SECRETS.holding({**env, **git_secrets}):
             workdir = git.workdir if git is not None else None
@@ -750,12 +790,14 @@ class Runner:
         where = {"workdir": workdir} if workdir is not None else {}  # adapters without it run as before
         events = run.agent.execute(job.request, run_id=run.run_id, env=env or None, **where)
         first = True
+        ended = False
         try:
             async for ev in events:
                 if first:
                     first = False
                     self.metrics.first_event(job.provider, since_submit_s=_since(job.created_at))
                 if isinstance(ev, DoneEvent):
+                    ended = True
                     return ev
                 if isinstance(ev, ErrorEvent):
                     self.metrics.provider_error(job.provider, ev.code)
@@ -773,6 +815,8 @@ class Runner:
                 self._release_slot(job.id)
                 for out in redactor.flush():  # text held back at the end of an unfinished message
                     await outbox.put(out)
+                if ended and run.defer_tail and not run.superseded.is_set():
+                    run.tail = outbox.take_unwritten()  # stored with the result, before `done`
                 await outbox.flush()
 
     async def _publish_run(self, run: _Run, events: list[AgentEvent]) -> None:
@@ -820,13 +864,15 @@ class Runner:
     async def _ensure_stream(self, job: Job) -> None:
         await self._durably(lambda: self.streams.create(job.stream_id), "create_stream")
 
-    async def _finish(self, job: Job, result: AgentResult, worker_id: str) -> tuple[Job, bool]:
+    async def _finish(
+        self, job: Job, result: AgentResult, worker_id: str, tail: list[AgentEvent] | None = None
+    ) -> tuple[Job, bool]:
         """Record a result (refused when the job has moved on from this attempt). Results that arrive while
         one write is in flight go out together in the next `finish_many` (no added delay): many short jobs
         cost a round trip per batch, not per job. Returns the stored job, and whether its `done` is written
-        and its stream closed with it (the run journal)."""
+        and its stream closed with it (the run journal; `tail`, the run's events not stored yet, with them)."""
         done: asyncio.Future[tuple[Job, bool]] = asyncio.get_running_loop().create_future()
-        self._to_finish.append((job.id, result, worker_id, job.attempts, done))
+        self._to_finish.append((job.id, result, worker_id, job.attempts, tail or [], done))
         if self._finisher is None or self._finisher.done():
             self._finisher = asyncio.create_task(self._flush_finished())
         return await done
@@ -834,15 +880,16 @@ class Runner:
     async def _flush_finished(self) -> None:
         while self._to_finish:
             batch, self._to_finish = self._to_finish, []
-            by_worker: dict[str, list[tuple[str, AgentResult, int, asyncio.Future[tuple[Job, bool]]]]] = {}
-            for job_id, result, worker_id, attempt, fut in batch:
-                by_worker.setdefault(worker_id, []).append((job_id, result, attempt, fut))
+            by_worker: dict[str, list[_Finishing]] = {}
+            for job_id, result, worker_id, attempt, tail, fut in batch:
+                by_worker.setdefault(worker_id, []).append((job_id, result, attempt, tail, fut))
             for worker_id, items in by_worker.items():
-                pairs = [(job_id, result) for job_id, result, _, _ in items]
-                attempts = {job_id: attempt for job_id, _, attempt, _ in items}
+                pairs = [(job_id, result) for job_id, result, *_ in items]
+                attempts = {job_id: attempt for job_id, _, attempt, *_ in items}
+                tails = {job_id: tail for job_id, _, _, tail, _ in items if tail}
                 try:
                     jobs = await self._durably(
-                        functools.partial(self._store_results, pairs, worker_id, attempts), "finish"
+                        functools.partial(self._store_results, pairs, worker_id, attempts, tails), "finish"
                     )
                 except Exception as e:
                     for *_, fut in items:
@@ -854,10 +901,17 @@ class Runner:
                         fut.set_result(job)
 
     async def _store_results(
-        self, pairs: list[tuple[str, AgentResult]], worker_id: str, attempts: dict[str, int]
+        self,
+        pairs: list[tuple[str, AgentResult]],
+        worker_id: str,
+        attempts: dict[str, int],
+        tails: dict[str, list[AgentEvent]],
     ) -> list[tuple[Job, bool]]:
         if self.journal is not None:
-            return await self.journal.finish_ended(pairs, worker_id=worker_id, attempts=attempts)
+            return await self.journal.finish_ended(
+                pairs, worker_id=worker_id, attempts=attempts, events=tails or None
+            )
+        # No journal, no tails (`defer_tail`): a run's events are all stored before its result.
         jobs = await self.queue.finish_many(pairs, worker_id=worker_id, attempts=attempts)
         return [(job, False) for job in jobs]
 

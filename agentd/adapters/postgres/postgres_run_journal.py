@@ -22,7 +22,7 @@ from agentd.adapters.postgres.postgres_work_queue import PostgresWorkQueue, row_
 from agentd.adapters.postgres.queries import QUERIES
 from agentd.adapters.queue_policy import distinct_ids
 from agentd.domain.errors import JobNotFound
-from agentd.domain.models import AgentRequest, AgentResult, Job, StatusEvent
+from agentd.domain.models import AgentEvent, AgentRequest, AgentResult, Job, StatusEvent
 from agentd.ports.work_queue import Limits, RunJournal
 
 
@@ -86,9 +86,10 @@ class PostgresRunJournal(RunJournal):
         *,
         worker_id: str,
         attempts: Mapping[str, int],
+        events: Mapping[str, Sequence[AgentEvent]] | None = None,
     ) -> list[tuple[Job, bool]]:
         ids = distinct_ids(results)
-        params = self.queue._finish_params(results, worker_id, attempts, done=True)
+        params = self.queue._finish_params(results, worker_id, attempts, done=True, events=events)
         async with self.queue.db.connection() as conn:
             cur = await conn.execute(QUERIES["finish_ended"], params)
             rows = await cur.fetchall()

@@ -37,7 +37,7 @@ from agentd.adapters.queue_policy import (
     wants_retry,
 )
 from agentd.domain.errors import JobNotFound
-from agentd.domain.models import AgentRequest, AgentResult, DoneEvent, Job, JobStatus
+from agentd.domain.models import AgentEvent, AgentRequest, AgentResult, DoneEvent, Job, JobStatus
 from agentd.ports.work_queue import BusyPolicy, JobFilter, Limits, WorkQueue
 
 
@@ -79,8 +79,16 @@ def row_to_job(
     )
 
 
-def _finish_input(job_id: str, result: AgentResult, attempt: int | None, *, done: bool = False) -> str:
-    """One element of `finish`'s input; with `done`, the data of the job's `done` event too (finish_ended)."""
+def _finish_input(
+    job_id: str,
+    result: AgentResult,
+    attempt: int | None,
+    *,
+    done: bool = False,
+    events: Sequence[AgentEvent] = (),
+) -> str:
+    """One element of `finish`'s input; with `done`, the data of the job's `done` event too, and `events`, the
+    run's events to write before it (finish_ended)."""
     stored = to_jsonb(result.model_dump_json())  # U+0000 in the output: escaped, not a failed batch
     error = json.dumps(text_safe(result.error))
     retryable = "true" if wants_retry(result) else "false"
@@ -88,6 +96,11 @@ def _finish_input(job_id: str, result: AgentResult, attempt: int | None, *, done
     if done:
         event = DoneEvent.from_result(result).model_dump_json(exclude={"event"})
         end = f',"done":{to_jsonb(event)}'
+        if events:
+            rows = ",".join(
+                f'[{json.dumps(ev.event)},{to_jsonb(ev.model_dump_json(exclude={"event"}))}]' for ev in events
+            )
+            end += f',"events":[{rows}]'
     return (
         f'{{"id":{json.dumps(job_id)},"status":"{result.status}","result":{stored},'
         f'"retryable":{retryable},"error":{error},"attempt":{json.dumps(attempt)}{end}}}'
@@ -253,12 +266,19 @@ class PostgresWorkQueue(WorkQueue):
         attempts: Mapping[str, int] | None,
         *,
         done: bool = False,
+        events: Mapping[str, Sequence[AgentEvent]] | None = None,
     ) -> dict[str, Any]:
         return {
             "ids": distinct_ids(results),
             "input": "["
             + ",".join(
-                _finish_input(job_id, r, attempts.get(job_id) if attempts else None, done=done)
+                _finish_input(
+                    job_id,
+                    r,
+                    attempts.get(job_id) if attempts else None,
+                    done=done,
+                    events=events.get(job_id, ()) if events else (),
+                )
                 for job_id, r in results
             )
             + "]",

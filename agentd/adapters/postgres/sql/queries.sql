@@ -115,7 +115,9 @@ SELECT * FROM agentd_jobs WHERE id = ANY (%(ids)b::text[]) AND id NOT IN (SELECT
 -- the input: the event's data) appended as the job's run and its stream closed (the run journal, schema 8;
 -- agentd_append_fenced). `done_seq` is the event's number; NULL when this statement did not store the job
 -- final, or the stream refused it (unknown, closed, taken by a later run): the worker then goes the ordinary
--- way. A client that sees `done` finds the final status: both are in one commit.
+-- way. A client that sees `done` finds the final status: both are in one commit. `events` in the input (schema 9):
+-- the run's events not written yet, [type, data] each, appended before `done` (agentd_append_run_end), or not at
+-- all when `done` is not.
 -- Records results: `input` is a JSON array of {id, status, result, retryable, error, attempt}, `ids` the same ids
 -- (distinct; as an array they make the planner look jobs up by primary key). A retryable failure with attempts left (and no
 -- cancel request) goes back to the queue after an exponential backoff instead. A final job never changes
@@ -124,7 +126,7 @@ SELECT * FROM agentd_jobs WHERE id = ANY (%(ids)b::text[]) AND id NOT IN (SELECT
 WITH input AS (
     SELECT * FROM jsonb_to_recordset(%(input)s::jsonb)
         AS u(id text, status text, result jsonb, retryable boolean, error text, attempt integer,
-              done jsonb)
+              done jsonb, events jsonb)
 ), upd AS (
     -- The retry decision reads the row being updated (its newest version, should a cancel request have
     -- landed meanwhile), hence one multi-column SET from a sub-select.
@@ -155,7 +157,7 @@ WITH input AS (
                                ON q.project_id = upd.project_id AND q.status = 'queued')
            END
 ), ended AS (
-    SELECT upd.id, agentd_append_fenced(upd.stream_id, upd.attempts, 'done', u.done, true) AS seq
+    SELECT upd.id, agentd_append_run_end(upd.stream_id, upd.attempts, u.events, u.done) AS seq
       FROM upd JOIN input u ON u.id = upd.id
      WHERE upd.status NOT IN ('queued', 'running') AND u.done IS NOT NULL
 )

@@ -1,4 +1,5 @@
--- agentd schema 9: agentd_claim without a sort of the whole queue and without planning a query per job.
+-- agentd schema 9: agentd_claim without a sort of the whole queue and without planning a query per job; a
+-- run's last events written with its result.
 --
 -- Same function as schema 7's (same signature, so CREATE OR REPLACE), same rules, two changes in how it runs.
 -- Measured with auto_explain on a queue of 1,000 jobs, claiming 4 (the worker's claim of bench/bench_worker.py):
@@ -63,5 +64,36 @@ BEGIN
         END IF;
         EXIT WHEN v_want <= 0;
     END LOOP;
+END
+$$;
+
+-- The end of a run in the statement that stores its result (the run journal's `finish_ended`): the events the
+-- run produced that were not written yet (`p_events`, a JSON array of [type, data], in order), then `done`
+-- (`p_done`), and the stream closed. Same rules as agentd_append_fenced (schema 8): under the stream's advisory
+-- lock, numbered from the table, refused as a whole (NULL) when the stream is unknown or closed or a later run
+-- has written; the stream's run moves up. Returns the number of `done`.
+CREATE FUNCTION agentd_append_run_end(p_stream_id text, p_run integer, p_events jsonb, p_done jsonb)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_run integer;
+    v_seq integer;
+    v_n integer := coalesce(jsonb_array_length(p_events), 0);
+BEGIN
+    PERFORM pg_advisory_xact_lock(1634168440, hashtext(p_stream_id));
+    SELECT run INTO v_run FROM agentd_streams
+     WHERE stream_id = p_stream_id AND closed_at IS NULL FOR UPDATE;
+    IF NOT FOUND OR v_run > p_run THEN
+        RETURN NULL;
+    END IF;
+    SELECT coalesce(max(seq), 0) INTO v_seq FROM agentd_events WHERE stream_id = p_stream_id;
+    IF v_n > 0 THEN
+        INSERT INTO agentd_events (stream_id, seq, type, data, run)
+        SELECT p_stream_id, v_seq + e.ord::integer, e.value ->> 0, e.value -> 1, p_run
+          FROM jsonb_array_elements(p_events) WITH ORDINALITY AS e(value, ord);
+    END IF;
+    v_seq := v_seq + v_n + 1;
+    INSERT INTO agentd_events (stream_id, seq, type, data, run) VALUES (p_stream_id, v_seq, 'done', p_done, p_run);
+    UPDATE agentd_streams SET run = greatest(run, p_run), closed_at = now() WHERE stream_id = p_stream_id;
+    RETURN v_seq;
 END
 $$;
