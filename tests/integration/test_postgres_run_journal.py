@@ -178,3 +178,43 @@ async def test_the_claim_says_which_runs_get_no_secret(pg_dsn: str) -> None:  # 
         await p.close()
         await s.close()
         await q.close()
+
+
+async def test_a_runs_last_events_go_with_its_result(pg_dsn: str) -> None:  # noqa: F811
+    """`events`: written in order right before `done`, in the same statement; none of them when `done` is
+    refused (the caller then publishes them the ordinary way, and the stream says why)."""
+    q, s, p = await _open(pg_dsn)
+    try:
+        await _submit(q, s, "a", 0)
+        await _submit(q, s, "b", 1)
+        journal = PostgresRunJournal(q, s, p)
+        await journal.claim_started("w", 10, running=RUNNING)
+        await s.publish("s0", [TextEvent(message_id="m", chunk="a")], run=1)
+        await s.close_stream("s1")  # closed under the run: its end is refused
+        tail = [TextEvent(message_id="m", chunk="b\0c"), StatusEvent(status="late", detail="x")]
+        stored = await journal.finish_ended(
+            [("j0", AgentResult(status="succeeded")), ("j1", AgentResult(status="succeeded"))],
+            worker_id="w",
+            attempts={"j0": 1, "j1": 1},
+            events={"j0": tail, "j1": tail},
+        )
+        assert [(j.status, ended) for j, ended in stored] == [
+            (JobStatus.succeeded, True),
+            (JobStatus.succeeded, False),
+        ]
+        assert await _events(s, "s0") == [
+            (1, "status", "queued"),
+            (2, "status", "running"),
+            (3, "text", None),
+            (4, "text", None),
+            (5, "status", "late"),
+            (6, "done", "succeeded"),
+        ]
+        async for e in s.subscribe("s0", after=3):
+            assert e.event == tail[0]  # U+0000 and all
+            break
+        assert await _events(s, "s1") == [(1, "status", "queued"), (2, "status", "running")]
+    finally:
+        await p.close()
+        await s.close()
+        await q.close()
