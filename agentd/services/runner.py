@@ -496,24 +496,14 @@ class Runner:
                 try:
                     result = await self._drive(run, worker_id, running_written)
                 finally:
-                    log.info(
-                        "run.ended", run_id=job.run_id, at=time.time(), superseded=run.superseded.is_set()
-                    )
-                    run.ended.set()
-                    self._active.pop(job.id, None)
-                    self._release_slot(job.id)  # the agent has stopped: the slot may take the next job
-                    if not self._active:
-                        self._idle.set()
+                    self._run_over(run)
                 if run.superseded.is_set():
                     ended = True
                     self.metrics.run_ended(job.provider, "cancelled", run_s=time.monotonic() - started)
                     self.metrics.run_fenced(job.provider)
                     log.warning("job.result_discarded", reason=run.why, run_id=job.run_id)
                     return result
-            tail = run.tail if run is not None else []
-            stored, done_written = await self._finish(job, result, worker_id, tail)
-            if tail and run is not None:
-                await self._tail_stored(run, tail, done_written)
+            stored, done_written = await self._store(job, result, worker_id, run)
             ended = True
             self.metrics.run_ended(job.provider, result.status, run_s=time.monotonic() - started)
             if stored.status == JobStatus.queued:
@@ -530,9 +520,29 @@ class Runner:
                 self.metrics.run_ended(job.provider, "failed", run_s=time.monotonic() - started)
             structlog.contextvars.unbind_contextvars("job_id", "project_id", "request_id")
 
+    def _run_over(self, run: _Run) -> None:
+        """The run's agent has stopped: its slot may take the next job."""
+        job = run.job
+        log.info("run.ended", run_id=job.run_id, at=time.time(), superseded=run.superseded.is_set())
+        run.ended.set()
+        self._active.pop(job.id, None)
+        self._release_slot(job.id)
+        if not self._active:
+            self._idle.set()
+
+    async def _store(
+        self, job: Job, result: AgentResult, worker_id: str, run: _Run | None
+    ) -> tuple[Job, bool]:
+        """`_finish`, with the run's events not stored yet (its tail)."""
+        tail = run.tail if run is not None else []
+        stored, done_written = await self._finish(job, result, worker_id, tail)
+        if tail and run is not None:
+            await self._tail_stored(run, tail, done_written)
+        return stored, done_written
+
     async def _tail_stored(self, run: _Run, tail: list[AgentEvent], done_written: bool) -> None:
-        """The run's last events went with its result (`done_written`), or go now the ordinary way (fenced: the
-        stream refuses them once the job has moved on)."""
+        """The run's last events went with its result (`done_written`), or go now the ordinary way (fenced:
+        the stream refuses them once the job has moved on)."""
         if not done_written:
             try:
                 await self._publish_run(run, tail)
@@ -762,8 +772,9 @@ class Runner:
         SUPERSEDED_GRACE_S its task is cancelled (the adapter's cleanup runs either way)."""
         streaming = asyncio.create_task(self._stream(run, env, redactor, workdir))
         superseded = run.superseded_future()
+        either: set[asyncio.Future[Any]] = {streaming, superseded}
         try:
-            await asyncio.wait({streaming, superseded}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if not streaming.done():
                 await asyncio.wait({streaming}, timeout=SUPERSEDED_GRACE_S)
             if not streaming.done():
@@ -870,7 +881,8 @@ class Runner:
         """Record a result (refused when the job has moved on from this attempt). Results that arrive while
         one write is in flight go out together in the next `finish_many` (no added delay): many short jobs
         cost a round trip per batch, not per job. Returns the stored job, and whether its `done` is written
-        and its stream closed with it (the run journal; `tail`, the run's events not stored yet, with them)."""
+        and its stream closed with it (the run journal; `tail`, the run's events not stored yet, with
+        them)."""
         done: asyncio.Future[tuple[Job, bool]] = asyncio.get_running_loop().create_future()
         self._to_finish.append((job.id, result, worker_id, job.attempts, tail or [], done))
         if self._finisher is None or self._finisher.done():

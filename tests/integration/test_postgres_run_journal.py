@@ -13,7 +13,15 @@ from agentd.adapters.postgres import (
     PostgresWorkQueue,
 )
 from agentd.domain.errors import StreamNotFound
-from agentd.domain.models import AgentRequest, AgentResult, DoneEvent, JobStatus, StatusEvent, TextEvent
+from agentd.domain.models import (
+    AgentEvent,
+    AgentRequest,
+    AgentResult,
+    DoneEvent,
+    JobStatus,
+    StatusEvent,
+    TextEvent,
+)
 from agentd.domain.projects import ProjectSpec
 from tests.support.postgres import pg_dsn, pg_template  # noqa: F401 - fixtures
 
@@ -191,7 +199,10 @@ async def test_a_runs_last_events_go_with_its_result(pg_dsn: str) -> None:  # no
         await journal.claim_started("w", 10, running=RUNNING)
         await s.publish("s0", [TextEvent(message_id="m", chunk="a")], run=1)
         await s.close_stream("s1")  # closed under the run: its end is refused
-        tail = [TextEvent(message_id="m", chunk="b\0c"), StatusEvent(status="late", detail="x")]
+        tail: list[AgentEvent] = [
+            TextEvent(message_id="m", chunk="b\0c"),
+            StatusEvent(status="late", detail="x"),
+        ]
         stored = await journal.finish_ended(
             [("j0", AgentResult(status="succeeded")), ("j1", AgentResult(status="succeeded"))],
             worker_id="w",

@@ -25,7 +25,6 @@ from agentd.domain.errors import JobNotFound
 from agentd.domain.models import AgentEvent, AgentRequest, AgentResult, Job, StatusEvent
 from agentd.ports.work_queue import Limits, RunJournal
 
-
 REQUESTS_MAX = 10_000
 
 
@@ -105,5 +104,6 @@ class PostgresRunJournal(RunJournal):
         for job_id in ids:
             row, request = by_id[job_id], self._requests.pop(job_id, None)
             done = row["done_seq"] is not None  # stored final by this statement: with the result sent
-            out.append((row_to_job(row, request=request, result_as_sent=sent[job_id] if done else None), done))
+            as_sent = sent[job_id] if done else None
+            out.append((row_to_job(row, request=request, result_as_sent=as_sent), done))
         return out

@@ -23,7 +23,6 @@ from agentd.domain.errors import AgentdError, SecretsUnavailable
 from agentd.domain.secrets import SecretInfo
 from agentd.ports.secret_store import SecretStore
 
-
 HINTS_MAX = 1000
 
 
@@ -46,7 +45,8 @@ class PostgresSecretStore(SecretStore):
         check = rows[0]
         if self._cipher is not None and check["key_value"] is not None:
             try:
-                self._cipher.decrypt(project_of(check["key_scope"]), check["key_name"], bytes(check["key_value"]))
+                blob = bytes(check["key_value"])
+                self._cipher.decrypt(project_of(check["key_scope"]), check["key_name"], blob)
             except AgentdError:
                 for r in rows:
                     self._none_at_claim.pop(r["project_id"], None)

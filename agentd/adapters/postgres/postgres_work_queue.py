@@ -98,7 +98,7 @@ def _finish_input(
         end = f',"done":{to_jsonb(event)}'
         if events:
             rows = ",".join(
-                f'[{json.dumps(ev.event)},{to_jsonb(ev.model_dump_json(exclude={"event"}))}]' for ev in events
+                f"[{json.dumps(ev.event)},{to_jsonb(ev.model_dump_json(exclude={'event'}))}]" for ev in events
             )
             end += f',"events":[{rows}]'
     return (
