@@ -794,8 +794,10 @@ class Runner:
         """Publish the run's events, redacted, until its `done` (returned, not published: the runner
         publishes the stored result). Events go out through the run's outbox: in order, as many per write
         as have come meanwhile, at most OUTBOX_WINDOW on their way (back-pressure: beyond that the agent's
-        output waits in the adapter). Every event is stored before `_stream` returns. Once the run is
-        superseded its output is dropped. `workdir`: the job's own working tree."""
+        output waits in the adapter). Every event is stored before `_stream` returns, except, with
+        `run.defer_tail`, those not yet on their way when the agent ended: they go with the result (`tail`,
+        written before `done` in the result's transaction). Once the run is superseded its output is dropped.
+        `workdir`: the job's own working tree."""
         job = run.job
         outbox = _Outbox(functools.partial(self._publish_run, run), OUTBOX_WINDOW)
         where = {"workdir": workdir} if workdir is not None else {}  # adapters without it run as before
