@@ -563,12 +563,12 @@ class Runner:
         final = stored.result
         self.metrics.job_finished(job.provider, final.status)
         try:
-            done = DoneEvent.from_result(final)
             if done_written:
-                self.metrics.events_published(done.event)
-                await self._notify(job, done)
+                self.metrics.events_published("done")
+                if job.request.webhook is not None:
+                    await self._notify(job, DoneEvent.from_result(final))
             else:
-                await self._end_stream(job, done)
+                await self._end_stream(job, DoneEvent.from_result(final))
         except RunSuperseded:  # the job was stored final by this run: nobody else may write; a bug
             log.error("job.done_refused", run_id=job.run_id)
             return final
@@ -612,9 +612,9 @@ class Runner:
     async def _drive(self, run: _Run, worker_id: str, running_written: bool = False) -> AgentResult:
         job = run.job
         if running_written:  # `running` was stored with the claim (the run journal)
-            running = _running(worker_id, job.attempts)
-            self.metrics.events_published(running.event)
-            await self._notify(job, running)
+            self.metrics.events_published("status")
+            if job.request.webhook is not None:
+                await self._notify(job, _running(worker_id, job.attempts))
         elif not await self._start(run, worker_id):
             return AgentResult(status="failed", error="superseded before it started")
         try:

@@ -37,7 +37,7 @@ from agentd.adapters.queue_policy import (
     wants_retry,
 )
 from agentd.domain.errors import JobNotFound
-from agentd.domain.models import AgentEvent, AgentRequest, AgentResult, DoneEvent, Job, JobStatus
+from agentd.domain.models import AgentEvent, AgentRequest, AgentResult, Job, JobStatus
 from agentd.ports.work_queue import BusyPolicy, JobFilter, Limits, WorkQueue
 
 
@@ -94,7 +94,8 @@ def _finish_input(
     retryable = "true" if wants_retry(result) else "false"
     end = ""
     if done:
-        event = DoneEvent.from_result(result).model_dump_json(exclude={"event"})
+        # The data of DoneEvent.from_result(result): the result's fields but `retryable`.
+        event = result.model_dump_json(exclude={"retryable"})
         end = f',"done":{to_jsonb(event)}'
         if events:
             rows = ",".join(
