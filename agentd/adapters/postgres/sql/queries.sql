@@ -398,12 +398,7 @@ WITH gone AS (
 SELECT count(*) AS n FROM gone WHERE (SELECT count(*) FROM patches) >= 0;
 
 -- name: notify_streams
--- Wakes the streams' subscribers elsewhere about events committed (and flushed) before this statement: its own
--- commit need not wait for a WAL flush (synchronous_commit off, this transaction only). A notification is
--- never durable anyway, and nobody is woken for anything not yet durable; the worker's other commits no
--- longer queue behind a flush for it.
-SELECT pg_notify('agentd_events', sid), set_config('synchronous_commit', 'off', true)
-  FROM unnest(%(stream_ids)b::text[]) AS sid;
+SELECT pg_notify('agentd_events', sid) FROM unnest(%(stream_ids)b::text[]) AS sid;
 
 -- Secrets (postgres_secret_store.py). `scope` is the project id, or '' for a global secret; `value` is
 -- ciphertext (agentd.adapters.secret_crypto).
