@@ -239,7 +239,10 @@ async def open_storage(settings: Settings) -> tuple[WorkQueue, EventStream]:
 
 
 def run_journal(
-    queue: WorkQueue, streams: EventStream, projects: ProjectStore | None = None
+    queue: WorkQueue,
+    streams: EventStream,
+    projects: ProjectStore | None = None,
+    secrets: SecretStore | None = None,
 ) -> RunJournal | None:
     """The run journal when the queue and the event log share one database (PostgreSQL; agentd.ports.
     work_queue.RunJournal): a job's `running` goes with its claim, its `done` with its result. None otherwise
@@ -250,7 +253,10 @@ def run_journal(
         return None
     if isinstance(durable, pg.PostgresEventStream) and queue.db is durable.db:
         same = isinstance(projects, pg.PostgresProjectStore) and projects.db is queue.db
-        journal: RunJournal = pg.PostgresRunJournal(queue, durable, projects if same else None)
+        same_secrets = isinstance(secrets, pg.PostgresSecretStore) and secrets.db is queue.db
+        journal: RunJournal = pg.PostgresRunJournal(
+            queue, durable, projects if same else None, secrets if same_secrets else None
+        )
         return journal
     return None
 
@@ -391,7 +397,7 @@ async def build(
             webhooks=webhooks,
             git_runs=GitRuns(projects, workspaces, secrets),
             metrics=metrics,
-            journal=run_journal(queue, streams, projects),
+            journal=run_journal(queue, streams, projects, secrets),
         )
     service = JobService(
         queue,

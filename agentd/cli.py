@@ -62,7 +62,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _use_uvloop() -> bool:
+    """The long-running roles (serve, api, worker) run on uvloop when it is installed (a runtime dependency):
+    the same asyncio API (subprocesses and process groups included), with a cheaper loop under every
+    statement, event and request. The client commands keep the default loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - installed with agentd
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
 def _run(settings: Settings, args: argparse.Namespace) -> int:
+    if args.command in ("serve", "worker", "api"):
+        _use_uvloop()
     if args.command in ("serve", "worker"):
         from agentd.datadir import DataDirInUse, lock_data_dir
 

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -155,33 +156,42 @@ class PrometheusMetrics(Metrics):
         self._queue_timeout_s = queue_stats_timeout_s
         self._providers = tuple(providers)
         self._queue: Mapping[str, QueueStat] | None = None
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}  # (metric, labels) → its child
         if queue_stats is not None:
             r.register(_QueueCollector(self))
+
+    def _labels(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
+        """`metric.labels(*values)`, kept: a worker updates the same few children for every job."""
+        key = (metric._name, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     # --- the Metrics port -----------------------------------------------------------------------------
 
     def job_submitted(self, provider: str) -> None:
-        self.jobs_submitted.labels(provider).inc()
+        self._labels(self.jobs_submitted, provider).inc()
 
     def run_started(self, provider: str, *, since_submit_s: float) -> None:
-        self.jobs_running.labels(provider).inc()
-        self.submit_to_start.labels(provider).observe(max(0.0, since_submit_s))
+        self._labels(self.jobs_running, provider).inc()
+        self._labels(self.submit_to_start, provider).observe(max(0.0, since_submit_s))
 
     def run_ended(self, provider: str, status: str, *, run_s: float) -> None:
-        self.jobs_running.labels(provider).dec()
-        self.run_duration.labels(provider, status).observe(max(0.0, run_s))
+        self._labels(self.jobs_running, provider).dec()
+        self._labels(self.run_duration, provider, status).observe(max(0.0, run_s))
 
     def first_event(self, provider: str, *, since_submit_s: float) -> None:
-        self.submit_to_first_event.labels(provider).observe(max(0.0, since_submit_s))
+        self._labels(self.submit_to_first_event, provider).observe(max(0.0, since_submit_s))
 
     def job_finished(self, provider: str, status: str) -> None:
-        self.jobs_finished.labels(provider, status).inc()
+        self._labels(self.jobs_finished, provider, status).inc()
 
     def job_retried(self, provider: str) -> None:
-        self.jobs_retried.labels(provider).inc()
+        self._labels(self.jobs_retried, provider).inc()
 
     def events_published(self, event_type: str, count: int = 1) -> None:
-        self.events.labels(event_type).inc(count)
+        self._labels(self.events, event_type).inc(count)
 
     def stream_opened(self) -> None:
         self.streams_open.inc()
@@ -199,16 +209,16 @@ class PrometheusMetrics(Metrics):
         self.slow_disconnects.inc()
 
     def provider_error(self, provider: str, code: str) -> None:
-        self.provider_errors.labels(provider, code).inc()
+        self._labels(self.provider_errors, provider, code).inc()
 
     def lease_recovered(self, count: int = 1) -> None:
         self.lease_recoveries.inc(count)
 
     def run_fenced(self, provider: str) -> None:
-        self.runs_fenced.labels(provider).inc()
+        self._labels(self.runs_fenced, provider).inc()
 
     def webhook_delivery(self, outcome: str) -> None:
-        self.webhook_deliveries.labels(outcome).inc()
+        self._labels(self.webhook_deliveries, outcome).inc()
 
     # --- HTTP and scraping ----------------------------------------------------------------------------
 

@@ -194,6 +194,10 @@ async def main() -> None:
     cpu = median([o["cpu"] for o in ours])
     print(cpu_line())
     print(
+        "rounds (anchor / agentd jobs/s): "
+        + ", ".join(f"{x:,.0f} / {o['rate']:,.0f}" for x, o in zip(anchor, ours, strict=True))
+    )
+    print(
         table(
             f"Real worker drain: {args.jobs} jobs submitted over HTTP, one `agentd worker` "
             f"(4 slots, PostgreSQL); median of {args.rounds} interleaved rounds",

@@ -155,6 +155,33 @@ class PromptFile(BaseModel):
 _OWN_PATTERN = frozenset({"project_id", "session_id"})  # their own validators refuse U+0000, with their codes
 
 
+_PLAIN = (int, float, bool)
+
+
+def _has_nul(data: Any) -> bool:
+    """Whether `_fields_with_nul` would find anything: the same walk without building paths (every request
+    read back from the queue goes through it)."""
+    if isinstance(data, str):
+        return "\0" in data
+    if isinstance(data, dict):
+        values: Any = data.values()
+    elif isinstance(data, list | tuple):
+        values = data
+    elif isinstance(data, BaseModel):
+        return _has_nul(data.model_dump())
+    else:
+        return False
+    for v in values:
+        if v is None or v.__class__ in _PLAIN:
+            continue
+        if v.__class__ is str:
+            if "\0" in v:
+                return True
+        elif _has_nul(v):
+            return True
+    return False
+
+
 def _fields_with_nul(data: Any, where: str = "") -> list[str]:
     if isinstance(data, str):
         return [where or "value"] if "\0" in data else []
@@ -197,7 +224,7 @@ class AgentRequest(BaseModel):
     def _no_nul(cls, data: Any) -> Any:
         """U+0000 cannot be stored by every queue (PostgreSQL text refuses it): a 400 that says so."""
         checked = {k: v for k, v in data.items() if k not in _OWN_PATTERN} if isinstance(data, dict) else data
-        bad = _fields_with_nul(checked)
+        bad = _fields_with_nul(checked) if _has_nul(checked) else []
         if bad:
             raise errors.InvalidRequest(
                 f"{', '.join(bad)} must not contain the character U+0000 (NUL); remove it or encode the data"

@@ -13,6 +13,10 @@ class SecretStore(Protocol):
     `project_id=None` means the global scope (secrets every project gets). Names and values are validated
     by the caller with `agentd.domain.secrets`. Values are stored encrypted under the master key the
     adapter was built with; nothing but `resolve` ever returns a value.
+
+    Optional, for storage that reads it with a job's claim (PostgreSQL with the run journal):
+    `claimed_without_secrets(project_id) -> bool`, True (once) when the claim of this process's latest job of
+    the project saw no secret its run would get, so that run needs no `resolve` (agentd.services.runner).
     """
 
     async def put(self, project_id: str | None, name: str, value: str) -> None:

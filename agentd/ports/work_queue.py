@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
-from agentd.domain.models import AgentRequest, AgentResult, Job, JobStatus, StatusEvent
+from agentd.domain.models import AgentEvent, AgentRequest, AgentResult, Job, JobStatus, StatusEvent
 
 BusyPolicy = Literal["enqueue", "reject"]
 
@@ -192,9 +192,12 @@ class RunJournal(Protocol):
         *,
         worker_id: str,
         attempts: Mapping[str, int],
+        events: Mapping[str, Sequence[AgentEvent]] | None = None,
     ) -> list[tuple[Job, bool]]:
         """`finish_many`, and for each job this call stored final, its `done` event (DoneEvent.from_result of
         the result) written as the run and the end of its stream. Each job comes with True when `done` was
         written and its stream closed, False otherwise (not stored final by this call, or the stream refused
-        it): the caller then goes the ordinary way."""
+        it): the caller then goes the ordinary way. `events` (job id → events): the run's events not written
+        yet, written in order right before its `done`, in the same step, or not at all when `done` is not
+        (the caller then publishes them the ordinary way)."""
         ...

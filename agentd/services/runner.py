@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,6 +87,20 @@ class _Run:
     superseded: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)  # the agent has stopped
     why: str = ""
+    _waiters: list[asyncio.Future[None]] = field(default_factory=list)  # resolved when superseded
+    # With the run journal and no git workspace, the run's events that were not on their way to storage when
+    # its agent ended (`tail`) go with its result: written before `done`, in the same step.
+    defer_tail: bool = False
+    tail: list[AgentEvent] = field(default_factory=list)
+
+    def superseded_future(self) -> asyncio.Future[None]:
+        """Done once the run is superseded (a future, not a task waiting on `superseded`)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.superseded.is_set():
+            fut.set_result(None)
+        else:
+            self._waiters.append(fut)
+        return fut
 
     @property
     def run_id(self) -> str:
@@ -97,11 +112,36 @@ class _Run:
             return
         self.why = why
         self.superseded.set()
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._waiters.clear()
         log.warning("job.run_superseded", job_id=self.job.id, run_id=self.run_id, reason=why)
         with contextlib.suppress(Exception):
             await self.agent.cancel(self.run_id)
 
 
+class _Deferred:
+    """A helper task that only a long run needs (a lease renewer, a watcher): a timer until `delay` has
+    passed, then the task. A run over before that (most are) never makes the task."""
+
+    def __init__(self, delay: float, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self._handle = asyncio.get_running_loop().call_later(delay, self._start, factory)
+
+    def _start(self, factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.task = asyncio.create_task(factory())
+
+    async def stop(self, timeout: float | None = None) -> None:
+        self._handle.cancel()
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.wait({self.task}, timeout=timeout)
+
+
+# A result on its way to storage: job id, result, attempt, the run's events not stored yet, who waits for it.
+_Finishing = tuple[str, AgentResult, int, list[AgentEvent], asyncio.Future[tuple[Job, bool]]]
+CLAIMS_IN_FLIGHT = 2  # a worker process's claims on their way at once (each for slots no other one may fill)
 OUTBOX_WINDOW = 8  # a run's events on their way to storage, at most, before its agent's output waits
 
 
@@ -144,6 +184,19 @@ class _Outbox:
         finally:
             self._writing = 0
             self._drained.set()
+
+    def take_unwritten(self) -> list[AgentEvent]:
+        """The events waiting while no write is in progress (the writer has not started on them): taken out,
+        to be stored some other way, in order after everything this outbox stored. [] otherwise."""
+        if self._writing or not self._waiting:
+            return []
+        # Between two batches the writer takes the next one without a pause: events waiting while nothing is
+        # being written mean that the writer task has not run yet.
+        events, self._waiting = self._waiting, []
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+        self._writer = None
+        return events
 
     def _check(self) -> None:
         if self._writer is not None and self._writer.done() and not self._writer.cancelled():
@@ -207,7 +260,9 @@ class Runner:
         self.worker_prefix = f"{socket.gethostname()}:{os.getpid()}"
         self._tasks: list[asyncio.Task[None]] = []
         self._running: set[asyncio.Task[None]] = set()
-        self._to_finish: list[tuple[str, AgentResult, str, int, asyncio.Future[tuple[Job, bool]]]] = []
+        self._to_finish: list[
+            tuple[str, AgentResult, str, int, list[AgentEvent], asyncio.Future[tuple[Job, bool]]]
+        ] = []
         self._finisher: asyncio.Task[None] | None = None
         self._slot_free = asyncio.Event()
         # Jobs holding one of the `workers` slots: from their claim until their run (the agent) has ended.
@@ -246,6 +301,7 @@ class Runner:
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop claiming; let running jobs finish within `grace_s`, then hand the rest back to the queue."""
         self._stopping.set()
+        self._slot_free.set()  # the dispatcher may be waiting for a slot
         if self._running:
             # The job tasks, not only the active runs: a job claimed just before the stop may not have
             # registered its run yet (it is creating its stream).
@@ -316,41 +372,75 @@ class Runner:
         return await run.agent.cancel(run.run_id)
 
     async def _dispatch(self, worker_id: str) -> None:
-        """Fill free slots: one claim for as many jobs as there is room for, each run in its own task."""
-        while not self._stopping.is_set():
-            self._slot_free.clear()
-            free = self.workers - len(self._holding)
-            jobs: list[tuple[Job, bool]] = []
-            claimed_at = time.monotonic()  # the leases start no earlier than this
-            if free > 0:
-                try:
-                    jobs = await self._claim(worker_id, free)
-                except AgentdError as e:  # storage down: wait and retry, never die
-                    log.error("worker.claim_failed", worker_id=worker_id, error=str(e))
+        """Fill free slots: one claim for as many jobs as there is room for, each run in its own task.
+
+        While the queue keeps answering full claims, a slot freed while a claim is on its way is claimed for
+        at once by a claim of its own (at most CLAIMS_IN_FLIGHT at a time): a slot waits for one round trip,
+        not for the one before it to come back. A claim is only ever for slots that are free and not promised
+        to another claim in flight: a claimed job is `running`, under a lease, and counts toward its
+        project's and the fleet's limits, so no job is claimed before there is room to run it."""
+        claims: dict[asyncio.Task[int], int] = {}  # claims in flight → the slots each may fill
+        # The claims and the waits for work share one context: `wait_for_work` knows of the wake-ups that
+        # came since the latest claim started looking (agentd.adapters.queue_policy.WakeUps).
+        ctx = contextvars.copy_context()
+        short = False  # the latest claim came back with fewer jobs than asked for: wait for work
+        try:
+            while not self._stopping.is_set():
+                self._slot_free.clear()
+                failed = False
+                for task in [t for t in claims if t.done()]:
+                    asked = claims.pop(task)
+                    got = self._claimed(task, worker_id)
+                    failed = failed or got is None
+                    short = got is None or got < asked
+                if failed:  # storage down (or a bug): wait and retry, never die
                     await asyncio.sleep(self.poll_s)
                     continue
-                except Exception:  # a bug must not stop this process from ever claiming again
-                    log.exception("worker.claim_crashed", worker_id=worker_id)
-                    await asyncio.sleep(self.poll_s)
-                    continue
-            for job, started in jobs:
-                task = asyncio.create_task(self._run_guarded(job, worker_id, claimed_at, started))
-                self._running.add(task)
-                self._holding.add(job.id)
-                task.add_done_callback(functools.partial(self._task_done, job.id))
-            if jobs:
-                continue  # look again right away: more may be runnable, or the slots are full now
-            # Nothing to claim (or no free slot): sleep until new work, a free slot, or shutdown.
-            waits: list[asyncio.Task[Any]] = [
-                asyncio.create_task(self._stopping.wait()),
-                asyncio.create_task(self._slot_free.wait()),
-            ]
-            if free > 0:
-                waits.append(asyncio.create_task(self.queue.wait_for_work(self.poll_s)))
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED, timeout=self.poll_s)
-            for t in waits:
-                t.cancel()
-            await asyncio.gather(*waits, return_exceptions=True)
+                free = self.workers - len(self._holding) - sum(claims.values())
+                if free > 0 and short and not claims:
+                    short = False  # look again once there may be work (or after poll_s)
+                    await self._wait_for_work(ctx)
+                elif free > 0 and not short and len(claims) < CLAIMS_IN_FLIGHT:
+                    task = asyncio.create_task(self._claim_into_slots(worker_id, free), context=ctx)
+                    task.add_done_callback(lambda _: self._slot_free.set())
+                    claims[task] = free
+                else:
+                    await self._slot_free.wait()  # a slot freed, a claim came back, or shutdown
+        finally:
+            if claims:  # their jobs are this process's now: they run (or are handed back) as usual
+                await asyncio.wait(claims)
+
+    def _claimed(self, task: asyncio.Task[int], worker_id: str) -> int | None:
+        """How many jobs a finished claim handed out; None when it failed (logged)."""
+        try:
+            return task.result()
+        except AgentdError as e:
+            log.error("worker.claim_failed", worker_id=worker_id, error=str(e))
+        except Exception:  # a bug must not stop this process from ever claiming again
+            log.exception("worker.claim_crashed", worker_id=worker_id)
+        return None
+
+    async def _wait_for_work(self, ctx: contextvars.Context) -> None:
+        """Nothing was runnable at the last look: wait for new work or shutdown (at most poll_s)."""
+        waits: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self._stopping.wait()),
+            asyncio.create_task(self.queue.wait_for_work(self.poll_s), context=ctx),
+        ]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED, timeout=self.poll_s)
+        for t in waits:
+            t.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+    async def _claim_into_slots(self, worker_id: str, n: int) -> int:
+        """Claim up to `n` jobs and start each in its own task; how many were claimed."""
+        claimed_at = time.monotonic()  # the leases start no earlier than this
+        jobs = await self._claim(worker_id, n)
+        for job, started in jobs:
+            task = asyncio.create_task(self._run_guarded(job, worker_id, claimed_at, started))
+            self._running.add(task)
+            self._holding.add(job.id)
+            task.add_done_callback(functools.partial(self._task_done, job.id))
+        return len(jobs)
 
     async def _claim(self, worker_id: str, n: int) -> list[tuple[Job, bool]]:
         """Up to `n` jobs, each with whether its `running` event is written already (the run journal)."""
@@ -387,6 +477,7 @@ class Runner:
         started = time.monotonic()
         self.metrics.run_started(job.provider, since_submit_s=_since(job.created_at))
         ended = False
+        run: _Run | None = None
         try:
             try:
                 agent = self.registry.get(job.provider)
@@ -405,21 +496,14 @@ class Runner:
                 try:
                     result = await self._drive(run, worker_id, running_written)
                 finally:
-                    log.info(
-                        "run.ended", run_id=job.run_id, at=time.time(), superseded=run.superseded.is_set()
-                    )
-                    run.ended.set()
-                    self._active.pop(job.id, None)
-                    self._release_slot(job.id)  # the agent has stopped: the slot may take the next job
-                    if not self._active:
-                        self._idle.set()
+                    self._run_over(run)
                 if run.superseded.is_set():
                     ended = True
                     self.metrics.run_ended(job.provider, "cancelled", run_s=time.monotonic() - started)
                     self.metrics.run_fenced(job.provider)
                     log.warning("job.result_discarded", reason=run.why, run_id=job.run_id)
                     return result
-            stored, done_written = await self._finish(job, result, worker_id)
+            stored, done_written = await self._store(job, result, worker_id, run)
             ended = True
             self.metrics.run_ended(job.provider, result.status, run_s=time.monotonic() - started)
             if stored.status == JobStatus.queued:
@@ -436,6 +520,40 @@ class Runner:
                 self.metrics.run_ended(job.provider, "failed", run_s=time.monotonic() - started)
             structlog.contextvars.unbind_contextvars("job_id", "project_id", "request_id")
 
+    def _run_over(self, run: _Run) -> None:
+        """The run's agent has stopped: its slot may take the next job."""
+        job = run.job
+        log.info("run.ended", run_id=job.run_id, at=time.time(), superseded=run.superseded.is_set())
+        run.ended.set()
+        self._active.pop(job.id, None)
+        self._release_slot(job.id)
+        if not self._active:
+            self._idle.set()
+
+    async def _store(
+        self, job: Job, result: AgentResult, worker_id: str, run: _Run | None
+    ) -> tuple[Job, bool]:
+        """`_finish`, with the run's events not stored yet (its tail)."""
+        tail = run.tail if run is not None else []
+        stored, done_written = await self._finish(job, result, worker_id, tail)
+        if tail and run is not None:
+            await self._tail_stored(run, tail, done_written)
+        return stored, done_written
+
+    async def _tail_stored(self, run: _Run, tail: list[AgentEvent], done_written: bool) -> None:
+        """The run's last events went with its result (`done_written`), or go now the ordinary way (fenced:
+        the stream refuses them once the job has moved on)."""
+        if not done_written:
+            try:
+                await self._publish_run(run, tail)
+            except StreamNotFound:  # closed meanwhile (the result is stored): nobody may write any more
+                log.warning("job.events_refused", run_id=run.run_id, count=len(tail))
+            return
+        for ev in tail:
+            self.metrics.events_published(ev.event)
+            if isinstance(ev, StatusEvent):
+                await self._notify(run.job, ev)
+
     async def _publish_final(
         self, job: Job, stored: Job, worker_id: str, started: float, done_written: bool = False
     ) -> AgentResult:
@@ -445,12 +563,12 @@ class Runner:
         final = stored.result
         self.metrics.job_finished(job.provider, final.status)
         try:
-            done = DoneEvent.from_result(final)
             if done_written:
-                self.metrics.events_published(done.event)
-                await self._notify(job, done)
+                self.metrics.events_published("done")
+                if job.request.webhook is not None:
+                    await self._notify(job, DoneEvent.from_result(final))
             else:
-                await self._end_stream(job, done)
+                await self._end_stream(job, DoneEvent.from_result(final))
         except RunSuperseded:  # the job was stored final by this run: nobody else may write; a bug
             log.error("job.done_refused", run_id=job.run_id)
             return final
@@ -494,9 +612,9 @@ class Runner:
     async def _drive(self, run: _Run, worker_id: str, running_written: bool = False) -> AgentResult:
         job = run.job
         if running_written:  # `running` was stored with the claim (the run journal)
-            running = _running(worker_id, job.attempts)
-            self.metrics.events_published(running.event)
-            await self._notify(job, running)
+            self.metrics.events_published("status")
+            if job.request.webhook is not None:
+                await self._notify(job, _running(worker_id, job.attempts))
         elif not await self._start(run, worker_id):
             return AgentResult(status="failed", error="superseded before it started")
         try:
@@ -564,6 +682,7 @@ class Runner:
             await self._publish_run(
                 run, [StatusEvent(status="workspace", detail=f"{ws.ref} at {ws.base[:12]}")]
             )
+        run.defer_tail = self.journal is not None and git is None
         redactor = RunRedactor({**self.service_secrets, **env, **git_secrets})
         with LOG_SECRETS.holding({**env, **git_secrets}):
             workdir = git.workdir if git is not None else None
@@ -577,26 +696,30 @@ class Runner:
         attempt), so a slow git server never makes the fleet think this worker is gone."""
         job = run.job
 
-        async def beat() -> None:
+        async def beat() -> None:  # first after heartbeat_s (_Deferred), then every heartbeat_s
             while True:
-                await asyncio.sleep(self.heartbeat_s)
                 sent = time.monotonic()
                 with contextlib.suppress(AgentdError):
                     if await self.queue.heartbeat(job.id, worker_id, attempt=job.attempts):
                         run.leased_at = sent
                     else:
                         await run.supersede("lease lost")
+                await asyncio.sleep(self.heartbeat_s)
 
-        beater = asyncio.create_task(beat())
+        beater = _Deferred(self.heartbeat_s, beat)
         try:
             return await work
         finally:
-            beater.cancel()
-            await asyncio.gather(beater, return_exceptions=True)
+            await beater.stop()
 
     async def _run_env(self, job: Job) -> dict[str, str]:
         """The project's secrets (over the global ones), for the agent process's environment only."""
         if self.secrets is None:
+            return {}
+        # Storage that read, with the job's claim, that no secret applies to it (the run journal) says so
+        # once: no query of its own.
+        hint: Callable[[str], bool] | None = getattr(self.secrets, "claimed_without_secrets", None)
+        if hint is not None and hint(job.project_id):
             return {}
         try:
             env = await self.secrets.resolve(job.project_id)
@@ -617,7 +740,10 @@ class Runner:
         if run.superseded.is_set():  # handed back before its agent started: do not start it
             return AgentResult(status="failed", error=f"superseded before it started: {run.why}")
         run_over = asyncio.Event()
-        watcher = asyncio.create_task(self._watch(run, worker_id, run_over))
+        deadline = time.monotonic() + job.request.timeout_s + SAFETY_GRACE_S
+        # Its first look is after poll_s: until then a timer, not a task (most runs of a busy worker are over
+        # by then).
+        watcher = _Deferred(self.poll_s, functools.partial(self._watch, run, worker_id, run_over, deadline))
         try:
             async with asyncio.timeout(job.request.timeout_s + SAFETY_GRACE_S * 2):
                 done = await self._stream_fenced(run, env, redactor, workdir)
@@ -634,8 +760,7 @@ class Runner:
             # its queries completes can be swallowed (asyncio.wait_for in 3.11), and then a watcher that
             # loops on would heartbeat a finished run forever.
             run_over.set()
-            watcher.cancel()
-            await asyncio.wait({watcher}, timeout=10)
+            await watcher.stop(timeout=10)
         if done is None:
             return AgentResult(status="failed", error=f"provider {job.provider} ended without a result")
         return done.to_result()
@@ -646,9 +771,10 @@ class Runner:
         """`_stream`, ended when the run is superseded: its agent was told to stop; if it does not end within
         SUPERSEDED_GRACE_S its task is cancelled (the adapter's cleanup runs either way)."""
         streaming = asyncio.create_task(self._stream(run, env, redactor, workdir))
-        superseded = asyncio.create_task(run.superseded.wait())
+        superseded = run.superseded_future()
+        either: set[asyncio.Future[Any]] = {streaming, superseded}
         try:
-            await asyncio.wait({streaming, superseded}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if not streaming.done():
                 await asyncio.wait({streaming}, timeout=SUPERSEDED_GRACE_S)
             if not streaming.done():
@@ -668,19 +794,23 @@ class Runner:
         """Publish the run's events, redacted, until its `done` (returned, not published: the runner
         publishes the stored result). Events go out through the run's outbox: in order, as many per write
         as have come meanwhile, at most OUTBOX_WINDOW on their way (back-pressure: beyond that the agent's
-        output waits in the adapter). Every event is stored before `_stream` returns. Once the run is
-        superseded its output is dropped. `workdir`: the job's own working tree."""
+        output waits in the adapter). Every event is stored before `_stream` returns, except, with
+        `run.defer_tail`, those not yet on their way when the agent ended: they go with the result (`tail`,
+        written before `done` in the result's transaction). Once the run is superseded its output is dropped.
+        `workdir`: the job's own working tree."""
         job = run.job
         outbox = _Outbox(functools.partial(self._publish_run, run), OUTBOX_WINDOW)
         where = {"workdir": workdir} if workdir is not None else {}  # adapters without it run as before
         events = run.agent.execute(job.request, run_id=run.run_id, env=env or None, **where)
         first = True
+        ended = False
         try:
             async for ev in events:
                 if first:
                     first = False
                     self.metrics.first_event(job.provider, since_submit_s=_since(job.created_at))
                 if isinstance(ev, DoneEvent):
+                    ended = True
                     return ev
                 if isinstance(ev, ErrorEvent):
                     self.metrics.provider_error(job.provider, ev.code)
@@ -698,6 +828,8 @@ class Runner:
                 self._release_slot(job.id)
                 for out in redactor.flush():  # text held back at the end of an unfinished message
                     await outbox.put(out)
+                if ended and run.defer_tail and not run.superseded.is_set():
+                    run.tail = outbox.take_unwritten()  # stored with the result, before `done`
                 await outbox.flush()
 
     async def _publish_run(self, run: _Run, events: list[AgentEvent]) -> None:
@@ -745,13 +877,16 @@ class Runner:
     async def _ensure_stream(self, job: Job) -> None:
         await self._durably(lambda: self.streams.create(job.stream_id), "create_stream")
 
-    async def _finish(self, job: Job, result: AgentResult, worker_id: str) -> tuple[Job, bool]:
+    async def _finish(
+        self, job: Job, result: AgentResult, worker_id: str, tail: list[AgentEvent] | None = None
+    ) -> tuple[Job, bool]:
         """Record a result (refused when the job has moved on from this attempt). Results that arrive while
         one write is in flight go out together in the next `finish_many` (no added delay): many short jobs
         cost a round trip per batch, not per job. Returns the stored job, and whether its `done` is written
-        and its stream closed with it (the run journal)."""
+        and its stream closed with it (the run journal; `tail`, the run's events not stored yet, with
+        them)."""
         done: asyncio.Future[tuple[Job, bool]] = asyncio.get_running_loop().create_future()
-        self._to_finish.append((job.id, result, worker_id, job.attempts, done))
+        self._to_finish.append((job.id, result, worker_id, job.attempts, tail or [], done))
         if self._finisher is None or self._finisher.done():
             self._finisher = asyncio.create_task(self._flush_finished())
         return await done
@@ -759,15 +894,16 @@ class Runner:
     async def _flush_finished(self) -> None:
         while self._to_finish:
             batch, self._to_finish = self._to_finish, []
-            by_worker: dict[str, list[tuple[str, AgentResult, int, asyncio.Future[tuple[Job, bool]]]]] = {}
-            for job_id, result, worker_id, attempt, fut in batch:
-                by_worker.setdefault(worker_id, []).append((job_id, result, attempt, fut))
+            by_worker: dict[str, list[_Finishing]] = {}
+            for job_id, result, worker_id, attempt, tail, fut in batch:
+                by_worker.setdefault(worker_id, []).append((job_id, result, attempt, tail, fut))
             for worker_id, items in by_worker.items():
-                pairs = [(job_id, result) for job_id, result, _, _ in items]
-                attempts = {job_id: attempt for job_id, _, attempt, _ in items}
+                pairs = [(job_id, result) for job_id, result, *_ in items]
+                attempts = {job_id: attempt for job_id, _, attempt, *_ in items}
+                tails = {job_id: tail for job_id, _, _, tail, _ in items if tail}
                 try:
                     jobs = await self._durably(
-                        functools.partial(self._store_results, pairs, worker_id, attempts), "finish"
+                        functools.partial(self._store_results, pairs, worker_id, attempts, tails), "finish"
                     )
                 except Exception as e:
                     for *_, fut in items:
@@ -779,10 +915,17 @@ class Runner:
                         fut.set_result(job)
 
     async def _store_results(
-        self, pairs: list[tuple[str, AgentResult]], worker_id: str, attempts: dict[str, int]
+        self,
+        pairs: list[tuple[str, AgentResult]],
+        worker_id: str,
+        attempts: dict[str, int],
+        tails: dict[str, list[AgentEvent]],
     ) -> list[tuple[Job, bool]]:
         if self.journal is not None:
-            return await self.journal.finish_ended(pairs, worker_id=worker_id, attempts=attempts)
+            return await self.journal.finish_ended(
+                pairs, worker_id=worker_id, attempts=attempts, events=tails or None
+            )
+        # No journal, no tails (`defer_tail`): a run's events are all stored before its result.
         jobs = await self.queue.finish_many(pairs, worker_id=worker_id, attempts=attempts)
         return [(job, False) for job in jobs]
 
@@ -817,15 +960,18 @@ class Runner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
-    async def _watch(self, run: _Run, worker_id: str, run_over: asyncio.Event) -> None:
+    async def _watch(self, run: _Run, worker_id: str, run_over: asyncio.Event, deadline: float) -> None:
         """Poll for cancel requests and for the job moving on, renew the lease (fenced by the attempt), stop
-        the run before a lease it could not renew ends, enforce the deadline."""
+        the run before a lease it could not renew ends, enforce the deadline. Started poll_s after the run
+        (`_Deferred`): it looks at once, then every poll_s."""
         job, agent = run.job, run.agent
-        deadline = time.monotonic() + job.request.timeout_s + SAFETY_GRACE_S
         cancelled = False
+        first = True
         while not run_over.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(run_over.wait(), self.poll_s)
+            if not first:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(run_over.wait(), self.poll_s)
+            first = False
             if run_over.is_set() or run.superseded.is_set():
                 return
             now = time.monotonic()

@@ -13,7 +13,15 @@ from agentd.adapters.postgres import (
     PostgresWorkQueue,
 )
 from agentd.domain.errors import StreamNotFound
-from agentd.domain.models import AgentRequest, AgentResult, DoneEvent, JobStatus, StatusEvent, TextEvent
+from agentd.domain.models import (
+    AgentEvent,
+    AgentRequest,
+    AgentResult,
+    DoneEvent,
+    JobStatus,
+    StatusEvent,
+    TextEvent,
+)
 from agentd.domain.projects import ProjectSpec
 from tests.support.postgres import pg_dsn, pg_template  # noqa: F401 - fixtures
 
@@ -136,3 +144,88 @@ async def _first(s: PostgresEventStream, stream_id: str) -> list[tuple[int, str,
         if e.seq >= head:
             break
     return out
+
+
+async def test_the_claim_says_which_runs_get_no_secret(pg_dsn: str) -> None:  # noqa: F811
+    """The claim reads whether a job's run would get any secret: none, and the run needs no query for them;
+    a secret put before the claim is seen (its run asks `resolve`); a wrong master key is never hidden."""
+    from agentd.adapters.postgres import PostgresSecretStore
+    from agentd.adapters.secret_crypto import WrongMasterKey
+
+    q, s, p = await _open(pg_dsn)
+    secrets = PostgresSecretStore(q.db, b"k" * 32)
+    await secrets.open()
+    try:
+        for n, project in enumerate(["quiet", "loud", "other"]):
+            await _submit(q, s, project, n)
+        await secrets.put("loud", "TOKEN", "v1")
+        journal = PostgresRunJournal(q, s, p, secrets)
+        await journal.claim_started("w", 1, running=RUNNING)  # j0, project "quiet"
+        await journal.claim_started("w", 1, running=RUNNING)  # j1, project "loud"
+        assert secrets.claimed_without_secrets("quiet") is True
+        assert secrets.claimed_without_secrets("quiet") is False  # once
+        assert secrets.claimed_without_secrets("loud") is False
+        assert await secrets.resolve("loud") == {"TOKEN": "v1"}
+        # A global secret put before the claim: every project's run gets it.
+        await secrets.put(None, "GLOBAL", "g")
+        await journal.claim_started("w", 1, running=RUNNING)  # j2, project "other"
+        assert secrets.claimed_without_secrets("other") is False
+        # Another key: no hint, so the run's `resolve` says the key is wrong, as before.
+        wrong = PostgresSecretStore(q.db, b"w" * 32)
+        await wrong.open()
+        try:
+            await _submit(q, s, "quiet2", 3)
+            await PostgresRunJournal(q, s, p, wrong).claim_started("w", 1, running=RUNNING)
+            assert wrong.claimed_without_secrets("quiet2") is False
+            with pytest.raises(WrongMasterKey):
+                await wrong.resolve("quiet2")
+        finally:
+            await wrong.close()
+    finally:
+        await secrets.close()
+        await p.close()
+        await s.close()
+        await q.close()
+
+
+async def test_a_runs_last_events_go_with_its_result(pg_dsn: str) -> None:  # noqa: F811
+    """`events`: written in order right before `done`, in the same statement; none of them when `done` is
+    refused (the caller then publishes them the ordinary way, and the stream says why)."""
+    q, s, p = await _open(pg_dsn)
+    try:
+        await _submit(q, s, "a", 0)
+        await _submit(q, s, "b", 1)
+        journal = PostgresRunJournal(q, s, p)
+        await journal.claim_started("w", 10, running=RUNNING)
+        await s.publish("s0", [TextEvent(message_id="m", chunk="a")], run=1)
+        await s.close_stream("s1")  # closed under the run: its end is refused
+        tail: list[AgentEvent] = [
+            TextEvent(message_id="m", chunk="b\0c"),
+            StatusEvent(status="late", detail="x"),
+        ]
+        stored = await journal.finish_ended(
+            [("j0", AgentResult(status="succeeded")), ("j1", AgentResult(status="succeeded"))],
+            worker_id="w",
+            attempts={"j0": 1, "j1": 1},
+            events={"j0": tail, "j1": tail},
+        )
+        assert [(j.status, ended) for j, ended in stored] == [
+            (JobStatus.succeeded, True),
+            (JobStatus.succeeded, False),
+        ]
+        assert await _events(s, "s0") == [
+            (1, "status", "queued"),
+            (2, "status", "running"),
+            (3, "text", None),
+            (4, "text", None),
+            (5, "status", "late"),
+            (6, "done", "succeeded"),
+        ]
+        async for e in s.subscribe("s0", after=3):
+            assert e.event == tail[0]  # U+0000 and all
+            break
+        assert await _events(s, "s1") == [(1, "status", "queued"), (2, "status", "running")]
+    finally:
+        await p.close()
+        await s.close()
+        await q.close()

@@ -13,7 +13,9 @@ import psycopg
 import psycopg_pool
 import structlog
 from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import set_json_loads
 
+from agentd.adapters.json_codec import loads as json_loads
 from agentd.adapters.postgres.errors import describe, translate_errors, with_keepalives
 from agentd.adapters.postgres.listener import Listener, NotifyHandler
 from agentd.adapters.postgres.migrate import check_schema
@@ -23,6 +25,12 @@ log = structlog.get_logger(__name__)
 JOBS_CHANNEL = "agentd_jobs"
 EVENTS_CHANNEL = "agentd_events"
 Connection = psycopg.AsyncConnection[DictRow]
+
+
+async def _configure(conn: Connection) -> None:
+    """Each pooled connection reads json and jsonb with orjson, with the stdlib's results
+    (agentd.adapters.json_codec)."""
+    set_json_loads(json_loads, conn)
 
 
 class PgDatabase:
@@ -35,6 +43,7 @@ class PgDatabase:
             self.conninfo,
             connection_class=Connection,
             kwargs={"autocommit": True, "row_factory": dict_row},
+            configure=_configure,
             min_size=1,
             max_size=max(1, pool_size),
             timeout=pool_timeout_s,

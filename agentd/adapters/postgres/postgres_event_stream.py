@@ -52,6 +52,9 @@ MAX_COUNTERS = 10_000
 # NOTIFYs per second, never one per event.
 NOTIFY_DEBOUNCE_S = 0.02
 NOTIFY_BURST = 4.0
+# Between two statements of NOTIFYs sent right after their batches' commit (`_notify_soon`), at least this
+# long: under load the NOTIFYs of the batches written meanwhile wait at most this much and go out together.
+NOTIFY_GAP_S = 0.004
 RENUMBER_TRIES = 5
 PRUNE_BATCH = 1000
 
@@ -195,6 +198,7 @@ class PostgresEventStream(EventStream):
         self._trailer: asyncio.Task[None] | None = None
         self._soon: set[str] = set()  # streams to NOTIFY now, after their batch's commit
         self._notifier: asyncio.Task[None] | None = None
+        self._notified_at = -NOTIFY_GAP_S  # when the last `_notify_soon` statement was sent
         db.on_notify(EVENTS_CHANNEL, self._waiters.wake)
         db.on_gap(self._waiters.wake_all)
 
@@ -458,8 +462,14 @@ class PostgresEventStream(EventStream):
 
     async def _notify_soon(self) -> None:
         """The NOTIFYs of the batches just written, right away (after their commit), all in one statement;
-        those of batches written meanwhile in the next."""
+        those of batches written meanwhile in the next, sent NOTIFY_GAP_S after the one before it started at
+        the earliest: a busy writer sends one such statement per gap, not one per batch (an idle one, at
+        once)."""
         while self._soon:
+            wait = self._notified_at + NOTIFY_GAP_S - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._notified_at = time.monotonic()
             ids, self._soon = sorted(self._soon), set()
             try:
                 await self._all("notify_streams", {"stream_ids": ids})

@@ -10,18 +10,22 @@ counters follow, its subscribers wake, and other processes hear of it by NOTIFY 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from agentd.adapters.postgres.nul import to_jsonb
 from agentd.adapters.postgres.postgres_event_stream import PostgresEventStream
 from agentd.adapters.postgres.postgres_project_store import PostgresProjectStore
+from agentd.adapters.postgres.postgres_secret_store import PostgresSecretStore
 from agentd.adapters.postgres.postgres_work_queue import PostgresWorkQueue, row_to_job
 from agentd.adapters.postgres.queries import QUERIES
 from agentd.adapters.queue_policy import distinct_ids
 from agentd.domain.errors import JobNotFound
-from agentd.domain.models import AgentResult, Job, StatusEvent
+from agentd.domain.models import AgentEvent, AgentRequest, AgentResult, Job, StatusEvent
 from agentd.ports.work_queue import Limits, RunJournal
+
+REQUESTS_MAX = 10_000
 
 
 class PostgresRunJournal(RunJournal):
@@ -30,12 +34,20 @@ class PostgresRunJournal(RunJournal):
         queue: PostgresWorkQueue,
         streams: PostgresEventStream,
         projects: PostgresProjectStore | None = None,
+        secrets: PostgresSecretStore | None = None,
     ) -> None:
-        if queue.db is not streams.db or (projects is not None and projects.db is not queue.db):
+        if (
+            queue.db is not streams.db
+            or (projects is not None and projects.db is not queue.db)
+            or (secrets is not None and secrets.db is not queue.db)
+        ):
             raise ValueError("the run journal needs the queue and the event log on one database")
         self.queue = queue
         self.streams = streams
         self.projects = projects  # given: a claim reads each job's project too, for the worker's next `find`
+        self.secrets = secrets  # given: and whether its run gets any secret (`claimed_without_secrets`)
+        # The requests of the jobs this process claimed, until their result is stored: read once.
+        self._requests: OrderedDict[str, AgentRequest] = OrderedDict()
 
     async def claim_started(
         self,
@@ -55,10 +67,17 @@ class PostgresRunJournal(RunJournal):
         if self.projects is not None:
             for r in rows:
                 self.projects.prefetched(r["project_id"], r)
+        if self.secrets is not None:
+            self.secrets.claimed(rows)
         heads = {r["stream_id"]: int(r["running_seq"]) for r in rows if r["running_seq"] is not None}
         if heads:
             self.streams.written_with(heads)
-        return [(row_to_job(r), r["running_seq"] is not None) for r in rows]
+        claimed = [(row_to_job(r), r["running_seq"] is not None) for r in rows]
+        for job, _ in claimed:
+            self._requests[job.id] = job.request
+        while len(self._requests) > REQUESTS_MAX:
+            self._requests.popitem(last=False)
+        return claimed
 
     async def finish_ended(
         self,
@@ -66,9 +85,10 @@ class PostgresRunJournal(RunJournal):
         *,
         worker_id: str,
         attempts: Mapping[str, int],
+        events: Mapping[str, Sequence[AgentEvent]] | None = None,
     ) -> list[tuple[Job, bool]]:
         ids = distinct_ids(results)
-        params = self.queue._finish_params(results, worker_id, attempts, done=True)
+        params = self.queue._finish_params(results, worker_id, attempts, done=True, events=events)
         async with self.queue.db.connection() as conn:
             cur = await conn.execute(QUERIES["finish_ended"], params)
             rows = await cur.fetchall()
@@ -79,4 +99,11 @@ class PostgresRunJournal(RunJournal):
         ended = {r["stream_id"]: int(r["done_seq"]) for r in rows if r["done_seq"] is not None}
         if ended:
             self.streams.written_with(ended, closed=ended)
-        return [(row_to_job(by_id[job_id]), by_id[job_id]["done_seq"] is not None) for job_id in ids]
+        sent = dict(results)
+        out: list[tuple[Job, bool]] = []
+        for job_id in ids:
+            row, request = by_id[job_id], self._requests.pop(job_id, None)
+            done = row["done_seq"] is not None  # stored final by this statement: with the result sent
+            as_sent = sent[job_id] if done else None
+            out.append((row_to_job(row, request=request, result_as_sent=as_sent), done))
+        return out

@@ -37,7 +37,7 @@ from agentd.adapters.queue_policy import (
     wants_retry,
 )
 from agentd.domain.errors import JobNotFound
-from agentd.domain.models import AgentRequest, AgentResult, DoneEvent, Job, JobStatus
+from agentd.domain.models import AgentEvent, AgentRequest, AgentResult, Job, JobStatus
 from agentd.ports.work_queue import BusyPolicy, JobFilter, Limits, WorkQueue
 
 
@@ -50,14 +50,18 @@ def _aware(dt: datetime | None) -> datetime | None:
     return dt.replace(tzinfo=UTC) if dt is not None and dt.tzinfo is None else dt
 
 
-def row_to_job(row: DictRow) -> Job:
+def row_to_job(
+    row: Mapping[str, Any], *, request: AgentRequest | None = None, result_as_sent: AgentResult | None = None
+) -> Job:
+    """`request`: the job's request as read before (a job's request never changes: no second validation);
+    `result_as_sent`: the result the statement that returned `row` just stored."""
     result = row["result"]
     return Job(
         id=row["id"],
         project_id=row["project_id"],
         provider=row["provider"],
         stream_id=row["stream_id"],
-        request=AgentRequest.model_validate(row["request"]),
+        request=request if request is not None else AgentRequest.model_validate(row["request"]),
         status=JobStatus(row["status"]),
         created_at=row["created_at"].astimezone(UTC),
         started_at=_utc(row["started_at"]),
@@ -65,19 +69,39 @@ def row_to_job(row: DictRow) -> Job:
         attempts=row["attempts"],
         cancel_requested=row["cancel_requested"],
         worker_id=row["worker_id"],
-        result=AgentResult.model_validate(from_jsonb(result)) if result is not None else None,
+        result=(
+            None
+            if result is None
+            else result_as_sent
+            if result_as_sent is not None
+            else AgentResult.model_validate(from_jsonb(result))
+        ),
     )
 
 
-def _finish_input(job_id: str, result: AgentResult, attempt: int | None, *, done: bool = False) -> str:
-    """One element of `finish`'s input; with `done`, the data of the job's `done` event too (finish_ended)."""
+def _finish_input(
+    job_id: str,
+    result: AgentResult,
+    attempt: int | None,
+    *,
+    done: bool = False,
+    events: Sequence[AgentEvent] = (),
+) -> str:
+    """One element of `finish`'s input; with `done`, the data of the job's `done` event too, and `events`, the
+    run's events to write before it (finish_ended)."""
     stored = to_jsonb(result.model_dump_json())  # U+0000 in the output: escaped, not a failed batch
     error = json.dumps(text_safe(result.error))
     retryable = "true" if wants_retry(result) else "false"
     end = ""
     if done:
-        event = DoneEvent.from_result(result).model_dump_json(exclude={"event"})
+        # The data of DoneEvent.from_result(result): the result's fields but `retryable`.
+        event = result.model_dump_json(exclude={"retryable"})
         end = f',"done":{to_jsonb(event)}'
+        if events:
+            rows = ",".join(
+                f"[{json.dumps(ev.event)},{to_jsonb(ev.model_dump_json(exclude={'event'}))}]" for ev in events
+            )
+            end += f',"events":[{rows}]'
     return (
         f'{{"id":{json.dumps(job_id)},"status":"{result.status}","result":{stored},'
         f'"retryable":{retryable},"error":{error},"attempt":{json.dumps(attempt)}{end}}}'
@@ -243,12 +267,19 @@ class PostgresWorkQueue(WorkQueue):
         attempts: Mapping[str, int] | None,
         *,
         done: bool = False,
+        events: Mapping[str, Sequence[AgentEvent]] | None = None,
     ) -> dict[str, Any]:
         return {
             "ids": distinct_ids(results),
             "input": "["
             + ",".join(
-                _finish_input(job_id, r, attempts.get(job_id) if attempts else None, done=done)
+                _finish_input(
+                    job_id,
+                    r,
+                    attempts.get(job_id) if attempts else None,
+                    done=done,
+                    events=events.get(job_id, ()) if events else (),
+                )
                 for job_id, r in results
             )
             + "]",

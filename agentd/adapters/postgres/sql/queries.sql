@@ -1,5 +1,6 @@
 -- Named queries, loaded by agentd.adapters.postgres.queries. A block starts with `-- name: <name>`;
--- the comment lines right after it say what it does. Parameters are psycopg %(name)s placeholders.
+-- the comment lines right after it say what it does. Parameters are psycopg %(name)s placeholders; arrays go
+-- as %(name)b (binary: no per-element quoting and escaping of the text format).
 
 -- name: enqueue
 -- A new queued job, and one wake-up for idle workers in the same transaction.
@@ -29,7 +30,7 @@ SELECT EXISTS (
 
 -- name: claim
 SELECT * FROM agentd_claim(%(worker_id)s, %(lease_s)s, %(max)s, %(global_max)s, %(provider_caps)s::jsonb,
-                          %(exclude)s::text[]);
+                          %(exclude)b::text[]);
 
 -- name: claim_started
 -- `claim`, and in the same transaction each claimed job's `running` event (the run journal, schema 8): on a
@@ -37,10 +38,16 @@ SELECT * FROM agentd_claim(%(worker_id)s, %(lease_s)s, %(max)s, %(global_max)s, 
 -- is appended to its stream as that run (agentd_append_fenced); `running_seq` is its number, NULL when not
 -- written (a later attempt, or a stream that is unknown, closed or taken by a later run): the worker then
 -- writes it the ordinary way. No NOTIFY here (the writer sends those after the commit). The job's project row
--- (project_*) comes along: the worker reads it right after the claim (PostgresProjectStore.prefetched).
+-- (project_*) comes along: the worker reads it right after the claim (PostgresProjectStore.prefetched). So
+-- does whether a run of the job would get any secret (`has_secrets`: its project's or global ones), with one
+-- stored secret (key_*) to check the master key against (PostgresSecretStore.claimed): a job of a project
+-- without secrets needs no query of its own for them. Read in this statement's snapshot, so a secret whose
+-- put committed before the claim is seen.
 WITH c AS (
     SELECT * FROM agentd_claim(%(worker_id)s, %(lease_s)s, %(max)s, %(global_max)s,
-                               %(provider_caps)s::jsonb, %(exclude)s::text[])
+                               %(provider_caps)s::jsonb, %(exclude)b::text[])
+), k AS (
+    SELECT scope, name, value FROM agentd_secrets LIMIT 1
 )
 SELECT c.*,
        CASE WHEN c.attempts = 1 THEN agentd_append_fenced(
@@ -48,8 +55,10 @@ SELECT c.*,
            %(running)s::jsonb || jsonb_build_object('detail', %(detail)s::text || c.attempts, 'attempt', c.attempts),
            false) END AS running_seq,
        p.id IS NOT NULL AS project_found, p.spec AS project_spec, p.created_at AS project_created_at,
-       p.updated_at AS project_updated_at
-  FROM c LEFT JOIN agentd_projects p ON p.id = c.project_id;
+       p.updated_at AS project_updated_at,
+       EXISTS (SELECT 1 FROM agentd_secrets s WHERE s.scope IN ('', c.project_id)) AS has_secrets,
+       k.scope AS key_scope, k.name AS key_name, k.value AS key_value
+  FROM c LEFT JOIN agentd_projects p ON p.id = c.project_id LEFT JOIN k ON true;
 
 -- name: heartbeat
 -- An expired lease is lost, even before a sweep re-queues the job: it is never renewed.
@@ -84,7 +93,7 @@ WITH input AS (
                    NULL::timestamptz
               FROM (SELECT u.retryable AND NOT j.cancel_requested AND j.attempts < j.max_attempts AS retry) AS x)
     FROM input u
-    WHERE j.id = ANY (%(ids)s::text[]) AND j.id = u.id AND j.status IN ('queued', 'running')
+    WHERE j.id = ANY (%(ids)b::text[]) AND j.id = u.id AND j.status IN ('queued', 'running')
       AND (%(worker_id)s::text IS NULL OR (j.worker_id = %(worker_id)s::text AND j.status = 'running'))
       AND (u.attempt IS NULL OR (j.attempts = u.attempt AND j.status = 'running'))
     RETURNING j.*
@@ -99,14 +108,16 @@ WITH input AS (
 )
 SELECT upd.* FROM upd WHERE (SELECT count(*) FROM wake) >= 0
 UNION ALL
-SELECT * FROM agentd_jobs WHERE id = ANY (%(ids)s::text[]) AND id NOT IN (SELECT id FROM upd);
+SELECT * FROM agentd_jobs WHERE id = ANY (%(ids)b::text[]) AND id NOT IN (SELECT id FROM upd);
 
 -- name: finish_ended
 -- `finish`, and in the same transaction, for each job this statement stored final, its `done` event (`done` in
 -- the input: the event's data) appended as the job's run and its stream closed (the run journal, schema 8;
 -- agentd_append_fenced). `done_seq` is the event's number; NULL when this statement did not store the job
 -- final, or the stream refused it (unknown, closed, taken by a later run): the worker then goes the ordinary
--- way. A client that sees `done` finds the final status: both are in one commit.
+-- way. A client that sees `done` finds the final status: both are in one commit. `events` in the input (schema 9):
+-- the run's events not written yet, [type, data] each, appended before `done` (agentd_append_run_end), or not at
+-- all when `done` is not.
 -- Records results: `input` is a JSON array of {id, status, result, retryable, error, attempt}, `ids` the same ids
 -- (distinct; as an array they make the planner look jobs up by primary key). A retryable failure with attempts left (and no
 -- cancel request) goes back to the queue after an exponential backoff instead. A final job never changes
@@ -115,7 +126,7 @@ SELECT * FROM agentd_jobs WHERE id = ANY (%(ids)s::text[]) AND id NOT IN (SELECT
 WITH input AS (
     SELECT * FROM jsonb_to_recordset(%(input)s::jsonb)
         AS u(id text, status text, result jsonb, retryable boolean, error text, attempt integer,
-              done jsonb)
+              done jsonb, events jsonb)
 ), upd AS (
     -- The retry decision reads the row being updated (its newest version, should a cancel request have
     -- landed meanwhile), hence one multi-column SET from a sub-select.
@@ -133,7 +144,7 @@ WITH input AS (
                    NULL::timestamptz
               FROM (SELECT u.retryable AND NOT j.cancel_requested AND j.attempts < j.max_attempts AS retry) AS x)
     FROM input u
-    WHERE j.id = ANY (%(ids)s::text[]) AND j.id = u.id AND j.status IN ('queued', 'running')
+    WHERE j.id = ANY (%(ids)b::text[]) AND j.id = u.id AND j.status IN ('queued', 'running')
       AND (%(worker_id)s::text IS NULL OR (j.worker_id = %(worker_id)s::text AND j.status = 'running'))
       AND (u.attempt IS NULL OR (j.attempts = u.attempt AND j.status = 'running'))
     RETURNING j.*
@@ -146,7 +157,7 @@ WITH input AS (
                                ON q.project_id = upd.project_id AND q.status = 'queued')
            END
 ), ended AS (
-    SELECT upd.id, agentd_append_fenced(upd.stream_id, upd.attempts, 'done', u.done, true) AS seq
+    SELECT upd.id, agentd_append_run_end(upd.stream_id, upd.attempts, u.events, u.done) AS seq
       FROM upd JOIN input u ON u.id = upd.id
      WHERE upd.status NOT IN ('queued', 'running') AND u.done IS NOT NULL
 )
@@ -154,7 +165,7 @@ SELECT upd.*, ended.seq AS done_seq FROM upd LEFT JOIN ended ON ended.id = upd.i
  WHERE (SELECT count(*) FROM wake) >= 0
 UNION ALL
 SELECT *, NULL::integer AS done_seq FROM agentd_jobs
- WHERE id = ANY (%(ids)s::text[]) AND id NOT IN (SELECT id FROM upd);
+ WHERE id = ANY (%(ids)b::text[]) AND id NOT IN (SELECT id FROM upd);
 
 -- name: request_cancel
 -- A queued job ends cancelled at once (ended = true); a running one gets cancel_requested; a final job is
@@ -241,7 +252,7 @@ WITH cfg AS (
 ), ins AS (
     INSERT INTO agentd_events (stream_id, seq, type, data)
     SELECT s.stream_id, u.ord, u.type, u.data::jsonb
-      FROM s, unnest(%(types)s::text[], %(datas)s::text[]) WITH ORDINALITY AS u(type, data, ord)
+      FROM s, unnest(%(types)b::text[], %(datas)b::text[]) WITH ORDINALITY AS u(type, data, ord)
     RETURNING stream_id
 )
 SELECT stream_id FROM s WHERE (SELECT count(*) FROM cfg) >= 0 AND (SELECT count(*) FROM ins) >= 0;
@@ -254,14 +265,14 @@ SELECT s.closed_at IS NOT NULL AS closed,
 
 -- name: last_seqs
 -- Where the per-process sequence counters of these streams start.
-SELECT stream_id, max(seq) AS head FROM agentd_events WHERE stream_id = ANY(%(stream_ids)s::text[])
+SELECT stream_id, max(seq) AS head FROM agentd_events WHERE stream_id = ANY(%(stream_ids)b::text[])
  GROUP BY stream_id;
 
 -- name: lock_streams
 -- After a numbering conflict: lock the streams, then read max(seq) in a later statement of the transaction.
 -- Locks are taken in key order, so writers never wait for each other in a cycle.
 SELECT pg_advisory_xact_lock(1634168440, k)
-  FROM (SELECT DISTINCT hashtext(sid) AS k FROM unnest(%(stream_ids)s::text[]) AS sid ORDER BY k) AS keys;
+  FROM (SELECT DISTINCT hashtext(sid) AS k FROM unnest(%(stream_ids)b::text[]) AS sid ORDER BY k) AS keys;
 
 -- name: append_events
 -- One batch of events from one process, for any number of streams, in one statement. Rows of streams that
@@ -276,11 +287,11 @@ SELECT pg_advisory_xact_lock(1634168440, k)
 -- those locks (after a conflict) is never overtaken between its read and its insert.
 WITH locked AS (
     SELECT pg_advisory_xact_lock(1634168440, k)
-      FROM (SELECT DISTINCT hashtext(sid) AS k FROM unnest(%(stream_ids)s::text[]) AS sid ORDER BY k) AS keys
+      FROM (SELECT DISTINCT hashtext(sid) AS k FROM unnest(%(stream_ids)b::text[]) AS sid ORDER BY k) AS keys
 ), batch AS (
     SELECT u.*, max(u.run) OVER (PARTITION BY u.stream_id ORDER BY u.ord) AS top
-      FROM unnest(%(stream_ids)s::text[], %(bases)s::integer[], %(runs)s::integer[], %(types)s::text[],
-                  %(datas)s::text[]) WITH ORDINALITY AS u(stream_id, base, run, type, data, ord)
+      FROM unnest(%(stream_ids)b::text[], %(bases)b::integer[], %(runs)b::integer[], %(types)b::text[],
+                  %(datas)b::text[]) WITH ORDINALITY AS u(stream_id, base, run, type, data, ord)
 ), ok AS (
     SELECT b.*,
            coalesce(b.base, (SELECT coalesce(max(e.seq), 0) FROM agentd_events e WHERE e.stream_id = b.stream_id))
@@ -301,7 +312,7 @@ WITH locked AS (
       FROM (SELECT x.stream_id, max(x.top) AS top, bool_or(x.closing) AS closing
               FROM (SELECT stream_id, run AS top, false AS closing FROM ok
                     UNION ALL
-                    SELECT c, NULL, true FROM unnest(%(close_ids)s::text[]) AS c) AS x
+                    SELECT c, NULL, true FROM unnest(%(close_ids)b::text[]) AS c) AS x
              GROUP BY x.stream_id) AS m
      WHERE s.stream_id = m.stream_id AND (s.run < m.top OR m.closing)
     RETURNING s.stream_id, m.closing
@@ -310,7 +321,7 @@ WITH locked AS (
     -- trailing `notify_streams` when the window closes. (The batching writer passes none and notifies after the
 -- commit instead: agentd.adapters.postgres.postgres_event_stream.)
     SELECT pg_notify('agentd_events', d.stream_id)
-      FROM (SELECT DISTINCT stream_id FROM ins WHERE stream_id = ANY(%(notify_ids)s::text[])) AS d
+      FROM (SELECT DISTINCT stream_id FROM ins WHERE stream_id = ANY(%(notify_ids)b::text[])) AS d
 )
 SELECT ok.ord, ok.seq, NULL::text AS closed_id FROM ok
  WHERE (SELECT count(*) FROM wake) >= 0 AND (SELECT count(*) FROM fence) >= 0
@@ -387,7 +398,7 @@ WITH gone AS (
 SELECT count(*) AS n FROM gone WHERE (SELECT count(*) FROM patches) >= 0;
 
 -- name: notify_streams
-SELECT pg_notify('agentd_events', sid) FROM unnest(%(stream_ids)s::text[]) AS sid;
+SELECT pg_notify('agentd_events', sid) FROM unnest(%(stream_ids)b::text[]) AS sid;
 
 -- Secrets (postgres_secret_store.py). `scope` is the project id, or '' for a global secret; `value` is
 -- ciphertext (agentd.adapters.secret_crypto).
