@@ -24,7 +24,7 @@ BENCHES = {
     "bench_queue.py": ["--jobs", "40", "--rounds", "1"],
     "bench_latency.py": ["--jobs", "5"],
     "bench_fanout.py": ["--subs", "10", "--count", "5", "--paced-s", "0.3", "--rounds", "1", "--clients", "1",
-                        "--delay", "1"],
+                        "--delay", "3"],
     "bench_sse.py": ["--small", "2000", "--large", "50"],
     "bench_protocol.py": ["--lines", "2000", "--no-profile"],
 }  # fmt: skip
@@ -61,8 +61,14 @@ def test_every_bench_prints_its_table(postgres: None) -> None:
     finally:
         for proc in procs.values():
             if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+                proc.terminate()  # SIGTERM: the bench stops its own agentd processes and drops its databases
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
     for name, out in outputs.items():
         assert "CPU: " in out and " cores" in out, f"{name} does not print the machine's CPU:\n{out}"
         assert "| what" in out or "| agentd" in out or "| stream" in out or "| path" in out, out
