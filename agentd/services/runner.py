@@ -404,13 +404,10 @@ class Runner:
         to another claim in flight: a claimed job is `running`, under a lease, and counts toward its
         project's and the fleet's limits, so no job is claimed before there is room to run it.
 
-        With a run journal, the results waiting to be stored when a claim goes out (queued while another
-        batch of results is on its way) go with it, in one transaction: one commit and one round trip for
-        both (`_take_finishing`), and sooner than after that batch. A result never waits for a claim, nor a
-        claim for a result: a slot is claimed for as soon as its agent stops, and results go by themselves
-        (`_flush_finished`) when no claim is going out. (Holding the claim until the slot's own result is
-        queued, so that every result goes with a claim, was measured slower: the claim then waits for the
-        results' statement, and the worker's CPU for them no longer overlaps the claim's round trip.)"""
+        With a run journal, the results waiting to be stored when a claim goes out (a run that just ended
+        frees its slot and queues its result in one step) go with it, in one transaction: one commit and one
+        round trip for both (`_take_finishing`). A result never waits for a claim: with no claim to send,
+        results go by themselves (`_flush_finished`), as soon as they are ready."""
         claims: dict[asyncio.Task[int], int] = {}  # claims in flight → the slots each may fill
         # The claims and the waits for work share one context: `wait_for_work` knows of the wake-ups that
         # came since the latest claim started looking (agentd.adapters.queue_policy.WakeUps).
