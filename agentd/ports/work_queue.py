@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
-from agentd.domain.errors import JobNotFound
 from agentd.domain.models import AgentEvent, AgentRequest, AgentResult, Job, JobStatus, StatusEvent
 
 BusyPolicy = Literal["enqueue", "reject"]
@@ -201,23 +200,4 @@ class RunJournal(Protocol):
         it): the caller then goes the ordinary way. `events` (job id → events): the run's events not written
         yet, written in order right before its `done`, in the same step, or not at all when `done` is not
         (the caller then publishes them the ordinary way)."""
-        ...
-
-    @abstractmethod
-    async def finish_ended_and_claim(
-        self,
-        results: Sequence[tuple[str, AgentResult]],
-        n: int,
-        *,
-        worker_id: str,
-        attempts: Mapping[str, int],
-        events: Mapping[str, Sequence[AgentEvent]] | None = None,
-        running: StatusEvent,
-        limits: Limits | None = None,
-        exclude: Collection[str] = (),
-    ) -> tuple[list[tuple[Job, bool]] | JobNotFound, list[tuple[Job, bool]]]:
-        """`finish_ended(results)`, then `claim_started(n)`, in ONE transaction (one commit, the claim seeing
-        the finished jobs' projects free): either both are stored or neither is (the call raises). Returns
-        (what `finish_ended` returns, or the JobNotFound it would raise; what `claim_started` returns): once
-        committed, the claimed jobs are the caller's even when a result named an unknown job."""
         ...

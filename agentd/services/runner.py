@@ -141,30 +141,6 @@ class _Deferred:
 
 # A result on its way to storage: job id, result, attempt, the run's events not stored yet, who waits for it.
 _Finishing = tuple[str, AgentResult, int, list[AgentEvent], asyncio.Future[tuple[Job, bool]]]
-
-
-def _finish_args(
-    items: list[_Finishing],
-) -> tuple[list[tuple[str, AgentResult]], dict[str, int], dict[str, list[AgentEvent]]]:
-    """A batch of results as the queue takes them: (job id, result) pairs, attempts, the runs' tails."""
-    pairs = [(job_id, result) for job_id, result, *_ in items]
-    attempts = {job_id: attempt for job_id, _, attempt, *_ in items}
-    tails = {job_id: tail for job_id, _, _, tail, _ in items if tail}
-    return pairs, attempts, tails
-
-
-def _settle(items: list[_Finishing], outcome: list[tuple[Job, bool]] | BaseException) -> None:
-    """Hand each waiting run its stored job (in the order given), or the error that stored none."""
-    if isinstance(outcome, BaseException):
-        for *_, fut in items:
-            if not fut.done():
-                fut.set_exception(outcome)
-        return
-    for (*_, fut), job in zip(items, outcome, strict=True):
-        if not fut.done():
-            fut.set_result(job)
-
-
 CLAIMS_IN_FLIGHT = 2  # a worker process's claims on their way at once (each for slots no other one may fill)
 OUTBOX_WINDOW = 8  # a run's events on their way to storage, at most, before its agent's output waits
 
@@ -402,12 +378,7 @@ class Runner:
         at once by a claim of its own (at most CLAIMS_IN_FLIGHT at a time): a slot waits for one round trip,
         not for the one before it to come back. A claim is only ever for slots that are free and not promised
         to another claim in flight: a claimed job is `running`, under a lease, and counts toward its
-        project's and the fleet's limits, so no job is claimed before there is room to run it.
-
-        With a run journal, the results waiting to be stored when a claim goes out (a run that just ended
-        frees its slot and queues its result in one step) go with it, in one transaction: one commit and one
-        round trip for both (`_take_finishing`). A result never waits for a claim: with no claim to send,
-        results go by themselves (`_flush_finished`), as soon as they are ready."""
+        project's and the fleet's limits, so no job is claimed before there is room to run it."""
         claims: dict[asyncio.Task[int], int] = {}  # claims in flight → the slots each may fill
         # The claims and the waits for work share one context: `wait_for_work` knows of the wake-ups that
         # came since the latest claim started looking (agentd.adapters.queue_policy.WakeUps).
@@ -430,11 +401,7 @@ class Runner:
                     short = False  # look again once there may be work (or after poll_s)
                     await self._wait_for_work(ctx)
                 elif free > 0 and not short and len(claims) < CLAIMS_IN_FLIGHT:
-                    # Results waiting to be stored go with the claim: one transaction, one round trip.
-                    finishing = self._take_finishing(worker_id)
-                    task = asyncio.create_task(
-                        self._claim_into_slots(worker_id, free, finishing), context=ctx
-                    )
+                    task = asyncio.create_task(self._claim_into_slots(worker_id, free), context=ctx)
                     task.add_done_callback(lambda _: self._slot_free.set())
                     claims[task] = free
                 else:
@@ -464,13 +431,10 @@ class Runner:
             t.cancel()
         await asyncio.gather(*waits, return_exceptions=True)
 
-    async def _claim_into_slots(
-        self, worker_id: str, n: int, finishing: list[_Finishing] | None = None
-    ) -> int:
-        """Claim up to `n` jobs and start each in its own task; how many were claimed. `finishing`: results
-        to store in the claim's transaction (`_take_finishing`)."""
+    async def _claim_into_slots(self, worker_id: str, n: int) -> int:
+        """Claim up to `n` jobs and start each in its own task; how many were claimed."""
         claimed_at = time.monotonic()  # the leases start no earlier than this
-        jobs = await self._claim(worker_id, n, finishing)
+        jobs = await self._claim(worker_id, n)
         for job, started in jobs:
             task = asyncio.create_task(self._run_guarded(job, worker_id, claimed_at, started))
             self._running.add(task)
@@ -478,62 +442,15 @@ class Runner:
             task.add_done_callback(functools.partial(self._task_done, job.id))
         return len(jobs)
 
-    async def _claim(
-        self, worker_id: str, n: int, finishing: list[_Finishing] | None = None
-    ) -> list[tuple[Job, bool]]:
+    async def _claim(self, worker_id: str, n: int) -> list[tuple[Job, bool]]:
         """Up to `n` jobs, each with whether its `running` event is written already (the run journal)."""
         exclude = set(self._active)
-        if finishing:
-            return await self._finish_and_claim(worker_id, n, finishing, exclude)
         if self.journal is not None:
             return await self.journal.claim_started(
                 worker_id, n, running=_running(worker_id), limits=self.limits, exclude=exclude
             )
         jobs = await self.queue.claim_many(worker_id, n, limits=self.limits, exclude=exclude)
         return [(job, False) for job in jobs]
-
-    def _take_finishing(self, worker_id: str) -> list[_Finishing]:
-        """The results of `worker_id` waiting to be stored and not on their way yet, taken out of
-        `_to_finish` to go with a claim (a run journal only: it stores both in one transaction)."""
-        if self.journal is None or not self._to_finish:
-            return []
-        taken = [
-            (job_id, r, attempt, tail, fut)
-            for job_id, r, w, attempt, tail, fut in self._to_finish
-            if w == worker_id
-        ]
-        self._to_finish = [item for item in self._to_finish if item[2] != worker_id]
-        return taken
-
-    async def _finish_and_claim(
-        self, worker_id: str, n: int, finishing: list[_Finishing], exclude: set[str]
-    ) -> list[tuple[Job, bool]]:
-        """Store `finishing` and claim up to `n` jobs in one transaction. When it fails (storage down, or
-        anything else), neither happened: the results go back to the ordinary way (`_flush_finished`,
-        retried while storage is down) and the claim fails as any claim does."""
-        journal = self.journal
-        assert journal is not None
-        pairs, attempts, tails = _finish_args(finishing)
-        try:
-            finished, claimed = await journal.finish_ended_and_claim(
-                pairs,
-                n,
-                worker_id=worker_id,
-                attempts=attempts,
-                events=tails or None,
-                running=_running(worker_id),
-                limits=self.limits,
-                exclude=exclude,
-            )
-        except BaseException:
-            self._to_finish[:0] = [
-                (job_id, r, worker_id, attempt, tail, fut) for job_id, r, attempt, tail, fut in finishing
-            ]
-            if self._finisher is None or self._finisher.done():
-                self._finisher = asyncio.create_task(self._flush_finished())
-            raise
-        _settle(finishing, finished)
-        return claimed
 
     def _task_done(self, job_id: str, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
@@ -981,15 +898,21 @@ class Runner:
             for job_id, result, worker_id, attempt, tail, fut in batch:
                 by_worker.setdefault(worker_id, []).append((job_id, result, attempt, tail, fut))
             for worker_id, items in by_worker.items():
-                pairs, attempts, tails = _finish_args(items)
+                pairs = [(job_id, result) for job_id, result, *_ in items]
+                attempts = {job_id: attempt for job_id, _, attempt, *_ in items}
+                tails = {job_id: tail for job_id, _, _, tail, _ in items if tail}
                 try:
                     jobs = await self._durably(
                         functools.partial(self._store_results, pairs, worker_id, attempts, tails), "finish"
                     )
                 except Exception as e:
-                    _settle(items, e)
+                    for *_, fut in items:
+                        if not fut.done():
+                            fut.set_exception(e)
                     continue
-                _settle(items, jobs)
+                for (*_, fut), job in zip(items, jobs, strict=True):
+                    if not fut.done():
+                        fut.set_result(job)
 
     async def _store_results(
         self,

@@ -2,7 +2,6 @@
 stream in the statement that stores its result (queries `claim_started` and `finish_ended`, schema 8's
 agentd_append_fenced). The queue and the event log share the database (one `PgDatabase`), so a worker makes
 one commit per batch of claims and one per batch of results, not one more per job for each of those events.
-A batch of results and the next claim can go together (`finish_ended_and_claim`): one round trip, one commit.
 
 The events are written as any writer of the log writes them (under the stream's advisory lock, numbered from
 the table, fenced by the run), and the event log's writer in this process is told (`written_with`): its
@@ -14,8 +13,6 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
-
-from psycopg.rows import DictRow
 
 from agentd.adapters.postgres.nul import to_jsonb
 from agentd.adapters.postgres.postgres_event_stream import PostgresEventStream
@@ -61,21 +58,12 @@ class PostgresRunJournal(RunJournal):
         limits: Limits | None = None,
         exclude: Collection[str] = (),
     ) -> list[tuple[Job, bool]]:
-        params = self._claim_params(worker_id, n, running, limits, exclude)
-        async with self.queue.db.connection() as conn:
-            cur = await conn.execute(QUERIES["claim_started"], params)
-            rows = await cur.fetchall()
-        return self._claimed(rows)
-
-    def _claim_params(
-        self, worker_id: str, n: int, running: StatusEvent, limits: Limits | None, exclude: Collection[str]
-    ) -> dict[str, Any]:
         params: dict[str, Any] = self.queue._claim_params(worker_id, n, limits, exclude)
         params["running"] = to_jsonb(running.model_dump_json(exclude={"event", "detail", "attempt"}))
         params["detail"] = f"{running.detail}, attempt " if running.detail else "attempt "
-        return params
-
-    def _claimed(self, rows: Sequence[DictRow]) -> list[tuple[Job, bool]]:
+        async with self.queue.db.connection() as conn:
+            cur = await conn.execute(QUERIES["claim_started"], params)
+            rows = await cur.fetchall()
         if self.projects is not None:
             for r in rows:
                 self.projects.prefetched(r["project_id"], r)
@@ -99,46 +87,11 @@ class PostgresRunJournal(RunJournal):
         attempts: Mapping[str, int],
         events: Mapping[str, Sequence[AgentEvent]] | None = None,
     ) -> list[tuple[Job, bool]]:
+        ids = distinct_ids(results)
         params = self.queue._finish_params(results, worker_id, attempts, done=True, events=events)
         async with self.queue.db.connection() as conn:
             cur = await conn.execute(QUERIES["finish_ended"], params)
             rows = await cur.fetchall()
-        return self._ended(results, rows)
-
-    async def finish_ended_and_claim(
-        self,
-        results: Sequence[tuple[str, AgentResult]],
-        n: int,
-        *,
-        worker_id: str,
-        attempts: Mapping[str, int],
-        events: Mapping[str, Sequence[AgentEvent]] | None = None,
-        running: StatusEvent,
-        limits: Limits | None = None,
-        exclude: Collection[str] = (),
-    ) -> tuple[list[tuple[Job, bool]] | JobNotFound, list[tuple[Job, bool]]]:
-        """Both statements sent at once in psycopg's pipeline mode with no Sync between them: one implicit
-        transaction (the extended protocol's, up to the Sync at the pipeline's end), so one round trip and one
-        commit; the claim sees the finished jobs' projects free. Either statement failing rolls back both."""
-        fin_params = self.queue._finish_params(results, worker_id, attempts, done=True, events=events)
-        claim_params = self._claim_params(worker_id, n, running, limits, exclude)
-        async with self.queue.db.connection() as conn, conn.pipeline():
-            fin = await conn.execute(QUERIES["finish_ended"], fin_params)
-            claim = await conn.execute(QUERIES["claim_started"], claim_params)
-            finished_rows = await fin.fetchall()
-            claimed_rows = await claim.fetchall()
-        # Committed: the claimed jobs are this process's whatever the results' rows say.
-        claimed = self._claimed(claimed_rows)
-        try:
-            finished: list[tuple[Job, bool]] | JobNotFound = self._ended(results, finished_rows)
-        except JobNotFound as e:
-            finished = e
-        return finished, claimed
-
-    def _ended(
-        self, results: Sequence[tuple[str, AgentResult]], rows: Sequence[DictRow]
-    ) -> list[tuple[Job, bool]]:
-        ids = distinct_ids(results)
         by_id = {r["id"]: r for r in rows}
         missing = [job_id for job_id in ids if job_id not in by_id]
         if missing:
