@@ -96,6 +96,7 @@ class Container:
             serve_metrics=s.metrics_port is None,  # else on AGENTD_METRICS_PORT, without a key
         )
         app.cleanup_ctx.append(self._lifecycle)
+        expect_subscribers(self.streams)
         return app
 
     async def _lifecycle(self, app: web.Application) -> AsyncIterator[None]:
@@ -228,6 +229,9 @@ async def open_storage(settings: Settings) -> tuple[WorkQueue, EventStream]:
             retention_s=retention_s,
             subscriber_buffer=FANOUT_LOG_BUFFER,
             pool_size=settings.db_pool_size,
+            # A worker has no subscribers: it must not hear every NOTIFY it sends. The API's `app` (or a
+            # first subscriber) starts listening (expect_subscribers).
+            listen_events=False,
         )
     else:
         sq = SqliteWorkQueue(
@@ -236,6 +240,15 @@ async def open_storage(settings: Settings) -> tuple[WorkQueue, EventStream]:
         queue = sq
         durable = SqliteEventStream(sq.db, retention_s=retention_s, buffer=FANOUT_LOG_BUFFER)
     return queue, FanoutEventStream(durable, buffer=settings.subscriber_buffer)
+
+
+def expect_subscribers(streams: EventStream) -> None:
+    """This process serves the API: a PostgreSQL log hears other processes' event NOTIFYs from now on (the
+    worker role never does: it has no subscribers)."""
+    durable = streams.inner if isinstance(streams, FanoutEventStream) else streams
+    pg = sys.modules.get("agentd.adapters.postgres")  # not imported: no PostgreSQL log here
+    if pg is not None and isinstance(durable, pg.PostgresEventStream):
+        durable.expect_subscribers()
 
 
 def run_journal(

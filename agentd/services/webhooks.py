@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from agentd.domain.errors import AgentdError, SecretsUnavailable
-from agentd.domain.models import MAX_TIMEOUT_S, DoneEvent, Job, StatusEvent
+from agentd.domain.models import MAX_TIMEOUT_S, DoneEvent, Job, JobStatus, StatusEvent
 from agentd.domain.webhooks import (
     DELIVERY_HEADER,
     EVENT_HEADER,
@@ -159,14 +159,23 @@ class WebhookService:
     async def reconcile(self, page_size: int = 500) -> int:
         """Store the `done` delivery of every recently finished job that asked for one (a process that
         died between storing a result and its delivery left it out; stored ones stay as they are: same
-        id). Returns how many finished jobs with a `done` webhook it looked at."""
+        id). Returns how many finished jobs with a `done` webhook it looked at. Reads final jobs only (one
+        walk per final status): a worker starting on a long queue does not read every queued job."""
         if self.jobs is None:
             return 0
         since = datetime.now(UTC) - timedelta(seconds=self.retry_for_s + MAX_TIMEOUT_S)
+        seen = 0
+        for status in JobStatus:
+            if status.is_final:
+                seen += await self._reconcile(since, status, page_size)
+        return seen
+
+    async def _reconcile(self, since: datetime, status: JobStatus, page_size: int) -> int:
+        assert self.jobs is not None
         seen, before = 0, None
         while True:
             page = await self.jobs.list_jobs(
-                None, JobFilter(created_after=since, limit=page_size, before=before)
+                None, JobFilter(status=status, created_after=since, limit=page_size, before=before)
             )
             found = [
                 d

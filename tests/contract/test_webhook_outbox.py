@@ -289,3 +289,36 @@ async def test_reconcile_stores_the_done_delivery_a_crash_lost_once(
     await svc.reconcile()
     await svc.notify(await queue.get("p0", "job_0"), DoneEvent(status="succeeded"))
     assert [d.id for d in await outbox.list_for_job("job_0")] == [stored.id]
+
+
+async def test_reconcile_reads_finished_jobs_only(queue_and_outbox: tuple[Any, WebhookOutbox]) -> None:
+    """A worker that starts on a long queue does not read (and parse) every queued job to reconcile."""
+    from agentd.domain.models import AgentResult
+
+    queue, outbox = queue_and_outbox
+    spec = WebhookSpec.model_validate({"url": "http://127.0.0.1:9/hook"})
+    for i in range(6):
+        await queue.enqueue(
+            AgentRequest(project_id=f"p{i}", prompt="x", webhook=spec),
+            provider="scripted",
+            job_id=f"job_{i}",
+            stream_id=f"stm_{i}",
+        )
+    claimed = await queue.claim_many("w", 2)
+    await queue.finish_many(
+        [(claimed[0].id, AgentResult(status="succeeded")), (claimed[1].id, AgentResult(status="failed"))],
+        worker_id="w",
+    )
+    read: list[str] = []
+    list_jobs = queue.list_jobs
+
+    async def counting(project_id: str | None, flt: Any = None) -> Any:
+        jobs = await list_jobs(project_id, flt)
+        read.extend(j.status.value for j in jobs)
+        return jobs
+
+    queue.list_jobs = counting
+    svc = WebhookService(outbox, Receiver(), fallback_secret=SECRET, jobs=queue)
+    assert await svc.reconcile(page_size=1) == 2
+    assert sorted(read) == ["failed", "succeeded"]  # the 4 queued ones were never read
+    assert {d.job_id for j in claimed for d in await outbox.list_for_job(j.id)} == {j.id for j in claimed}

@@ -44,13 +44,15 @@ async def open_postgres(
     retention_s: float = 3600.0,
     subscriber_buffer: int = 1000,
     pool_size: int = 10,
+    listen_events: bool = True,
 ) -> tuple[PostgresWorkQueue, PostgresEventStream]:
     """The queue and the event log on one shared pool and listener connection (closed by the last `close`).
 
     Raises SchemaMismatch when the schema is missing or not this agentd's (run `agentd migrate`), and
-    QueueUnavailable when the database cannot be reached.
+    QueueUnavailable when the database cannot be reached. `listen_events` False: other processes' event
+    NOTIFYs are heard only once this process has a subscriber (PostgresEventStream.expect_subscribers).
     """
-    db = PgDatabase(dsn, pool_size=pool_size)
+    db = PgDatabase(dsn, pool_size=pool_size, listen_events=listen_events)
     queue = PostgresWorkQueue(
         db,
         lease_s=lease_s,

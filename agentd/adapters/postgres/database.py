@@ -35,8 +35,17 @@ async def _configure(conn: Connection) -> None:
 
 class PgDatabase:
     def __init__(
-        self, conninfo: str, *, pool_size: int = 10, pool_timeout_s: float = 10.0, listen: bool = True
+        self,
+        conninfo: str,
+        *,
+        pool_size: int = 10,
+        pool_timeout_s: float = 10.0,
+        listen: bool = True,
+        listen_events: bool = True,
     ) -> None:
+        """`listen`: with a listener connection at all; `listen_events`: LISTEN on EVENTS_CHANNEL from the
+        start, else only once somebody here follows a stream (`listen_to`): a process that only writes
+        events (a worker) does not receive every NOTIFY it sends."""
         self.conninfo = with_keepalives(conninfo)
         self.where = describe(conninfo)
         self.pool: psycopg_pool.AsyncConnectionPool[Connection] = psycopg_pool.AsyncConnectionPool(
@@ -58,11 +67,17 @@ class PgDatabase:
                 self.conninfo,
                 {channel: self._dispatcher(channel) for channel in self._handlers},
                 self._gap,
+                channels=list(self._handlers) if listen_events else [JOBS_CHANNEL],
             )
         self._users = 0
 
     def on_notify(self, channel: str, handler: NotifyHandler) -> None:
         self._handlers[channel].append(handler)
+
+    def listen_to(self, channel: str) -> None:
+        """LISTEN on `channel` from now on, if not already (Listener.listen)."""
+        if self.listener is not None:
+            self.listener.listen(channel)
 
     def on_gap(self, handler: Callable[[], None]) -> None:
         """Called when notifications may have been missed (listener down or just reconnected)."""

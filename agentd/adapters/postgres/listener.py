@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import psycopg
 import structlog
@@ -30,9 +30,14 @@ class Listener:
         *,
         idle_check_s: float = 30.0,
         max_backoff_s: float = 5.0,
+        channels: Collection[str] | None = None,
     ) -> None:
+        """`channels`: those to LISTEN on from the start (default: every one with a handler); `listen` adds
+        more later."""
         self._conninfo = conninfo
         self._handlers = handlers
+        self._channels = set(handlers if channels is None else channels)
+        self._retired: set[asyncio.Task[None]] = set()  # connections replaced by `listen`, closing
         self._on_gap = on_gap
         self._idle_check_s = idle_check_s
         self._max_backoff_s = max_backoff_s
@@ -47,7 +52,28 @@ class Listener:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.connected.wait(), wait_s)
 
+    def listen(self, channel: str) -> None:
+        """LISTEN on `channel` too, from now on. A running listener moves to a new connection that listens on
+        every channel (the current one cannot take a query while it waits for notifications); callers hear
+        of the gap as after any reconnect (`on_gap`), so nothing sent meanwhile goes unnoticed."""
+        if channel in self._channels:
+            return
+        self._channels.add(channel)
+        if self._task is None:
+            return
+        old = self._task
+        self.connected.clear()
+        self.backend_pid = None
+        self._task = asyncio.create_task(self._run(), name="agentd-postgres-listener")
+        old.cancel()
+        self._retired.add(old)
+        old.add_done_callback(self._retired.discard)
+
     async def stop(self) -> None:
+        for old in list(self._retired):
+            old.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await old
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -61,7 +87,7 @@ class Listener:
             conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
             try:
                 conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
-                for channel in self._handlers:
+                for channel in sorted(self._channels):
                     await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                 self.backend_pid = conn.info.backend_pid
                 if self.reconnects:

@@ -502,7 +502,13 @@ class PostgresEventStream(EventStream):
             self._flusher = asyncio.create_task(self._flush(), name="agentd-event-flusher")
         await item.done
 
+    def expect_subscribers(self) -> None:
+        """This process serves subscribers: hear other processes' NOTIFYs from now on (a listener made with
+        `listen_events=False` starts listening; the first `subscribe` does it too)."""
+        self.db.listen_to(EVENTS_CHANNEL)
+
     async def subscribe(self, stream_id: str, *, after: int = 0) -> AsyncIterator[StoredEvent]:
+        self.expect_subscribers()
         pos = max(0, after)
         replay_until: int | None = None  # past this point the subscriber follows live events
         self._waiters.join(stream_id)

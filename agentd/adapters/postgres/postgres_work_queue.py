@@ -229,9 +229,10 @@ class PostgresWorkQueue(WorkQueue):
         exclude: Collection[str] = (),
     ) -> tuple[list[Job], list[Job]]:
         """`finish_many(results)`, then `claim_many(n)`: both statements sent at once in psycopg's pipeline
-        mode, one round trip. Each is its own transaction, in that order, so the claim sees the finished
-        jobs' projects free; `exclude` as in `claim_many`. Returns (the finished jobs in the order given, the
-        claimed jobs)."""
+        mode with no Sync between them, so one round trip and ONE transaction (the extended protocol's
+        implicit one, up to the Sync at the pipeline's end): one commit, and either failing rolls back both.
+        The claim sees the finished jobs' projects free; `exclude` as in `claim_many`. Returns (the finished
+        jobs in the order given, the claimed jobs)."""
         ids = distinct_ids(results)
         async with self.db.connection() as conn, conn.pipeline():
             fin = await conn.execute(QUERIES["finish"], self._finish_params(results, worker_id, attempts))
