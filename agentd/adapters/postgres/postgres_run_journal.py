@@ -1,5 +1,5 @@
 """The run journal on PostgreSQL: a job's `running` in the claim's statement, its `done` and the end of its
-stream in the statement that stores its result (queries `claim_started` and `finish_ended`, schema 8's
+stream in the statement that stores its result (queries `claim_started` and `finish`, schema 8's
 agentd_append_fenced). The queue and the event log share the database (one `PgDatabase`), so a worker makes
 one commit per batch of claims and one per batch of results, not one more per job for each of those events.
 
@@ -90,7 +90,7 @@ class PostgresRunJournal(RunJournal):
         ids = distinct_ids(results)
         params = self.queue._finish_params(results, worker_id, attempts, done=True, events=events)
         async with self.queue.db.connection() as conn:
-            cur = await conn.execute(QUERIES["finish_ended"], params)
+            cur = await conn.execute(QUERIES["finish"], params)
             rows = await cur.fetchall()
         by_id = {r["id"]: r for r in rows}
         missing = [job_id for job_id in ids if job_id not in by_id]

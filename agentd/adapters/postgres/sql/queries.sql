@@ -68,56 +68,12 @@ UPDATE agentd_jobs SET lease_expires_at = now() + make_interval(secs => %(lease_
 RETURNING id;
 
 -- name: finish
--- Records results: `input` is a JSON array of {id, status, result, retryable, error, attempt}, `ids` the same ids
--- (distinct; as an array they make the planner look jobs up by primary key). A retryable failure with attempts left (and no
--- cancel request) goes back to the queue after an exponential backoff instead. A final job never changes
--- again: then, and when the job is not `worker_id`'s running job, the current row comes back unchanged.
--- Wakes idle workers when a queued job may now run: one of the same project, or any when limits are in use.
-WITH input AS (
-    SELECT * FROM jsonb_to_recordset(%(input)s::jsonb)
-        AS u(id text, status text, result jsonb, retryable boolean, error text, attempt integer)
-), upd AS (
-    -- The retry decision reads the row being updated (its newest version, should a cancel request have
-    -- landed meanwhile), hence one multi-column SET from a sub-select.
-    UPDATE agentd_jobs j SET
-        (status, finished_at, result, last_error, run_after, worker_id, lease_expires_at) = (
-            SELECT CASE WHEN x.retry THEN 'queued' ELSE u.status END,
-                   CASE WHEN x.retry THEN NULL ELSE now() END,
-                   CASE WHEN x.retry THEN NULL ELSE u.result END,
-                   CASE WHEN x.retry THEN u.error ELSE j.last_error END,
-                   CASE WHEN x.retry
-                        THEN now() + make_interval(secs => least(
-                            %(retry_base_s)s * power(2, greatest(j.attempts, 1) - 1), %(retry_max_s)s))
-                        ELSE j.run_after END,
-                   CASE WHEN x.retry THEN NULL ELSE j.worker_id END,
-                   NULL::timestamptz
-              FROM (SELECT u.retryable AND NOT j.cancel_requested AND j.attempts < j.max_attempts AS retry) AS x)
-    FROM input u
-    WHERE j.id = ANY (%(ids)b::text[]) AND j.id = u.id AND j.status IN ('queued', 'running')
-      AND (%(worker_id)s::text IS NULL OR (j.worker_id = %(worker_id)s::text AND j.status = 'running'))
-      AND (u.attempt IS NULL OR (j.attempts = u.attempt AND j.status = 'running'))
-    RETURNING j.*
-), wake AS (
-    SELECT pg_notify('agentd_jobs', 'finished')
-     WHERE EXISTS (SELECT 1 FROM upd)
-       AND CASE WHEN %(wake_any)s
-                THEN EXISTS (SELECT 1 FROM agentd_jobs WHERE status = 'queued')
-                ELSE EXISTS (SELECT 1 FROM upd JOIN agentd_jobs q
-                               ON q.project_id = upd.project_id AND q.status = 'queued')
-           END
-)
-SELECT upd.* FROM upd WHERE (SELECT count(*) FROM wake) >= 0
-UNION ALL
-SELECT * FROM agentd_jobs WHERE id = ANY (%(ids)b::text[]) AND id NOT IN (SELECT id FROM upd);
-
--- name: finish_ended
--- `finish`, and in the same transaction, for each job this statement stored final, its `done` event (`done` in
--- the input: the event's data) appended as the job's run and its stream closed (the run journal, schema 8;
--- agentd_append_fenced). `done_seq` is the event's number; NULL when this statement did not store the job
--- final, or the stream refused it (unknown, closed, taken by a later run): the worker then goes the ordinary
--- way. A client that sees `done` finds the final status: both are in one commit. `events` in the input (schema 9):
--- the run's events not written yet, [type, data] each, appended before `done` (agentd_append_run_end), or not at
--- all when `done` is not.
+-- The run journal (schema 8/9; agentd_append_fenced, agentd_append_run_end) passes `done` in the input: for each
+-- job this statement stored final, that `done` event is appended as the job's run (after `events`, the run's
+-- events not written yet, [type, data] each) and its stream closed, in the same commit: a client that sees
+-- `done` finds the final status. `done_seq` is the event's number; NULL without `done`, when this statement
+-- did not store the job final, or when the stream refused it (unknown, closed, taken by a later run): the
+-- worker then goes the ordinary way. Without `done` (finish_many, finish_and_claim) it only records results.
 -- Records results: `input` is a JSON array of {id, status, result, retryable, error, attempt}, `ids` the same ids
 -- (distinct; as an array they make the planner look jobs up by primary key). A retryable failure with attempts left (and no
 -- cancel request) goes back to the queue after an exponential backoff instead. A final job never changes
