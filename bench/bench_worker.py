@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -127,8 +128,13 @@ async def agentd_round(
             t0 = time.monotonic()
             deadline = t0 + max(120.0, jobs / 10)
             cpu0: tuple[float, float] | None = None  # CPU time and clock when the first job started
+            import psycopg
+
+            # One connection for the progress polls (a connection per poll is a backend fork on the
+            # database's side every 50 ms, charged to agentd's round).
+            watch = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
             while True:
-                started, finished, total = await _progress(dsn)
+                started, finished, total = await _progress(watch)
                 if started and cpu0 is None:
                     cpu0 = (cpu_seconds(worker.pid), time.monotonic())
                 if finished >= total:
@@ -139,6 +145,8 @@ async def agentd_round(
             assert cpu0 is not None
             cpu = cpu_seconds(worker.pid) - cpu0[0]
             wall = time.monotonic() - cpu0[1]
+            pg_cpu = await _backends_cpu(watch)
+            await watch.close()
             if spy is not None:
                 spy.send_signal(2)
                 spy.wait(30)
@@ -146,17 +154,28 @@ async def agentd_round(
             ok, total, span = await drain_figures(dsn)
             if ok != jobs:
                 raise RuntimeError(f"{jobs - ok} of {jobs} jobs did not succeed:\n{worker.tail()}")
-            return {"rate": jobs / span, "cpu": cpu / wall}
+            return {"rate": jobs / span, "cpu": cpu / wall, "pg_cpu_ms_per_job": pg_cpu * 1000 / jobs}
 
 
-async def _progress(dsn: str) -> tuple[int, int, int]:
-    import psycopg
+async def _progress(conn: Any) -> tuple[int, int, int]:
+    cur = await conn.execute("SELECT count(started_at), count(finished_at), count(*) FROM agentd_jobs")
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
 
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cur = await conn.execute("SELECT count(started_at), count(finished_at), count(*) FROM agentd_jobs")
-        row = await cur.fetchone()
-        assert row is not None
-        return int(row[0]), int(row[1]), int(row[2])
+
+async def _backends_cpu(conn: Any) -> float:
+    """CPU seconds used so far by the database's other backends (the worker's connections)."""
+    cur = await conn.execute(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    total = 0.0
+    for (pid,) in await cur.fetchall():
+        try:
+            total += cpu_seconds(int(pid))
+        except OSError:
+            pass
+    return total
 
 
 async def pgqueuer_round(jobs: int) -> float:
@@ -192,6 +211,7 @@ async def main() -> None:
     a = median(anchor)
     r = median([o["rate"] for o in ours])
     cpu = median([o["cpu"] for o in ours])
+    pg_ms = median([o["pg_cpu_ms_per_job"] for o in ours])
     print(cpu_line())
     print(
         "rounds (anchor / agentd jobs/s): "
@@ -211,6 +231,7 @@ async def main() -> None:
                     "≥ 0.25×",
                 ],
                 ["worker CPU while draining", "", f"{cpu * 100:.0f} % of one core", "", ""],
+                ["database CPU per job (the worker's backends)", "", f"{pg_ms:.2f} ms", "", ""],
             ],
         )
     )

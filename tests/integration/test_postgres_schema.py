@@ -86,3 +86,16 @@ def test_query_file_parsing() -> None:
     assert parsed == {"a": "SELECT 1;", "b": "-- doc\nSELECT 2;"}
     with pytest.raises(ValueError, match="defined twice"):
         parse_queries("-- name: a\nSELECT 1;\n-- name: a\nSELECT 2;\n")
+
+
+async def test_the_statements_a_worker_runs_per_batch_keep_their_plans(dsn: str) -> None:
+    """`finish` runs in agentd_finish with a forced generic plan (schema 10): as a prepared statement it was
+    planned again at every call (measured with pg_stat_statements, issue 16), more time than it ran."""
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute(
+            "SELECT proname, proconfig FROM pg_proc WHERE proname IN ('agentd_finish', 'agentd_claim')"
+        )
+        config = {name: list(cfg or []) for name, cfg in await cur.fetchall()}
+    assert "plan_cache_mode=force_generic_plan" in config["agentd_finish"]
+    assert "agentd_finish(" in QUERIES["finish"]
+    assert {"enable_sort=off", "enable_bitmapscan=off"} <= set(config["agentd_claim"])

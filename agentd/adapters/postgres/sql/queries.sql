@@ -79,49 +79,10 @@ RETURNING id;
 -- cancel request) goes back to the queue after an exponential backoff instead. A final job never changes
 -- again: then, and when the job is not `worker_id`'s running job, the current row comes back unchanged.
 -- Wakes idle workers when a queued job may now run: one of the same project, or any when limits are in use.
-WITH input AS (
-    SELECT * FROM jsonb_to_recordset(%(input)s::jsonb)
-        AS u(id text, status text, result jsonb, retryable boolean, error text, attempt integer,
-              done jsonb, events jsonb)
-), upd AS (
-    -- The retry decision reads the row being updated (its newest version, should a cancel request have
-    -- landed meanwhile), hence one multi-column SET from a sub-select.
-    UPDATE agentd_jobs j SET
-        (status, finished_at, result, last_error, run_after, worker_id, lease_expires_at) = (
-            SELECT CASE WHEN x.retry THEN 'queued' ELSE u.status END,
-                   CASE WHEN x.retry THEN NULL ELSE now() END,
-                   CASE WHEN x.retry THEN NULL ELSE u.result END,
-                   CASE WHEN x.retry THEN u.error ELSE j.last_error END,
-                   CASE WHEN x.retry
-                        THEN now() + make_interval(secs => least(
-                            %(retry_base_s)s * power(2, greatest(j.attempts, 1) - 1), %(retry_max_s)s))
-                        ELSE j.run_after END,
-                   CASE WHEN x.retry THEN NULL ELSE j.worker_id END,
-                   NULL::timestamptz
-              FROM (SELECT u.retryable AND NOT j.cancel_requested AND j.attempts < j.max_attempts AS retry) AS x)
-    FROM input u
-    WHERE j.id = ANY (%(ids)b::text[]) AND j.id = u.id AND j.status IN ('queued', 'running')
-      AND (%(worker_id)s::text IS NULL OR (j.worker_id = %(worker_id)s::text AND j.status = 'running'))
-      AND (u.attempt IS NULL OR (j.attempts = u.attempt AND j.status = 'running'))
-    RETURNING j.*
-), wake AS (
-    SELECT pg_notify('agentd_jobs', 'finished')
-     WHERE EXISTS (SELECT 1 FROM upd)
-       AND CASE WHEN %(wake_any)s
-                THEN EXISTS (SELECT 1 FROM agentd_jobs WHERE status = 'queued')
-                ELSE EXISTS (SELECT 1 FROM upd JOIN agentd_jobs q
-                               ON q.project_id = upd.project_id AND q.status = 'queued')
-           END
-), ended AS (
-    SELECT upd.id, agentd_append_run_end(upd.stream_id, upd.attempts, u.events, u.done) AS seq
-      FROM upd JOIN input u ON u.id = upd.id
-     WHERE upd.status NOT IN ('queued', 'running') AND u.done IS NOT NULL
-)
-SELECT upd.*, ended.seq AS done_seq FROM upd LEFT JOIN ended ON ended.id = upd.id
- WHERE (SELECT count(*) FROM wake) >= 0
-UNION ALL
-SELECT *, NULL::integer AS done_seq FROM agentd_jobs
- WHERE id = ANY (%(ids)b::text[]) AND id NOT IN (SELECT id FROM upd);
+-- The statement itself is agentd_finish (schema 10): a function, so that its plan is cached (see there).
+SELECT (f.job).*, f.done_seq
+  FROM agentd_finish(%(input)s::jsonb, %(ids)b::text[], %(worker_id)s::text, %(retry_base_s)s,
+                     %(retry_max_s)s, %(wake_any)s) AS f;
 
 -- name: request_cancel
 -- A queued job ends cancelled at once (ended = true); a running one gets cancel_requested; a final job is
