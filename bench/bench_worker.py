@@ -125,36 +125,39 @@ async def agentd_round(
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
-            t0 = time.monotonic()
-            deadline = t0 + max(120.0, jobs / 10)
-            cpu0: tuple[float, float] | None = None  # CPU time and clock when the first job started
-            import psycopg
-
-            # One connection for the progress polls (a connection per poll is a backend fork on the
-            # database's side every 50 ms, charged to agentd's round).
-            watch = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
-            while True:
-                started, finished, total = await _progress(watch)
-                if started and cpu0 is None:
-                    cpu0 = (cpu_seconds(worker.pid), time.monotonic())
-                if finished >= total:
-                    break
-                if time.monotonic() > deadline or worker.popen.poll() is not None:
-                    raise RuntimeError(f"worker did not drain ({finished}/{total}):\n{worker.tail()}")
-                await asyncio.sleep(0.05)
-            assert cpu0 is not None
-            cpu = cpu_seconds(worker.pid) - cpu0[0]
-            wall = time.monotonic() - cpu0[1]
-            pg_cpu = await _backends_cpu(watch)
-            await watch.close()
+            cpu, wall, pg_cpu = await _drained(dsn, worker, jobs)
             if spy is not None:
                 spy.send_signal(2)
                 spy.wait(30)
             worker.stop()
-            ok, total, span = await drain_figures(dsn)
+            ok, _, span = await drain_figures(dsn)
             if ok != jobs:
                 raise RuntimeError(f"{jobs - ok} of {jobs} jobs did not succeed:\n{worker.tail()}")
             return {"rate": jobs / span, "cpu": cpu / wall, "pg_cpu_ms_per_job": pg_cpu * 1000 / jobs}
+
+
+async def _drained(dsn: str, worker: Proc, jobs: int) -> tuple[float, float, float]:
+    """Wait until every job is final: the worker's CPU seconds and the wall time since the first job started,
+    and the CPU seconds of the worker's database backends."""
+    import psycopg
+
+    deadline = time.monotonic() + max(120.0, jobs / 10)
+    cpu0: tuple[float, float] | None = None  # CPU time and clock when the first job started
+    # One connection for the progress polls (a connection per poll is a backend fork on the database's side
+    # every 50 ms, charged to agentd's round).
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as watch:
+        while True:
+            started, finished, total = await _progress(watch)
+            if started and cpu0 is None:
+                cpu0 = (cpu_seconds(worker.pid), time.monotonic())
+            if finished >= total:
+                break
+            if time.monotonic() > deadline or worker.popen.poll() is not None:
+                raise RuntimeError(f"worker did not drain ({finished}/{total}):\n{worker.tail()}")
+            await asyncio.sleep(0.05)
+        assert cpu0 is not None
+        cpu = cpu_seconds(worker.pid) - cpu0[0]
+        return cpu, time.monotonic() - cpu0[1], await _backends_cpu(watch)
 
 
 async def _progress(conn: Any) -> tuple[int, int, int]:
