@@ -355,7 +355,9 @@ def template_library(settings: Settings) -> DirectoryTemplateLibrary:
 
 
 def git_workspaces(settings: Settings) -> GitWorkspaces:
-    return GitWorkspaces.in_data_dir(settings.data_dir, git=settings.git_bin)
+    return GitWorkspaces.in_data_dir(
+        settings.data_dir, git=settings.git_bin, max_patch_bytes=settings.max_patch_bytes
+    )
 
 
 async def build(

@@ -86,6 +86,7 @@ class Settings(BaseModel):
     # Projects: user templates (folders with a template.toml) beside the shipped ones; the git command.
     templates_dir: Path | None = None
     git_bin: str = "git"
+    max_patch_bytes: int = Field(32 * 1024 * 1024, ge=1)  # a job's patch is kept up to this size
     # Jail agent processes with bubblewrap: auto = when it works, bwrap = required, off = never.
     sandbox: Literal["auto", "bwrap", "off"] = "auto"
 

@@ -47,6 +47,7 @@ log = structlog.get_logger(__name__)
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 NETWORK_TIMEOUT_S = 600.0
 LOCAL_TIMEOUT_S = 300.0
+MAX_PATCH_BYTES = 32 * 1024 * 1024  # a job's patch kept at most (AGENTD_MAX_PATCH_BYTES)
 AUTHOR = {
     "GIT_AUTHOR_NAME": "agentd",
     "GIT_AUTHOR_EMAIL": "agentd@localhost",
@@ -75,14 +76,20 @@ def job_tree_mounts(data_dir: Path, project_id: str) -> tuple[Path, Path]:
 
 class GitWorkspaces(Workspaces):
     @classmethod
-    def in_data_dir(cls, data_dir: Path, *, git: str = "git") -> GitWorkspaces:
+    def in_data_dir(
+        cls, data_dir: Path, *, git: str = "git", max_patch_bytes: int = MAX_PATCH_BYTES
+    ) -> GitWorkspaces:
         """The layout the agent adapters mount (`job_tree_mounts`)."""
-        return cls(data_dir / "git", data_dir / "worktrees", git=git)
+        return cls(data_dir / "git", data_dir / "worktrees", git=git, max_patch_bytes=max_patch_bytes)
 
-    def __init__(self, git_dir: Path, work_dir: Path, *, git: str = "git") -> None:
+    def __init__(
+        self, git_dir: Path, work_dir: Path, *, git: str = "git", max_patch_bytes: int = MAX_PATCH_BYTES
+    ) -> None:
         self.git_dir = git_dir
         self.work_dir = work_dir
         self.git_bin = git
+        # A run may write gigabytes: its patch is read up to this size, never whole (memory, database).
+        self.max_patch_bytes = max_patch_bytes
         self._locks: dict[str, asyncio.Lock] = {}
 
     # --- paths ----------------------------------------------------------------------------------------
@@ -161,16 +168,48 @@ class GitWorkspaces(Workspaces):
             await proc.wait()
             raise
         if proc.returncode != 0:
-            text = err.decode(errors="replace").strip()
-            if secret:
-                text = text.replace(secret, "[redacted]")
-            text = re.sub(r"://[^/@\s]+@", "://", text)  # never echo user information of a URL
-            what = next((a for a in args if not a.startswith("-") and "=" not in a), "git")
-            raise WorkspaceFailed(
-                f"git {what} failed: {text[-1500:] or f'exit code {proc.returncode}'}",
-                retryable=not _NOT_RETRYABLE.search(text) and what in {"fetch", "push", "ls-remote"},
-            )
+            raise _failed(args, proc.returncode or 0, err, secret)
         return out
+
+    async def _git_output_upto(
+        self, *args: str, limit: int, cwd: Path, env: Mapping[str, str]
+    ) -> bytes | None:
+        """A local git command's output, or None as soon as it passes `limit` bytes (git is stopped then)."""
+        argv = [self.git_bin, "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", *args]
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=dict(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        err_read = asyncio.ensure_future(proc.stderr.read())
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(LOCAL_TIMEOUT_S):
+                while chunk := await proc.stdout.read(1 << 16):
+                    size += len(chunk)
+                    if size > limit:
+                        raise _TooLarge
+                    chunks.append(chunk)
+                err = await err_read
+                await proc.wait()
+        except BaseException as e:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 9)
+            await proc.wait()
+            err_read.cancel()
+            await asyncio.gather(err_read, return_exceptions=True)
+            if isinstance(e, _TooLarge):
+                return None
+            raise
+        if proc.returncode != 0:
+            raise _failed(args, proc.returncode or 0, err, None)
+        return b"".join(chunks)
 
     @contextlib.asynccontextmanager
     async def _locked(self, project_id: str) -> AsyncIterator[None]:
@@ -351,10 +390,18 @@ class GitWorkspaces(Workspaces):
     async def changes(self, ws: Workspace) -> Changes:
         env = await self._stage(ws)
         diff = ["diff", "--cached", "--no-ext-diff", "--no-textconv", "-M", ws.base]
-        patch = await self._git(*diff[:-1], "--binary", ws.base, env=env, cwd=ws.path)
         numstat = await self._git(*diff[:-1], "--numstat", "-z", ws.base, env=env, cwd=ws.path)
         status = await self._git(*diff[:-1], "--name-status", "-z", ws.base, env=env, cwd=ws.path)
-        return Changes(files=_changed_files(status, numstat), patch=patch)
+        patch = await self._git_output_upto(
+            *diff[:-1], "--binary", ws.base, limit=self.max_patch_bytes, env=env, cwd=ws.path
+        )
+        if patch is None:
+            log.warning("workspace.patch_too_large", project_id=ws.project_id, limit=self.max_patch_bytes)
+        return Changes(
+            files=_changed_files(status, numstat),
+            patch=patch,
+            patch_limit=self.max_patch_bytes if patch is None else None,
+        )
 
     async def push(
         self, project: Project, ws: Workspace, branch: str, message: str, *, token: str | None
@@ -393,6 +440,22 @@ class GitWorkspaces(Workspaces):
     async def forget(self, project_id: str) -> None:
         async with self._locked(project_id):
             await asyncio.to_thread(_rm, self._mirror(project_id))
+
+
+class _TooLarge(Exception):
+    """A command's output passed its limit."""
+
+
+def _failed(args: tuple[str, ...], returncode: int, err: bytes, secret: str | None) -> WorkspaceFailed:
+    text = err.decode(errors="replace").strip()
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    text = re.sub(r"://[^/@\s]+@", "://", text)  # never echo user information of a URL
+    what = next((a for a in args if not a.startswith("-") and "=" not in a), "git")
+    return WorkspaceFailed(
+        f"git {what} failed: {text[-1500:] or f'exit code {returncode}'}",
+        retryable=not _NOT_RETRYABLE.search(text) and what in {"fetch", "push", "ls-remote"},
+    )
 
 
 def _rm(p: Path) -> None:

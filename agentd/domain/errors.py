@@ -245,6 +245,12 @@ class PatchNotFound(AgentdError):
     code = "patch_not_found"
 
 
+class PatchTooLarge(PatchNotFound):
+    """This job's patch was larger than AGENTD_MAX_PATCH_BYTES: it was not kept."""
+
+    code = "patch_too_large"
+
+
 class WorkspaceFailed(AgentdError):
     """The job's git workspace could not be prepared or recorded."""
 

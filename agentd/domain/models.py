@@ -300,6 +300,7 @@ class AgentResult(BaseModel):
     retryable: bool = False
     changed_files: list[ChangedFile] | None = None  # runs in a git workspace: what the run changed
     push: PushResult | None = None
+    patch_omitted: str | None = None  # why the run's patch was not kept (larger than the limit)
 
     @classmethod
     def ended(
@@ -443,6 +444,7 @@ class DoneEvent(_Event):
     error: str | None = None
     changed_files: list[ChangedFile] | None = None
     push: PushResult | None = None
+    patch_omitted: str | None = None
 
     def data(self) -> dict[str, Any]:
         return _without_git_fields(super().data())
@@ -456,8 +458,9 @@ class DoneEvent(_Event):
 
 
 def _without_git_fields(d: dict[str, Any]) -> dict[str, Any]:
-    """Runs outside a git workspace keep the shape they always had: no `changed_files`, no `push`."""
-    for k in ("changed_files", "push"):
+    """Runs outside a git workspace keep the shape they always had: no `changed_files`, no `push` (nor
+    `patch_omitted`, there only when a patch was too large to keep)."""
+    for k in ("changed_files", "push", "patch_omitted"):
         if d.get(k) is None:
             d.pop(k, None)
     return d

@@ -26,7 +26,10 @@ class Workspace:
 @dataclass(frozen=True)
 class Changes:
     files: list[ChangedFile]
-    patch: bytes  # `git diff --binary` against the base commit; applies with `git apply`
+    # `git diff --binary` against the base commit (applies with `git apply`); None when it is larger than
+    # `patch_limit` bytes: then it is not kept (a run may write gigabytes).
+    patch: bytes | None
+    patch_limit: int | None = None
 
 
 class Workspaces(Protocol):

@@ -67,13 +67,19 @@ class GitRun:
         """Keep the patch with the job; with `push`, commit and push a succeeded run's changes."""
         try:
             changes = await self.owner.workspaces.changes(self.workspace)
-            await self.owner.projects.put_patch(job.project_id, job.id, changes.patch)
+            if changes.patch is not None:
+                await self.owner.projects.put_patch(job.project_id, job.id, changes.patch)
         except WorkspaceFailed as e:
             log.error("workspace.record_failed", error=e.message)
             return result.model_copy(
                 update={"status": "failed", "error": f"could not record the changes: {e.message}"}
             )
         update: dict[str, object] = {"changed_files": changes.files}
+        if changes.patch is None:  # too large to keep: the run's result stands, `changed_files` says what
+            update["patch_omitted"] = (
+                f"the patch is larger than {changes.patch_limit} bytes (AGENTD_MAX_PATCH_BYTES): not kept; "
+                "`changed_files` lists what changed"
+            )
         push = job.request.push
         if push is not None and result.status == "succeeded" and changes.files:
             branch = push.branch_for(job.id)

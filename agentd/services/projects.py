@@ -11,6 +11,7 @@ import structlog
 from agentd.domain.errors import (
     InvalidProject,
     PatchNotFound,
+    PatchTooLarge,
     ProjectInUse,
     ProjectNotFound,
     SecretsUnavailable,
@@ -121,6 +122,8 @@ class ProjectService:
         job = await self.queue.get(validate_project_id(project_id), job_id)  # JobNotFound
         patch = await self.store.get_patch(project_id, job_id)
         if patch is None:
+            if job.result is not None and job.result.patch_omitted:
+                raise PatchTooLarge(f"job {job_id}: {job.result.patch_omitted}")
             if not job.status.is_final:
                 raise PatchNotFound(f"job {job_id} is {job.status.value}: its patch is recorded when it ends")
             raise PatchNotFound(

@@ -104,7 +104,7 @@ async def test_changes_cover_edits_new_deleted_renamed_and_binary_files_and_the_
         "blob.dat",
         "committed.txt",
     }
-    assert b"GIT binary patch" in changes.patch
+    assert changes.patch is not None and b"GIT binary patch" in changes.patch
     # The patch applies to a fresh checkout of the base and gives the same files, binaries included.
     copy = checkout(remote, ws.base, tmp_path / "copy")
     git("apply", "--index", "-", cwd=copy, stdin=changes.patch)
@@ -119,6 +119,22 @@ async def test_no_changes_give_an_empty_patch(remote: Path, workspaces: GitWorks
     ws = await workspaces.prepare(project(remote.as_uri()), "job-1", None, token=None)
     changes = await workspaces.changes(ws)
     assert changes.files == [] and changes.patch == b""
+
+
+async def test_a_patch_over_the_limit_is_not_read_whole_but_the_changed_files_are_listed(
+    remote: Path, tmp_path: Path
+) -> None:
+    small = GitWorkspaces(tmp_path / "data" / "git", tmp_path / "data" / "worktrees", max_patch_bytes=4096)
+    ws = await small.prepare(project(remote.as_uri()), "job-big", None, token=None)
+    (ws.path / "big.txt").write_text("".join(f"line {i}\n" for i in range(50_000)))  # ~540 KB of patch
+    (ws.path / "small.txt").write_text("small\n")
+    changes = await small.changes(ws)
+    assert changes.patch is None and changes.patch_limit == 4096
+    assert {f.path: f.added for f in changes.files} == {"big.txt": 50_000, "small.txt": 1}
+    (ws.path / "big.txt").unlink()  # under the limit again: the patch is there
+    changes = await small.changes(ws)
+    assert changes.patch is not None and b"small.txt" in changes.patch and changes.patch_limit is None
+    await small.remove(ws)
 
 
 async def test_agentd_never_runs_what_the_agent_configured_in_its_tree(
@@ -166,7 +182,7 @@ async def test_concurrent_jobs_of_one_project_get_their_own_trees(
     changes = await asyncio.gather(*(workspaces.changes(ws) for ws in trees))
     for i, c in enumerate(changes):
         assert [f.path for f in c.files] == ["README.md"]
-        assert f"+# job {i}".encode() in c.patch
+        assert c.patch is not None and f"+# job {i}".encode() in c.patch
 
 
 async def test_a_mirror_folder_made_ahead_by_an_adapter_is_finished_not_refused(

@@ -194,6 +194,24 @@ async def test_a_failed_run_keeps_its_patch_but_pushes_nothing(srv: RunningAgent
     assert git("branch", "--list", "agentd/*", cwd=remote) == ""
 
 
+async def test_a_patch_over_the_limit_is_not_kept_and_the_job_says_why(
+    agentd_factory: Any, agent: ScriptedCodeAgent, remote: Path
+) -> None:
+    srv: RunningAgentd = await agentd_factory([agent], workers=1, max_patch_bytes=2048)
+    await srv.client.put_project("demo", git={"url": remote.as_uri()})
+    done, job = await run(srv, "demo", edit(write={"big.txt": "x" * 100 + "\n" * 5000}))
+    assert done["status"] == "succeeded" and [f["path"] for f in done["changed_files"]] == ["big.txt"]
+    assert "AGENTD_MAX_PATCH_BYTES" in done["patch_omitted"] and "2048 bytes" in done["patch_omitted"]
+    assert job["result"]["patch_omitted"] == done["patch_omitted"]
+    status, err, _ = await call(srv, "GET", f"/projects/demo/jobs/{job['job_id']}/patch")
+    assert status == 404 and err["error"] == "patch_too_large"
+    assert "AGENTD_MAX_PATCH_BYTES" in err["message"] and job["job_id"] in err["message"]
+    done, job = await run(srv, "demo", edit(write={"small.txt": "ok\n"}))  # a small one is kept as ever
+    assert "patch_omitted" not in done and "patch_omitted" not in job["result"]
+    status, patch, _ = await call(srv, "GET", f"/projects/demo/jobs/{job['job_id']}/patch")
+    assert status == 200 and b"small.txt" in patch
+
+
 def overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
     start = max(datetime.fromisoformat(a["started_at"]), datetime.fromisoformat(b["started_at"]))
     end = min(datetime.fromisoformat(a["finished_at"]), datetime.fromisoformat(b["finished_at"]))
