@@ -428,14 +428,32 @@ class GitWorkspaces(Workspaces):
         return PushResult(branch=branch, commit=commit)
 
     async def remove(self, ws: Workspace) -> None:
-        for p in (ws.path, self._index(ws.project_id, ws.job_id)):
+        await self.remove_tree(ws.project_id, ws.job_id)
+
+    async def trees(self) -> list[tuple[str, str]]:
+        def walk() -> list[tuple[str, str]]:
+            if not self.work_dir.is_dir():
+                return []
+            return sorted(
+                (project.name, tree.name)
+                for project in self.work_dir.iterdir()
+                if project.is_dir() and not project.is_symlink()
+                for tree in project.iterdir()
+                if tree.is_dir() and not tree.is_symlink()
+            )
+
+        return await asyncio.to_thread(walk)
+
+    async def remove_tree(self, project_id: str, job_id: str) -> None:
+        for p in (self.work_dir / project_id / job_id, self._index(project_id, job_id)):
             try:
                 await asyncio.to_thread(_rm, p)
             except OSError as e:  # never fail a job over its clean-up; the next attempt retries it
                 log.warning("workspace.remove_failed", path=str(p), error=str(e))
-        mirror = self._mirror(ws.project_id)
-        with contextlib.suppress(WorkspaceFailed):
-            await self._git("update-ref", "-d", f"refs/agentd/jobs/{ws.job_id}", cwd=mirror)
+        mirror = self._mirror(project_id)
+        if (mirror / "HEAD").exists():
+            with contextlib.suppress(WorkspaceFailed):
+                await self._git("update-ref", "-d", f"refs/agentd/jobs/{job_id}", cwd=mirror)
 
     async def forget(self, project_id: str) -> None:
         async with self._locked(project_id):
@@ -463,8 +481,10 @@ def _rm(p: Path) -> None:
         # A run may leave read-only folders behind: make them writable so they can be deleted.
         for root, dirs, _ in os.walk(p):
             for d in dirs:
-                with contextlib.suppress(OSError):
-                    os.chmod(os.path.join(root, d), 0o700)
+                path = os.path.join(root, d)
+                if not os.path.islink(path):  # a run's link to a folder elsewhere is removed, never chmod-ed
+                    with contextlib.suppress(OSError):
+                        os.chmod(path, 0o700)
         shutil.rmtree(p, ignore_errors=False)
     elif p.exists() or p.is_symlink():
         p.unlink()

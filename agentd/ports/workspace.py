@@ -68,6 +68,17 @@ class Workspaces(Protocol):
         ...
 
     @abstractmethod
+    async def trees(self) -> list[tuple[str, str]]:
+        """(project id, job id) of every job working tree there is: those of running jobs, and those left
+        by a worker that died before it could remove them."""
+        ...
+
+    @abstractmethod
+    async def remove_tree(self, project_id: str, job_id: str) -> None:
+        """Delete a job's working tree and what agentd kept beside it for the job (never raises)."""
+        ...
+
+    @abstractmethod
     async def forget(self, project_id: str) -> None:
         """Delete everything kept for a project (its mirror, its local repository)."""
         ...

@@ -6,17 +6,18 @@ Jobs of projects that were never created, or that have no repository, run as bef
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
-from agentd.domain.errors import WorkspaceFailed
+from agentd.domain.errors import JobNotFound, WorkspaceFailed
 from agentd.domain.models import AgentResult, Job
 from agentd.domain.projects import Project
 from agentd.ports.project_store import ProjectStore
 from agentd.ports.secret_store import SecretStore
+from agentd.ports.work_queue import WorkQueue
 from agentd.ports.workspace import Workspace, Workspaces
 from agentd.services.projects import git_token
 
@@ -40,6 +41,27 @@ class GitRuns:
         token = await git_token(self.secrets, project)
         ws = await self.workspaces.prepare(project, job.id, job.request.ref, token=token)
         return GitRun(self, project, ws, token)
+
+    async def sweep(self, queue: WorkQueue, busy: Collection[str]) -> int:
+        """Remove the working trees that runs left behind (their worker was killed before it could), and
+        return how many. A tree is removed once its job is final or gone (purged); the trees of jobs in
+        `busy` (running here) or running elsewhere (a worker sharing this data dir) stay, and so do those
+        of queued jobs: the next attempt starts its tree afresh, and may be starting it right now."""
+        removed = 0
+        for project_id, job_id in await self.workspaces.trees():
+            if job_id in busy:
+                continue
+            try:
+                job = await queue.get(project_id, job_id)
+            except JobNotFound:
+                pass
+            else:
+                if not job.status.is_final:
+                    continue
+            await self.workspaces.remove_tree(project_id, job_id)
+            log.info("workspace.swept", project_id=project_id, job_id=job_id)
+            removed += 1
+        return removed
 
 
 @dataclass

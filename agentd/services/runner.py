@@ -1039,8 +1039,9 @@ class Runner:
 
     async def _housekeeping(self) -> None:
         """Sweep expired leases (jobs whose worker died anywhere in the fleet), prune old streams, purge
-        finished jobs past their retention."""
+        finished jobs past their retention, remove working trees left by killed workers (at start too)."""
         last_prune = time.monotonic()
+        await self._sweep_trees()
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.sweep_s)
@@ -1061,10 +1062,25 @@ class Runner:
                     if n:
                         log.info("streams.pruned", count=n)
                     await self._purge()
+                    await self._sweep_trees()
             except AgentdError as e:
                 log.error("housekeeping.failed", error=str(e))
             except Exception:
                 log.exception("housekeeping.crashed")
+
+    async def _sweep_trees(self) -> None:
+        if self.git_runs is None:
+            return
+        try:
+            n = await self.git_runs.sweep(self.queue, busy=set(self._active) | self._holding)
+        except AgentdError as e:  # storage down: next time
+            log.error("workspace.sweep_failed", error=str(e))
+            return
+        except Exception:  # a bug must not stop the housekeeping
+            log.exception("workspace.sweep_crashed")
+            return
+        if n:
+            log.info("workspaces.swept", count=n)
 
     async def _purge(self) -> None:
         """Finished jobs (and their idempotency keys) past AGENTD_JOB_RETENTION_S, in bounded batches."""

@@ -212,6 +212,19 @@ async def test_a_patch_over_the_limit_is_not_kept_and_the_job_says_why(
     assert status == 200 and b"small.txt" in patch
 
 
+async def test_a_tree_left_by_a_killed_worker_is_swept_once_its_job_is_over(
+    srv: RunningAgentd, remote: Path
+) -> None:
+    await srv.client.put_project("demo", git={"url": remote.as_uri()})
+    _, job = await run(srv, "demo", edit(write={"a.txt": "a\n"}))
+    left = srv.settings.data_dir / "worktrees" / "demo" / job["job_id"]  # as a kill -9 mid-job leaves it
+    (left / "src").mkdir(parents=True)
+    (left / "src" / "big.bin").write_bytes(b"\0" * 1024)
+    assert srv.container.runner is not None
+    await srv.container.runner._sweep_trees()  # what its housekeeping runs at start and every prune
+    assert not left.exists()
+
+
 def overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
     start = max(datetime.fromisoformat(a["started_at"]), datetime.fromisoformat(b["started_at"]))
     end = min(datetime.fromisoformat(a["finished_at"]), datetime.fromisoformat(b["finished_at"]))
