@@ -84,7 +84,7 @@ def test_dockerfile_promises() -> None:
     assert all(image == "python:3.11-slim-bookworm" for image, _ in stages)
     final = text[text.rindex("\nFROM ") :]
     setup = (ROOT / "scripts" / "setup").read_text()
-    for var in ("CLAUDE_VERSION", "OPENCODE_VERSION"):
+    for var in ("CLAUDE_VERSION", "OPENCODE_VERSION", "CODEX_VERSION"):
         pinned = re.search(rf"^{var}=(\S+)$", setup, flags=re.M)
         assert pinned, var
         assert f"ARG {var}={pinned[1]}" in text, f"the image pins {var} as scripts/setup does"
@@ -92,6 +92,8 @@ def test_dockerfile_promises() -> None:
     assert re.search(r"apt-get install [^\n]*\btini bubblewrap\b", final)
     user = re.findall(r"^USER (\S+)$", final, flags=re.M)
     assert user and user[-1].split(":")[0].isdigit() and user[-1].split(":")[0] != "0", "numeric non-root"
+    for cli in ("claude", "opencode", "codex"):  # every provider's CLI is in the image, checked at build
+        assert re.search(rf"&& {cli} --version", final), cli
     assert 'ENTRYPOINT ["tini", "--", "agentd"]' in final
     assert 'CMD ["serve"]' in final
     assert re.search(r"^HEALTHCHECK .*\n?.*/healthz", final, flags=re.M)
