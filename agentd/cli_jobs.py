@@ -185,9 +185,16 @@ async def _submit(client: AgentdClient, args: argparse.Namespace) -> int:
 
 
 async def _save_patch(client: AgentdClient, project: str, job_id: str, path: str) -> None:
-    """Write the job's patch to `path` (empty when the job has none, so CI steps can test `-s`)."""
+    """Write the job's patch to `path` (empty when the job has none, so CI steps can test `-s`; not written
+    at all when it was too large to keep: there were changes)."""
     try:
         patch = await client.patch(project, job_id)
+    except ApiError as e:
+        if e.code == "patch_too_large":  # there were changes: an empty file would say there were none
+            print(f"agentd: patch not kept, {path} not written: {e.message}", file=sys.stderr)
+            return
+        print(f"agentd: no patch: {e.message}", file=sys.stderr)
+        patch = b""
     except AgentdClientError as e:
         print(f"agentd: no patch: {e.message}", file=sys.stderr)
         patch = b""

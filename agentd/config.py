@@ -86,7 +86,8 @@ class Settings(BaseModel):
     # Projects: user templates (folders with a template.toml) beside the shipped ones; the git command.
     templates_dir: Path | None = None
     git_bin: str = "git"
-    max_patch_bytes: int = Field(32 * 1024 * 1024, ge=1)  # a job's patch is kept up to this size
+    # A job's patch is kept up to this size (a larger one is not read whole, nor stored).
+    max_patch_bytes: int = Field(32 * 1024 * 1024, ge=1, le=512 * 1024 * 1024)
     # Jail agent processes with bubblewrap: auto = when it works, bwrap = required, off = never.
     sandbox: Literal["auto", "bwrap", "off"] = "auto"
 

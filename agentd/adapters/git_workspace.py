@@ -201,11 +201,18 @@ class GitWorkspaces(Workspaces):
         except BaseException as e:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, 9)
-            await proc.wait()
             err_read.cancel()
             await asyncio.gather(err_read, return_exceptions=True)
+            # Drain what git wrote before it died: the process is only waited for once its pipes close.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(10):
+                    while await proc.stdout.read(1 << 16):
+                        pass
+                    await proc.wait()
             if isinstance(e, _TooLarge):
                 return None
+            if isinstance(e, TimeoutError):
+                raise WorkspaceFailed(f"git {args[0]} took longer than {LOCAL_TIMEOUT_S:g} s") from None
             raise
         if proc.returncode != 0:
             raise _failed(args, proc.returncode or 0, err, None)
@@ -432,19 +439,26 @@ class GitWorkspaces(Workspaces):
 
     async def trees(self) -> list[tuple[str, str]]:
         def walk() -> list[tuple[str, str]]:
-            if not self.work_dir.is_dir():
+            found: list[tuple[str, str]] = []
+            try:
+                projects = [p for p in self.work_dir.iterdir() if p.is_dir() and not p.is_symlink()]
+            except OSError:  # no trees yet
                 return []
-            return sorted(
-                (project.name, tree.name)
-                for project in self.work_dir.iterdir()
-                if project.is_dir() and not project.is_symlink()
-                for tree in project.iterdir()
-                if tree.is_dir() and not tree.is_symlink()
-            )
+            for project in projects:
+                try:  # one unreadable folder (a run can chmod its project's) must not stop the others
+                    found += [
+                        (project.name, t.name) for t in project.iterdir() if t.is_dir() and not t.is_symlink()
+                    ]
+                except OSError as e:
+                    log.warning("workspace.unreadable", path=str(project), error=str(e))
+            return sorted(found)
 
         return await asyncio.to_thread(walk)
 
     async def remove_tree(self, project_id: str, job_id: str) -> None:
+        if not all(_one_name(x) for x in (project_id, job_id)):
+            log.warning("workspace.remove_refused", project_id=project_id, job_id=job_id)
+            return
         for p in (self.work_dir / project_id / job_id, self._index(project_id, job_id)):
             try:
                 await asyncio.to_thread(_rm, p)
@@ -452,12 +466,17 @@ class GitWorkspaces(Workspaces):
                 log.warning("workspace.remove_failed", path=str(p), error=str(e))
         mirror = self._mirror(project_id)
         if (mirror / "HEAD").exists():
-            with contextlib.suppress(WorkspaceFailed):
+            with contextlib.suppress(WorkspaceFailed, OSError):  # OSError: the project was just forgotten
                 await self._git("update-ref", "-d", f"refs/agentd/jobs/{job_id}", cwd=mirror)
 
     async def forget(self, project_id: str) -> None:
         async with self._locked(project_id):
             await asyncio.to_thread(_rm, self._mirror(project_id))
+
+
+def _one_name(name: str) -> bool:
+    """A single path component (a project or job id as a folder name)."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
 
 
 class _TooLarge(Exception):
@@ -481,10 +500,14 @@ def _rm(p: Path) -> None:
         # A run may leave read-only folders behind: make them writable so they can be deleted.
         for root, dirs, _ in os.walk(p):
             for d in dirs:
-                path = os.path.join(root, d)
-                if not os.path.islink(path):  # a run's link to a folder elsewhere is removed, never chmod-ed
-                    with contextlib.suppress(OSError):
-                        os.chmod(path, 0o700)
+                # Never through a symlink (a run's link to a folder elsewhere, or one swapped in meanwhile):
+                # the folder itself is opened without following links, then made writable.
+                with contextlib.suppress(OSError):
+                    fd = os.open(os.path.join(root, d), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                    try:
+                        os.fchmod(fd, 0o700)
+                    finally:
+                        os.close(fd)
         shutil.rmtree(p, ignore_errors=False)
     elif p.exists() or p.is_symlink():
         p.unlink()

@@ -120,10 +120,10 @@ class ProjectService:
 
     async def patch(self, project_id: str, job_id: str) -> bytes:
         job = await self.queue.get(validate_project_id(project_id), job_id)  # JobNotFound
+        if job.result is not None and job.result.patch_omitted:  # before the store: an earlier attempt's
+            raise PatchTooLarge(f"job {job_id}: {job.result.patch_omitted}")  # patch may still be there
         patch = await self.store.get_patch(project_id, job_id)
         if patch is None:
-            if job.result is not None and job.result.patch_omitted:
-                raise PatchTooLarge(f"job {job_id}: {job.result.patch_omitted}")
             if not job.status.is_final:
                 raise PatchNotFound(f"job {job_id} is {job.status.value}: its patch is recorded when it ends")
             raise PatchNotFound(

@@ -142,6 +142,7 @@ class _Deferred:
 # A result on its way to storage: job id, result, attempt, the run's events not stored yet, who waits for it.
 _Finishing = tuple[str, AgentResult, int, list[AgentEvent], asyncio.Future[tuple[Job, bool]]]
 CLAIMS_IN_FLIGHT = 2  # a worker process's claims on their way at once (each for slots no other one may fill)
+RESULTS_WAIT_S = 0.5  # results held back while a claim is on its way, at most (its lease is not renewed)
 OUTBOX_WINDOW = 8  # a run's events on their way to storage, at most, before its agent's output waits
 
 
@@ -265,6 +266,8 @@ class Runner:
         ] = []
         self._finisher: asyncio.Task[None] | None = None
         self._claims_out: set[asyncio.Task[int]] = set()  # claims on their way (`_dispatch`)
+        self._results_overdue: asyncio.TimerHandle | None = None  # sends held-back results (RESULTS_WAIT_S)
+        self._tree_sweep: asyncio.Task[None] | None = None
         self._slot_free = asyncio.Event()
         # Jobs holding one of the `workers` slots: from their claim until their run (the agent) has ended.
         # Recording the result and ending the stream go on after that, while the slot already runs the next.
@@ -385,7 +388,8 @@ class Runner:
         storing a slot's result with the claim for that slot (one commit for both) was measured slower on
         PostgreSQL (issue 16): the claim then waits for the results' statement, and the worker's CPU for
         those results no longer overlaps the claim's round trip. Nor do they go out beside a claim: they
-        wait for it to return (at most one round trip), then go ahead of the jobs it brought."""
+        wait for it to return (a round trip or two; RESULTS_WAIT_S at most), then go ahead of the jobs it
+        brought."""
         claims: dict[asyncio.Task[int], int] = {}  # claims in flight → the slots each may fill
         # The claims and the waits for work share one context: `wait_for_work` knows of the wake-ups that
         # came since the latest claim started looking (agentd.adapters.queue_policy.WakeUps).
@@ -907,6 +911,10 @@ class Runner:
         self._flush_soon(after_claim=False)
         return await done
 
+    def _flush_overdue(self) -> None:
+        self._results_overdue = None
+        self._flush_soon(after_claim=True)
+
     def _flush_soon(self, *, after_claim: bool) -> None:
         """Send the waiting results unless a write of results is on its way (they follow it)."""
         if self._to_finish and (self._finisher is None or self._finisher.done()):
@@ -922,8 +930,18 @@ class Runner:
         here, one step after `_finish`: by then a slot freed by the same run has had its claim sent."""
         while self._to_finish:
             if not after_claim and any(not t.done() for t in self._claims_out):
-                return  # the claim's return sends them (`_claim_into_slots`, `_claim_done`)
+                # The claim's return sends them (`_claim_into_slots`, `_claim_done`); a claim that takes
+                # long (a busy pool, a lock) holds them RESULTS_WAIT_S at most: their jobs' leases are not
+                # renewed meanwhile.
+                if self._results_overdue is None:
+                    self._results_overdue = asyncio.get_running_loop().call_later(
+                        RESULTS_WAIT_S, self._flush_overdue
+                    )
+                return
             after_claim = False
+            if self._results_overdue is not None:
+                self._results_overdue.cancel()
+                self._results_overdue = None
             batch, self._to_finish = self._to_finish, []
             by_worker: dict[str, list[_Finishing]] = {}
             for job_id, result, worker_id, attempt, tail, fut in batch:
@@ -1041,7 +1059,7 @@ class Runner:
         """Sweep expired leases (jobs whose worker died anywhere in the fleet), prune old streams, purge
         finished jobs past their retention, remove working trees left by killed workers (at start too)."""
         last_prune = time.monotonic()
-        await self._sweep_trees()
+        self._sweep_trees_soon()
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.sweep_s)
@@ -1062,11 +1080,24 @@ class Runner:
                     if n:
                         log.info("streams.pruned", count=n)
                     await self._purge()
-                    await self._sweep_trees()
+                    self._sweep_trees_soon()
             except AgentdError as e:
                 log.error("housekeeping.failed", error=str(e))
             except Exception:
                 log.exception("housekeeping.crashed")
+
+    def _sweep_trees_soon(self) -> None:
+        """Sweep left-behind trees in a task of its own (removing big trees takes a while: the lease sweep
+        must not wait for it), one sweep at a time."""
+        if self.git_runs is None or (self._tree_sweep is not None and not self._tree_sweep.done()):
+            return
+        self._tree_sweep = asyncio.create_task(self._sweep_trees())
+        self._tasks.append(self._tree_sweep)
+        self._tree_sweep.add_done_callback(self._forget_task)
+
+    def _forget_task(self, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
 
     async def _sweep_trees(self) -> None:
         if self.git_runs is None:

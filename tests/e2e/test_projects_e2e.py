@@ -87,6 +87,33 @@ def test_a_pipeline_creates_a_project_runs_a_job_on_a_ref_and_applies_its_patch(
     assert srv.stop() == 0
 
 
+def test_a_patch_too_large_to_keep_is_not_written_as_an_empty_file(
+    serve: Any,  # noqa: F811 - the fixture of tests/e2e/test_cli.py
+    tmp_path: Path,
+) -> None:
+    remote = make_remote(tmp_path / "remotes")
+    srv = serve(AGENTD_PROVIDERS="scripted", AGENTD_MAX_PATCH_BYTES="1024")
+    assert agentd(srv, "projects", "create", "demo", "--git-url", remote.as_uri()).returncode == 0
+    patch_file = tmp_path / "agentd.patch"
+    script = {"write": {"big.txt": "".join(f"line {i}\n" for i in range(2000))}}
+    job = agentd(
+        srv,
+        "submit",
+        "--project",
+        "demo",
+        "--follow",
+        "--patch",
+        str(patch_file),
+        "edit:" + json.dumps(script),
+    )
+    assert job.returncode == 0, job.stderr  # the run succeeded; only its patch was not kept
+    done = [json.loads(ln)["data"] for ln in job.stdout.splitlines() if '"event":"done"' in ln][-1]
+    assert done["changed_files"][0]["path"] == "big.txt" and "1024 bytes" in done["patch_omitted"]
+    assert "patch not kept" in job.stderr and "AGENTD_MAX_PATCH_BYTES" in job.stderr
+    assert not patch_file.exists()  # an empty file would tell a CI step there were no changes
+    assert srv.stop() == 0
+
+
 async def test_the_real_claude_cli_edits_the_jobs_working_tree(
     agentd_factory: Any, tmp_path: Path, claude_bin: str
 ) -> None:

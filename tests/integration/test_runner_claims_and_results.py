@@ -15,7 +15,7 @@ from agentd.domain.models import AgentRequest, AgentResult, Job, JobStatus
 from agentd.ports.work_queue import Limits
 from agentd.services.jobs import JobService
 from agentd.services.registry import ProviderRegistry
-from agentd.services.runner import Runner
+from agentd.services.runner import RESULTS_WAIT_S, Runner
 
 
 class SlowClaims(SqliteWorkQueue):
@@ -78,3 +78,28 @@ async def test_results_wait_for_the_claim_on_its_way_and_then_go_at_once(tmp_pat
     # No batch of results went out beside a claim. (Before, each went out with the claim its run's end
     # had just sent: `claims on their way` was 1 for nearly every batch.)
     assert [out for out, _ in queue.finishes] == [0] * len(queue.finishes)
+
+
+async def test_a_slow_claim_holds_results_back_half_a_second_at_most(tmp_path: Path) -> None:
+    """Their jobs' leases are not renewed while results wait: a claim that takes long (a busy pool, a lock)
+    does not keep them (RESULTS_WAIT_S)."""
+    db = SqliteDatabase(tmp_path / "queue.sqlite3")
+    queue, streams = SlowClaims(db, claim_s=3 * RESULTS_WAIT_S), SqliteEventStream(db, poll_s=0.05)
+    registry = ProviderRegistry()
+    registry.register(ScriptedCodeAgent())
+    runner = Runner(queue, streams, registry, workers=1, poll_s=5.0, heartbeat_s=5.0)
+    service = JobService(queue, streams, registry, runner)
+    jobs = [(await service.submit(AgentRequest(project_id=f"p{i}", prompt="hi")))[0] for i in range(2)]
+    await runner.start()
+    try:
+        async with asyncio.timeout(20):
+            while True:
+                if (await queue.get(jobs[0].project_id, jobs[0].id)).status.is_final:
+                    break
+                await asyncio.sleep(0.01)
+    finally:
+        await runner.stop(1)
+        await streams.close()
+        await queue.close()
+    # The first result went while the claim after its run was on its way (that takes three times the wait).
+    assert queue.finishes[0] == (1, 1)
