@@ -18,7 +18,8 @@ def agent(tmp_path: Path, **kw: object) -> CodexAgent:
         "AGENTD_MASTER_KEY": "never",
         "AWS_SECRET_ACCESS_KEY": "never",
     }
-    return CodexAgent(CodexConfig(data_dir=tmp_path, binary="/usr/bin/true", environ=environ, **kw))  # type: ignore[arg-type]
+    kw.setdefault("binary", "/usr/bin/true")
+    return CodexAgent(CodexConfig(data_dir=tmp_path, environ=environ, **kw))  # type: ignore[arg-type]
 
 
 def test_exec_argv_prompt_on_stdin_and_resume(tmp_path: Path) -> None:
@@ -99,3 +100,18 @@ def test_the_jail_mounts_the_install_once(tmp_path: Path) -> None:
     assert jail.workspace == tmp_path / "data" / "workspaces" / "proj"
     assert jail.home == tmp_path / "data" / "homes" / "codex" / "proj"
     assert jail.ro_paths == (nm,)
+
+
+def test_the_ripgrep_beside_a_native_binary_reached_through_a_symlink(tmp_path: Path) -> None:
+    """The Docker image's layout: /usr/local/bin/codex -> /usr/local/lib/codex/bin/codex, with codex-path/rg
+    beside bin/: PATH gets the real folder, not one beside the link."""
+    lib = tmp_path / "lib" / "codex"
+    (lib / "bin").mkdir(parents=True)
+    (lib / "codex-path").mkdir()
+    native = lib / "bin" / "codex"
+    native.write_text("#!/bin/sh\n")
+    native.chmod(0o755)
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "codex").symlink_to(native)
+    a = agent(tmp_path, binary=str(tmp_path / "bin" / "codex"))
+    assert a.build_env("proj")["PATH"].split(os.pathsep)[-1] == str(lib / "codex-path")

@@ -153,7 +153,7 @@ class CodexAgent(CodeAgent):
     def build_env(self, project_id: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         cfg = self.config
         env = ap.pick_env(cfg.environ, names=PASS_NAMES, prefixes=PASS_PREFIXES)
-        rg = Path(self.binary()).parent.parent / "codex-path"  # the ripgrep Codex ships
+        rg = Path(self.binary()).resolve().parent.parent / "codex-path"  # the ripgrep Codex ships
         if rg.is_dir():
             env["PATH"] = f"{env['PATH']}{os.pathsep}{rg}"
         env.update(HOME=str(cfg.home(project_id)), CODEX_HOME=str(cfg.codex_home(project_id)))
