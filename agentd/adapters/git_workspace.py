@@ -149,16 +149,7 @@ class GitWorkspaces(Workspaces):
         timeout: float = LOCAL_TIMEOUT_S,
         secret: str | None = None,
     ) -> bytes:
-        argv = [self.git_bin, "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", *args]
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=cwd,
-            env=dict(env) if env is not None else self._env(),
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
+        proc = await self._spawn(args, cwd, env if env is not None else self._env(), stdin=stdin is not None)
         try:
             async with asyncio.timeout(timeout):
                 out, err = await proc.communicate(stdin)
@@ -171,20 +162,25 @@ class GitWorkspaces(Workspaces):
             raise _failed(args, proc.returncode or 0, err, secret)
         return out
 
-    async def _git_output_upto(
-        self, *args: str, limit: int, cwd: Path, env: Mapping[str, str]
-    ) -> bytes | None:
-        """A local git command's output, or None as soon as it passes `limit` bytes (git is stopped then)."""
-        argv = [self.git_bin, "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", *args]
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
+    async def _spawn(
+        self, args: tuple[str, ...], cwd: Path | None, env: Mapping[str, str], *, stdin: bool
+    ) -> asyncio.subprocess.Process:
+        """git in its own process group, hooks and fsmonitor off, output and errors piped."""
+        return await asyncio.create_subprocess_exec(
+            *[self.git_bin, "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", *args],
             cwd=cwd,
             env=dict(env),
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
         )
+
+    async def _git_output_upto(
+        self, *args: str, limit: int, cwd: Path, env: Mapping[str, str]
+    ) -> bytes | None:
+        """A local git command's output, or None as soon as it passes `limit` bytes (git is stopped then)."""
+        proc = await self._spawn(args, cwd, env, stdin=False)
         assert proc.stdout is not None and proc.stderr is not None
         err_read = asyncio.ensure_future(proc.stderr.read())
         chunks: list[bytes] = []

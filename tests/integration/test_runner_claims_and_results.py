@@ -51,15 +51,23 @@ class SlowClaims(SqliteWorkQueue):
         return await super().finish_many(results, worker_id=worker_id, attempts=attempts)
 
 
-async def test_results_wait_for_the_claim_on_its_way_and_then_go_at_once(tmp_path: Path) -> None:
+async def one_slot(
+    tmp_path: Path, claim_s: float, jobs: int
+) -> tuple[SlowClaims, SqliteEventStream, Runner, list[Job]]:
+    """A runner with one slot on a queue whose claims take `claim_s`, and `jobs` queued jobs: a run's end
+    frees the slot, so a claim goes out at that moment, beside which its result must not go."""
     db = SqliteDatabase(tmp_path / "queue.sqlite3")
-    queue, streams = SlowClaims(db, claim_s=0.02), SqliteEventStream(db, poll_s=0.05)
+    queue, streams = SlowClaims(db, claim_s=claim_s), SqliteEventStream(db, poll_s=0.05)
     registry = ProviderRegistry()
     registry.register(ScriptedCodeAgent())
-    # One slot: a run's end frees it, so a claim goes out at that moment, and its result must wait for it.
     runner = Runner(queue, streams, registry, workers=1, poll_s=5.0, heartbeat_s=5.0)
     service = JobService(queue, streams, registry, runner)
-    jobs = [(await service.submit(AgentRequest(project_id=f"p{i}", prompt="hi")))[0] for i in range(12)]
+    queued = [(await service.submit(AgentRequest(project_id=f"p{i}", prompt="hi")))[0] for i in range(jobs)]
+    return queue, streams, runner, queued
+
+
+async def test_results_wait_for_the_claim_on_its_way_and_then_go_at_once(tmp_path: Path) -> None:
+    queue, streams, runner, jobs = await one_slot(tmp_path, claim_s=0.02, jobs=12)
     await runner.start()
     try:
         async with asyncio.timeout(20):
@@ -83,13 +91,7 @@ async def test_results_wait_for_the_claim_on_its_way_and_then_go_at_once(tmp_pat
 async def test_a_slow_claim_holds_results_back_half_a_second_at_most(tmp_path: Path) -> None:
     """Their jobs' leases are not renewed while results wait: a claim that takes long (a busy pool, a lock)
     does not keep them (RESULTS_WAIT_S)."""
-    db = SqliteDatabase(tmp_path / "queue.sqlite3")
-    queue, streams = SlowClaims(db, claim_s=3 * RESULTS_WAIT_S), SqliteEventStream(db, poll_s=0.05)
-    registry = ProviderRegistry()
-    registry.register(ScriptedCodeAgent())
-    runner = Runner(queue, streams, registry, workers=1, poll_s=5.0, heartbeat_s=5.0)
-    service = JobService(queue, streams, registry, runner)
-    jobs = [(await service.submit(AgentRequest(project_id=f"p{i}", prompt="hi")))[0] for i in range(2)]
+    queue, streams, runner, jobs = await one_slot(tmp_path, claim_s=3 * RESULTS_WAIT_S, jobs=2)
     await runner.start()
     try:
         async with asyncio.timeout(20):
